@@ -1,0 +1,301 @@
+"""Pure converters between the wire (V2 protobuf, V2 JSON, mmesh protobuf) and domain types.
+
+Generated ``_pb2`` types appear here and in the gRPC edge only. Each converter is a
+pure function with a round-trip test (tests/mesh/test_codec.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from protos import grpc_predict_v2_pb2 as pb
+from runtime_adapters import (
+    InferInput,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    RequestedOutput,
+    raw_to_list,
+)
+
+from ._errors import InvalidRequest
+
+# V2 typed-contents field per datatype.
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def params_from_pb(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def params_to_pb(params: Mapping[str, Any], target: Any) -> None:
+    for key, value in params.items():
+        p = target[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            if value >= 1 << 63:
+                p.uint64_param = value
+            else:
+                p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        elif value is not None:
+            p.string_param = str(value)
+
+
+# ---------------------------------------------------------------- V2 gRPC
+
+
+def infer_request_from_pb(req: pb.ModelInferRequest) -> InferRequest:
+    raws = req.raw_input_contents
+    if raws and len(raws) != len(req.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raws)} entries for {len(req.inputs)} inputs; "
+            "when raw contents are used every input must have one"
+        )
+    inputs = []
+    for idx, t in enumerate(req.inputs):
+        contents: list[Any] | None = None
+        raw: bytes | None = None
+        if raws:
+            raw = raws[idx]
+            if t.HasField("contents") and t.contents.ByteSize():
+                raise InvalidRequest(f"input '{t.name}' has both typed contents and raw contents")
+        else:
+            field = CONTENTS_FIELD.get(t.datatype)
+            if field is None:
+                if t.datatype == "FP16" or t.datatype == "BF16":
+                    raise InvalidRequest(
+                        f"input '{t.name}': datatype {t.datatype} has no typed contents field; "
+                        "send it in raw_input_contents"
+                    )
+                raise InvalidRequest(f"input '{t.name}': unknown datatype '{t.datatype}'")
+            contents = list(getattr(t.contents, field))
+        inputs.append(
+            InferInput(
+                name=t.name,
+                datatype=t.datatype,
+                shape=tuple(t.shape),
+                raw=raw,
+                contents=contents,
+                parameters=params_from_pb(t.parameters) if t.parameters else {},
+            )
+        )
+    outputs = tuple(
+        RequestedOutput(name=o.name, parameters=params_from_pb(o.parameters) if o.parameters else {})
+        for o in req.outputs
+    )
+    return InferRequest(
+        model_name=req.model_name,
+        model_version=req.model_version,
+        id=req.id,
+        inputs=tuple(inputs),
+        outputs=outputs,
+        parameters=params_from_pb(req.parameters) if req.parameters else {},
+    )
+
+
+def infer_request_to_pb(request: InferRequest) -> pb.ModelInferRequest:
+    """Domain -> wire (used by clients, tests and the runtime bridge); raw when given."""
+    msg = pb.ModelInferRequest(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+    params_to_pb(request.parameters, msg.parameters)
+    use_raw = any(i.raw is not None for i in request.inputs)
+    for i in request.inputs:
+        t = msg.inputs.add(name=i.name, datatype=i.datatype, shape=list(i.shape))
+        params_to_pb(i.parameters, t.parameters)
+        if use_raw:
+            if i.raw is None:
+                raise InvalidRequest(f"input '{i.name}': mix of raw and typed inputs")
+            msg.raw_input_contents.append(i.raw)
+        elif i.contents is not None:
+            getattr(t.contents, CONTENTS_FIELD[i.datatype]).extend(i.contents)
+    for o in request.outputs:
+        out = msg.outputs.add(name=o.name)
+        params_to_pb(o.parameters, out.parameters)
+    return msg
+
+
+def infer_response_to_pb(resp: InferResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    for o in resp.outputs:
+        msg.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        msg.raw_output_contents.append(o.raw)
+    return msg
+
+
+def metadata_to_pb(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform)
+    for t in meta.inputs:
+        msg.inputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+    for t in meta.outputs:
+        msg.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+    return msg
+
+
+# ---------------------------------------------------------------- V2 JSON
+
+
+def _flatten(data: Any, out: list[Any], depth: int = 0) -> None:
+    if depth > 64:
+        raise InvalidRequest("tensor data nested deeper than 64 levels")
+    if isinstance(data, list):
+        for item in data:
+            if isinstance(item, list):
+                _flatten(item, out, depth + 1)
+            else:
+                out.append(item)
+    else:
+        out.append(data)
+
+
+def _json_bytes_item(name: str, item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, dict) and "b64" in item:
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except (binascii.Error, TypeError) as exc:
+            raise InvalidRequest(f"input '{name}': invalid base64 BYTES element") from exc
+    raise InvalidRequest(f"input '{name}': BYTES elements must be strings or {{\"b64\": ...}}")
+
+
+def infer_request_from_json(model_name: str, body: Any) -> InferRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    raw_inputs = body.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("request must have a non-empty 'inputs' list")
+    inputs = []
+    for n, t in enumerate(raw_inputs):
+        if not isinstance(t, dict):
+            raise InvalidRequest(f"inputs[{n}] must be an object")
+        name = t.get("name")
+        datatype = t.get("datatype")
+        shape = t.get("shape")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"inputs[{n}] needs a string 'name'")
+        if not isinstance(datatype, str):
+            raise InvalidRequest(f"input '{name}' needs a string 'datatype'")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise InvalidRequest(f"input '{name}' needs 'shape' as a list of integers")
+        if "data" not in t:
+            raise InvalidRequest(f"input '{name}' has no 'data'")
+        flat: list[Any] = []
+        _flatten(t["data"], flat)
+        if datatype == "BYTES":
+            flat = [_json_bytes_item(name, x) for x in flat]
+        params = t.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest(f"input '{name}': 'parameters' must be an object")
+        inputs.append(
+            InferInput(name=name, datatype=datatype, shape=tuple(shape), contents=flat, parameters=params)
+        )
+    outputs: list[RequestedOutput] = []
+    for n, o in enumerate(body.get("outputs") or []):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise InvalidRequest(f"outputs[{n}] needs a string 'name'")
+        outputs.append(RequestedOutput(name=o["name"], parameters=o.get("parameters") or {}))
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("'parameters' must be an object")
+    req_id = body.get("id", "")
+    return InferRequest(
+        model_name=model_name,
+        id=str(req_id) if req_id is not None else "",
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        parameters=params,
+    )
+
+
+def _json_value(datatype: str, values: Sequence[Any]) -> list[Any]:
+    if datatype != "BYTES":
+        return list(values)
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, bytes | bytearray):
+            try:
+                out.append(bytes(v).decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append({"b64": base64.b64encode(bytes(v)).decode()})
+        else:
+            out.append(v)
+    return out
+
+
+def infer_response_to_json(resp: InferResponse) -> dict[str, Any]:
+    return {
+        "model_name": resp.model_name,
+        "model_version": resp.model_version,
+        "id": resp.id,
+        "outputs": [
+            {
+                "name": o.name,
+                "datatype": o.datatype,
+                "shape": list(o.shape),
+                "data": _json_value(o.datatype, raw_to_list(o.datatype, o.shape, o.raw)),
+            }
+            for o in resp.outputs
+        ],
+    }
+
+
+def pb_response_to_json(msg: pb.ModelInferResponse) -> dict[str, Any]:
+    """A forwarded (remote) gRPC answer rendered as V2 JSON."""
+    outputs = []
+    raws = msg.raw_output_contents
+    for idx, o in enumerate(msg.outputs):
+        if raws:
+            data: Iterable[Any] = raw_to_list(o.datatype, tuple(o.shape), raws[idx])
+        else:
+            data = list(getattr(o.contents, CONTENTS_FIELD.get(o.datatype, "fp32_contents")))
+        outputs.append(
+            {"name": o.name, "datatype": o.datatype, "shape": list(o.shape), "data": _json_value(o.datatype, list(data))}
+        )
+    return {"model_name": msg.model_name, "model_version": msg.model_version, "id": msg.id, "outputs": outputs}
+
+
+def metadata_to_json(meta: ModelMetadata) -> dict[str, Any]:
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.outputs],
+    }
+
+
+def metadata_from_pb(msg: pb.ModelMetadataResponse) -> dict[str, Any]:
+    return {
+        "name": msg.name,
+        "versions": list(msg.versions),
+        "platform": msg.platform,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in msg.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in msg.outputs],
+    }

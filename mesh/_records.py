@@ -1,0 +1,201 @@
+"""Store records and key layout.
+
+All keys live under a configurable prefix ``P`` (``MODELMUX_STORE_PREFIX``,
+default ``/modelmux``). Values are JSON documents; every record carries a
+``v`` schema version. Records are changed by compare-and-swap on the key's
+mod revision only; lease-bound records vanish with their instance.
+
+==================================  =========================  ==================================
+key                                 written by                 content
+==================================  =========================  ==================================
+``P/instances/{instance}``          that instance (lease)      :class:`InstanceRecord`
+``P/models/{model}``                management API             :class:`ModelRecord` (spec, refs)
+``P/vmodels/{vmodel}``              management API             :class:`VModelRecord`
+``P/assignments/{model}``           placement leader           :class:`AssignmentRecord` (desired)
+``P/copies/{model}/{instance}``     that instance (lease)      :class:`CopyRecord` (actual state)
+``P/misses/{model}``                any router (create-only)   :class:`MissRecord` (load request)
+``P/leader``                        the leader (lease)         :class:`LeaderRecord`
+==================================  =========================  ==================================
+
+Desired state (assignments) and actual state (copies) are separate key families
+so that the scheduler and each agent write only their own keys: an agent never
+contends with another for a model record, and a dead instance's copies disappear
+with its lease. A miss is one create-only key, so concurrent first requests on
+every instance collapse into one placement and one load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+SCHEMA_VERSION = 1
+
+CopyState = Literal["loading", "loaded", "failed", "unloading"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "/modelmux"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", self.prefix.rstrip("/"))
+
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}/instances/"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}/models/"
+
+    @property
+    def vmodels(self) -> str:
+        return f"{self.prefix}/vmodels/"
+
+    @property
+    def assignments(self) -> str:
+        return f"{self.prefix}/assignments/"
+
+    @property
+    def copies(self) -> str:
+        return f"{self.prefix}/copies/"
+
+    @property
+    def misses(self) -> str:
+        return f"{self.prefix}/misses/"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}/leader"
+
+    def instance(self, iid: str) -> str:
+        return self.instances + iid
+
+    def model(self, mid: str) -> str:
+        return self.models + mid
+
+    def vmodel(self, name: str) -> str:
+        return self.vmodels + name
+
+    def assignment(self, mid: str) -> str:
+        return self.assignments + mid
+
+    def copy(self, mid: str, iid: str) -> str:
+        return f"{self.copies}{mid}/{iid}"
+
+    def miss(self, mid: str) -> str:
+        return self.misses + mid
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    instance_id: str
+    address: str  # host:port of the gRPC server
+    rest_address: str = ""
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    model_count: int = 0
+    loading: int = 0
+    loading_slots: int = 2
+    lru_oldest: float = 0.0  # wall time of the least recently used loaded model
+    rpm: float = 0.0
+    zone: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    shutting_down: bool = False
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    model_id: str
+    model_type: str
+    path: str = ""  # storage URI or local path
+    storage_key: str = ""  # storage-config key
+    schema_path: str = ""
+    tenant: str = ""
+    min_copies: int = 0
+    max_copies: int = 0
+    pinned: bool = False
+    predicted_size_bytes: int = 0
+    registered_at: float = 0.0
+    last_used: float = 0.0  # initial priority (registration's lastUsedTime)
+    auto_delete: bool = False  # delete once no vModel refers to it
+    refs: tuple[str, ...] = ()  # vModels that target or activate this model
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VModelRecord:
+    name: str
+    active: str
+    target: str
+    owner: str = ""
+    failed: bool = False
+    failure: str = ""
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class AssignmentRecord:
+    model_id: str
+    instances: tuple[str, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict)  # instance -> why it was placed
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    model_id: str
+    instance_id: str
+    state: CopyState
+    since: float  # wall time of the last state change
+    size_bytes: int = 0
+    size_measured: bool = False
+    load_time_s: float = 0.0
+    last_used: float = 0.0
+    rpm: float = 0.0
+    error: str = ""
+    failed_until: float = 0.0
+
+
+@dataclass(frozen=True)
+class MissRecord:
+    model_id: str
+    instance_id: str  # who asked
+    at: float
+    error: str = ""  # set by the leader when the model cannot be placed
+
+
+@dataclass(frozen=True)
+class LeaderRecord:
+    instance_id: str
+    since: float
+
+
+R = TypeVar("R")
+
+_TUPLE_FIELDS: dict[type, set[str]] = {}
+
+
+def encode(record: Any) -> bytes:
+    data = asdict(record)
+    data["v"] = SCHEMA_VERSION
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(cls: type[R], raw: bytes) -> R:
+    data = json.loads(raw)
+    data.pop("v", None)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in data.items() if k in names}
+    tuples = _TUPLE_FIELDS.get(cls)
+    if tuples is None:
+        tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}  # type: ignore[arg-type]
+        _TUPLE_FIELDS[cls] = tuples
+    for name in tuples:
+        if name in kwargs and isinstance(kwargs[name], list):
+            kwargs[name] = tuple(kwargs[name])
+    return cls(**kwargs)

@@ -1,0 +1,34 @@
+"""Settings of one instance (``MODELMUX_INSTANCE_*``). Inert; built once by the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+class InstanceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELMUX_INSTANCE_", extra="ignore")
+
+    instance_id: str = ""  # empty: derived from host name, pid and a random suffix
+    host: str = "127.0.0.1"  # bind address of both servers
+    advertise_host: str = ""  # address peers use to reach this instance (default: host)
+    grpc_port: int = 8033  # 0 picks a free port
+    rest_port: int = 8008  # 0 picks a free port; -1 disables REST
+    capacity_bytes: int = 1 * GiB
+    loading_slots: int = Field(default=2, ge=1)
+    zone: str = ""
+    data_dir: Path = Path("var/modelmux")
+    lease_ttl_s: int = Field(default=10, ge=2)
+    publish_interval_s: float = 1.0  # coalescing window for instance / usage records
+    failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long
+    max_message_bytes: int = 64 * MiB  # larger requests: RESOURCE_EXHAUSTED / 413
+    forward_attempts: int = 3
+    default_deadline_s: float = 60.0  # bound for a request that carries no deadline
+    shutdown_grace_s: float = 20.0  # how long a stopping instance waits for its models to move
+    scheduler_tick_s: float = 2.0
+    enable_scheduler: bool = True  # take part in leader election
