@@ -1,0 +1,49 @@
+"""The store layer: one interface over etcd (production) and memory (embedded).
+
+``build_store(StoreSettings())`` gives the configured store; :class:`PrefixMirror` keeps a
+live in-memory copy of a key prefix for hot-path reads. Semantics are documented in
+``_base`` and are the same for both implementations.
+"""
+
+from ._base import Store
+from ._errors import (
+    Compacted,
+    LeaseExpired,
+    StoreConflict,
+    StoreError,
+    StoreInvalidArgument,
+    StorePermissionDenied,
+    StoreResourceExhausted,
+    StoreUnauthenticated,
+    StoreUnavailable,
+)
+from ._etcd import EtcdStore
+from ._memory import MemoryStore
+from ._mirror import MirrorChange, PrefixMirror
+from ._settings import StoreSettings, build_store
+from ._types import Compare, Delete, KeyValue, Op, Put, WatchEvent
+
+__all__ = [
+    "Compacted",
+    "Compare",
+    "Delete",
+    "EtcdStore",
+    "KeyValue",
+    "LeaseExpired",
+    "MemoryStore",
+    "MirrorChange",
+    "Op",
+    "PrefixMirror",
+    "Put",
+    "Store",
+    "StoreConflict",
+    "StoreError",
+    "StoreInvalidArgument",
+    "StorePermissionDenied",
+    "StoreResourceExhausted",
+    "StoreSettings",
+    "StoreUnauthenticated",
+    "StoreUnavailable",
+    "WatchEvent",
+    "build_store",
+]

@@ -1,0 +1,89 @@
+"""Store settings (``MODELMUX_STORE_*``) and the one factory that builds a store from them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ._base import Store
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` (an ``http(s)://`` scheme is tolerated) -> (host, port)."""
+    text = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"store endpoint {endpoint!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class StoreSettings(BaseSettings):
+    """Where the cluster state lives.
+
+    ``endpoints`` accepts a JSON list or a comma-separated string in the environment
+    (``MODELMUX_STORE_ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379``). TLS is used when
+    ``ca_cert_path`` is set (client certificate: ``cert_path`` + ``key_path``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODELMUX_STORE_", extra="ignore")
+
+    kind: Literal["memory", "etcd"] = "memory"
+    endpoints: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1:2379"])
+    prefix: str = "/modelmux"  # root of every key modelmux writes (used to build the key layout)
+    op_timeout_s: float = Field(default=2.0, gt=0)  # bound on every store operation
+    ca_cert_path: Path | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    memory_history_revisions: int = Field(default=10_000, ge=1)  # watch replay depth (memory)
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _parse_endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            _split_endpoint(endpoint)
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> StoreSettings:
+        if (self.cert_path is None) != (self.key_path is None):
+            raise ValueError("store TLS: cert_path and key_path must be given together")
+        if self.kind == "etcd" and not self.endpoints:
+            raise ValueError("store kind 'etcd' needs at least one endpoint")
+        return self
+
+
+def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.monotonic) -> Store:
+    """The store the settings describe. Connects lazily (nothing happens until first use)."""
+    if settings.kind == "memory":
+        from ._memory import MemoryStore
+
+        return MemoryStore(clock=clock, history_revisions=settings.memory_history_revisions)
+    from ._etcd import EtcdStore
+
+    return EtcdStore(
+        [_split_endpoint(e) for e in settings.endpoints],
+        op_timeout_s=settings.op_timeout_s,
+        ca_cert_path=settings.ca_cert_path,
+        cert_path=settings.cert_path,
+        key_path=settings.key_path,
+    )
