@@ -95,6 +95,20 @@ STATUS_TABLE: dict[str, Status] = {
 _INTERNAL = STATUS_TABLE["internal"]
 
 
+def _roots() -> tuple[type[Exception], ...]:
+    from placement import PlacementError
+    from puller import PullerError
+    from runtime_adapters import AdapterError
+
+    from ._store import StoreError
+    from ._wire import WireError
+
+    return (MeshError, AdapterError, PullerError, PlacementError, StoreError, WireError)
+
+
+ERROR_ROOTS: tuple[type[Exception], ...] = _roots()
+
+
 def status_for(exc: BaseException) -> tuple[Status, str]:
     """(status, message) for any exception; unknown ones are INTERNAL/500."""
     code = getattr(exc, "code", None)

@@ -1,0 +1,434 @@
+"""The agent: this instance's lease, its published record, and reconciliation of assignments.
+
+Desired state is ``assignments/{model}`` (written by the placement leader);
+actual state is ``copies/{model}/{instance}`` (written only here, bound to this
+instance's lease). The reconcile loop is idempotent: on every change of the
+assignments it unloads what is no longer assigned, then loads what is newly
+assigned (bounded by loading slots, and never beyond capacity: a load waits for
+unloads in flight to free the bytes it needs).
+
+Usage (last used time, request rate) is counted by the router in memory and
+published here at most once per ``publish_interval_s``, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from puller import Puller, StorageRef
+from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
+
+from ._metrics import Metrics
+from ._records import CopyRecord, InstanceRecord, Keys, ModelRecord, encode
+from ._router import Router
+from ._settings import InstanceSettings
+from ._state import ClusterState
+from ._store import LeaseExpired, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalCopy:
+    model_id: str
+    state: str  # loading | loaded | failed | unloading
+    since: float
+    size_bytes: int = 0
+    size_measured: bool = False
+    load_time_s: float = 0.0
+    error: str = ""
+    failed_until: float = 0.0
+    task: asyncio.Task[None] | None = None
+    loaded: LoadedModel | None = None
+    artifact_key: str | None = None
+    published: CopyRecord | None = None
+
+
+@dataclass
+class AgentCounters:
+    loads: int = 0
+    load_failures: int = 0
+    unloads: int = 0
+
+
+def storage_ref(rec: ModelRecord) -> StorageRef:
+    params = dict((rec.options.get("storage_params_json") and json.loads(rec.options["storage_params_json"])) or {})
+    if "://" in rec.path or not rec.storage_key:
+        return StorageRef(storage_uri=rec.path, storage_key=rec.storage_key or None, parameters=params)
+    return StorageRef(storage_key=rec.storage_key, path=rec.path, parameters=params)
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: InstanceSettings,
+        instance_id: str,
+        address: str,
+        store: Store,
+        state: ClusterState,
+        router: Router,
+        adapters: AdapterRegistry,
+        puller: Puller,
+        *,
+        rest_address: str = "",
+        version: str = "",
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.settings = settings
+        self.instance_id = instance_id
+        self.address = address
+        self.rest_address = rest_address
+        self.store = store
+        self.state = state
+        self.keys: Keys = state.keys
+        self.router = router
+        self.adapters = adapters
+        self.puller = puller
+        self.version = version
+        self.clock = clock
+        self.copies: dict[str, LocalCopy] = {}
+        self.counters = AgentCounters()
+        self.lease = 0
+        self.shutting_down = False
+        self._slots = asyncio.Semaphore(settings.loading_slots)
+        self._freed = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsub: Callable[[], None] | None = None
+        self._published_instance: InstanceRecord | None = None
+        self._started_at = clock()
+        self.lease_lost = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.lease = await self.store.grant_lease(self.settings.lease_ttl_s)
+        await self._publish_instance(force=True)
+        self._unsub = self.state.assignments.subscribe(lambda _c: self._dirty.set())
+        self._tasks = [
+            asyncio.create_task(self._keepalive_loop(), name=f"keepalive-{self.instance_id}"),
+            asyncio.create_task(self._reconcile_loop(), name=f"reconcile-{self.instance_id}"),
+            asyncio.create_task(self._publish_loop(), name=f"publish-{self.instance_id}"),
+        ]
+        self._dirty.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Graceful shutdown, step 1: announce it and wait until models have moved away."""
+        self.shutting_down = True
+        with contextlib.suppress(StoreError):
+            await self._publish_instance(force=True)
+        return await self.state.wait_for(
+            lambda: not any(self.instance_id in rec.instances for rec in self.state.assignments.items.values()),
+            timeout_s,
+        )
+
+    async def stop(self) -> None:
+        if self._unsub:
+            self._unsub()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        for mid in list(self.copies):
+            await self._unload(mid, publish=False)
+        if self.lease:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke_lease(self.lease)
+
+    # ------------------------------------------------------------ accounting
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(c.size_bytes for c in self.copies.values() if c.state in ("loading", "loaded", "unloading"))
+
+    @property
+    def loading(self) -> int:
+        return sum(1 for c in self.copies.values() if c.state == "loading")
+
+    def _instance_record(self) -> InstanceRecord:
+        loaded = [c for c in self.copies.values() if c.state == "loaded"]
+        lru = min((self.router.usage[c.model_id].last_used for c in loaded if c.model_id in self.router.usage), default=0.0)
+        return InstanceRecord(
+            instance_id=self.instance_id,
+            address=self.address,
+            rest_address=self.rest_address,
+            capacity_bytes=self.settings.capacity_bytes,
+            used_bytes=self.used_bytes,
+            model_count=len(loaded),
+            loading=self.loading,
+            loading_slots=self.settings.loading_slots,
+            lru_oldest=lru,
+            rpm=round(sum(self._rpm(c.model_id) for c in loaded), 1),
+            zone=self.settings.zone,
+            version=self.version,
+            shutting_down=self.shutting_down,
+            started_at=self._started_at,
+        )
+
+    def _rpm(self, mid: str) -> float:
+        st = self.router.usage.get(mid)
+        if st is None:
+            return 0.0
+        elapsed = max(time.monotonic() - st.window_start, 1.0)
+        return st.window_count * 60.0 / elapsed
+
+    def update_gauges(self) -> None:
+        rec = self._instance_record()
+        m = self.metrics
+        m.capacity.set(rec.capacity_bytes)
+        m.used.set(rec.used_bytes)
+        m.instance_models.set(rec.model_count)
+        m.lru_age.set(max(self.clock() - rec.lru_oldest, 0.0) if rec.lru_oldest else 0.0)
+        m.models_managed.set(len(self.state.models.items))
+        m.models_loaded.set(sum(1 for mid in self.state.models.items if self.state.holders(mid)))
+
+    async def _publish_instance(self, *, force: bool = False) -> None:
+        rec = self._instance_record()
+        if not force and rec == self._published_instance:
+            return
+        await self.store.put(self.keys.instance(self.instance_id), encode(rec), lease=self.lease)
+        self._published_instance = rec
+
+    async def _publish_copy(self, copy: LocalCopy) -> None:
+        st = self.router.usage.get(copy.model_id)
+        rec = CopyRecord(
+            model_id=copy.model_id,
+            instance_id=self.instance_id,
+            state=copy.state,  # type: ignore[arg-type]
+            since=copy.since,
+            size_bytes=copy.size_bytes,
+            size_measured=copy.size_measured,
+            load_time_s=round(copy.load_time_s, 4),
+            last_used=st.last_used if st else 0.0,
+            rpm=round(self._rpm(copy.model_id), 1),
+            error=copy.error,
+            failed_until=copy.failed_until,
+        )
+        if rec == copy.published:
+            return
+        await self.store.put(self.keys.copy(copy.model_id, self.instance_id), encode(rec), lease=self.lease)
+        copy.published = rec
+
+    # ------------------------------------------------------------ loops
+
+    async def _keepalive_loop(self) -> None:
+        interval = max(self.settings.lease_ttl_s / 3.0, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.keepalive(self.lease)
+            except LeaseExpired:
+                # the store forgot us (outage longer than the TTL): re-register everything
+                log.warning("lease of %s expired; re-registering", self.instance_id)
+                self.lease_lost += 1
+                try:
+                    self.lease = await self.store.grant_lease(self.settings.lease_ttl_s)
+                    await self._publish_instance(force=True)
+                    for c in list(self.copies.values()):
+                        c.published = None
+                        await self._publish_copy(c)
+                except StoreError as exc:
+                    log.warning("re-registration failed: %s", exc)
+            except StoreError as exc:
+                log.warning("keepalive failed (store unreachable?): %s", exc)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.publish_interval_s)
+            try:
+                for c in list(self.copies.values()):
+                    if c.state in ("loaded", "failed"):
+                        await self._publish_copy(c)
+                await self._publish_instance()
+                self._expire_failures()
+                self.update_gauges()
+            except StoreError as exc:
+                log.debug("publish skipped: %s", exc)
+
+    def _expire_failures(self) -> None:
+        now = self.clock()
+        for mid, c in list(self.copies.items()):
+            if c.state == "failed" and c.failed_until <= now:
+                self.copies.pop(mid, None)
+                task = asyncio.create_task(self._delete_copy_record(mid))
+                self._tasks.append(task)
+                self._dirty.set()
+
+    async def _delete_copy_record(self, mid: str) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.delete(self.keys.copy(mid, self.instance_id))
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # never let one bad record stop reconciliation
+                log.exception("reconcile failed")
+
+    def desired(self) -> set[str]:
+        me = self.instance_id
+        return {mid for mid, rec in self.state.assignments.items.items() if me in rec.instances}
+
+    async def reconcile(self) -> None:
+        desired = self.desired()
+        for mid in [m for m in self.copies if m not in desired]:
+            copy = self.copies[mid]
+            if copy.state == "failed":
+                continue  # keep the failure visible until it expires
+            await self._unload(mid)
+        for mid in sorted(desired):
+            if mid in self.copies:
+                continue
+            rec = self.state.model(mid)
+            if rec is None:
+                continue
+            copy = LocalCopy(model_id=mid, state="loading", since=self.clock())
+            self.copies[mid] = copy
+            copy.task = asyncio.create_task(self._load(rec, copy), name=f"load-{mid}")
+
+    # ------------------------------------------------------------ load / unload
+
+    def _spec(self, rec: ModelRecord) -> ModelSpec:
+        return ModelSpec(
+            model_id=rec.model_id,
+            model_type=rec.model_type,
+            schema_path=rec.schema_path or None,
+            options={k: v for k, v in rec.options.items() if k != "storage_params_json"},
+        )
+
+    async def _load(self, rec: ModelRecord, copy: LocalCopy) -> None:
+        mid = rec.model_id
+        start = time.monotonic()
+        try:
+            async with self._slots:
+                adapter = self.adapters.for_type(rec.model_type)
+                copy.size_bytes = rec.predicted_size_bytes
+                await self._publish_copy_quiet(copy)
+                staged = await self.puller.stage(storage_ref(rec))
+                copy.artifact_key = staged.key
+                local_path = Path(staged.local_path)
+                predicted = adapter.predict_size(self._spec(rec), local_path)
+                copy.size_bytes = max(predicted, rec.predicted_size_bytes)
+                await self._wait_for_room(copy)
+                loaded = await adapter.load(self._spec(rec), local_path)
+            if self.copies.get(mid) is not copy:  # unassigned while loading
+                await loaded.unload()
+                return
+            copy.loaded = loaded
+            copy.size_bytes = loaded.size_bytes
+            copy.size_measured = True
+            copy.load_time_s = time.monotonic() - start
+            copy.state = "loaded"
+            copy.since = self.clock()
+            self.router.local[mid] = loaded
+            self.counters.loads += 1
+            self.metrics.labels(self.metrics.load_ms, mid).observe(copy.load_time_s * 1000)  # type: ignore[union-attr]
+            self.metrics.loaded_size.observe(copy.size_bytes)
+            log.info("loaded %s in %.3fs (%d bytes)", mid, copy.load_time_s, copy.size_bytes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.counters.load_failures += 1
+            self.metrics.labels(self.metrics.load_failures, mid).inc()  # type: ignore[union-attr]
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            log.warning("load of %s failed: %s", mid, reason)
+            if copy.artifact_key:
+                with contextlib.suppress(Exception):
+                    await self.puller.release(copy.artifact_key)
+                copy.artifact_key = None
+            if self.copies.get(mid) is not copy:
+                return
+            copy.state = "failed"
+            copy.error = reason
+            copy.size_bytes = 0
+            copy.since = self.clock()
+            copy.failed_until = self.clock() + self.settings.failure_ttl_s
+            self._freed.set()
+        await self._publish_copy_quiet(copy)
+        with contextlib.suppress(StoreError):
+            await self._publish_instance()
+
+    async def _publish_copy_quiet(self, copy: LocalCopy) -> None:
+        try:
+            await self._publish_copy(copy)
+        except StoreError as exc:
+            log.warning("could not publish copy %s: %s", copy.model_id, exc)
+
+    async def _wait_for_room(self, copy: LocalCopy) -> None:
+        """Never start a load that does not fit: wait for unloads in flight to free bytes."""
+        cap = self.settings.capacity_bytes
+        while True:
+            others = sum(
+                c.size_bytes
+                for c in self.copies.values()
+                if c is not copy and c.state in ("loaded", "unloading", "loading")
+            )
+            if copy.size_bytes > cap:
+                raise RuntimeError(
+                    f"model {copy.model_id} needs {copy.size_bytes} bytes, more than this instance's capacity {cap}"
+                )
+            if others + copy.size_bytes <= cap:
+                return
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), timeout=self.settings.default_deadline_s)
+            except TimeoutError as exc:
+                raise RuntimeError(
+                    f"no room for {copy.model_id}: needs {copy.size_bytes} bytes, "
+                    f"{cap - others} free of {cap}"
+                ) from exc
+
+    async def _unload(self, mid: str, *, publish: bool = True) -> None:
+        copy = self.copies.get(mid)
+        if copy is None:
+            return
+        if copy.task is not None and not copy.task.done():
+            copy.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await copy.task
+        copy.state = "unloading"
+        self.router.local.pop(mid, None)
+        if copy.loaded is not None:
+            usage = self.router.usage.get(mid)
+            last = usage.last_used if usage else copy.since
+            self.metrics.age_at_eviction_ms.observe(max(self.clock() - last, 0.0) * 1000)
+            t0 = time.monotonic()
+            try:
+                await copy.loaded.unload()
+            except Exception:
+                log.exception("unload of %s failed", mid)
+            self.metrics.labels(self.metrics.unload_ms, mid).observe((time.monotonic() - t0) * 1000)  # type: ignore[union-attr]
+            self.counters.unloads += 1
+        if copy.artifact_key:
+            with contextlib.suppress(Exception):
+                await self.puller.release(copy.artifact_key)
+        self.copies.pop(mid, None)
+        self.router.usage.pop(mid, None)
+        self._freed.set()
+        if publish:
+            with contextlib.suppress(StoreError):
+                await self.store.delete(self.keys.copy(mid, self.instance_id))
+                await self._publish_instance()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "used_bytes": self.used_bytes,
+            "capacity_bytes": self.settings.capacity_bytes,
+            "copies": {m: c.state for m, c in self.copies.items()},
+        }
+

@@ -1,0 +1,211 @@
+"""One instance: wires store view, router, agent, leader and both servers (the single place that builds them)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata as _md
+
+import grpc
+import uvicorn
+
+from placement import Policy, PolicySettings
+from puller import Puller
+from runtime_adapters import AdapterRegistry
+
+from ._agent import Agent
+from ._grpc import build_grpc_server
+from ._leader import Leader
+from ._management import Management
+from ._metrics import Metrics
+from ._records import Keys
+from ._rest import build_rest_app
+from ._router import Router
+from ._settings import InstanceSettings
+from ._state import ClusterState
+from ._store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return _md.version("modelmux")
+    except _md.PackageNotFoundError:
+        return "0.0.0+local"
+
+
+def _instance_id(settings: InstanceSettings) -> str:
+    if settings.instance_id:
+        return settings.instance_id
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Endpoints:
+    grpc: str
+    rest: str
+
+
+class Instance:
+    """A serving instance. ``await start()`` binds both servers and joins the mesh; ``await stop()`` leaves it."""
+
+    def __init__(
+        self,
+        settings: InstanceSettings,
+        store: Store,
+        adapters: AdapterRegistry,
+        puller: Puller,
+        *,
+        keys: Keys | None = None,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.adapters = adapters
+        self.puller = puller
+        self.keys = keys or Keys()
+        self.policy = policy or Policy(PolicySettings())
+        self.clock = clock
+        self.instance_id = _instance_id(settings)
+        self.version = _version()
+        self.metrics = Metrics()
+        self.state = ClusterState(store, self.keys, clock=clock)
+        self.router = Router(
+            self.instance_id,
+            self.state,
+            forward_attempts=settings.forward_attempts,
+            default_deadline_s=settings.default_deadline_s,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        self.router.max_message_bytes = settings.max_message_bytes
+        self.management = Management(self.state, self.instance_id, clock=clock)
+        self.agent: Agent | None = None
+        self.leader: Leader | None = None
+        self.endpoints: Endpoints | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self._rest_sock: socket.socket | None = None
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> Endpoints:
+        s = self.settings
+        await self.state.start()
+        self._grpc, _ = build_grpc_server(
+            self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version
+        )
+        port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if port == 0:
+            raise RuntimeError(f"could not bind gRPC to {s.host}:{s.grpc_port}")
+        await self._grpc.start()
+        advertise = s.advertise_host or s.host
+        grpc_addr = f"{advertise}:{port}"
+        rest_addr = ""
+        if s.rest_port >= 0:
+            app = build_rest_app(
+                self.router,
+                self.management,
+                max_message_bytes=s.max_message_bytes,
+                version=self.version,
+                metrics=self.metrics,
+                extra={
+                    "leader": lambda: self.leader.describe() if self.leader else {},
+                    "self": self.describe,
+                },
+            )
+            sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((s.host, s.rest_port))
+            sock.listen(1024)
+            sock.setblocking(False)
+            self._rest_sock = sock
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            self._uvicorn = uvicorn.Server(config)
+            self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            self._rest_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+            rest_addr = f"{advertise}:{sock.getsockname()[1]}"
+            while not self._uvicorn.started:
+                if self._rest_task.done():
+                    self._rest_task.result()
+                await asyncio.sleep(0.005)
+        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr)
+        self.agent = Agent(
+            s,
+            self.instance_id,
+            grpc_addr,
+            self.store,
+            self.state,
+            self.router,
+            self.adapters,
+            self.puller,
+            rest_address=rest_addr,
+            version=self.version,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        await self.agent.start()
+        await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
+        if s.enable_scheduler:
+            agent = self.agent
+            self.leader = Leader(
+                self.instance_id,
+                self.store,
+                self.state,
+                self.policy,
+                lambda: agent.lease,
+                tick_s=s.scheduler_tick_s,
+                failure_ttl_s=s.failure_ttl_s,
+                clock=self.clock,
+                metrics=self.metrics,
+            )
+            await self.leader.start()
+        log.info("instance %s serving gRPC on %s, REST on %s", self.instance_id, grpc_addr, rest_addr or "-")
+        return self.endpoints
+
+    def describe(self) -> dict[str, object]:
+        """This instance's own counters and copies (served at /v1/cluster as "self")."""
+        agent = self.agent
+        return {
+            "instance_id": self.instance_id,
+            "loads": agent.counters.loads if agent else 0,
+            "load_failures": agent.counters.load_failures if agent else 0,
+            "unloads": agent.counters.unloads if agent else 0,
+            "misses": self.router.counters.misses,
+            "local": self.router.counters.local,
+            "forwarded": self.router.counters.forwarded,
+            "forward_retries": self.router.counters.forward_retries,
+            "copies": {m: c.state for m, c in agent.copies.items()} if agent else {},
+            "used_bytes": agent.used_bytes if agent else 0,
+            "store_connected": self.state.connected,
+        }
+
+    async def stop(self, *, graceful: bool = True) -> None:
+        if graceful and self.agent is not None:
+            with contextlib.suppress(Exception):
+                await self.agent.drain(self.settings.shutdown_grace_s)
+        if self.leader is not None:
+            await self.leader.stop()
+        if self.agent is not None:
+            await self.agent.stop()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+            if self._rest_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._rest_task
+        if self._rest_sock is not None:
+            self._rest_sock.close()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        await self.router.close()
+        await self.state.stop()
+        self.stopped.set()

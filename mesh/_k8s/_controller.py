@@ -1,0 +1,517 @@
+"""The controller: Predictor / InferenceService objects <-> mesh registrations, status written back.
+
+One process, two sides:
+
+- Kubernetes: one :class:`Informer` per kind (list + watch); every change queues the
+  object's key in a :class:`WorkQueue`; ``workers`` tasks reconcile keys.
+- Mesh: a :class:`ClusterState` over the store and an in-process :class:`Management` (the
+  code the instances run). Store watches, not polling, drive status: a change to a vModel,
+  model, copy or miss record queues the object that owns it. The owning object is found
+  from the record alone: a vModel's owner is ``<source>/<namespace>`` and a model id is
+  ``<vmodel>__<source>-<hash>``.
+
+Reconciling one key (idempotent; any error re-queues it with backoff):
+
+1. Object gone: delete its vModel if we own it (the finalizer normally did already).
+2. Being deleted (or no longer ours): delete the vModel (its auto-delete target models go
+   with it), then remove ``modelmux.io/finalizer``.
+3. Otherwise add the finalizer, register the target model and point the vModel at it when
+   the spec's model id differs from the vModel's target, then compute the status and patch
+   the status subresource when it changed, emitting Events for load failures and
+   transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from .._errors import AlreadyExists, InvalidRequest, MeshError, ModelNotFound, PreconditionFailed
+from .._management import Management
+from .._records import Keys
+from .._state import ClusterState
+from .._store import MirrorChange, StoreSettings, build_store
+from ._client import Informer, KubeApiError, KubeClient, ObjectEvent, build_api_client
+from ._queue import WorkQueue
+from ._reconcile import (
+    FINALIZER,
+    INFERENCE_SERVICE,
+    MODEL_KINDS,
+    PREDICTOR,
+    SERVING_RUNTIME,
+    CRStatus,
+    Kind,
+    ObjectRef,
+    ReconcileContext,
+    Registration,
+    Rejection,
+    Runtime,
+    compute_status,
+    desired_state,
+    events_between,
+    owner_for,
+    runtimes_by_namespace,
+    status_from_json,
+    status_json,
+    vmodel_name,
+)
+from ._settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+_SOURCES = {k.source: k for k in MODEL_KINDS.values()}
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (``{}``: nothing to do).
+
+    Keys of ``old`` missing from ``new`` become ``None`` (removed): the controller owns the
+    whole status of the objects it manages.
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif isinstance(v, dict) and isinstance(old[k], dict):
+            sub = merge_patch(old[k], v)
+            if sub != {}:
+                patch[k] = sub
+        elif old[k] != v:
+            patch[k] = v
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    return patch
+
+
+def _rv_at_least(rv: str, than: str) -> bool:
+    """Whether resourceVersion ``rv`` is not older than ``than`` (numeric ones only; opaque: no)."""
+    return rv.isdigit() and than.isdigit() and int(rv) >= int(than)
+
+
+def ref_for_vmodel(vmodel: str, owner: str, settings: ControllerSettings) -> ObjectRef | None:
+    """The object that owns a vModel, from its owner string (None: not the controller's)."""
+    source, sep, namespace = owner.partition("/")
+    kind = _SOURCES.get(source)
+    if not sep or kind is None or not namespace:
+        return None
+    if settings.vmodel_names == "name":
+        name = vmodel
+    else:
+        prefix = f"{namespace}."
+        if not vmodel.startswith(prefix):
+            return None
+        name = vmodel[len(prefix) :]
+    return ObjectRef(kind.kind, namespace, name)
+
+
+def vmodel_of_model(model_id: str) -> str | None:
+    """``<vmodel>__<source>-<hash>`` -> vmodel (None for ids of another shape)."""
+    head, sep, tail = model_id.rpartition("__")
+    source, dash, _digest = tail.partition("-")
+    if not sep or not dash or source not in _SOURCES:
+        return None
+    return head
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        kube: KubeClient,
+        state: ClusterState,
+        management: Management,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.state = state
+        self.management = management
+        self.clock = clock
+        self.queue: WorkQueue[ObjectRef] = WorkQueue(
+            retry_initial_s=settings.retry_initial_s, retry_max_s=settings.retry_max_s
+        )
+        self.informers: dict[str, Informer] = {}
+        kinds: list[Kind] = []
+        if settings.watch_predictors:
+            kinds.append(PREDICTOR)
+        if settings.watch_inference_services:
+            kinds.append(INFERENCE_SERVICE)
+        for kind in kinds:
+            self.informers[kind.kind] = Informer(
+                kube, kind, settings.namespace, self._on_object, retry_max_s=settings.retry_max_s
+            )
+        self.runtime_informer: Informer | None = None
+        if settings.watch_serving_runtimes:
+            self.runtime_informer = Informer(
+                kube, SERVING_RUNTIME, settings.namespace, self._on_runtime, retry_max_s=settings.retry_max_s
+            )
+        types = frozenset(t.strip().lower() for t in settings.model_types)
+        self.ctx = ReconcileContext(
+            builtin=Runtime(settings.builtin_runtime, types, types),
+            naming=settings.vmodel_names,
+            service_name=settings.service_name,
+            service_namespace=settings.service_namespace,
+            grpc_port=settings.grpc_port,
+            rest_port=settings.rest_port,
+        )
+        self._written: dict[ObjectRef, tuple[str, dict[str, Any]]] = {}  # ref -> (rv after write, status)
+        self._workers: list[asyncio.Task[None]] = []
+        self._unsubs: list[Callable[[], None]] = []
+        self.reconciles = 0
+        self.status_writes = 0
+        self.events_emitted = 0
+        self.started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _all_informers(self) -> list[Informer]:
+        out = list(self.informers.values())
+        if self.runtime_informer is not None:
+            out.append(self.runtime_informer)
+        return out
+
+    async def start(self) -> None:
+        """Start the informers, wait for their first lists, then reconcile everything."""
+        for inf in self._all_informers():
+            inf.start()
+        await asyncio.gather(*(inf.synced.wait() for inf in self._all_informers()))
+        if self.runtime_informer is not None:
+            self._rebuild_runtimes()
+        self._unsubs += [
+            self.state.vmodels.subscribe(self._on_vmodels),
+            self.state.models.subscribe(self._on_models),
+            self.state.copies.subscribe(self._on_copies),
+            self.state.misses.subscribe(self._on_models),
+        ]
+        for inf in self.informers.values():
+            for ref in inf.cache:
+                self.queue.add(ref)
+        self._collect_orphans()
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"controller-worker-{i}") for i in range(self.settings.workers)
+        ]
+        self.started = True
+
+    async def stop(self) -> None:
+        for unsub in self._unsubs:
+            unsub()
+        self._unsubs.clear()
+        self.queue.close()
+        for t in self._workers:
+            t.cancel()
+        for t in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._workers.clear()
+        await asyncio.gather(*(inf.stop() for inf in self._all_informers()))
+        self.started = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and all(inf.synced.is_set() for inf in self._all_informers()) and self.state.connected
+
+    # ------------------------------------------------------------ triggers
+
+    def _on_object(self, ev: ObjectEvent) -> None:
+        if ev.type == "DELETED":
+            self._written.pop(ev.ref, None)
+        self.queue.add(ev.ref)
+
+    def _on_runtime(self, _ev: ObjectEvent) -> None:
+        if not self.started:
+            return
+        self._rebuild_runtimes()
+        for inf in self.informers.values():
+            for ref in inf.cache:
+                self.queue.add(ref)
+
+    def _rebuild_runtimes(self) -> None:
+        assert self.runtime_informer is not None
+        rts = runtimes_by_namespace(self.runtime_informer.cache.values())
+        self.ctx = ReconcileContext(
+            builtin=self.ctx.builtin,
+            runtimes=rts,
+            naming=self.ctx.naming,
+            service_name=self.ctx.service_name,
+            service_namespace=self.ctx.service_namespace,
+            grpc_port=self.ctx.grpc_port,
+            rest_port=self.ctx.rest_port,
+        )
+
+    def _watched(self, ref: ObjectRef) -> bool:
+        return ref.kind in self.informers and (not self.settings.namespace or ref.namespace == self.settings.namespace)
+
+    def _enqueue_vmodel(self, name: str) -> None:
+        vm = self.state.vmodels.items.get(name)
+        if vm is None:
+            return
+        ref = ref_for_vmodel(name, vm.owner, self.settings)
+        if ref is not None and self._watched(ref):
+            self.queue.add(ref)
+
+    def _on_vmodels(self, changes: list[MirrorChange[Any]]) -> None:
+        for ch in changes:
+            rec = ch.new or ch.old
+            ref = ref_for_vmodel(ch.key, rec.owner if rec is not None else "", self.settings)
+            if ref is not None and self._watched(ref):
+                self.queue.add(ref)
+
+    def _on_models(self, changes: list[MirrorChange[Any]]) -> None:
+        self._enqueue_models(ch.key for ch in changes)
+
+    def _on_copies(self, changes: list[MirrorChange[Any]]) -> None:
+        self._enqueue_models(ch.key.rpartition("/")[0] for ch in changes)
+
+    def _enqueue_models(self, model_ids: Iterable[str]) -> None:
+        for name in {vmodel_of_model(m) for m in model_ids}:
+            if name:
+                self._enqueue_vmodel(name)
+
+    def _collect_orphans(self) -> None:
+        """Queue vModels we own whose object no longer exists (deleted while we were down)."""
+        for name, vm in self.state.vmodels.items.items():
+            ref = ref_for_vmodel(name, vm.owner, self.settings)
+            if ref is None or not self._watched(ref):
+                continue
+            inf = self.informers[ref.kind]
+            if not inf.missing and ref not in inf.cache:
+                self.queue.add(ref)
+
+    # ------------------------------------------------------------ workers
+
+    async def _worker(self) -> None:
+        while True:
+            ref = await self.queue.get()
+            try:
+                await self.reconcile(ref)
+                self.queue.forget(ref)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self.queue.retry(ref)
+                level = logging.WARNING if isinstance(exc, KubeApiError | MeshError) else logging.ERROR
+                log.log(level, "reconcile %s failed (retry in %.1fs): %s", ref, delay, exc, exc_info=level == logging.ERROR)
+            finally:
+                self.queue.done(ref)
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, ref: ObjectRef) -> None:
+        self.reconciles += 1
+        inf = self.informers.get(ref.kind)
+        obj = inf.cache.get(ref) if inf is not None else None
+        vmodel = vmodel_name(ref, self.settings.vmodel_names)
+        owner = owner_for(ref)
+        if obj is None:
+            await self._unregister(vmodel, owner)
+            self._written.pop(ref, None)
+            return
+        meta = obj.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        desired = desired_state(obj, self.ctx)
+        if desired is None or meta.get("deletionTimestamp"):
+            if FINALIZER in finalizers:
+                await self._unregister(vmodel, owner)
+                await self._set_finalizers(ref, obj, [f for f in finalizers if f != FINALIZER])
+                log.info("%s: unregistered vmodel %s", ref, vmodel)
+            return
+        if FINALIZER not in finalizers:
+            obj = await self._set_finalizers(ref, obj, [*finalizers, FINALIZER])
+        conflict = ""
+        vm = self.management.vmodel_status(vmodel)
+        if isinstance(desired, Registration):
+            if vm.status != "NOT_FOUND" and vm.owner and vm.owner != owner:
+                conflict = f"vmodel '{vmodel}' already exists with owner '{vm.owner}' (an object of the same name from another kind or namespace)"
+            elif vm.status == "NOT_FOUND" or vm.target_model_id != desired.model_id:
+                try:
+                    await self.management.set_vmodel(
+                        vmodel,
+                        desired.model_id,
+                        owner=owner,
+                        model_info=desired.info,
+                        auto_delete_target=True,
+                        load_now=self.settings.load_now,
+                    )
+                    log.info("%s: vmodel %s -> %s", ref, vmodel, desired.model_id)
+                except AlreadyExists as exc:
+                    conflict = exc.message
+                except (InvalidRequest, ModelNotFound, PreconditionFailed) as exc:
+                    desired = Rejection(ref, vmodel, owner, "InvalidPredictorSpec", exc.message, desired.model_id, desired.generation)
+                vm = self.management.vmodel_status(vmodel)
+        await self._write_status(ref, obj, desired, vm, conflict)
+
+    async def _unregister(self, vmodel: str, owner: str) -> None:
+        try:
+            await self.management.delete_vmodel(vmodel, owner)
+        except PreconditionFailed:
+            pass  # another owner's vModel: not ours to delete
+
+    async def _set_finalizers(self, ref: ObjectRef, obj: dict[str, Any], finalizers: list[str]) -> dict[str, Any]:
+        kind = MODEL_KINDS[ref.kind]
+        meta = obj.get("metadata") or {}
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            out = await self.kube.patch(kind, ref.namespace, ref.name, body)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return obj
+            raise
+        self._cache_newer(ref, out)
+        return out
+
+    def _cache_newer(self, ref: ObjectRef, obj: dict[str, Any]) -> None:
+        inf = self.informers.get(ref.kind)
+        if inf is None:
+            return
+        cur = inf.cache.get(ref)
+        new_rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        cur_rv = str(((cur or {}).get("metadata") or {}).get("resourceVersion", ""))
+        if cur is not None and _rv_at_least(new_rv, cur_rv):
+            obj.setdefault("kind", ref.kind)
+            obj.setdefault("apiVersion", MODEL_KINDS[ref.kind].api_version)
+            inf.cache[ref] = obj
+
+    async def _write_status(
+        self, ref: ObjectRef, obj: dict[str, Any], desired: Registration | Rejection, vm: Any, conflict: str
+    ) -> None:
+        current = obj.get("status") or {}
+        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        written = self._written.get(ref)
+        # the cache may not have caught up with our last write yet: compare with that then
+        base = written[1] if written is not None and not _rv_at_least(rv, written[0]) else current
+        prev = status_from_json(ref.kind, base)
+        now = self.clock()
+        st: CRStatus = compute_status(desired, vm, self.ctx, previous=prev, now=now, conflict=conflict)
+        raw = status_json(ref.kind, st, base, now)
+        patch = merge_patch(base, raw)
+        if patch == {}:
+            return
+        kind = MODEL_KINDS[ref.kind]
+        try:
+            out = await self.kube.patch_status(kind, ref.namespace, ref.name, merge_patch(current, raw))
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return
+            raise
+        self.status_writes += 1
+        self._written[ref] = (str((out.get("metadata") or {}).get("resourceVersion", "")), raw)
+        self._cache_newer(ref, out)
+        if self.settings.events:
+            for ev in events_between(prev, st):
+                await self._emit(ref, obj, ev.type, ev.reason, ev.message)
+
+    async def _emit(self, ref: ObjectRef, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
+        meta = obj.get("metadata") or {}
+        stamp = datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace},
+            "involvedObject": {
+                "apiVersion": MODEL_KINDS[ref.kind].api_version,
+                "kind": ref.kind,
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": etype,
+            "source": {"component": "modelmux-controller"},
+            "reportingComponent": "modelmux.io/controller",
+            "reportingInstance": self.management.instance_id,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.kube.create_event(ref.namespace, event)
+            self.events_emitted += 1
+        except KubeApiError as exc:
+            log.warning("%s: could not emit event %s: %s", ref, reason, exc)
+
+
+# ---------------------------------------------------------------- health + entry point
+
+
+async def _serve_health(host: str, port: int, ready: Callable[[], bool]) -> asyncio.Server:
+    """``/healthz`` (always 200 while the loop runs) and ``/readyz`` (200 once synced)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            path = line.split()[1].decode() if len(line.split()) > 1 else "/"
+            ok = path.startswith("/healthz") or (path.startswith("/readyz") and ready())
+            body = b"ok\n" if ok else b"not ready\n"
+            head = f"HTTP/1.1 {'200 OK' if ok else '503 Service Unavailable'}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, OSError, IndexError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+async def run_controller(
+    settings: ControllerSettings,
+    store_settings: StoreSettings | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the controller until SIGINT / SIGTERM (or until ``stop`` is set).
+
+    Builds everything it needs: the store client (``MODELMUX_STORE_*`` unless given), the
+    cluster view, an in-process Management and the Kubernetes client.
+    """
+    store_settings = store_settings or StoreSettings()
+    store = build_store(store_settings)
+    state = ClusterState(store, Keys(store_settings.prefix))
+    instance_id = settings.instance_id or f"controller-{socket.gethostname()}"
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    own_signals = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            own_signals.append(sig)
+    kube: KubeClient | None = None
+    controller: Controller | None = None
+    health: asyncio.Server | None = None
+    try:
+        await state.start()
+        api = await asyncio.to_thread(build_api_client, settings)
+        kube = KubeClient(api, settings)
+        controller = Controller(settings, kube, state, Management(state, instance_id))
+        if settings.health_port >= 0:
+            ctl = controller
+            health = await _serve_health(settings.health_host, settings.health_port, lambda: ctl.ready)
+        await controller.start()
+        log.info("controller %s started (namespace: %s)", instance_id, settings.namespace or "all")
+        await stop.wait()
+    finally:
+        for sig in own_signals:
+            loop.remove_signal_handler(sig)
+        if health is not None:
+            health.close()
+            await health.wait_closed()
+        if controller is not None:
+            await controller.stop()
+        if kube is not None:
+            await kube.close()
+        await state.stop()
+        await store.close()

@@ -1,0 +1,897 @@
+"""Pure reconcile logic: Kubernetes objects -> desired registrations, mesh state -> CR status.
+
+Nothing here does I/O, reads the clock or raises: the controller (``_controller``) and
+``modelmux apply`` (``_apply``) feed it plain JSON objects and mesh status values.
+
+Mapping (modelmesh-serving's scheme, facts taken from its controller):
+
+- vModel id: the object's name (``vmodel_names="name"``, ModelMesh-compatible: one mesh per
+  namespace, clients send ``mm-vmodel-id: <name>``) or ``<namespace>.<name>``
+  (``vmodel_names="namespace.name"``, one mesh for several namespaces; namespaces are DNS
+  labels, so the first dot splits them unambiguously).
+- owner: ``<source>/<namespace>``, where source is ``ksp`` (Predictor) or ``isvc``
+  (InferenceService), so a Predictor and an InferenceService (or two namespaces) never take
+  over each other's vModel: the second one gets an ``InvalidSpec`` status.
+- target model id: ``<vmodel>__<source>-<hash>``, hash = the first 10 hex digits of SHA-1
+  over the canonical JSON (sorted keys) of the normalised registration (type, path and the
+  key object with storage and modelmux extras). A changed spec gives a new model id, which
+  the mesh loads before it moves the vModel (zero-downtime transition); a cosmetic change
+  that normalises to the same registration (key order, ``storage.path`` vs ``path``) keeps
+  the id.
+- ModelInfo: ``type`` = the model format name (lower case), ``path`` = the storage path or
+  URI, ``key`` = JSON with ``storage_key``, ``storage_params``, ``schema_path``,
+  ``model_type`` {name, version} (as modelmesh-serving sends) plus ours: ``tenant`` (the
+  namespace, or the ``modelmux.io/tenant-quota`` annotation), ``min_copies``,
+  ``max_copies``, ``pinned``, ``runtime``, ``protocol_version`` and ``options.device``
+  (``gpu: required`` -> ``cuda``).
+
+Status follows modelmesh-serving's Predictor status (available, activeModelState,
+targetModelState, transitionStatus, lastFailureInfo, totalCopies, failedCopies, endpoints)
+with ours added: loadedCopies, loadingCopies, holders, activeModelId, targetModelId,
+observedGeneration. One deliberate difference: ``available`` is false while the model is
+``Pending`` (not registered yet); modelmesh-serving reports true there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .._management import ModelInfoSpec, ModelStatus, VModelStatus, validate_id
+
+# ---------------------------------------------------------------- kinds and names
+
+GROUP = "serving.kserve.io"
+FINALIZER = "modelmux.io/finalizer"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+MODELMESH_MODE = "ModelMesh"
+SECRET_KEY_ANNOTATION = "serving.kserve.io/secretKey"
+SCHEMA_PATH_ANNOTATION = "serving.kserve.io/schemaPath"
+RUNTIME_ANNOTATION = "serving.kserve.io/servingRuntime"
+MIN_COPIES_ANNOTATION = "modelmux.io/min-copies"
+MAX_COPIES_ANNOTATION = "modelmux.io/max-copies"
+PINNED_ANNOTATION = "modelmux.io/pinned"
+TENANT_ANNOTATION = "modelmux.io/tenant-quota"
+
+VModelNaming = Literal["name", "namespace.name"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    group: str
+    version: str
+    plural: str
+    source: str  # modelmesh-serving's source id ("" for kinds that are not registered)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+PREDICTOR = Kind("Predictor", GROUP, "v1alpha1", "predictors", "ksp")
+INFERENCE_SERVICE = Kind("InferenceService", GROUP, "v1beta1", "inferenceservices", "isvc")
+SERVING_RUNTIME = Kind("ServingRuntime", GROUP, "v1alpha1", "servingruntimes", "")
+MODEL_KINDS: dict[str, Kind] = {k.kind: k for k in (PREDICTOR, INFERENCE_SERVICE)}
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """One Kubernetes object: the work-queue key (``Predictor/default/mnist``)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    @staticmethod
+    def of(obj: Mapping[str, Any], default_namespace: str = "default") -> ObjectRef:
+        meta = obj.get("metadata") or {}
+        return ObjectRef(str(obj.get("kind", "")), str(meta.get("namespace") or default_namespace), str(meta.get("name", "")))
+
+
+def vmodel_name(ref: ObjectRef, naming: VModelNaming) -> str:
+    return ref.name if naming == "name" else f"{ref.namespace}.{ref.name}"
+
+
+def owner_for(ref: ObjectRef) -> str:
+    kind = MODEL_KINDS.get(ref.kind)
+    return f"{kind.source if kind else ref.kind.lower()}/{ref.namespace}"
+
+
+# ---------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime that may be named in ``spec.runtime``: the model formats it serves.
+
+    ``auto_select``: formats a predictor without ``spec.runtime`` may be placed on.
+    """
+
+    name: str
+    model_types: frozenset[str]
+    auto_select: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ReconcileContext:
+    """What the pure mapping needs to know about the cluster.
+
+    ``builtin`` is the mesh's own in-process runtime (every adapter type); ``runtimes`` maps a
+    namespace to the ServingRuntimes declared there (enabled ones only).
+    """
+
+    builtin: Runtime = field(
+        default_factory=lambda: Runtime(
+            "modelmux",
+            frozenset({"onnx", "pytorch", "torchscript", "torch_export", "xgboost"}),
+            frozenset({"onnx", "pytorch", "torchscript", "torch_export", "xgboost"}),
+        )
+    )
+    runtimes: Mapping[str, Mapping[str, Runtime]] = field(default_factory=dict)
+    naming: VModelNaming = "name"
+    service_name: str = "modelmux"
+    service_namespace: str = ""  # "" = the object's namespace
+    grpc_port: int = 8033
+    rest_port: int = 8008
+
+    def runtimes_in(self, namespace: str) -> dict[str, Runtime]:
+        out = {self.builtin.name: self.builtin}
+        out.update(self.runtimes.get(namespace, {}))
+        return out
+
+    def endpoints(self, namespace: str) -> tuple[str, str]:
+        host = f"{self.service_name}.{self.service_namespace or namespace}"
+        return f"grpc://{host}:{self.grpc_port}", f"http://{host}:{self.rest_port}"
+
+
+# ---------------------------------------------------------------- desired state
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A valid object: register ``model_id`` with ``info`` and point ``vmodel`` at it."""
+
+    ref: ObjectRef
+    vmodel: str
+    owner: str
+    model_id: str
+    info: ModelInfoSpec
+    spec_hash: str
+    generation: int = 0
+
+
+# failure reasons (modelmesh-serving's FailureReason values)
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+RUNTIME_UNHEALTHY = "RuntimeUnhealthy"
+NO_SUPPORTING_RUNTIME = "NoSupportingRuntime"
+RUNTIME_NOT_RECOGNIZED = "RuntimeNotRecognized"
+INVALID_PREDICTOR_SPEC = "InvalidPredictorSpec"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An object that cannot be registered: reported as ``InvalidSpec`` with ``message``.
+
+    ``model_id`` is the id the spec would have had ("" when the spec is too broken to hash).
+    """
+
+    ref: ObjectRef
+    vmodel: str
+    owner: str
+    reason: str
+    message: str
+    model_id: str = ""
+    generation: int = 0
+
+
+Desired = Registration | Rejection
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, reason: str = INVALID_PREDICTOR_SPEC) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+_URI_SCHEMES = {"s3", "gs", "gcs", "azure", "http", "https", "pvc", "file"}
+_PROTOCOLS = {"v2", "grpc-v2"}
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"{where} must be an object, not {type(value).__name__}")
+    return dict(value)
+
+
+def _str(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _Invalid(f"{where} must be a string")
+    return str(value)
+
+
+def check_uri(uri: str, where: str) -> None:
+    """A storage URI the puller can resolve: known scheme, a bucket / host / claim, a path."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise _Invalid(f"{where} {uri!r} is not a valid URI: {exc}") from None
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise _Invalid(f"{where} {uri!r} has no scheme (expected one of {', '.join(sorted(_URI_SCHEMES))})")
+    if scheme not in _URI_SCHEMES:
+        raise _Invalid(f"{where} {uri!r}: unsupported scheme '{scheme}' (supported: {', '.join(sorted(_URI_SCHEMES))})")
+    if any(c.isspace() for c in uri):
+        raise _Invalid(f"{where} {uri!r} contains white space")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.strip("/"):
+            raise _Invalid(f"{where} {uri!r}: a file URI needs a local path (file:///dir/model)")
+        return
+    if not parts.netloc:
+        what = {"pvc": "claim name", "http": "host", "https": "host"}.get(scheme, "bucket")
+        raise _Invalid(f"{where} {uri!r} has no {what}")
+    if scheme not in ("http", "https") and not parts.path.strip("/"):
+        raise _Invalid(f"{where} {uri!r} has no object path after the {'claim name' if scheme == 'pvc' else 'bucket'}")
+
+
+def _params(value: Any, where: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in _obj(value, where).items():
+        s = _str(v, f"{where}.{k}")
+        if s is not None:
+            out[str(k)] = s
+    return out
+
+
+def _int_extra(value: Any, where: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise _Invalid(f"{where} must be a non-negative integer, not {value!r}")
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise _Invalid(f"{where} must be a non-negative integer, not {value!r}") from None
+    if n < 0:
+        raise _Invalid(f"{where} must be a non-negative integer, not {value!r}")
+    return n
+
+
+def _bool_extra(value: Any, where: str) -> bool | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise _Invalid(f"{where} must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The normalised model of either kind (modelmesh-serving's PredictorSpec)."""
+
+    type_name: str
+    type_version: str | None
+    runtime: str | None
+    path: str
+    schema_path: str | None
+    storage_key: str | None
+    params: dict[str, str]
+    protocol: str | None
+    gpu: str | None
+
+
+def _predictor_model(spec: dict[str, Any]) -> _Model:
+    mtype = _obj(spec.get("modelType"), "spec.modelType")
+    name = _str(mtype.get("name"), "spec.modelType.name")
+    if not name:
+        raise _Invalid("spec.modelType.name is required")
+    runtime = _str(_obj(spec.get("runtime"), "spec.runtime").get("name"), "spec.runtime.name") or None
+    storage = _obj(spec.get("storage"), "spec.storage")
+    path = _str(spec.get("path"), "spec.path") or ""
+    schema_path = _str(spec.get("schemaPath"), "spec.schemaPath")
+    storage_key: str | None = None
+    params: dict[str, str] = {}
+    if storage:
+        # modelmesh-serving's validatePredictor rules
+        if storage.get("path") is not None and path:
+            raise _Invalid("only one of spec.path and spec.storage.path can be specified")
+        if storage.get("schemaPath") is not None and schema_path is not None:
+            raise _Invalid("only one of spec.schemaPath and spec.storage.schemaPath can be specified")
+        if storage.get("persistentVolumeClaim") is not None:
+            raise _Invalid("spec.storage.persistentVolumeClaim is not supported (use a pvc:// path)")
+        s3 = storage.get("s3")
+        if s3 is not None and any(storage.get(k) is not None for k in ("path", "schemaPath", "parameters", "key")):
+            raise _Invalid("spec.storage.s3 cannot be specified with any other keys in spec.storage")
+        if storage.get("path") is not None:
+            path = _str(storage.get("path"), "spec.storage.path") or ""
+        if storage.get("schemaPath") is not None:
+            schema_path = _str(storage.get("schemaPath"), "spec.storage.schemaPath")
+        storage_key = _str(storage.get("key"), "spec.storage.key")
+        params = _params(storage.get("parameters"), "spec.storage.parameters")
+        if s3 is not None:
+            s3d = _obj(s3, "spec.storage.s3")
+            storage_key = _str(s3d.get("secretKey"), "spec.storage.s3.secretKey")
+            if not storage_key:
+                raise _Invalid("spec.storage.s3.secretKey is required")
+            bucket = _str(s3d.get("bucket"), "spec.storage.s3.bucket")
+            if bucket:
+                params = {"bucket": bucket}
+    if not path:
+        raise _Invalid("the model's storage is missing: set spec.path or spec.storage.path")
+    if "://" in path:
+        check_uri(path, "spec.path")
+    return _Model(
+        type_name=name,
+        type_version=_str(mtype.get("version"), "spec.modelType.version") or None,
+        runtime=runtime,
+        path=path,
+        schema_path=schema_path or None,
+        storage_key=storage_key or None,
+        params=params,
+        protocol=_str(spec.get("protocolVersion"), "spec.protocolVersion") or None,
+        gpu=_str(spec.get("gpu"), "spec.gpu") or None,
+    )
+
+
+# InferenceService predictor framework fields (the older, pre-``model`` form)
+_FRAMEWORKS = ("xgboost", "lightgbm", "sklearn", "tensorflow", "onnx", "pytorch", "triton", "pmml", "paddle")
+
+
+def _isvc_model(spec: dict[str, Any], annotations: Mapping[str, str]) -> _Model:
+    predictor = _obj(spec.get("predictor"), "spec.predictor")
+    if not predictor:
+        raise _Invalid("spec.predictor is required")
+    frameworks = [f for f in _FRAMEWORKS if predictor.get(f) is not None]
+    model = predictor.get("model")
+    runtime_annotation = annotations.get(RUNTIME_ANNOTATION)
+    if model is not None:
+        if frameworks:
+            raise _Invalid(f"spec.predictor cannot have both model and a framework spec ({frameworks[0]})")
+        if runtime_annotation:
+            raise _Invalid(f"spec.predictor.model cannot be combined with the {RUNTIME_ANNOTATION} annotation")
+        ext = _obj(model, "spec.predictor.model")
+        fmt = _obj(ext.get("modelFormat"), "spec.predictor.model.modelFormat")
+        name = _str(fmt.get("name"), "spec.predictor.model.modelFormat.name")
+        if not name:
+            raise _Invalid("spec.predictor.model.modelFormat.name is required")
+        version = _str(fmt.get("version"), "spec.predictor.model.modelFormat.version")
+        runtime = _str(ext.get("runtime"), "spec.predictor.model.runtime")
+        where = "spec.predictor.model"
+    else:
+        if not frameworks:
+            raise _Invalid("spec.predictor needs a model (modelFormat + storage) or a framework spec")
+        if len(frameworks) > 1:
+            raise _Invalid(f"spec.predictor has several framework specs: {', '.join(frameworks)}")
+        name = frameworks[0]
+        ext = _obj(predictor.get(name), f"spec.predictor.{name}")
+        version = None
+        runtime = runtime_annotation
+        where = f"spec.predictor.{name}"
+    uri = _str(ext.get("storageUri"), f"{where}.storageUri")
+    storage = _obj(ext.get("storage"), f"{where}.storage")
+    storage_path = _str(storage.get("path"), f"{where}.storage.path")
+    if uri and storage_path:
+        raise _Invalid(f"{where} cannot have both storageUri and storage.path")
+    if not uri and not storage_path:
+        raise _Invalid(f"the model's storage is missing: set {where}.storageUri or {where}.storage.path")
+    path = uri or storage_path or ""
+    if "://" in path:
+        check_uri(path, f"{where}.storageUri" if uri else f"{where}.storage.path")
+    storage_key = _str(storage.get("key"), f"{where}.storage.key") or annotations.get(SECRET_KEY_ANNOTATION)
+    schema_path = _str(storage.get("schemaPath"), f"{where}.storage.schemaPath") or annotations.get(SCHEMA_PATH_ANNOTATION)
+    return _Model(
+        type_name=name,
+        type_version=version or None,
+        runtime=runtime or None,
+        path=path,
+        schema_path=schema_path or None,
+        storage_key=storage_key or None,
+        params=_params(storage.get("parameters"), f"{where}.storage.parameters"),
+        protocol=_str(ext.get("protocolVersion"), f"{where}.protocolVersion") or None,
+        gpu=None,
+    )
+
+
+def _check_runtime(model: _Model, runtimes: Mapping[str, Runtime]) -> str:
+    mtype = model.type_name.strip().lower()
+    if model.runtime:
+        rt = runtimes.get(model.runtime)
+        if rt is None:
+            raise _Invalid(
+                f"runtime '{model.runtime}' is not recognized (known: {', '.join(sorted(runtimes))})",
+                RUNTIME_NOT_RECOGNIZED,
+            )
+        if mtype not in rt.model_types:
+            raise _Invalid(
+                f"runtime '{model.runtime}' does not support model type '{model.type_name}' "
+                f"(it supports: {', '.join(sorted(rt.model_types)) or 'none'})",
+                NO_SUPPORTING_RUNTIME,
+            )
+    elif not any(mtype in rt.auto_select for rt in runtimes.values()):
+        supported = sorted({t for rt in runtimes.values() for t in rt.auto_select})
+        raise _Invalid(
+            f"model type '{model.type_name}' is not supported by any runtime (supported: {', '.join(supported)})",
+            NO_SUPPORTING_RUNTIME,
+        )
+    return mtype
+
+
+def _extras(spec: Mapping[str, Any], annotations: Mapping[str, str], namespace: str) -> dict[str, Any]:
+    """modelmux extras: CRD fields (Predictor) win over annotations."""
+    out: dict[str, Any] = {}
+    min_c = _int_extra(spec.get("minCopies"), "spec.minCopies")
+    if min_c is None:
+        min_c = _int_extra(annotations.get(MIN_COPIES_ANNOTATION), f"annotation {MIN_COPIES_ANNOTATION}")
+    max_c = _int_extra(spec.get("maxCopies"), "spec.maxCopies")
+    if max_c is None:
+        max_c = _int_extra(annotations.get(MAX_COPIES_ANNOTATION), f"annotation {MAX_COPIES_ANNOTATION}")
+    if min_c and max_c and min_c > max_c:
+        raise _Invalid(f"min copies ({min_c}) exceed max copies ({max_c})")
+    pinned = _bool_extra(spec.get("pinned"), "spec.pinned")
+    if pinned is None:
+        pinned = _bool_extra(annotations.get(PINNED_ANNOTATION), f"annotation {PINNED_ANNOTATION}")
+    tenant = _str(spec.get("tenant"), "spec.tenant") or annotations.get(TENANT_ANNOTATION) or namespace
+    if min_c:
+        out["min_copies"] = min_c
+    if max_c:
+        out["max_copies"] = max_c
+    if pinned:
+        out["pinned"] = True
+    out["tenant"] = str(tenant)
+    return out
+
+
+def spec_hash(info: ModelInfoSpec) -> str:
+    """10 hex digits of SHA-1 over the canonical registration (modelmesh-serving's length)."""
+    canonical = json.dumps(
+        {"type": info.type, "path": info.path, "key": json.loads(info.key) if info.key else {}},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()[:10]
+
+
+def model_id_for(vmodel: str, source: str, digest: str) -> str:
+    return f"{vmodel}__{source}-{digest}"
+
+
+def _build(model: _Model, extras: dict[str, Any], runtimes: Mapping[str, Runtime]) -> ModelInfoSpec:
+    mtype = _check_runtime(model, runtimes)
+    if model.protocol and model.protocol.lower() not in _PROTOCOLS:
+        raise _Invalid(f"protocolVersion '{model.protocol}' is not supported: modelmux serves the V2 protocol (v2, grpc-v2)")
+    if model.gpu not in (None, "required", "preferred"):
+        raise _Invalid(f"spec.gpu must be 'required' or 'preferred', not {model.gpu!r}")
+    key: dict[str, Any] = dict(extras)
+    mt: dict[str, str] = {"name": model.type_name}
+    if model.type_version:
+        mt["version"] = model.type_version
+    key["model_type"] = mt
+    if model.storage_key:
+        key["storage_key"] = model.storage_key
+    if model.params:
+        key["storage_params"] = dict(sorted(model.params.items()))
+    if model.schema_path:
+        key["schema_path"] = model.schema_path
+    if model.runtime:
+        key["runtime"] = model.runtime
+    if model.protocol:
+        key["protocol_version"] = model.protocol.lower()
+    if model.gpu == "required":
+        key["options"] = {"device": "cuda"}
+    return ModelInfoSpec(type=mtype, path=model.path, key=json.dumps(key, sort_keys=True, separators=(",", ":")))
+
+
+def is_managed(obj: Mapping[str, Any]) -> bool:
+    """Whether the controller handles this object (InferenceServices need the ModelMesh mode)."""
+    if obj.get("kind") == INFERENCE_SERVICE.kind:
+        meta = obj.get("metadata")
+        annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+        return isinstance(annotations, Mapping) and annotations.get(DEPLOYMENT_MODE_ANNOTATION) == MODELMESH_MODE
+    return obj.get("kind") == PREDICTOR.kind
+
+
+def desired_state(obj: Mapping[str, Any], ctx: ReconcileContext, *, default_namespace: str = "default") -> Desired | None:
+    """The registration an object asks for, a :class:`Rejection` explaining why it cannot be
+    registered, or None when the object is not ours (an InferenceService without the
+    ModelMesh deployment mode). Never raises."""
+    if not isinstance(obj, Mapping) or not is_managed(obj):
+        return None
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    ref = ObjectRef(str(obj.get("kind")), str(meta.get("namespace") or default_namespace), str(meta.get("name") or ""))
+    vmodel = vmodel_name(ref, ctx.naming)
+    owner = owner_for(ref)
+    kind = MODEL_KINDS[ref.kind]
+    gen = meta.get("generation")
+    generation = gen if isinstance(gen, int) and not isinstance(gen, bool) else 0
+    try:
+        if not ref.name:
+            raise _Invalid("metadata.name is required")
+        annotations = {str(k): str(v) for k, v in _obj(meta.get("annotations"), "metadata.annotations").items()}
+        spec = _obj(obj.get("spec"), "spec")
+        if not spec:
+            raise _Invalid("spec is required")
+        model = _predictor_model(spec) if kind is PREDICTOR else _isvc_model(spec, annotations)
+        extras = _extras(spec if kind is PREDICTOR else {}, annotations, ref.namespace)
+        info = _build(model, extras, ctx.runtimes_in(ref.namespace))
+    except _Invalid as exc:
+        return Rejection(ref, vmodel, owner, exc.reason, exc.message, generation=generation)
+    except Exception as exc:
+        return Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, f"malformed spec: {exc}", generation=generation)
+    digest = spec_hash(info)
+    model_id = model_id_for(vmodel, kind.source, digest)
+    try:
+        validate_id("vmodel id", vmodel)
+        validate_id("model id", model_id)
+    except Exception as exc:
+        return Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, str(exc), generation=generation)
+    return Registration(ref, vmodel, owner, model_id, info, digest, generation)
+
+
+# ---------------------------------------------------------------- runtimes
+
+
+def runtime_from_object(obj: Mapping[str, Any]) -> Runtime | None:
+    """A ServingRuntime object -> :class:`Runtime` (None when disabled or malformed)."""
+    try:
+        spec = obj.get("spec") or {}
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        if not name or spec.get("disabled"):
+            return None
+        types: set[str] = set()
+        auto: set[str] = set()
+        for fmt in spec.get("supportedModelFormats") or ():
+            fname = str(fmt.get("name", "")).strip().lower()
+            if not fname:
+                continue
+            types.add(fname)
+            if fmt.get("autoSelect", True):
+                auto.add(fname)
+        return Runtime(name, frozenset(types), frozenset(auto))
+    except (AttributeError, TypeError):
+        return None
+
+
+def runtimes_by_namespace(objects: Iterable[Mapping[str, Any]], default_namespace: str = "default") -> dict[str, dict[str, Runtime]]:
+    out: dict[str, dict[str, Runtime]] = {}
+    for obj in objects:
+        rt = runtime_from_object(obj)
+        if rt is not None:
+            ns = str((obj.get("metadata") or {}).get("namespace") or default_namespace)
+            out.setdefault(ns, {})[rt.name] = rt
+    return out
+
+
+# ---------------------------------------------------------------- status
+
+PENDING, STANDBY, LOADING, LOADED, FAILED_TO_LOAD = "Pending", "Standby", "Loading", "Loaded", "FailedToLoad"
+UP_TO_DATE, IN_PROGRESS, BLOCKED, INVALID_SPEC = "UpToDate", "InProgress", "BlockedByFailedLoad", "InvalidSpec"
+
+_MODEL_STATE = {"NOT_LOADED": STANDBY, "LOADING": LOADING, "LOADED": LOADED, "LOADING_FAILED": FAILED_TO_LOAD}
+_TRANSITION = {"DEFINED": UP_TO_DATE, "TRANSITIONING": IN_PROGRESS, "TRANSITION_FAILED": BLOCKED}
+
+
+@dataclass(frozen=True)
+class FailureInfo:
+    reason: str
+    message: str
+    model_id: str = ""
+    location: str = ""
+    time: str = ""  # RFC 3339, "" when not applicable
+
+
+@dataclass(frozen=True)
+class CRStatus:
+    available: bool = False
+    active_model_state: str = PENDING
+    target_model_state: str = ""
+    transition_status: str = UP_TO_DATE
+    last_failure: FailureInfo | None = None
+    total_copies: int = 0
+    failed_copies: int = 0
+    loaded_copies: int = 0
+    loading_copies: int = 0
+    holders: tuple[str, ...] = ()
+    grpc_endpoint: str = ""
+    http_endpoint: str = ""
+    active_model_id: str = ""
+    target_model_id: str = ""
+    observed_generation: int = 0
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _decode_state(st: ModelStatus | None) -> str:
+    if st is None:
+        return PENDING
+    return _MODEL_STATE.get(st.status, PENDING)
+
+
+def _load_failure(st: ModelStatus | None, model_id: str, previous: FailureInfo | None, now: float) -> FailureInfo | None:
+    if st is None or st.status == "LOADED" or not st.errors:
+        return None
+    info = FailureInfo(MODEL_LOAD_FAILED, st.errors[0], model_id)
+    for c in st.copies:
+        if c.status == "LOADING_FAILED":
+            return replace(info, location=c.location, time=rfc3339(c.time_ms / 1000.0) if c.time_ms else "")
+    # a failure that is not tied to a copy (the model could not be placed): keep the first time seen
+    if previous is not None and replace(previous, time="") == info:
+        return previous
+    return replace(info, time=rfc3339(now))
+
+
+def _count(st: ModelStatus | None, counts: list[int]) -> None:
+    if st is None:
+        return
+    for c in st.copies:
+        if c.status == "LOADING":
+            counts[0] += 1
+        elif c.status == "LOADED":
+            counts[1] += 1
+        elif c.status == "LOADING_FAILED":
+            counts[2] += 1
+        counts[3] += 1
+
+
+def compute_status(
+    desired: Desired,
+    vm: VModelStatus | None,
+    ctx: ReconcileContext,
+    *,
+    previous: CRStatus | None = None,
+    now: float = 0.0,
+    conflict: str = "",
+) -> CRStatus:
+    """The CR status for ``desired`` given the mesh's view of its vModel.
+
+    ``vm`` is the vModel's status (None or NOT_FOUND: not registered yet); ``conflict`` is a
+    registration error to report as ``InvalidSpec`` (e.g. the vModel belongs to another
+    owner). ``previous`` keeps failure times stable so that an unchanged state gives an equal
+    status (and no status write).
+    """
+    grpc_ep, http_ep = ctx.endpoints(desired.ref.namespace)
+    prev_failure = previous.last_failure if previous is not None else None
+    ours = vm is not None and vm.status != "NOT_FOUND" and (not vm.owner or vm.owner == desired.owner)
+    counts = [0, 0, 0, 0]  # loading, loaded, failed, total
+    active_state, target_state, transition = PENDING, "", UP_TO_DATE
+    failure: FailureInfo | None = None
+    holders: tuple[str, ...] = ()
+    active_id = target_id = ""
+    if ours:
+        assert vm is not None
+        active_id, target_id = vm.active_model_id, vm.target_model_id
+        active_state = _decode_state(vm.active_status)
+        _count(vm.active_status, counts)
+        if vm.active_status is not None:
+            holders = tuple(sorted(c.location for c in vm.active_status.copies if c.status == "LOADED"))
+        target_status = vm.active_status
+        if vm.target_model_id != vm.active_model_id:
+            target_status = vm.target_status
+            target_state = _decode_state(target_status)
+            _count(target_status, counts)
+        transition = _TRANSITION.get(vm.status, UP_TO_DATE)
+        if transition == BLOCKED and target_status is not None and target_status.status == "LOADING":
+            transition = IN_PROGRESS  # retrying elsewhere
+        failure = _load_failure(target_status, vm.target_model_id, prev_failure, now)
+        if isinstance(desired, Registration) and vm.target_model_id != desired.model_id:
+            # the spec changed and the new target is not registered yet
+            transition, target_state, target_id = IN_PROGRESS, PENDING, desired.model_id
+    if isinstance(desired, Rejection):
+        transition = INVALID_SPEC
+        failure = FailureInfo(desired.reason, desired.message, desired.model_id)
+        if not ours:
+            target_state = ""
+    elif conflict:
+        transition = INVALID_SPEC
+        failure = FailureInfo(INVALID_PREDICTOR_SPEC, conflict, desired.model_id)
+    available = active_state in (STANDBY, LOADING, LOADED)
+    return CRStatus(
+        available=available,
+        active_model_state=active_state,
+        target_model_state=target_state,
+        transition_status=transition,
+        last_failure=failure,
+        total_copies=counts[3],
+        failed_copies=counts[2],
+        loaded_copies=counts[1],
+        loading_copies=counts[0],
+        holders=holders,
+        grpc_endpoint=grpc_ep,
+        http_endpoint=http_ep,
+        active_model_id=active_id,
+        target_model_id=target_id,
+        observed_generation=desired.generation,
+    )
+
+
+# ---------------------------------------------------------------- status <-> JSON
+
+
+def _failure_json(f: FailureInfo, id_field: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"reason": f.reason, "message": f.message}
+    if f.model_id:
+        out[id_field] = f.model_id
+    if f.location:
+        out["location"] = f.location
+    if f.time:
+        out["time"] = f.time
+    return out
+
+
+def predictor_status_json(st: CRStatus) -> dict[str, Any]:
+    """A Predictor's ``.status`` (modelmesh-serving's fields, then ours)."""
+    out: dict[str, Any] = {
+        "available": st.available,
+        "activeModelState": st.active_model_state,
+        "targetModelState": st.target_model_state,
+        "transitionStatus": st.transition_status,
+        "grpcEndpoint": st.grpc_endpoint,
+        "httpEndpoint": st.http_endpoint,
+        "totalCopies": st.total_copies,
+        "failedCopies": st.failed_copies,
+        "loadedCopies": st.loaded_copies,
+        "loadingCopies": st.loading_copies,
+        "holders": list(st.holders),
+        "activeModelId": st.active_model_id,
+        "targetModelId": st.target_model_id,
+        "observedGeneration": st.observed_generation,
+    }
+    if st.last_failure is not None:
+        out["lastFailureInfo"] = _failure_json(st.last_failure, "modelId")
+    return out
+
+
+def _condition(ctype: str, ok: bool, previous: Mapping[str, Any], now: float) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    for c in previous.get("conditions") or ():
+        if isinstance(c, Mapping) and c.get("type") == ctype and c.get("status") == status and c.get("lastTransitionTime"):
+            return {"type": ctype, "status": status, "lastTransitionTime": c["lastTransitionTime"]}
+    return {"type": ctype, "status": status, "lastTransitionTime": rfc3339(now)}
+
+
+def isvc_status_json(st: CRStatus, previous: Mapping[str, Any] | None = None, now: float = 0.0) -> dict[str, Any]:
+    """An InferenceService's ``.status`` in KServe's ModelMesh layout (``modelStatus``,
+    ``components.predictor``, ``PredictorReady`` / ``Ready`` conditions)."""
+    prev = previous or {}
+    model_status: dict[str, Any] = {
+        "transitionStatus": st.transition_status,
+        "states": {"activeModelState": st.active_model_state, "targetModelState": st.target_model_state},
+        "copies": {
+            "failedCopies": st.failed_copies,
+            "totalCopies": st.total_copies,
+            "loadedCopies": st.loaded_copies,
+            "loadingCopies": st.loading_copies,
+            "holders": list(st.holders),
+        },
+    }
+    if st.last_failure is not None:
+        model_status["lastFailureInfo"] = _failure_json(st.last_failure, "modelRevisionName")
+    out: dict[str, Any] = {
+        "modelStatus": model_status,
+        "observedGeneration": st.observed_generation,
+        "conditions": [_condition("PredictorReady", st.available, prev, now), _condition("Ready", st.available, prev, now)],
+    }
+    if st.available:
+        out["url"] = st.grpc_endpoint
+        out["components"] = {"predictor": {"url": st.grpc_endpoint, "grpcUrl": st.grpc_endpoint, "restUrl": st.http_endpoint}}
+    return out
+
+
+def status_json(kind: str, st: CRStatus, previous: Mapping[str, Any] | None = None, now: float = 0.0) -> dict[str, Any]:
+    if kind == INFERENCE_SERVICE.kind:
+        return isvc_status_json(st, previous, now)
+    return predictor_status_json(st)
+
+
+def _failure_from(raw: Any, id_field: str) -> FailureInfo | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return FailureInfo(
+        str(raw.get("reason", "")),
+        str(raw.get("message", "")),
+        str(raw.get(id_field, "")),
+        str(raw.get("location", "")),
+        str(raw.get("time", "")),
+    )
+
+
+def status_from_json(kind: str, raw: Mapping[str, Any] | None) -> CRStatus | None:
+    """Parse a status this module wrote (to diff against, for events); None when absent."""
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    try:
+        if kind == INFERENCE_SERVICE.kind:
+            ms = raw.get("modelStatus") or {}
+            states = ms.get("states") or {}
+            copies = ms.get("copies") or {}
+            conds = {c.get("type"): c.get("status") for c in raw.get("conditions") or () if isinstance(c, Mapping)}
+            preds = (raw.get("components") or {}).get("predictor") or {}
+            return CRStatus(
+                available=conds.get("PredictorReady") == "True",
+                active_model_state=str(states.get("activeModelState", PENDING)),
+                target_model_state=str(states.get("targetModelState", "")),
+                transition_status=str(ms.get("transitionStatus", UP_TO_DATE)),
+                last_failure=_failure_from(ms.get("lastFailureInfo"), "modelRevisionName"),
+                total_copies=int(copies.get("totalCopies", 0)),
+                failed_copies=int(copies.get("failedCopies", 0)),
+                loaded_copies=int(copies.get("loadedCopies", 0)),
+                loading_copies=int(copies.get("loadingCopies", 0)),
+                holders=tuple(copies.get("holders") or ()),
+                grpc_endpoint=str(preds.get("grpcUrl", "")),
+                http_endpoint=str(preds.get("restUrl", "")),
+                observed_generation=int(raw.get("observedGeneration", 0)),
+            )
+        return CRStatus(
+            available=bool(raw.get("available", False)),
+            active_model_state=str(raw.get("activeModelState", PENDING)),
+            target_model_state=str(raw.get("targetModelState", "")),
+            transition_status=str(raw.get("transitionStatus", UP_TO_DATE)),
+            last_failure=_failure_from(raw.get("lastFailureInfo"), "modelId"),
+            total_copies=int(raw.get("totalCopies", 0)),
+            failed_copies=int(raw.get("failedCopies", 0)),
+            loaded_copies=int(raw.get("loadedCopies", 0)),
+            loading_copies=int(raw.get("loadingCopies", 0)),
+            holders=tuple(raw.get("holders") or ()),
+            grpc_endpoint=str(raw.get("grpcEndpoint", "")),
+            http_endpoint=str(raw.get("httpEndpoint", "")),
+            active_model_id=str(raw.get("activeModelId", "")),
+            target_model_id=str(raw.get("targetModelId", "")),
+            observed_generation=int(raw.get("observedGeneration", 0)),
+        )
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A Kubernetes Event to emit for the object (``type`` Normal or Warning)."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def events_between(old: CRStatus | None, new: CRStatus) -> list[EventSpec]:
+    """Events for a status change: load failures and transitions (pure)."""
+    out: list[EventSpec] = []
+    old_t = old.transition_status if old is not None else UP_TO_DATE
+    old_f = old.last_failure if old is not None else None
+    f = new.last_failure
+    if new.transition_status != old_t or (new.transition_status == INVALID_SPEC and f != old_f):
+        t = new.transition_status
+        if t == IN_PROGRESS:
+            out.append(EventSpec("Normal", "TransitionStarted", f"loading model {new.target_model_id} to replace {new.active_model_id or 'nothing'}"))
+        elif t == UP_TO_DATE and old_t in (IN_PROGRESS, BLOCKED, INVALID_SPEC) and new.active_model_id:
+            out.append(EventSpec("Normal", "TransitionComplete", f"serving model {new.active_model_id}"))
+        elif t == BLOCKED:
+            msg = f.message if f is not None else "the target model failed to load"
+            out.append(EventSpec("Warning", "TransitionBlocked", f"model {new.target_model_id} failed to load: {msg}"))
+        elif t == INVALID_SPEC and f is not None:
+            out.append(EventSpec("Warning", "InvalidSpec", f"{f.reason}: {f.message}"))
+    if f is not None and f.reason == MODEL_LOAD_FAILED and f != old_f:
+        where = f" on {f.location}" if f.location else ""
+        out.append(EventSpec("Warning", "ModelLoadFailed", f"model {f.model_id} failed to load{where}: {f.message}"))
+    return out

@@ -1,0 +1,370 @@
+"""Placement leader: elected through the store, it turns misses and ticks into assignments.
+
+Election: the leader key ``P/leader`` is created (create-only) bound to the
+instance's lease; it disappears when that instance dies or stops, and the other
+candidates, watching it, campaign again. The leader rebuilds everything it needs
+from the mirrors: it keeps no state of its own.
+
+While leader:
+
+* each miss record ``P/misses/{model}`` is answered with ``Policy.on_miss``;
+* every tick (and after copy changes) ``Policy.on_tick`` adds / removes copies,
+  moves models off shutting-down instances, and failed copies are unassigned;
+* vModel transitions are promoted once their target has loaded (or marked failed).
+
+Actions are applied in one transaction per decision, guarded by the mod revision
+of every assignment record it rewrites: a stale view (or a leader that lost its
+lease mid-decision) changes nothing, and the decision is retried on a fresh view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from placement import (
+    Action,
+    ClusterView,
+    CopyView,
+    InstanceView,
+    ModelView,
+    PlacementError,
+    Policy,
+)
+
+from ._metrics import Metrics
+from ._records import AssignmentRecord, Keys, LeaderRecord, MissRecord, VModelRecord, decode, encode
+from ._state import ClusterState
+from ._store import Compare, Delete, Put, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_SIZE = 1 << 20  # predicted size of a model with no local artifact and no measurement
+
+
+@dataclass(frozen=True)
+class Decision:
+    at: float
+    kind: str
+    model_id: str
+    instance_id: str
+    reason: str
+
+
+class Leader:
+    def __init__(
+        self,
+        instance_id: str,
+        store: Store,
+        state: ClusterState,
+        policy: Policy,
+        lease: Callable[[], int],
+        *,
+        tick_s: float = 2.0,
+        failure_ttl_s: float = 30.0,
+        default_model_size_bytes: int = DEFAULT_MODEL_SIZE,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.instance_id = instance_id
+        self.store = store
+        self.state = state
+        self.keys: Keys = state.keys
+        self.policy = policy
+        self._lease = lease
+        self.tick_s = tick_s
+        self.failure_ttl_s = failure_ttl_s
+        self.default_model_size_bytes = default_model_size_bytes
+        self.clock = clock
+        self.is_leader = False
+        self.decisions: deque[Decision] = deque(maxlen=1000)
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._unsubs: list[Callable[[], None]] = []
+
+    async def start(self) -> None:
+        for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances):
+            self._unsubs.append(mirror.subscribe(lambda _c: self._wake.set()))
+        self._task = asyncio.create_task(self._run(), name=f"leader-{self.instance_id}")
+
+    async def stop(self) -> None:
+        for u in self._unsubs:
+            u()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.is_leader:
+            with contextlib.suppress(StoreError):
+                kv = await self.store.get(self.keys.leader)
+                if kv is not None and decode(LeaderRecord, kv.value).instance_id == self.instance_id:
+                    await self.store.delete_if(self.keys.leader, kv.mod_revision)
+        self.is_leader = False
+
+    # ------------------------------------------------------------ election
+
+    async def _campaign(self) -> None:
+        while True:
+            try:
+                rev = await self.store.cas(
+                    self.keys.leader,
+                    encode(LeaderRecord(instance_id=self.instance_id, since=self.clock())),
+                    0,
+                    lease=self._lease(),
+                )
+                if rev is not None:
+                    self._leader_rev = rev
+                    self.is_leader = True
+                    log.info("%s is the placement leader", self.instance_id)
+                    return
+                kv = await self.store.get(self.keys.leader)
+                if kv is not None and decode(LeaderRecord, kv.value).instance_id == self.instance_id:
+                    self._leader_rev = kv.mod_revision
+                    self.is_leader = True
+                    return
+            except StoreError as exc:
+                log.debug("campaign: %s", exc)
+            # wait until the key is gone (watch via the instances mirror is not enough: poll the key on changes)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _still_leader(self) -> bool:
+        kv = await self.store.get(self.keys.leader)
+        return kv is not None and decode(LeaderRecord, kv.value).instance_id == self.instance_id
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._campaign()
+                next_tick = time.monotonic()
+                while True:
+                    await self._process_misses()
+                    await self._promote_vmodels()
+                    if time.monotonic() >= next_tick:
+                        await self._tick()
+                        next_tick = time.monotonic() + self.tick_s
+                        if not await self._still_leader():
+                            self.is_leader = False
+                            log.warning("%s lost leadership", self.instance_id)
+                            break
+                    self._wake.clear()
+                    if self.state.misses.items:
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=max(next_tick - time.monotonic(), 0.01))
+            except asyncio.CancelledError:
+                raise
+            except StoreError as exc:
+                log.warning("leader loop: store error %s", exc)
+                self.is_leader = False
+                await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("leader loop failed")
+                self.is_leader = False
+                await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------ view
+
+    def view(self) -> ClusterView:
+        now = self.clock()
+        st = self.state
+        sizes: dict[str, tuple[int, bool]] = {}
+        models: dict[str, ModelView] = {}
+        for mid, rec in st.models.items.items():
+            copies = st.copies_of(mid)
+            measured = [c.size_bytes for c in copies.values() if c.size_measured and c.size_bytes > 0]
+            if measured:
+                size, is_measured = max(measured), True
+            else:
+                size, is_measured = (rec.predicted_size_bytes or self.default_model_size_bytes), False
+            sizes[mid] = (size, is_measured)
+            last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
+            load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
+            models[mid] = ModelView(
+                model_id=mid,
+                size_bytes=size,
+                size_measured=is_measured,
+                tenant=rec.tenant,
+                copies=tuple(
+                    CopyView(instance_id=iid, state=c.state if c.state != "unloading" else "loaded", since=c.since)  # type: ignore[arg-type]
+                    for iid, c in sorted(copies.items())
+                ),
+                assigned=frozenset(st.assigned(mid)),
+                last_used=last_used,
+                rate_rpm=sum(c.rpm for c in copies.values()),
+                load_time_s=max(load_times) if load_times else 1.0,
+                failures={iid: c.failed_until for iid, c in copies.items() if c.state == "failed" and c.failed_until > now},
+                min_copies=rec.min_copies,
+                max_copies=rec.max_copies,
+                pinned=rec.pinned,
+            )
+        used: dict[str, int] = {}
+        loading: dict[str, int] = {}
+        for mid, arec in st.assignments.items.items():
+            size = sizes.get(mid, (0, False))[0]
+            for iid in arec.instances:
+                used[iid] = used.get(iid, 0) + size
+                copy = st.copies_of(mid).get(iid)
+                if copy is None or copy.state == "loading":
+                    loading[iid] = loading.get(iid, 0) + 1
+        instances = {
+            iid: InstanceView(
+                instance_id=iid,
+                capacity_bytes=rec.capacity_bytes,
+                used_bytes=used.get(iid, 0),
+                loading=loading.get(iid, 0),
+                loading_slots=rec.loading_slots,
+                zone=rec.zone,
+                labels=dict(rec.labels),
+                state="shutting_down" if rec.shutting_down else "live",
+            )
+            for iid, rec in st.instances.items.items()
+        }
+        return ClusterView(now=now, instances=instances, models=models)
+
+    # ------------------------------------------------------------ apply
+
+    async def apply(self, actions: Sequence[Action], *, extra: Sequence[Put | Delete] = ()) -> bool:
+        """Apply actions atomically, guarded by the revisions of every record they rewrite."""
+        if not actions and not extra:
+            return True
+        by_model: dict[str, list[Action]] = {}
+        for a in actions:
+            by_model.setdefault(a.model_id, []).append(a)
+        compares: list[Compare] = [Compare(self.keys.leader, self._leader_rev)] if self._leader_rev else []
+        ops: list[Put | Delete] = list(extra)
+        now = self.clock()
+        for mid, acts in by_model.items():
+            key = self.keys.assignment(mid)
+            current = self.state.assignments.items.get(mid)
+            rev = self.state.assignments.revision_of(mid) if current is not None else 0
+            instances = list(current.instances) if current else []
+            reasons = dict(current.reasons) if current else {}
+            for a in acts:
+                if a.kind == "load" and a.instance_id not in instances:
+                    instances.append(a.instance_id)
+                    reasons[a.instance_id] = a.reason
+                elif a.kind == "unload" and a.instance_id in instances:
+                    instances.remove(a.instance_id)
+                    reasons.pop(a.instance_id, None)
+            compares.append(Compare(key, rev))
+            if instances:
+                ops.append(Put(key, encode(AssignmentRecord(mid, tuple(instances), reasons, now))))
+            else:
+                ops.append(Delete(key))
+        ok, revision = await self.store.txn(compares, ops)
+        if ok:
+            for a in actions:
+                self.decisions.append(Decision(now, a.kind, a.model_id, a.instance_id, a.reason))
+                self.metrics.decisions.labels(a.kind, a.reason.split(":", 1)[0].split(" ", 1)[0][:40]).inc()
+                log.info("placement: %s %s on %s (%s)", a.kind, a.model_id, a.instance_id, a.reason)
+            # do not decide again before our own writes are visible in the view
+            mirror = self.state.assignments if by_model else self.state.misses
+            await self.state.wait_for(lambda: mirror.revision >= revision, 5.0)
+        return ok
+
+    _leader_rev = 0
+
+    # ------------------------------------------------------------ misses
+
+    async def _process_misses(self) -> None:
+        if any(not m.error for m in self.state.misses.items.values()):
+            await self._cleanup()
+        for mid, miss in list(self.state.misses.items.items()):
+            key = self.keys.miss(mid)
+            if miss.error:
+                if self.clock() - miss.at > self.failure_ttl_s:
+                    await self.store.delete(key)
+                continue
+            if mid not in self.state.models.items:
+                await self.store.delete(key)
+                continue
+            for _attempt in range(5):
+                view = self.view()
+                try:
+                    actions = self.policy.on_miss(view, mid)
+                except PlacementError as exc:
+                    log.warning("cannot place %s: %s", mid, exc)
+                    await self.store.put(key, encode(replace(miss, error=str(exc), at=self.clock())))
+                    break
+                if await self.apply(actions, extra=[Delete(key)]):
+                    break
+            else:
+                log.warning("placement of %s kept conflicting; will retry", mid)
+
+    # ------------------------------------------------------------ tick
+
+    async def _cleanup(self) -> None:
+        """Unassign failed copies (the instance is free; a later miss may retry) and vanished instances."""
+        failed: list[Action] = []
+        for mid, arec in self.state.assignments.items.items():
+            copies = self.state.copies_of(mid)
+            for iid in arec.instances:
+                c = copies.get(iid)
+                if c is not None and c.state == "failed":
+                    failed.append(Action(kind="unload", model_id=mid, instance_id=iid, reason="load_failed: " + c.error[:200]))
+                elif iid not in self.state.instances.items:
+                    failed.append(Action(kind="unload", model_id=mid, instance_id=iid, reason="instance_gone"))
+        if failed:
+            await self.apply(failed)
+
+    async def _tick(self) -> None:
+        await self._cleanup()
+        view = self.view()
+        try:
+            actions = self.policy.on_tick(view)
+        except PlacementError as exc:
+            log.warning("tick: %s", exc)
+            return
+        if actions:
+            await self.apply(actions)
+
+    # ------------------------------------------------------------ vModels
+
+    async def _promote_vmodels(self) -> None:
+        for name, vm in list(self.state.vmodels.items.items()):
+            if vm.active == vm.target:
+                continue
+            target = vm.target
+            if target not in self.state.models.items:
+                continue
+            holders = self.state.holders(target)
+            error = self.state.failure(target)
+            new: VModelRecord | None = None
+            if holders:
+                new = replace(vm, active=target, failed=False, failure="", updated_at=self.clock())
+            elif error is not None and not vm.failed:
+                new = replace(vm, failed=True, failure=error, updated_at=self.clock())
+            elif not self.state.assigned(target) and target not in self.state.misses.items and error is None:
+                # make sure the target gets loaded
+                await self.store.cas(
+                    self.keys.miss(target),
+                    encode(MissRecord(model_id=target, instance_id=self.instance_id, at=self.clock())),
+                    0,
+                )
+            if new is None:
+                continue
+            rev = self.state.vmodels.revision_of(name)
+            ops: list[Put | Delete] = [Put(self.keys.vmodel(name), encode(new))]
+            old = vm.active
+            if new.active != old:
+                old_rec = self.state.models.items.get(old)
+                still_used = any(
+                    old in (v.active, v.target) for n, v in self.state.vmodels.items.items() if n != name
+                )
+                if old_rec is not None and old_rec.auto_delete and not still_used:
+                    ops += [Delete(self.keys.model(old)), Delete(self.keys.assignment(old))]
+            ok, _ = await self.store.txn([Compare(self.keys.vmodel(name), rev)], ops)
+            if ok:
+                log.info("vmodel %s: active %s -> %s", name, old, new.active)
+
+    def describe(self) -> dict[str, Any]:
+        return {"leader": self.is_leader, "decisions": [d.__dict__ for d in list(self.decisions)[-50:]]}

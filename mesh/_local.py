@@ -1,0 +1,95 @@
+"""A local mesh: N instances sharing one store, in one process (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from placement import Policy, PolicySettings
+from puller import Puller, PullerSettings
+from runtime_adapters import AdapterSettings, build_registry
+
+from ._instance import Instance
+from ._records import Keys
+from ._settings import InstanceSettings
+from ._store import Store, StoreSettings, build_store
+
+
+@dataclass
+class LocalMeshConfig:
+    instances: int = 2
+    capacity_bytes: int = 256 << 20
+    data_dir: Path = Path("var/modelmux")
+    host: str = "127.0.0.1"
+    grpc_ports: Sequence[int] = ()  # empty: free ports
+    rest_ports: Sequence[int] = ()
+    store: StoreSettings = field(default_factory=StoreSettings)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    puller_cache_bytes: int = 4 << 30
+    allowed_roots: Sequence[Path] = ()
+    instance_overrides: dict[str, object] = field(default_factory=dict)
+
+
+def _roots(c: LocalMeshConfig) -> list[Path]:
+    return [Path(os.path.abspath(r)) for r in c.allowed_roots] or [Path(os.path.abspath(c.data_dir))]
+
+
+class LocalMesh:
+    def __init__(self, config: LocalMeshConfig, store: Store | None = None) -> None:
+        self.config = config
+        self._own_store = store is None
+        self.store = store or build_store(config.store)
+        self.keys = Keys(config.store.prefix)
+        self.instances: list[Instance] = []
+        self._pullers: list[Puller] = []
+
+    async def start(self) -> list[Instance]:
+        c = self.config
+        for i in range(c.instances):
+            data_dir = c.data_dir / f"instance-{i}"
+            settings = InstanceSettings(
+                instance_id=f"local-{i}",
+                host=c.host,
+                grpc_port=c.grpc_ports[i] if i < len(c.grpc_ports) else 0,
+                rest_port=c.rest_ports[i] if i < len(c.rest_ports) else 0,
+                capacity_bytes=c.capacity_bytes,
+                data_dir=data_dir,
+                **c.instance_overrides,  # type: ignore[arg-type]
+            )
+            roots = _roots(c)
+            puller = Puller(
+                PullerSettings(
+                    cache_dir=data_dir / "cache",
+                    cache_budget_bytes=c.puller_cache_bytes,
+                    allowed_roots=roots,
+                )
+            )
+            await puller.start()
+            self._pullers.append(puller)
+            inst = Instance(
+                settings,
+                self.store,
+                build_registry(c.adapter),
+                puller,
+                keys=self.keys,
+                policy=Policy(c.policy),
+            )
+            await inst.start()
+            self.instances.append(inst)
+        return self.instances
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(i.stop(graceful=False) for i in self.instances), return_exceptions=True)
+        for inst in self.instances:
+            with contextlib.suppress(Exception):
+                await inst.adapters.close()
+        for p in self._pullers:
+            with contextlib.suppress(Exception):
+                await p.close()
+        if self._own_store:
+            await self.store.close()

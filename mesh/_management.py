@@ -1,0 +1,403 @@
+"""Management API (ModelMesh semantics) over the store, shared by the gRPC and REST edges.
+
+Registrations are written to the store (create-only / CAS); reads come from the
+instance's mirrors. Calls that need the store fail fast with UNAVAILABLE when it
+is unreachable (the store client bounds every operation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ._errors import (
+    AlreadyExists,
+    InvalidRequest,
+    ModelNotFound,
+    PreconditionFailed,
+    Unavailable,
+    VModelNotFound,
+)
+from ._records import MissRecord, ModelRecord, VModelRecord, decode, encode
+from ._state import ClusterState
+from ._store import Compare, Delete, Put, StoreError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,252}$")
+
+# ModelMesh status names
+NOT_FOUND, NOT_LOADED, LOADING, LOADED, LOADING_FAILED, UNKNOWN = (
+    "NOT_FOUND",
+    "NOT_LOADED",
+    "LOADING",
+    "LOADED",
+    "LOADING_FAILED",
+    "UNKNOWN",
+)
+V_NOT_FOUND, V_DEFINED, V_TRANSITIONING, V_TRANSITION_FAILED = (
+    "NOT_FOUND",
+    "DEFINED",
+    "TRANSITIONING",
+    "TRANSITION_FAILED",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfoSpec:
+    """ModelMesh's ModelInfo (type, path, key) plus modelmux's optional extras.
+
+    ``key`` is either a storage-config key, or a JSON object with any of:
+    ``storage_key``, ``storage_params`` (object), ``schema_path``, ``tenant``,
+    ``min_copies``, ``max_copies``, ``pinned``, ``size_bytes`` (predicted size).
+    """
+
+    type: str
+    path: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class CopyStatus:
+    location: str
+    status: str
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    status: str
+    errors: tuple[str, ...] = ()
+    copies: tuple[CopyStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class VModelStatus:
+    status: str
+    active_model_id: str = ""
+    target_model_id: str = ""
+    active_status: ModelStatus | None = None
+    target_status: ModelStatus | None = None
+    owner: str = ""
+
+
+def validate_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidRequest(
+            f"invalid {kind} '{value}': 1-253 characters, letters, digits and . _ : @ + = - "
+            "(starting with a letter or digit)"
+        )
+    return value
+
+
+def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: int = 0, clock: Callable[[], float] = time.time) -> ModelRecord:
+    validate_id("model id", model_id)
+    if not info.type:
+        raise InvalidRequest(f"model '{model_id}': modelInfo.type must be set")
+    extras: dict[str, Any] = {}
+    storage_key = info.key
+    if info.key.strip().startswith("{"):
+        try:
+            extras = json.loads(info.key)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"model '{model_id}': modelInfo.key is not valid JSON: {exc}") from exc
+        if not isinstance(extras, dict):
+            raise InvalidRequest(f"model '{model_id}': modelInfo.key JSON must be an object")
+        storage_key = str(extras.get("storage_key", ""))
+    if not info.path and not storage_key:
+        raise InvalidRequest(f"model '{model_id}': modelInfo.path (or a storage key) must be set")
+    options: dict[str, str] = {}
+    if extras.get("storage_params"):
+        if not isinstance(extras["storage_params"], dict):
+            raise InvalidRequest(f"model '{model_id}': storage_params must be an object")
+        options["storage_params_json"] = json.dumps(extras["storage_params"], sort_keys=True)
+    for k, v in (extras.get("options") or {}).items():
+        options[str(k)] = str(v)
+    try:
+        min_copies = int(extras.get("min_copies", 0))
+        max_copies = int(extras.get("max_copies", 0))
+        size = int(extras.get("size_bytes", 0))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"model '{model_id}': min_copies/max_copies/size_bytes must be integers") from exc
+    if min_copies < 0 or max_copies < 0 or (max_copies and min_copies > max_copies):
+        raise InvalidRequest(f"model '{model_id}': need 0 <= min_copies <= max_copies (0 = unlimited)")
+    if size <= 0:
+        size = local_artifact_bytes(info.path)
+    now = clock()
+    return ModelRecord(
+        model_id=model_id,
+        model_type=info.type.lower(),
+        path=info.path,
+        storage_key=storage_key,
+        schema_path=str(extras.get("schema_path", "")),
+        tenant=str(extras.get("tenant", "")),
+        min_copies=min_copies,
+        max_copies=max_copies,
+        pinned=bool(extras.get("pinned", False)),
+        predicted_size_bytes=max(size, 0),
+        registered_at=now,
+        last_used=(last_used_ms / 1000.0) if last_used_ms else now,
+        options=options,
+    )
+
+
+def local_artifact_bytes(path: str) -> int:
+    """Bytes on disk of a local artifact (file or directory), 0 when not local or absent.
+
+    Used as the predicted size of a model until a copy reports its measured size.
+    """
+    from pathlib import Path
+
+    if not path or ("://" in path and not path.startswith("file://")):
+        return 0
+    p = Path(path.removeprefix("file://"))
+    try:
+        if p.is_file():
+            return p.stat().st_size
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    except OSError:
+        return 0
+    return 0
+
+
+def _same_spec(a: ModelRecord, b: ModelRecord) -> bool:
+    strip = {"registered_at": 0.0, "last_used": 0.0, "refs": (), "auto_delete": False}
+    return replace(a, **strip) == replace(b, **strip)  # type: ignore[arg-type]
+
+
+class Management:
+    def __init__(self, state: ClusterState, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.store = state.store
+        self.keys = state.keys
+        self.instance_id = instance_id
+        self.clock = clock
+
+    # ------------------------------------------------------------ status
+
+    def model_status(self, model_id: str) -> ModelStatus:
+        if model_id not in self.state.models.items:
+            return ModelStatus(NOT_FOUND)
+        copies = self.state.copies_of(model_id)
+        now = self.clock()
+        infos = []
+        for iid, c in sorted(copies.items(), key=lambda kv: -kv[1].since):
+            st = {"loaded": LOADED, "loading": LOADING, "failed": LOADING_FAILED}.get(c.state, UNKNOWN)
+            infos.append(CopyStatus(iid, st, int(c.since * 1000)))
+        states = {c.state for c in copies.values()}
+        errors: tuple[str, ...] = ()
+        if "loaded" in states:
+            status = LOADED
+        elif "loading" in states or (self.state.assigned(model_id) and "failed" not in states):
+            status = LOADING
+        elif any(c.state == "failed" and c.failed_until > now for c in copies.values()):
+            status = LOADING_FAILED
+            errors = tuple(sorted({c.error for c in copies.values() if c.state == "failed" and c.error}))
+        else:
+            status = NOT_LOADED
+        miss_error = self.state.miss_error(model_id)
+        if miss_error and status == NOT_LOADED:
+            status, errors = LOADING_FAILED, (miss_error,)
+        return ModelStatus(status, errors, tuple(infos))
+
+    # ------------------------------------------------------------ models
+
+    async def register_model(
+        self, model_id: str, info: ModelInfoSpec, *, load_now: bool = False, sync: bool = False, last_used_ms: int = 0, timeout_s: float = 60.0, auto_delete: bool = False
+    ) -> ModelStatus:
+        rec = model_record_from_info(model_id, info, last_used_ms=last_used_ms, clock=self.clock)
+        rec = replace(rec, auto_delete=auto_delete)
+        key = self.keys.model(model_id)
+        try:
+            rev = await self.store.cas(key, encode(rec), 0)
+            if rev is None:
+                kv = await self.store.get(key)
+                if kv is not None and not _same_spec(decode(ModelRecord, kv.value), rec):
+                    raise AlreadyExists(f"model '{model_id}' is already registered with a different spec")
+            else:
+                await self.state.wait_for(lambda: model_id in self.state.models.items, 5.0)
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+        if load_now:
+            return await self.ensure_loaded(model_id, sync=sync, timeout_s=timeout_s)
+        return self.model_status(model_id)
+
+    async def unregister_model(self, model_id: str) -> None:
+        try:
+            vms, _ = await self.store.get_prefix(self.keys.vmodels)
+            refs = [decode(VModelRecord, kv.value) for kv in vms]
+            users = sorted(v.name for v in refs if model_id in (v.active, v.target))
+            if users:
+                raise PreconditionFailed(f"model '{model_id}' is still referenced by vmodel(s) {', '.join(users)}")
+            await self.store.txn(
+                [],
+                [Delete(self.keys.model(model_id)), Delete(self.keys.assignment(model_id)), Delete(self.keys.miss(model_id))],
+            )
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+
+    async def ensure_loaded(self, model_id: str, *, sync: bool = False, timeout_s: float = 60.0) -> ModelStatus:
+        if model_id not in self.state.models.items:
+            raise ModelNotFound(f"model '{model_id}' is not registered")
+        if not self.state.holders(model_id) and not self.state.assigned(model_id):
+            try:
+                await self.store.cas(
+                    self.keys.miss(model_id),
+                    encode(MissRecord(model_id=model_id, instance_id=self.instance_id, at=self.clock())),
+                    0,
+                )
+            except StoreError as exc:
+                raise Unavailable(f"store unavailable: {exc}") from exc
+        if sync:
+            await self.state.wait_for(
+                lambda: self.model_status(model_id).status in (LOADED, LOADING_FAILED, NOT_FOUND), timeout_s
+            )
+        return self.model_status(model_id)
+
+    # ------------------------------------------------------------ vModels
+
+    def vmodel_status(self, name: str, owner: str = "") -> VModelStatus:
+        vm = self.state.vmodels.items.get(name)
+        if vm is None or (owner and vm.owner != owner):
+            return VModelStatus(V_NOT_FOUND, active_status=ModelStatus(NOT_FOUND))
+        if vm.active == vm.target:
+            status = V_DEFINED
+        elif vm.failed or self.model_status(vm.target).status == LOADING_FAILED:
+            status = V_TRANSITION_FAILED
+        else:
+            status = V_TRANSITIONING
+        return VModelStatus(
+            status,
+            vm.active,
+            vm.target,
+            self.model_status(vm.active),
+            self.model_status(vm.target) if vm.target != vm.active else None,
+            vm.owner,
+        )
+
+    async def set_vmodel(
+        self,
+        name: str,
+        target: str,
+        *,
+        owner: str = "",
+        update_only: bool = False,
+        model_info: ModelInfoSpec | None = None,
+        auto_delete_target: bool = False,
+        load_now: bool = False,
+        force: bool = False,
+        sync: bool = False,
+        expected_target: str = "",
+        timeout_s: float = 60.0,
+    ) -> VModelStatus:
+        validate_id("vmodel id", name)
+        validate_id("target model id", target)
+        key = self.keys.vmodel(name)
+        try:
+            if model_info is not None:
+                await self.register_model(target, model_info, auto_delete=auto_delete_target)
+            elif target not in self.state.models.items and await self.store.get(self.keys.model(target)) is None:
+                raise ModelNotFound(f"target model '{target}' is not registered")
+            for _ in range(10):
+                kv = await self.store.get(key)
+                cur = decode(VModelRecord, kv.value) if kv else None
+                if cur is None:
+                    if update_only:
+                        raise VModelNotFound(f"vmodel '{name}' does not exist")
+                    if expected_target and expected_target != target:
+                        raise PreconditionFailed(f"vmodel '{name}' does not exist (expected target '{expected_target}')")
+                    # a new vModel is active on its target at once (nothing to protect yet)
+                    new = VModelRecord(name=name, active=target, target=target, owner=owner, updated_at=self.clock())
+                    rev = 0
+                else:
+                    if owner and cur.owner and cur.owner != owner:
+                        raise AlreadyExists(f"vmodel '{name}' belongs to owner '{cur.owner}'")
+                    if expected_target and cur.target != expected_target:
+                        raise PreconditionFailed(
+                            f"vmodel '{name}' targets '{cur.target}', not the expected '{expected_target}'"
+                        )
+                    if cur.target == target and not force:
+                        new = cur
+                    else:
+                        active = target if (force or cur.active == target) else cur.active
+                        new = replace(cur, target=target, active=active, failed=False, failure="", updated_at=self.clock())
+                    rev = kv.mod_revision if kv else 0
+                if new is cur:
+                    break
+                ok, _ = await self.store.txn([Compare(key, rev)], [Put(key, encode(new))])
+                if ok:
+                    break
+            else:
+                raise Unavailable(f"vmodel '{name}' kept changing concurrently; retry")
+            await self.state.wait_for(lambda: self.state.vmodels.items.get(name) == new, 5.0)
+            if load_now or new.active != new.target or not self.state.holders(new.target):
+                if load_now or new.active != new.target:
+                    await self.ensure_loaded(target)
+            if sync:
+                await self.state.wait_for(
+                    lambda: self.vmodel_status(name).status in (V_DEFINED, V_TRANSITION_FAILED)
+                    and (not load_now or self.model_status(target).status in (LOADED, LOADING_FAILED)),
+                    timeout_s,
+                )
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+        return self.vmodel_status(name)
+
+    async def delete_vmodel(self, name: str, owner: str = "") -> None:
+        key = self.keys.vmodel(name)
+        try:
+            kv = await self.store.get(key)
+            if kv is None:
+                return
+            vm = decode(VModelRecord, kv.value)
+            if owner and vm.owner != owner:
+                raise PreconditionFailed(f"vmodel '{name}' belongs to owner '{vm.owner}', not '{owner}'")
+            ops: list[Put | Delete] = [Delete(key)]
+            others, _ = await self.store.get_prefix(self.keys.vmodels)
+            still = {m for o in others if o.key != key for m in (decode(VModelRecord, o.value).active, decode(VModelRecord, o.value).target)}
+            for mid in {vm.active, vm.target}:
+                mkv = await self.store.get(self.keys.model(mid))
+                if mkv is not None and decode(ModelRecord, mkv.value).auto_delete and mid not in still:
+                    ops += [Delete(self.keys.model(mid)), Delete(self.keys.assignment(mid))]
+            ok, _ = await self.store.txn([Compare(key, kv.mod_revision)], ops)
+            if not ok:
+                raise Unavailable(f"vmodel '{name}' changed concurrently; retry")
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+
+    # ------------------------------------------------------------ views (visibility)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        out = []
+        for mid, rec in sorted(self.state.models.items.items()):
+            st = self.model_status(mid)
+            out.append(
+                {
+                    "model_id": mid,
+                    "type": rec.model_type,
+                    "status": st.status,
+                    "copies": {c.location: c.status for c in st.copies},
+                    "size_bytes": max((c.size_bytes for c in self.state.copies_of(mid).values()), default=0),
+                    "errors": list(st.errors),
+                }
+            )
+        return out
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "instance_id": iid,
+                "address": r.address,
+                "capacity_bytes": r.capacity_bytes,
+                "used_bytes": r.used_bytes,
+                "models": r.model_count,
+                "loading": r.loading,
+                "rpm": r.rpm,
+                "shutting_down": r.shutting_down,
+                "zone": r.zone,
+            }
+            for iid, r in sorted(self.state.instances.items.items())
+        ]

@@ -1,0 +1,261 @@
+"""The REST edge: V2 inference over HTTP/JSON and a JSON management API (FastAPI).
+
+Built per instance by :func:`build_rest_app` (no module-level app). Errors go
+through one exception handler that uses the same status table as gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import make_asgi_app
+
+from protos import grpc_predict_v2_pb2 as pb
+from runtime_adapters import InferResponse
+
+from . import _codec
+from ._errors import ERROR_ROOTS, InvalidRequest, ModelNotFound, PayloadTooLarge, status_for
+from ._grpc import SERVER_NAME, model_metadata_pb
+from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
+from ._metrics import Metrics
+from ._router import Router
+
+_JSON_INLINE_LIMIT = 64 << 10  # parse bigger bodies off the event loop
+
+
+def _model_status_json(st: ModelStatus) -> dict[str, Any]:
+    return {
+        "status": st.status,
+        "errors": list(st.errors),
+        "copies": [{"location": c.location, "status": c.status, "time": c.time_ms} for c in st.copies],
+    }
+
+
+def _vmodel_status_json(st: VModelStatus) -> dict[str, Any]:
+    return {
+        "status": st.status,
+        "activeModelId": st.active_model_id,
+        "targetModelId": st.target_model_id,
+        "owner": st.owner,
+        "activeModelStatus": _model_status_json(st.active_status) if st.active_status else None,
+        "targetModelStatus": _model_status_json(st.target_status) if st.target_status else None,
+    }
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    chunks = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise InvalidRequest("empty request body")
+    try:
+        if len(body) > _JSON_INLINE_LIMIT:
+            return await asyncio.to_thread(json.loads, body)
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+def _timeout(request: Request) -> float | None:
+    value = request.headers.get("grpc-timeout") or request.headers.get("x-request-timeout")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+_GRPC_TO_HTTP = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+}
+
+
+def install_error_handler(app: FastAPI) -> None:
+    """The one REST error handler: every exception becomes its table status and ``{"error": message}``."""
+
+    async def _errors(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, grpc.aio.AioRpcError):  # a forwarded call failed on the holder
+            return JSONResponse({"error": exc.details() or str(exc.code())}, status_code=_GRPC_TO_HTTP.get(exc.code(), 500))
+        status, message = status_for(exc)
+        return JSONResponse({"error": message}, status_code=status.http)
+
+    # one handler, registered per error root (a handler for bare Exception would run in
+    # Starlette's outermost middleware, which re-raises after answering)
+    for root in ERROR_ROOTS:
+        app.add_exception_handler(root, _errors)  # type: ignore[arg-type]
+    app.add_exception_handler(grpc.aio.AioRpcError, _errors)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _errors)  # last resort: 500
+
+
+def build_rest_app(
+    router: Router,
+    management: Management,
+    *,
+    max_message_bytes: int,
+    version: str = "",
+    metrics: Metrics | None = None,
+    extra: dict[str, Any] | None = None,
+) -> FastAPI:
+    app = FastAPI(title="modelmux", version=version, docs_url="/docs", redoc_url=None)
+    if metrics is not None:
+        app.mount("/metrics", make_asgi_app(metrics.registry))
+
+    install_error_handler(app)
+
+    # ---------------------------------------------------------------- V2
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": version, "extensions": ["model_repository"]}
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, Any]:
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str, request: Request) -> dict[str, Any]:
+        msg = await model_metadata_pb(router, name, _timeout(request))
+        return _codec.metadata_from_pb(msg)
+
+    @app.get("/v2/models/{name}/versions/{version_id}")
+    async def model_metadata_v(name: str, version_id: str, request: Request) -> dict[str, Any]:
+        return await model_metadata(name, request)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> Response:
+        mid = await router.resolve_fresh(name)
+        ready = bool(router.state.holders(mid)) or mid in router.local
+        return JSONResponse({"name": name, "ready": ready}, status_code=200)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> JSONResponse:
+        body = await _read_json(request, max_message_bytes)
+        req = _codec.infer_request_from_json(name, body)
+        result = await router.infer(name, req, timeout_s=_timeout(request))
+        if isinstance(result, InferResponse):
+            out = _codec.infer_response_to_json(result)
+        else:
+            out = _codec.pb_response_to_json(result)
+        out["model_name"] = name
+        if req.id:
+            out["id"] = req.id
+        return JSONResponse(out)
+
+    @app.post("/v2/models/{name}/versions/{version_id}/infer")
+    async def infer_v(name: str, version_id: str, request: Request) -> JSONResponse:
+        return await infer(name, request)
+
+    # ---------------------------------------------------------------- management
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"models": management.list_models()}
+
+    @app.post("/v1/models/{model_id}")
+    async def register(model_id: str, request: Request) -> dict[str, Any]:
+        body = await _read_json(request, 1 << 20)
+        if not isinstance(body, dict):
+            raise InvalidRequest("body must be a JSON object")
+        info = body.get("modelInfo") or body
+        if not isinstance(info, dict):
+            raise InvalidRequest("modelInfo must be an object")
+        key = info.get("key", "")
+        if isinstance(key, dict):
+            key = json.dumps(key)
+        st = await management.register_model(
+            model_id,
+            ModelInfoSpec(type=str(info.get("type", "")), path=str(info.get("path", "")), key=str(key)),
+            load_now=bool(body.get("loadNow", False)),
+            sync=bool(body.get("sync", False)),
+        )
+        return _model_status_json(st)
+
+    @app.get("/v1/models/{model_id}")
+    async def model_status(model_id: str) -> dict[str, Any]:
+        st = management.model_status(model_id)
+        if st.status == "NOT_FOUND":
+            raise ModelNotFound(f"model '{model_id}' is not registered")
+        return _model_status_json(st)
+
+    @app.delete("/v1/models/{model_id}")
+    async def unregister(model_id: str) -> dict[str, Any]:
+        await management.unregister_model(model_id)
+        return {}
+
+    @app.post("/v1/models/{model_id}/load")
+    async def ensure_loaded(model_id: str, sync: bool = False) -> dict[str, Any]:
+        return _model_status_json(await management.ensure_loaded(model_id, sync=sync))
+
+    @app.put("/v1/vmodels/{name}")
+    async def set_vmodel(name: str, request: Request) -> dict[str, Any]:
+        body = await _read_json(request, 1 << 20)
+        if not isinstance(body, dict) or not isinstance(body.get("targetModelId"), str):
+            raise InvalidRequest("body must be an object with a string targetModelId")
+        info = body.get("modelInfo")
+        spec = None
+        if isinstance(info, dict):
+            key = info.get("key", "")
+            spec = ModelInfoSpec(type=str(info.get("type", "")), path=str(info.get("path", "")),
+                                 key=json.dumps(key) if isinstance(key, dict) else str(key))
+        st = await management.set_vmodel(
+            name,
+            body["targetModelId"],
+            owner=str(body.get("owner", "")),
+            update_only=bool(body.get("updateOnly", False)),
+            model_info=spec,
+            auto_delete_target=bool(body.get("autoDeleteTargetModel", False)),
+            load_now=bool(body.get("loadNow", False)),
+            force=bool(body.get("force", False)),
+            sync=bool(body.get("sync", False)),
+            expected_target=str(body.get("expectedTargetModelId", "")),
+        )
+        return _vmodel_status_json(st)
+
+    @app.get("/v1/vmodels/{name}")
+    async def vmodel_status(name: str, owner: str = "") -> dict[str, Any]:
+        return _vmodel_status_json(management.vmodel_status(name, owner))
+
+    @app.delete("/v1/vmodels/{name}")
+    async def delete_vmodel(name: str, owner: str = "") -> dict[str, Any]:
+        await management.delete_vmodel(name, owner)
+        return {}
+
+    @app.get("/v1/instances")
+    async def instances() -> dict[str, Any]:
+        return {"instances": management.list_instances()}
+
+    @app.get("/v1/cluster")
+    async def cluster() -> dict[str, Any]:
+        info = {
+            "time": time.time(),
+            "instances": management.list_instances(),
+            "models": management.list_models(),
+            "connected": router.state.connected,
+        }
+        if extra:
+            for key, fn in extra.items():
+                info[key] = fn()
+        return info
+
+    _ = pb
+    return app

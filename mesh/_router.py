@@ -1,0 +1,313 @@
+"""The router: resolve a name to a model, then serve locally, forward, or trigger a load.
+
+Hot path for a loaded model: one vModel/model look-up and one holders look-up in
+the in-memory :class:`ClusterState`; a local copy is served in process, a remote
+one gets the request bytes forwarded unparsed over a cached channel. Nothing on
+this path touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from protos import grpc_predict_v2_pb2 as pb
+from runtime_adapters import InferRequest, InferResponse, LoadedModel
+
+from . import _codec
+from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from ._metrics import Metrics
+from ._records import Keys, MissRecord, encode
+from ._state import ClusterState
+
+log = logging.getLogger(__name__)
+
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+FORWARDED_HEADER = "mm-forwarded"  # set on forwarded calls: serve locally or answer NOT_FOUND
+MODEL_ID_HEADER = "mm-model-id"
+VMODEL_ID_HEADER = "mm-vmodel-id"
+_RETRY_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+
+
+@dataclass
+class UsageStats:
+    """Per-model use counters, published by the agent (coalesced)."""
+
+    last_used: float = 0.0
+    count: int = 0
+    window_start: float = field(default_factory=time.monotonic)
+    window_count: int = 0
+
+
+@dataclass
+class RouterCounters:
+    local: int = 0
+    forwarded: int = 0
+    misses: int = 0
+    forward_retries: int = 0
+
+
+class Router:
+    def __init__(
+        self,
+        instance_id: str,
+        state: ClusterState,
+        *,
+        forward_attempts: int = 3,
+        default_deadline_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.instance_id = instance_id
+        self.state = state
+        self.keys: Keys = state.keys
+        self.forward_attempts = forward_attempts
+        self.default_deadline_s = default_deadline_s
+        self.clock = clock
+        self.local: dict[str, LoadedModel] = {}  # model id -> loaded copy (owned by the agent)
+        self.usage: dict[str, UsageStats] = {}
+        self.counters = RouterCounters()
+        self._inflight: dict[str, int] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._misses: dict[str, asyncio.Future[None]] = {}
+        self._unknown: dict[str, float] = {}  # negative cache of names unknown to the store
+        self.max_message_bytes = 64 << 20
+
+    # ------------------------------------------------------------ names
+
+    def resolve(self, name: str) -> str:
+        mid = self.state.resolve(name)
+        if mid is None:
+            raise ModelNotFound(f"model '{name}' is not registered")
+        return mid
+
+    async def resolve_fresh(self, name: str) -> str:
+        """Resolve, and when the view does not know the name, ask the store once before NOT_FOUND.
+
+        A model registered on another instance a moment ago may not have reached this
+        instance's view yet. This cold path (unknown names only) reads the store, with a short
+        negative cache so that a client hammering a wrong name cannot hammer the store.
+        """
+        mid = self.state.resolve(name)
+        if mid is not None:
+            return mid
+        now = time.monotonic()
+        if self._unknown.get(name, 0.0) > now:
+            raise ModelNotFound(f"model '{name}' is not registered")
+        try:
+            found = await self.state.store.get(self.keys.model(name)) or await self.state.store.get(self.keys.vmodel(name))
+        except Exception:
+            found = None
+        if found is not None:
+            await self.state.wait_for(lambda: self.state.resolve(name) is not None, 5.0)
+            mid = self.state.resolve(name)
+            if mid is not None:
+                return mid
+        if len(self._unknown) > 10_000:
+            self._unknown.clear()
+        self._unknown[name] = now + 1.0
+        raise ModelNotFound(f"model '{name}' is not registered")
+
+    def touch(self, model_id: str) -> None:
+        st = self.usage.get(model_id)
+        if st is None:
+            st = self.usage[model_id] = UsageStats()
+        st.last_used = self.clock()
+        st.count += 1
+        st.window_count += 1
+
+    # ------------------------------------------------------------ entry points
+
+    async def infer_bytes(
+        self, name: str, payload: bytes, *, timeout_s: float | None, forwarded: bool = False
+    ) -> bytes:
+        """Serve a serialized ModelInferRequest; returns a serialized ModelInferResponse."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
+        mid = self.state.resolve(name) or await self.resolve_fresh(name)
+        model = self.local.get(mid)
+        if model is not None:
+            return await self._local_bytes(mid, model, name, payload)
+        if forwarded:
+            raise ModelNotFound(f"model '{mid}' is not loaded on instance {self.instance_id}")
+        return await self._route(mid, name, payload, deadline, to_bytes=True)  # type: ignore[no-any-return]
+
+    async def infer(self, name: str, request: InferRequest, *, timeout_s: float | None) -> InferResponse | pb.ModelInferResponse:
+        """Serve a decoded request (REST): local in process, remote as a forwarded gRPC call."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
+        mid = self.state.resolve(name) or await self.resolve_fresh(name)
+        model = self.local.get(mid)
+        if model is not None:
+            return await self._local(mid, model, name, request)
+        payload = _codec.infer_request_to_pb(request).SerializeToString()
+        raw = await self._route(mid, name, payload, deadline, to_bytes=True)
+        return pb.ModelInferResponse.FromString(raw)
+
+    async def local_model(self, name: str, *, timeout_s: float | None) -> LoadedModel | None:
+        """The local copy if any (metadata / readiness)."""
+        mid = self.resolve(name)
+        return self.local.get(mid)
+
+    # ------------------------------------------------------------ local
+
+    async def _local(self, mid: str, model: LoadedModel, name: str, request: InferRequest) -> InferResponse:
+        self.counters.local += 1
+        self.metrics.local_hits.inc()
+        self.touch(mid)
+        t0 = time.perf_counter()
+        resp = await model.infer(request)
+        self.metrics.labels(self.metrics.invoke_ms, mid).observe((time.perf_counter() - t0) * 1000)  # type: ignore[union-attr]
+        if resp.model_name != name:
+            resp = InferResponse(model_name=name, outputs=resp.outputs, id=request.id, model_version=resp.model_version)
+        return resp
+
+    async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
+        msg = pb.ModelInferRequest.FromString(payload)
+        request = _codec.infer_request_from_pb(msg)
+        resp = await self._local(mid, model, name, request)
+        out = _codec.infer_response_to_pb(resp)
+        out.id = msg.id
+        return out.SerializeToString()
+
+    # ------------------------------------------------------------ remote / miss
+
+    async def _route(self, mid: str, name: str, payload: bytes, deadline: float, *, to_bytes: bool) -> bytes:
+        excluded: set[str] = set()
+        attempts = 0
+        last_error: BaseException | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'") from last_error
+            model = self.local.get(mid)
+            if model is not None:
+                return await self._local_bytes(mid, model, name, payload)
+            holders = [h for h in self.state.holders(mid) if h not in excluded and h != self.instance_id]
+            if not holders:
+                if attempts >= self.forward_attempts and last_error is not None:
+                    raise Unavailable(f"no instance could serve model '{name}': {last_error}") from last_error
+                await self.ensure_loaded(mid, deadline, exclude=excluded)
+                if excluded and not [h for h in self.state.holders(mid) if h not in excluded]:
+                    # the only holders are ones that just failed us: try them again once
+                    excluded.clear()
+                continue
+            target = min(holders, key=lambda h: self._inflight.get(h, 0))
+            address = self.state.address(target)
+            if address is None:
+                excluded.add(target)
+                continue
+            attempts += 1
+            try:
+                result = await self._forward(target, address, mid, payload, deadline - time.monotonic())
+                self.metrics.forwards.labels("ok").inc()
+                return result
+            except grpc.aio.AioRpcError as exc:
+                self.metrics.forwards.labels(exc.code().name.lower()).inc()
+                if exc.code() in _RETRY_CODES and attempts < self.forward_attempts:
+                    self.counters.forward_retries += 1
+                    excluded.add(target)
+                    last_error = exc
+                    continue
+                raise
+
+    def _stub(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_receive_message_length", self.max_message_bytes),
+                    ("grpc.max_send_message_length", self.max_message_bytes),
+                ],
+            )
+            self._channels[address] = channel
+            stub = channel.unary_unary(INFER_METHOD)  # no (de)serializers: bytes in, bytes out
+            self._stubs[address] = stub
+        return stub
+
+    async def _forward(self, target: str, address: str, mid: str, payload: bytes, timeout: float) -> bytes:
+        self.counters.forwarded += 1
+        self._inflight[target] = self._inflight.get(target, 0) + 1
+        try:
+            result: bytes = await self._stub(address)(
+                payload,
+                timeout=max(timeout, 0.001),
+                metadata=((MODEL_ID_HEADER, mid), (FORWARDED_HEADER, self.instance_id)),
+            )
+            return result
+        finally:
+            self._inflight[target] -= 1
+
+    async def ensure_loaded(self, mid: str, deadline: float, *, exclude: set[str] | None = None) -> None:
+        """Make sure a loaded copy exists somewhere (one miss per model per process)."""
+        if self.state.holders(mid) and not (exclude and set(self.state.holders(mid)) <= exclude):
+            return
+        error = self.state.failure(mid)
+        if error is not None:
+            raise ModelLoadFailed(f"model '{mid}' failed to load: {error}")
+        fut = self._misses.get(mid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._misses[mid] = fut
+            task = asyncio.create_task(self._miss(mid, fut, deadline))
+            task.add_done_callback(lambda _t: None)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout=max(deadline - time.monotonic(), 0.0))
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"model '{mid}' did not load within the request deadline") from exc
+
+    async def _miss(self, mid: str, fut: asyncio.Future[None], deadline: float) -> None:
+        self.counters.misses += 1
+        self.metrics.misses.inc()
+        t0 = time.perf_counter()
+        try:
+            if not self.state.assigned(mid) or not self._assigned_live(mid):
+                await self.state.store.cas(
+                    self.keys.miss(mid),
+                    encode(MissRecord(model_id=mid, instance_id=self.instance_id, at=self.clock())),
+                    0,
+                )
+            ok = await self.state.wait_for(
+                lambda: bool(self.state.holders(mid))
+                or self.state.failure(mid) is not None
+                or self.state.miss_error(mid) is not None
+                or mid not in self.state.models.items,
+                timeout_s=max(deadline - time.monotonic(), 0.0),
+            )
+            if mid not in self.state.models.items:
+                raise ModelNotFound(f"model '{mid}' was unregistered")
+            miss_error = self.state.miss_error(mid)
+            if not self.state.holders(mid) and miss_error is not None:
+                raise NoCapacity(f"model '{mid}' cannot be placed: {miss_error}")
+            error = self.state.failure(mid)
+            if not self.state.holders(mid) and error is not None:
+                raise ModelLoadFailed(f"model '{mid}' failed to load: {error}")
+            if not ok:
+                raise DeadlineExceeded(f"model '{mid}' did not load within the request deadline")
+            self.metrics.cache_miss_ms.observe((time.perf_counter() - t0) * 1000)
+            fut.set_result(None)
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters may all have timed out
+        finally:
+            self._misses.pop(mid, None)
+
+    def _assigned_live(self, mid: str) -> bool:
+        live = self.state.instances.items
+        return any(i in live and not live[i].shutting_down for i in self.state.assigned(mid))
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+
+AsyncHandler = Callable[..., Awaitable[bytes]]

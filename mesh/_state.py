@@ -1,0 +1,216 @@
+"""The instance's in-memory view of the cluster, kept current by store watches.
+
+Routing reads only this view (never the store). One :class:`PrefixMirror` per key
+family; small derived indexes (loaded holders per model, copies per model) are
+updated from the mirrors' change callbacks, so a routing decision is a couple of
+dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._records import (
+    AssignmentRecord,
+    CopyRecord,
+    InstanceRecord,
+    Keys,
+    MissRecord,
+    ModelRecord,
+    VModelRecord,
+    decode,
+)
+from ._store import PrefixMirror, Store
+
+
+def _rel(prefix: str, key: str) -> str:
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+class ClusterState:
+    def __init__(self, store: Store, keys: Keys, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.instances: PrefixMirror[InstanceRecord] = PrefixMirror(
+            store, keys.instances, lambda k, v: decode(InstanceRecord, v)
+        )
+        self.models: PrefixMirror[ModelRecord] = PrefixMirror(store, keys.models, lambda k, v: decode(ModelRecord, v))
+        self.vmodels: PrefixMirror[VModelRecord] = PrefixMirror(
+            store, keys.vmodels, lambda k, v: decode(VModelRecord, v)
+        )
+        self.assignments: PrefixMirror[AssignmentRecord] = PrefixMirror(
+            store, keys.assignments, lambda k, v: decode(AssignmentRecord, v)
+        )
+        self.copies: PrefixMirror[CopyRecord] = PrefixMirror(store, keys.copies, lambda k, v: decode(CopyRecord, v))
+        self.misses: PrefixMirror[MissRecord] = PrefixMirror(store, keys.misses, lambda k, v: decode(MissRecord, v))
+        self._mirrors: list[PrefixMirror[Any]] = [
+            self.instances,
+            self.models,
+            self.vmodels,
+            self.assignments,
+            self.copies,
+            self.misses,
+        ]
+        # derived indexes
+        self._copies_by_model: dict[str, dict[str, CopyRecord]] = {}
+        self._holders: dict[str, tuple[str, ...]] = {}
+        self._unsubs: list[Callable[[], None]] = []
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._unsubs.append(self.copies.subscribe(self._on_copies))
+        self._unsubs.append(self.instances.subscribe(self._on_instances))
+        for mirror in self._mirrors:
+            self._unsubs.append(mirror.subscribe(self._notify))
+        for mirror in self._mirrors:
+            await mirror.start()
+        self._rebuild_copies()
+
+    async def stop(self) -> None:
+        for unsub in self._unsubs:
+            unsub()
+        self._unsubs.clear()
+        for mirror in self._mirrors:
+            await mirror.stop()
+
+    def _notify(self, _changes: object) -> None:
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after every change to any mirror."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            if predicate():
+                return True
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            if predicate():
+                return True
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            except TimeoutError:
+                return predicate()
+
+    @property
+    def connected(self) -> bool:
+        return all(m.connected for m in self._mirrors)
+
+    # ------------------------------------------------------------ look-ups
+
+    def resolve(self, name: str) -> str | None:
+        """vModel name or model id -> model id (None when neither exists)."""
+        vm = self.vmodels.items.get(name)
+        if vm is not None:
+            return vm.active
+        if name in self.models.items:
+            return name
+        return None
+
+    def model(self, model_id: str) -> ModelRecord | None:
+        return self.models.items.get(model_id)
+
+    def holders(self, model_id: str) -> tuple[str, ...]:
+        """Instances with a loaded copy of the model (live ones only)."""
+        return self._holders.get(model_id, ())
+
+    def copies_of(self, model_id: str) -> dict[str, CopyRecord]:
+        return self._copies_by_model.get(model_id, {})
+
+    def assigned(self, model_id: str) -> tuple[str, ...]:
+        rec = self.assignments.items.get(model_id)
+        return rec.instances if rec else ()
+
+    def address(self, instance_id: str) -> str | None:
+        rec = self.instances.items.get(instance_id)
+        return rec.address if rec else None
+
+    def live_instances(self) -> dict[str, InstanceRecord]:
+        return dict(self.instances.items)
+
+    def failure(self, model_id: str) -> str | None:
+        """The load error when the model has failed recently and nothing is loading or loaded."""
+        copies = self.copies_of(model_id)
+        if not copies:
+            return None
+        now = self.clock()
+        error = None
+        for c in copies.values():
+            if c.state in ("loaded", "loading"):
+                return None
+            if c.state == "failed" and c.failed_until > now:
+                error = c.error or "load failed"
+        return error
+
+    def miss_error(self, model_id: str) -> str | None:
+        rec = self.misses.items.get(model_id)
+        return rec.error if rec is not None and rec.error else None
+
+    def referencing_vmodels(self, model_id: str) -> list[str]:
+        return sorted(
+            name for name, vm in self.vmodels.items.items() if model_id in (vm.active, vm.target)
+        )
+
+    # ------------------------------------------------------------ index upkeep
+
+    def _split_copy_key(self, key: str) -> tuple[str, str]:
+        rel = _rel(self.keys.copies, key)
+        mid, _, iid = rel.rpartition("/")
+        return mid, iid
+
+    def _rebuild_copies(self) -> None:
+        by_model: dict[str, dict[str, CopyRecord]] = {}
+        for key, rec in self.copies.items.items():
+            mid, iid = self._split_copy_key(key)
+            by_model.setdefault(mid, {})[iid] = rec
+        self._copies_by_model = by_model
+        self._holders = {}
+        for mid in by_model:
+            self._recompute_holders(mid)
+
+    def _recompute_holders(self, mid: str) -> None:
+        copies = self._copies_by_model.get(mid)
+        live = self.instances.items
+        if not copies:
+            self._holders.pop(mid, None)
+            return
+        holders = tuple(
+            sorted(
+                iid
+                for iid, c in copies.items()
+                if c.state == "loaded" and iid in live and not live[iid].shutting_down
+            )
+        )
+        # a shutting-down instance still serves while nothing else holds the model
+        if not holders:
+            holders = tuple(sorted(iid for iid, c in copies.items() if c.state == "loaded" and iid in live))
+        if holders:
+            self._holders[mid] = holders
+        else:
+            self._holders.pop(mid, None)
+
+    def _on_copies(self, changes: list[Any]) -> None:
+        touched: set[str] = set()
+        for ch in changes:
+            mid, iid = self._split_copy_key(ch.key)
+            rec = ch.new
+            per = self._copies_by_model.setdefault(mid, {})
+            if rec is None:
+                per.pop(iid, None)
+                if not per:
+                    self._copies_by_model.pop(mid, None)
+            else:
+                per[iid] = rec
+            touched.add(mid)
+        for mid in touched:
+            self._recompute_holders(mid)
+
+    def _on_instances(self, changes: list[Any]) -> None:
+        for mid in list(self._copies_by_model):
+            self._recompute_holders(mid)

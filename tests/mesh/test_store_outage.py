@@ -1,0 +1,67 @@
+"""Store unreachable: loaded models keep serving, management fails fast with UNAVAILABLE, all recovers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from cluster import wait_until
+from models import add_model
+from test_cluster import Client
+
+from protos import model_mesh_pb2 as mm
+
+
+async def test_store_outage_and_recovery(make_cluster: Any, cluster_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    etcd = None
+    if cluster_kind == "etcd":
+        etcd = request.getfixturevalue("etcd_factory")()  # a private etcd we may stop
+    cluster = await make_cluster(3, etcd=etcd)
+    client = Client(cluster.grpc)
+    models = tmp_path / "models"
+    try:
+        for k in range(3):
+            await client.register(f"up{k}", add_model(models / f"up{k}" / "model.onnx", float(k)), loadNow=True, sync=True)
+        late = add_model(models / "late" / "model.onnx", 9.0)
+
+        # store goes away
+        if etcd is not None:
+            etcd.stop()
+        else:
+            cluster.store.set_available(False)
+        try:
+            for n in range(30):  # every instance, every model, local or forwarded
+                k = n % 3
+                assert np.allclose(await client.infer(n, f"up{k}", timeout=10), float(k))
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.register("late", late, i=1)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - t0 < 8.0  # fails fast, not at the client's deadline
+        finally:
+            if etcd is not None:
+                etcd.restart()
+            else:
+                cluster.store.set_available(True)
+
+        # everything converges again
+        async def registered() -> bool:
+            try:
+                await client.register("late", late, i=2)
+                return True
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                return False
+
+        await wait_until(registered, 30, "management to recover")
+        assert np.allclose(await client.infer(0, "late", timeout=30), 9.0)
+        for k in range(3):
+            assert np.allclose(await client.infer(k + 1, f"up{k}"), float(k))
+        st = await client.mgmt[0].getModelStatus(mm.GetStatusRequest(modelId="up0"), timeout=10)
+        assert st.status == mm.ModelStatusInfo.LOADED
+    finally:
+        await client.close()
