@@ -1,0 +1,52 @@
+"""``python -m runtime_adapters [--address HOST:PORT]``: run these adapters as an external
+runtime process (``mmesh.ModelRuntime`` + V2 inference on one gRPC port).
+
+Settings come from the environment (``MODELMUX_ADAPTER_*``, ``MODELMUX_RUNTIME_*``). The
+bound port is printed as ``listening on <port>`` once the server accepts calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from ._registry import build_registry
+from ._runtime_server import RuntimeService, start_runtime_server
+from ._settings import AdapterSettings, RuntimeServerSettings
+
+log = logging.getLogger("runtime_adapters")
+
+
+async def serve(address: str) -> None:
+    registry = build_registry(AdapterSettings())
+    service = RuntimeService(registry, RuntimeServerSettings())
+    server, port = await start_runtime_server(service, address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("model runtime serving %s on port %d", ", ".join(registry.model_types), port)
+    print(f"listening on {port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=5)
+        await service.unload_all()
+        await registry.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime_adapters", description=__doc__)
+    parser.add_argument("--address", default="127.0.0.1:8085", help="host:port to listen on (port 0 = any)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.address))
+
+
+if __name__ == "__main__":
+    main()

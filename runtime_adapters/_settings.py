@@ -1,0 +1,45 @@
+"""Settings of the in-process runtimes and of the model-runtime gRPC server."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AdapterSettings(BaseSettings):
+    """Threads, pools and limits of the in-process runtimes (env prefix ``MODELMUX_ADAPTER_``).
+
+    Framework thread counts are per inference call: with ``infer_workers`` calls in flight a
+    process uses about ``infer_workers x *_threads`` compute threads.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODELMUX_ADAPTER_", extra="ignore")
+
+    onnx_intra_op_threads: int = Field(default=1, ge=0)
+    onnx_inter_op_threads: int = Field(default=1, ge=0)
+    torch_threads: int = Field(default=1, ge=1)
+    xgboost_threads: int = Field(default=1, ge=1)
+    infer_workers: int = Field(default=4, ge=1)
+    load_workers: int = Field(default=2, ge=1)
+    # "cpu", "cuda" or "cuda:N"; a spec's "device" option overrides it per model.
+    torch_device: str = "cpu"
+    # Load the first model of each format twice and measure the second, so one-time framework
+    # start-up costs are not charged to that model's size (see runtime_adapters._memory).
+    warm_up_first_load: bool = True
+    # Upper bound of one request's input tensor bytes; 0 = no limit.
+    max_request_bytes: int = Field(default=1 << 30, ge=0)
+
+
+class RuntimeServerSettings(BaseSettings):
+    """What the ``mmesh.ModelRuntime`` server reports and how it behaves (``MODELMUX_RUNTIME_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELMUX_RUNTIME_", extra="ignore")
+
+    capacity_bytes: int = Field(default=2 << 30, ge=0)
+    default_model_size_bytes: int = Field(default=1 << 20, ge=0)
+    max_loading_concurrency: int = Field(default=2, ge=1)
+    model_loading_timeout_s: float = Field(default=90.0, gt=0)
+    # ModelMesh's contract: a runtimeStatus call purges every loaded model (it is sent once,
+    # when the mesh container (re)starts). Turn off for callers that poll it.
+    purge_on_status: bool = True
+    runtime_version: str = "modelmux"

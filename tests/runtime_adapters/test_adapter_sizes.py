@@ -1,0 +1,148 @@
+"""Measured sizes: positive, at least the framework's own bytes, and scaling with the model;
+the load meter's rules for trusting an RSS delta; the first-load warm-up."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime_adapters import (
+    AdapterRegistry,
+    AdapterSettings,
+    ModelSpec,
+    OnnxAdapter,
+    build_registry,
+)
+from runtime_adapters._memory import LoadMeter
+
+Built = Callable[..., Path]
+
+MB = 1 << 20
+
+CASES: list[tuple[str, str, dict[str, Any], dict[str, Any], int]] = [
+    # (model type, maker, small kwargs, big kwargs, weight bytes of the big one)
+    ("onnx", "make_onnx_model", {"weight_bytes": MB}, {"weight_bytes": 10 * MB}, 10 * MB),
+    ("torchscript", "make_torchscript_model", {"weight_bytes": MB}, {"weight_bytes": 10 * MB}, 10 * MB),
+    ("torch_export", "make_torch_export_model", {"weight_bytes": MB}, {"weight_bytes": 10 * MB}, 10 * MB),
+    (
+        "xgboost",
+        "make_xgboost_model",
+        {"kind": "regressor", "n_rounds": 10, "max_depth": 3},
+        {"kind": "regressor", "n_rounds": 100, "max_depth": 3},
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(("mtype", "maker", "small_kw", "big_kw", "big_weights"), CASES, ids=[c[0] for c in CASES])
+async def test_size_is_measured_and_scales_with_the_model(
+    registry: AdapterRegistry,
+    built: Built,
+    mtype: str,
+    maker: str,
+    small_kw: dict[str, Any],
+    big_kw: dict[str, Any],
+    big_weights: int,
+) -> None:
+    adapter = registry.for_type(mtype)
+    small_path, big_path = built(maker, **small_kw), built(maker, **big_kw)
+    small = await adapter.load(ModelSpec("small", mtype), small_path)
+    big = await adapter.load(ModelSpec("big", mtype), big_path)
+    assert small.size_bytes > 0
+    assert big.size_bytes >= big_weights
+    assert big.size_bytes > 4 * small.size_bytes, (small.size_bytes, big.size_bytes)
+    st = await adapter.status()
+    assert st.used_bytes == small.size_bytes + big.size_bytes
+    # predictions come from file bytes, before any load, and scale the same way
+    p_small = adapter.predict_size(ModelSpec("small", mtype), small_path)
+    p_big = adapter.predict_size(ModelSpec("big", mtype), big_path)
+    assert 0 < p_small and p_big > 4 * p_small
+    await small.unload()
+    await big.unload()
+
+
+def test_meter_trusts_only_solitary_loads() -> None:
+    meter = LoadMeter()
+    t = meter.begin()
+    block = bytearray(8 * MB)  # touched memory that stays alive across the "load"
+    block[:: 4096] = b"\x01" * len(block[:: 4096])
+    delta = meter.end(t)
+    assert delta is not None and delta >= 4 * MB
+    # overlapping loads: neither delta is trusted
+    a = meter.begin()
+    b = meter.begin()
+    assert meter.end(b) is None
+    assert meter.end(a) is None
+    # a load that started and finished inside another one spoils the outer delta
+    outer = meter.begin()
+    inner = meter.begin()
+    meter.end(inner)
+    assert meter.end(outer) is None
+    # alone again: trusted
+    t = meter.begin()
+    assert meter.end(t) is not None
+    del block
+
+
+async def test_first_load_of_a_format_is_warmed_up_once(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    adapter_cls = OnnxAdapter
+    original = adapter_cls._load_model
+
+    def spy(self: OnnxAdapter, spec: ModelSpec, model_file: Path) -> Any:
+        calls.append(spec.model_id)
+        return original(self, spec, model_file)
+
+    monkeypatch.setattr(adapter_cls, "_load_model", spy)
+    for warm, expected in ((True, ["a", "a", "b"]), (False, ["a", "b"])):
+        calls.clear()
+        registry = build_registry(AdapterSettings(warm_up_first_load=warm))
+        try:
+            path = built("make_onnx_model")
+            await registry.for_type("onnx").load(ModelSpec("a", "onnx"), path)
+            await registry.for_type("onnx").load(ModelSpec("b", "onnx"), path)
+        finally:
+            await registry.close()
+        assert calls == expected
+
+
+@pytest.mark.parametrize(
+    ("mtype", "maker", "kwargs"),
+    [
+        ("onnx", "make_onnx_model", {}),
+        ("torchscript", "make_torchscript_model", {}),
+        ("torch_export", "make_torch_export_model", {}),
+        ("xgboost", "make_xgboost_model", {"kind": "classifier"}),
+    ],
+)
+async def test_unload_frees_the_framework_objects(
+    registry: AdapterRegistry, built: Built, mtype: str, maker: str, kwargs: dict[str, Any]
+) -> None:
+    model = await registry.for_type(mtype).load(ModelSpec("m", mtype), built(maker, **kwargs))
+    handle = weakref.ref(model._handle)  # type: ignore[attr-defined]
+    assert handle() is not None
+    await model.unload()
+    # no gc.collect here: unload collected what it had to (torch.export modules hold cycles)
+    assert handle() is None
+
+
+async def test_unload_gives_the_memory_back(registry: AdapterRegistry, built: Built) -> None:
+    """RSS view of an unload (ONNX: pre-packed weights make the footprint large and clear)."""
+    path = built("make_onnx_model", weight_bytes=32 * MB)
+    adapter = registry.for_type("onnx")
+    first = await adapter.load(ModelSpec("first", "onnx"), path)  # pays one-time costs
+    meter = LoadMeter()
+    before = meter.settle(full=True)
+    model = await adapter.load(ModelSpec("m", "onnx"), path)
+    loaded = meter.settle(full=True)
+    await model.unload()
+    after = meter.settle()
+    sizes = (before >> 20, loaded >> 20, after >> 20)
+    assert loaded - before >= 32 * MB, sizes
+    assert loaded - after >= 32 * MB, sizes
+    assert after - before < 8 * MB, sizes
+    await first.unload()
