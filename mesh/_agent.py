@@ -321,8 +321,10 @@ class Agent:
                 staged = await self.puller.stage(storage_ref(rec))
                 copy.artifact_key = staged.key
                 local_path = Path(staged.local_path)
-                predicted = adapter.predict_size(self._spec(rec), local_path)
-                copy.size_bytes = max(predicted, rec.predicted_size_bytes)
+                # reserve what placement planned with (the registration's prediction), so that the
+                # agent and the leader agree on what fits; the adapter's own guess only fills in
+                # when the registration had none. The measured size replaces it after the load.
+                copy.size_bytes = rec.predicted_size_bytes or adapter.predict_size(self._spec(rec), local_path)
                 await self._wait_for_room(copy)
                 loaded = await adapter.load(self._spec(rec), local_path)
             if self.copies.get(mid) is not copy:  # unassigned while loading

@@ -173,18 +173,42 @@ class Leader:
 
     # ------------------------------------------------------------ view
 
+    def _size_ratios(self) -> dict[str, float]:
+        """Measured / predicted size per model type, learned from loaded copies.
+
+        Artifact bytes on disk predict memory poorly (ONNX Runtime, for one, repacks
+        weights); the median ratio seen for a type corrects the prediction of unmeasured
+        models of that type. 1.0 until a type has measurements.
+        """
+        samples: dict[str, list[float]] = {}
+        for mid, rec in self.state.models.items.items():
+            if rec.predicted_size_bytes <= 0:
+                continue
+            for c in self.state.copies_of(mid).values():
+                if c.size_measured and c.size_bytes > 0:
+                    samples.setdefault(rec.model_type, []).append(c.size_bytes / rec.predicted_size_bytes)
+                    break
+        ratios = {}
+        for mtype, values in samples.items():
+            values.sort()
+            ratios[mtype] = max(values[len(values) // 2], 1.0)
+        return ratios
+
     def view(self) -> ClusterView:
         now = self.clock()
         st = self.state
         sizes: dict[str, tuple[int, bool]] = {}
         models: dict[str, ModelView] = {}
+        ratios = self._size_ratios()
         for mid, rec in st.models.items.items():
             copies = st.copies_of(mid)
             measured = [c.size_bytes for c in copies.values() if c.size_measured and c.size_bytes > 0]
             if measured:
                 size, is_measured = max(measured), True
+            elif rec.predicted_size_bytes:
+                size, is_measured = int(rec.predicted_size_bytes * ratios.get(rec.model_type, 1.0)), False
             else:
-                size, is_measured = (rec.predicted_size_bytes or self.default_model_size_bytes), False
+                size, is_measured = self.default_model_size_bytes, False
             sizes[mid] = (size, is_measured)
             last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
             load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
@@ -219,7 +243,9 @@ class Leader:
             iid: InstanceView(
                 instance_id=iid,
                 capacity_bytes=rec.capacity_bytes,
-                used_bytes=used.get(iid, 0),
+                # desired bytes, or what the instance reports holding when that is more
+                # (copies still unloading, sizes measured after the decision)
+                used_bytes=max(used.get(iid, 0), rec.used_bytes),
                 loading=loading.get(iid, 0),
                 loading_slots=rec.loading_slots,
                 zone=rec.zone,

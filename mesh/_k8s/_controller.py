@@ -38,7 +38,7 @@ from .._errors import AlreadyExists, InvalidRequest, MeshError, ModelNotFound, P
 from .._management import Management
 from .._records import Keys
 from .._state import ClusterState
-from .._store import MirrorChange, StoreSettings, build_store
+from .._store import MirrorChange, StoreError, StoreSettings, build_store
 from ._client import Informer, KubeApiError, KubeClient, ObjectEvent, build_api_client
 from ._queue import WorkQueue
 from ._reconcile import (
@@ -173,6 +173,7 @@ class Controller:
         self.status_writes = 0
         self.events_emitted = 0
         self.started = False
+        self.health_port = 0  # set by run_controller when it serves /healthz and /readyz
 
     # ------------------------------------------------------------ lifecycle
 
@@ -472,11 +473,13 @@ async def run_controller(
     store_settings: StoreSettings | None = None,
     *,
     stop: asyncio.Event | None = None,
+    on_started: Callable[[Controller], None] | None = None,
 ) -> None:
     """Run the controller until SIGINT / SIGTERM (or until ``stop`` is set).
 
     Builds everything it needs: the store client (``MODELMUX_STORE_*`` unless given), the
-    cluster view, an in-process Management and the Kubernetes client.
+    cluster view, an in-process Management and the Kubernetes client. ``on_started`` is
+    called once the controller has synced (``controller.health_port`` is the bound port).
     """
     store_settings = store_settings or StoreSettings()
     store = build_store(store_settings)
@@ -493,15 +496,30 @@ async def run_controller(
     controller: Controller | None = None
     health: asyncio.Server | None = None
     try:
-        await state.start()
+        delay = settings.retry_initial_s
+        while True:  # the store may come up after us: wait for it rather than exit
+            try:
+                await state.start()
+                break
+            except StoreError as exc:
+                await state.stop()
+                log.warning("store not reachable (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return
+                delay = min(delay * 2, settings.retry_max_s)
         api = await asyncio.to_thread(build_api_client, settings)
         kube = KubeClient(api, settings)
         controller = Controller(settings, kube, state, Management(state, instance_id))
         if settings.health_port >= 0:
             ctl = controller
             health = await _serve_health(settings.health_host, settings.health_port, lambda: ctl.ready)
+            controller.health_port = int(health.sockets[0].getsockname()[1])
         await controller.start()
         log.info("controller %s started (namespace: %s)", instance_id, settings.namespace or "all")
+        if on_started is not None:
+            on_started(controller)
         await stop.wait()
     finally:
         for sig in own_signals:

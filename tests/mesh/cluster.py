@@ -140,7 +140,7 @@ class ProcessCluster:
                     "--data-dir", str(self.data_dir / f"instance-{i}"),
                     "--allowed-root", str(self.data_dir),
                     "--ready-file", str(rf),
-                    "--log-level", "warning",
+                    "--log-level", "info",
                 ],
                 env=self._env(i),
                 stdout=log,
