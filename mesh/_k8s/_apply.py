@@ -65,12 +65,24 @@ def _base_url(address: str) -> str:
     return address if address.startswith(("http://", "https://")) else f"http://{address}"
 
 
+def _expand(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; a directory gives its ``*.yaml`` / ``*.yml`` / ``*.json`` files (as kubectl)."""
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out += sorted(f for f in path.iterdir() if f.is_file() and f.suffix in (".yaml", ".yml", ".json"))
+        else:
+            out.append(path)
+    return out
+
+
 def load_documents(paths: Iterable[Path]) -> tuple[list[tuple[str, dict[str, Any]]], list[ApplyResult]]:
-    """(source, object) for every document in the files (``List`` kinds expanded), and a
-    failed result per file that cannot be read or parsed."""
+    """(source, object) for every document in the files or directories (``List`` kinds
+    expanded), and a failed result per file that cannot be read or parsed."""
     docs: list[tuple[str, dict[str, Any]]] = []
     errors: list[ApplyResult] = []
-    for path in paths:
+    for path in _expand(paths):
         try:
             text = Path(path).read_text()
             parsed = list(yaml.safe_load_all(text))

@@ -351,12 +351,25 @@ class Informer:
                     continue
                 self.errors += 1
                 failures += 1
+                level = logging.WARNING
                 if exc.status == 404:
                     # the kind is not served (CRD missing): report synced-empty, retry slowly
+                    if self.missing:
+                        level = logging.DEBUG
+                    else:
+                        log.warning("%s are not served by the API server (CRD not installed?)", self.kind.plural)
                     self.missing = True
-                    if not self.synced.is_set():
-                        log.warning("%s are not served by the API server (CRD not installed?): %s", self.kind.plural, exc)
-                        self.synced.set()
+                    self.synced.set()
                 delay = self._backoff(failures)
-                log.warning("%s: %s; retrying in %.1fs", self.kind.plural, exc, delay)
+                log.log(level, "%s: %s; retrying in %.1fs", self.kind.plural, exc, delay)
+                await asyncio.sleep(delay)
+            except Exception:  # a bug must not silently end the informer: log it and start over
+                self._watch = None
+                if self._stopping.is_set():
+                    return
+                self.errors += 1
+                failures += 1
+                need_list = True
+                delay = self._backoff(failures)
+                log.exception("%s: informer failed; listing again in %.1fs", self.kind.plural, delay)
                 await asyncio.sleep(delay)

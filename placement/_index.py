@@ -1,0 +1,311 @@
+"""Eviction index: every assigned copy, ordered by its policy's eviction key, kept incrementally.
+
+Why an index: a miss that needs an eviction must find the cheapest copies among every copy
+of every instance. Ranking them afresh on each miss is a pass over all assigned copies
+(tens of thousands with 100 instances and 100k models); the index keeps them in per-tenant
+binary heaps, so a miss pops only the handful of entries it looks at, on the few instances it considers.
+
+Why keys can live in a heap: the policies' keys do not change with time. A model's value
+decays as ``exp(-(now - last_used) / tau)``; its logarithm is ``log(weight) + last_used / tau
+- now / tau``, and the last term is common to every model, so the order is fixed until the
+model itself changes (a request, a new copy) - which is when :meth:`PlacementIndex.update`
+is called. Plain LRU orders by ``last_used`` itself.
+
+Layout: ``_heaps[(instance_id, tenant)]`` is a heap of ``(key, model_id, instance_id)``;
+``_by_instance[instance_id]`` lists that instance's heap keys; ``_live[model_id]``
+is the model's current record. Heaps are lazy: an update pushes new entries and leaves old
+ones in place; an entry is live only while it matches ``_live`` (same key, tenant, and the
+instance still assigned). Dead entries are dropped when popped, and the heaps are rebuilt
+once dead entries outnumber live ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ._types import ModelView
+
+KeyFn = Callable[[ModelView], "float | None"]
+"""Eviction key of a model (lower = evicted first); None = never evictable (not indexed)."""
+
+
+class Entry(NamedTuple):
+    key: float
+    model_id: str
+    instance_id: str
+
+
+class Candidate(NamedTuple):
+    order: float
+    """the key the scan is ordered by: ``key`` plus the tenant's offset"""
+    key: float
+    model_id: str
+    instance_id: str
+    tenant: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rec:
+    key: float | None
+    tenant: str
+    assigned: frozenset[str]
+    size_bytes: int
+
+
+class PlacementIndex:
+    """Assigned copies in eviction order, per instance and tenant, plus bytes and last use per tenant.
+
+    Made by a policy (:meth:`placement.Policy.new_index`), which fixes its ``key`` function
+    and ``key_id``; the producer of views calls :meth:`update` whenever a model changes
+    (assignments, size, tenant, traffic) and :meth:`remove` when it is deleted, then passes
+    the index in :class:`~placement.ClusterView`. Not thread-safe; single owner.
+    """
+
+    def __init__(self, key: KeyFn, key_id: str) -> None:
+        self.key = key
+        self.key_id = key_id
+        self._live: dict[str, _Rec] = {}
+        self._heaps: dict[tuple[str, str], list[Entry]] = {}
+        self._by_instance: dict[str, list[tuple[str, str]]] = {}
+        self._entries = 0  # total heap entries, live and dead
+        self._live_entries = 0
+        self._tenant_bytes: dict[str, int] = {}
+        self._tenant_last_used: dict[str, float] = {}
+
+    @classmethod
+    def build(cls, key: KeyFn, key_id: str, models: Iterable[ModelView]) -> PlacementIndex:
+        """An index of ``models`` in one pass (heapify, not n pushes)."""
+        idx = cls(key, key_id)
+        heaps = idx._heaps
+        tb = idx._tenant_bytes
+        tl = idx._tenant_last_used
+        live = idx._live
+        n = 0
+        for m in models:
+            t = m.tenant
+            if m.last_used > tl.get(t, float("-inf")):
+                tl[t] = m.last_used
+            if not m.assigned:
+                continue
+            k = key(m)
+            live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
+            tb[t] = tb.get(t, 0) + m.size_bytes * len(m.assigned)
+            if k is None:
+                continue
+            for iid in m.assigned:
+                hk = (iid, t)
+                h = heaps.get(hk)
+                if h is None:
+                    h = heaps[hk] = []
+                    idx._by_instance.setdefault(iid, []).append(hk)
+                h.append(Entry(k, m.model_id, iid))
+                n += 1
+        for h in heaps.values():
+            heapq.heapify(h)
+        idx._entries = idx._live_entries = n
+        return idx
+
+    def _heap(self, iid: str, tenant: str) -> list[Entry]:
+        hk = (iid, tenant)
+        h = self._heaps.get(hk)
+        if h is None:
+            h = self._heaps[hk] = []
+            self._by_instance.setdefault(iid, []).append(hk)
+        return h
+
+    # ------------------------------------------------------------------ updates
+
+    def update(self, m: ModelView) -> None:
+        """Record the model's current state (call after any change to it)."""
+        t = m.tenant
+        if m.last_used > self._tenant_last_used.get(t, float("-inf")):
+            self._tenant_last_used[t] = m.last_used
+        old = self._live.get(m.model_id)
+        if not m.assigned:
+            if old is not None:
+                self.remove(m.model_id)
+            return
+        k = self.key(m)
+        if old is not None:
+            if old.key == k and old.tenant == t and old.assigned == m.assigned and old.size_bytes == m.size_bytes:
+                return
+            self._tenant_bytes[old.tenant] -= old.size_bytes * len(old.assigned)
+            if old.key is not None:
+                self._live_entries -= len(old.assigned)
+        self._live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
+        self._tenant_bytes[t] = self._tenant_bytes.get(t, 0) + m.size_bytes * len(m.assigned)
+        if k is None:
+            return
+        same_key = old is not None and old.key == k and old.tenant == t
+        for iid in m.assigned:
+            if not (same_key and old is not None and iid in old.assigned):
+                heapq.heappush(self._heap(iid, t), Entry(k, m.model_id, iid))
+                self._entries += 1
+        self._live_entries += len(m.assigned)
+        self._maybe_compact()
+
+    def remove(self, model_id: str) -> None:
+        old = self._live.pop(model_id, None)
+        if old is None:
+            return
+        self._tenant_bytes[old.tenant] -= old.size_bytes * len(old.assigned)
+        if old.key is not None:
+            self._live_entries -= len(old.assigned)
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self._entries > 2 * self._live_entries + 256:
+            self._compact()
+
+    def _compact(self) -> None:
+        heaps: dict[tuple[str, str], list[Entry]] = {}
+        by_instance: dict[str, list[tuple[str, str]]] = {}
+        n = 0
+        for mid, rec in self._live.items():
+            if rec.key is None:
+                continue
+            for iid in rec.assigned:
+                hk = (iid, rec.tenant)
+                h = heaps.get(hk)
+                if h is None:
+                    h = heaps[hk] = []
+                    by_instance.setdefault(iid, []).append(hk)
+                h.append(Entry(rec.key, mid, iid))
+                n += 1
+        for h in heaps.values():
+            heapq.heapify(h)
+        self._heaps = heaps
+        self._by_instance = by_instance
+        self._entries = self._live_entries = n
+
+    # ------------------------------------------------------------------ reads
+
+    def tenant_bytes(self, tenant: str) -> int:
+        """Bytes of every assigned copy of the tenant's models."""
+        return self._tenant_bytes.get(tenant, 0)
+
+    def tenant_last_used(self, tenant: str) -> float:
+        """Latest use of any of the tenant's models (not lowered by removals)."""
+        return self._tenant_last_used.get(tenant, float("-inf"))
+
+    def tenants(self) -> list[str]:
+        return sorted(self._tenant_last_used.keys() | self._tenant_bytes.keys())
+
+    def tenant_usage(self) -> Mapping[str, int]:
+        return dict(self._tenant_bytes)
+
+    def __len__(self) -> int:
+        return self._live_entries
+
+    def _is_live(self, e: Entry, tenant: str) -> bool:
+        rec = self._live.get(e.model_id)
+        return rec is not None and rec.key == e.key and rec.tenant == tenant and e.instance_id in rec.assigned
+
+    def _keys(self, instances: Iterable[str] | None, tenants: Collection[str] | None) -> list[tuple[str, str]]:
+        if instances is None:
+            keys: Iterable[tuple[str, str]] = self._heaps
+        else:
+            keys = [hk for iid in instances for hk in self._by_instance.get(iid, ())]
+        if tenants is not None:
+            keys = [hk for hk in keys if hk[1] in tenants]
+        return sorted(keys)
+
+    def head(self, instance_id: str, tenants: Collection[str] | None = None) -> float:
+        """Lowest key on the instance among ``tenants`` (all when None); inf if none.
+
+        Read from the heaps' tops without checking them: a dead top entry can make it low
+        (never high). Good enough to shortlist instances, and scanning cleans the tops.
+        """
+        best = float("inf")
+        heaps = self._heaps
+        for hk in self._by_instance.get(instance_id, ()):
+            if tenants is not None and hk[1] not in tenants:
+                continue
+            h = heaps[hk]
+            if h and h[0].key < best:
+                best = h[0].key
+        return best
+
+    def heads(self, instance_ids: Iterable[str], tenants: Collection[str] | None = None) -> list[tuple[float, str]]:
+        """``(head(i, tenants), i)`` for each instance, in one pass."""
+        heaps = self._heaps
+        by_instance = self._by_instance
+        inf = float("inf")
+        out: list[tuple[float, str]] = []
+        for iid in instance_ids:
+            best = inf
+            for hk in by_instance.get(iid, ()):
+                if tenants is not None and hk[1] not in tenants:
+                    continue
+                h = heaps[hk]
+                if h and h[0].key < best:
+                    best = h[0].key
+            out.append((best, iid))
+        return out
+
+    def scan(
+        self,
+        tenants: Collection[str] | None = None,
+        instances: Iterable[str] | None = None,
+        offsets: Mapping[str, float] | None = None,
+    ) -> Scan:
+        """Live entries of ``tenants`` on ``instances`` (all when None) in ascending order of
+        key + ``offsets[tenant]`` (0 for tenants not in ``offsets``).
+
+        Use as a context manager: entries are popped as they are read and pushed back on
+        close, so a scan costs O(k log n) for the k entries it reads.
+        """
+        return Scan(self, self._keys(instances, tenants), offsets or {})
+
+
+class Scan:
+    """An ordered read of some of an index's heaps that restores them when closed."""
+
+    def __init__(self, index: PlacementIndex, keys: list[tuple[str, str]], offsets: Mapping[str, float]) -> None:
+        self._index = index
+        self._offsets = offsets
+        self._popped: list[tuple[list[Entry], Entry]] = []
+        self._heads: list[tuple[float, float, str, str, str]] = []
+        self._seen: set[tuple[str, str]] = set()
+        self._closed = False
+        for hk in keys:
+            self._advance(hk)
+
+    def _advance(self, hk: tuple[str, str]) -> None:
+        idx = self._index
+        h = idx._heaps[hk]
+        tenant = hk[1]
+        while h:
+            e = heapq.heappop(h)
+            if idx._is_live(e, tenant) and (e.model_id, e.instance_id) not in self._seen:
+                self._seen.add((e.model_id, e.instance_id))
+                self._popped.append((h, e))
+                off = self._offsets.get(tenant, 0.0) if self._offsets else 0.0
+                heapq.heappush(self._heads, (e.key + off, e.key, e.model_id, e.instance_id, tenant))
+                return
+            idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
+
+    def __iter__(self) -> Iterator[Candidate]:
+        heads = self._heads
+        while heads:
+            order, key, mid, iid, tenant = heapq.heappop(heads)
+            yield Candidate(order, key, mid, iid, tenant)
+            self._advance((iid, tenant))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for h, e in self._popped:
+            heapq.heappush(h, e)
+        self._popped.clear()
+        self._heads.clear()
+
+    def __enter__(self) -> Scan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

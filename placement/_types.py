@@ -1,0 +1,130 @@
+"""Domain types of placement: the cluster view the policy reads and the actions it returns.
+
+The view is a snapshot built by the caller (the mesh leader from store records, the
+simulator from its virtual cluster). Sizes are bytes; times are seconds on the caller's
+clock (``ClusterView.now`` is "now" on that clock; the policy never reads a clock).
+
+Holding: an instance holds a model when it is in the model's ``assigned`` set (desired
+state). ``InstanceView.used_bytes`` counts every assigned model, loading ones included
+(bytes are reserved when a load starts), so capacity arithmetic never waits for a load to
+finish. A model's size is its measured size once one copy has loaded (``size_measured``),
+its predicted size before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._index import PlacementIndex
+
+InstanceState = Literal["live", "shutting_down", "dead"]
+CopyState = Literal["loading", "loaded", "failed"]
+ActionKind = Literal["load", "unload"]
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """One serving instance: its byte capacity, what is assigned to it, its load concurrency."""
+
+    instance_id: str
+    capacity_bytes: int
+    used_bytes: int
+    loading: int = 0
+    loading_slots: int = 2
+    zone: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    state: InstanceState = "live"
+
+    @property
+    def free_bytes(self) -> int:
+        return self.capacity_bytes - self.used_bytes
+
+
+@dataclass(frozen=True)
+class CopyView:
+    """Actual state of one copy, as its instance reports it; ``since`` is when it entered it."""
+
+    instance_id: str
+    state: CopyState
+    since: float
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One registered model and its traffic.
+
+    ``rate_rpm`` is the request rate (per minute) measured around ``last_used``;
+    ``load_time_s`` the observed (else expected) time one load takes; ``failures`` maps an
+    instance id to the time until which loading there is not retried; ``max_copies`` 0 means
+    no limit beyond the number of instances.
+    """
+
+    model_id: str
+    size_bytes: int
+    size_measured: bool = False
+    tenant: str = ""
+    copies: tuple[CopyView, ...] = ()
+    assigned: frozenset[str] = frozenset()
+    last_used: float = 0.0
+    rate_rpm: float = 0.0
+    inflight: int = 0
+    load_time_s: float = 1.0
+    failures: Mapping[str, float] = field(default_factory=dict)
+    min_copies: int = 0
+    max_copies: int = 0
+    pinned: bool = False
+
+    def copy_on(self, instance_id: str) -> CopyView | None:
+        for c in self.copies:
+            if c.instance_id == instance_id:
+                return c
+        return None
+
+
+@dataclass(frozen=True)
+class TenantQuota:
+    """Hard limit on the bytes one tenant's assigned copies may take, cluster-wide."""
+
+    tenant: str
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """A snapshot of the cluster at ``now``.
+
+    ``index`` is optional: a :class:`~placement.PlacementIndex` that the producer of views
+    keeps current incrementally (the simulator, a long-running scheduler). When it is
+    absent, or was made for another policy's eviction order, the policy builds one from
+    ``models`` (a pass over every model) and caches it on this view object. The index only
+    orders eviction candidates; every candidate is checked against ``models`` and
+    ``instances`` (assigned, copy state, pinned, min copies) before it is used, so a stale
+    index can cost quality (order, a missed candidate), never safety.
+    """
+
+    now: float
+    instances: Mapping[str, InstanceView]
+    models: Mapping[str, ModelView]
+    quotas: Mapping[str, TenantQuota] = field(default_factory=dict)
+    index: PlacementIndex | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Action:
+    """Load (add ``instance_id`` to the model's assignments) or unload (remove it).
+
+    ``reason`` starts with a short machine word (``miss``, ``evict``, ``scale_out`` ...),
+    then ``": "`` and a human detail.
+    """
+
+    kind: ActionKind
+    model_id: str
+    instance_id: str
+    reason: str
+
+    @property
+    def reason_word(self) -> str:
+        return self.reason.split(":", 1)[0].strip()

@@ -1,0 +1,181 @@
+"""The provider seam: one protocol for every store, and the sink providers stream into.
+
+A provider lists what an artifact consists of (one object, or every object under a prefix)
+and streams one object into an ``ObjectSink``. The puller owns everything else: staging
+directories, retries with backoff, verification, progress, unpacking and the cache. A
+provider raises the puller's typed errors (``ArtifactNotFound``, ``AccessDenied``,
+``BadCredentials``, ``StorageUnavailable``...) and marks nothing as retried itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from ._errors import IntegrityError, PullCancelled
+from ._resolve import Source
+from ._settings import PullerSettings
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object of an artifact.
+
+    ``rel_path`` is where it lands under the artifact directory ("/"-separated; the puller
+    rejects escaping paths), ``name`` the provider's handle (object key, URL). ``size_bytes``
+    and ``md5_hex`` are what the listing says, when it says it; a provider may add them later
+    through ``ObjectSink.expect`` once the response headers arrive.
+    """
+
+    rel_path: str
+    name: str
+    size_bytes: int | None = None
+    md5_hex: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What an artifact consists of. ``single``: the reference named one object (a file), which
+    the puller unpacks when it is an archive; otherwise a prefix (a directory)."""
+
+    objects: tuple[RemoteObject, ...]
+    single: bool
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What a provider factory gets: the settings, the bounded executor for blocking calls and a
+    directory inside the cache for files it must write (e.g. a CA bundle)."""
+
+    settings: PullerSettings
+    executor: Executor
+    scratch_dir: Path
+
+
+@runtime_checkable
+class Provider(Protocol):
+    async def list_objects(self, source: Source) -> Listing: ...
+
+    async def fetch(self, source: Source, obj: RemoteObject, sink: ObjectSink) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+ProviderFactory = Callable[[ProviderContext], Provider]
+
+
+class Meter:
+    """Byte counter of one pull, shared by its sinks (thread-safe); ``on_change`` is called from
+    whichever thread wrote, and must itself be thread-safe. ``bytes_total`` is known once every
+    object's size is (from the listing or the response headers)."""
+
+    def __init__(self, objects: tuple[RemoteObject, ...] = (), on_change: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.bytes_done = 0
+        self._count = len(objects)
+        self._sizes = {o.rel_path: o.size_bytes for o in objects if o.size_bytes is not None}
+        self._on_change = on_change
+
+    @property
+    def bytes_total(self) -> int | None:
+        with self._lock:
+            return sum(self._sizes.values()) if len(self._sizes) >= self._count else None
+
+    def set_size(self, rel_path: str, size_bytes: int) -> None:
+        with self._lock:
+            self._sizes[rel_path] = size_bytes
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes_done += n
+        if self._on_change is not None:
+            self._on_change()
+
+
+class ObjectSink:
+    """The destination of one object transfer (one attempt).
+
+    ``write`` is blocking (call it from a worker thread: S3's boto3 loop does); async providers
+    use ``awrite``, which runs the write on the puller's executor. Size and MD5, when known
+    (from the listing or through ``expect`` before the first byte), are verified by ``finish``;
+    a mismatch raises ``IntegrityError``, which the puller retries.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        obj: RemoteObject,
+        meter: Meter,
+        executor: Executor,
+        *,
+        what: str,
+    ) -> None:
+        self.path = path
+        self.what = what
+        self._meter = meter
+        self._executor = executor
+        self._file = open(path, "wb")  # closed by finish() / abort()
+        self.bytes_written = 0
+        self.expected_size: int | None = None
+        self.expected_md5: str | None = None
+        self._md5: hashlib._Hash | None = None
+        self._rel_path = obj.rel_path
+        self._cancelled = False
+        self.expect(obj.size_bytes, obj.md5_hex)
+
+    def expect(self, size_bytes: int | None = None, md5_hex: str | None = None) -> None:
+        """Declare the object's size / MD5 (from response headers); only before the first byte."""
+        if size_bytes is not None and self.expected_size is None:
+            self.expected_size = size_bytes
+            self._meter.set_size(self._rel_path, size_bytes)
+        if md5_hex and self.expected_md5 is None and self.bytes_written == 0:
+            self.expected_md5 = md5_hex.lower()
+            self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._cancelled:
+            raise PullCancelled(f"{self.what}: transfer cancelled")
+        n = len(data)
+        if not n:
+            return
+        self._file.write(data)
+        if self._md5 is not None:
+            self._md5.update(data)
+        self.bytes_written += n
+        if self.expected_size is not None and self.bytes_written > self.expected_size:
+            raise IntegrityError(
+                f"{self.what}: received more than the expected {self.expected_size} bytes"
+            )
+        self._meter.add(n)
+
+    async def awrite(self, data: bytes | memoryview) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.write, data)
+
+    def finish(self) -> None:
+        """Flush, close and verify (blocking)."""
+        self._file.close()
+        if self.expected_size is not None and self.bytes_written != self.expected_size:
+            raise IntegrityError(
+                f"{self.what}: received {self.bytes_written} of {self.expected_size} bytes (truncated)"
+            )
+        if self._md5 is not None and self.expected_md5 is not None:
+            got = self._md5.hexdigest()
+            if got != self.expected_md5:
+                raise IntegrityError(f"{self.what}: MD5 {got} does not match the store's {self.expected_md5}")
+
+    def cancel(self) -> None:
+        """Make any later ``write`` (from a worker thread still streaming) fail at once."""
+        self._cancelled = True
+
+    def abort(self) -> None:
+        """Close and forget this attempt's bytes (the file is removed with the staging dir)."""
+        if not self._file.closed:
+            self._file.close()
+        self._meter.add(-self.bytes_written)
+        self.bytes_written = 0

@@ -1,0 +1,17 @@
+"""Fixtures of the puller tests: one moto S3 server (child process) for the whole folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pullhelp import MotoProcess
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoProcess]:
+    server = MotoProcess()
+    try:
+        yield server
+    finally:
+        server.stop()
