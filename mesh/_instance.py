@@ -131,7 +131,7 @@ class Instance:
             self._rest_sock = sock
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
             self._uvicorn = uvicorn.Server(config)
-            self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign,attr-defined]
             self._rest_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
             rest_addr = f"{advertise}:{sock.getsockname()[1]}"
             while not self._uvicorn.started:

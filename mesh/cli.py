@@ -54,7 +54,7 @@ def serve(
     """Run one instance (the process a pod runs)."""
     _logging(log_level)
     from placement import Policy, PolicySettings
-    from puller import Puller, PullerSettings
+    from puller import Puller, PullerSettings, StorageConfig
     from runtime_adapters import AdapterSettings, build_registry
 
     from ._instance import Instance
@@ -83,7 +83,9 @@ def serve(
         puller_overrides: dict[str, Any] = {"cache_dir": settings.data_dir / "cache"}
         if allowed_root:
             puller_overrides["allowed_roots"] = [p.resolve() for p in allowed_root]
-        puller = Puller(PullerSettings(**puller_overrides))
+        storage_dir = os.environ.get("MODELMUX_STORAGE_CONFIG_DIR")
+        storage_config = StorageConfig.from_dir(Path(storage_dir)) if storage_dir else None
+        puller = Puller(PullerSettings(**puller_overrides), storage_config)
         await puller.start()
         adapters = build_registry(AdapterSettings())
         inst = Instance(settings, st, adapters, puller, keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()))
@@ -373,6 +375,41 @@ def get_vmodel(name: str, address: AddressOpt = None, output: OutputOpt = "json"
     with _client(address) as c:
         data = _check(c.get(f"/v1/vmodels/{name}"))
     _emit(data, "json" if output == "table" else output, None)
+
+
+@app.command()
+def controller(log_level: Annotated[str, typer.Option()] = "info") -> None:
+    """Run the Kubernetes controller (Predictor / InferenceService -> registrations, status back)."""
+    _logging(log_level)
+    from ._k8s import ControllerSettings, run_controller
+
+    asyncio.run(run_controller(ControllerSettings()))
+
+
+@app.command("apply")
+def apply_cmd(
+    filename: Annotated[list[Path], typer.Option("--filename", "-f", help="YAML/JSON file or directory (repeatable)")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    load_now: Annotated[bool, typer.Option(help="load the models right away")] = True,
+    delete: Annotated[bool, typer.Option("--delete", help="unregister instead")] = False,
+    address: AddressOpt = None,
+) -> None:
+    """Register Predictor / InferenceService YAML against a running mesh (no cluster needed)."""
+    from ._errors import Unavailable
+    from ._k8s import apply_files
+
+    try:
+        results = apply_files(filename, _address(address), namespace=namespace, load_now=load_now, delete=delete)
+    except Unavailable as exc:
+        console.print(f"[red]error[/]: {exc.message}")
+        raise typer.Exit(1) from exc
+    for r in results:
+        what = f"{r.kind.lower() or 'document'}/{r.name}" if r.name else r.source
+        colour = "green" if r.ok and r.action != "skipped" else ("yellow" if r.ok else "red")
+        detail = f" ({r.model_id})" if r.model_id and r.ok else (f": {r.message}" if r.message else "")
+        console.print(f"{what} [{colour}]{r.action}[/]{detail}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:
