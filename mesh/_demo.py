@@ -116,7 +116,7 @@ def make_demo_models(root: Path, count: int, *, progress: Callable[[int], None] 
     n = 0
     for fw in frameworks:
         for i in range(quotas[fw]):
-            hidden = [64, 256, 512, 1024][i % 4]
+            hidden = [256, 1024, 2048, 4096][i % 4]
             if fw == "onnx":
                 p = root / f"onnx-{i:04d}" / "model.onnx"
                 if not p.exists():
@@ -155,8 +155,7 @@ def zipf_weights(n: int, alpha: float) -> list[float]:
 def _request(model: DemoModel, rng: np.random.Generator, batch: int = 1) -> bytes:
     x = rng.standard_normal((batch, FEATURES)).astype(np.float32)
     msg = pb.ModelInferRequest(model_name=model.model_id)
-    msg.inputs.add(name="input" if model.model_type == "onnx" else "INPUT__0" if model.model_type == "pytorch" else "input",
-                   datatype="FP32", shape=[batch, FEATURES])
+    msg.inputs.add(name="input", datatype="FP32", shape=[batch, FEATURES])
     msg.raw_input_contents.append(x.tobytes())
     return msg.SerializeToString()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from protos import grpc_predict_v2_pb2 as pb
-from runtime_adapters import InferRequest, InferResponse, LoadedModel
+from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotLoaded
 
 from . import _codec
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
@@ -133,7 +133,12 @@ class Router:
         mid = self.state.resolve(name) or await self.resolve_fresh(name)
         model = self.local.get(mid)
         if model is not None:
-            return await self._local_bytes(mid, model, name, payload)
+            try:
+                return await self._local_bytes(mid, model, name, payload)
+            except ModelNotLoaded:
+                # unloaded between the look-up and the call (eviction race): route again
+                if forwarded:
+                    raise
         if forwarded:
             raise ModelNotFound(f"model '{mid}' is not loaded on instance {self.instance_id}")
         return await self._route(mid, name, payload, deadline, to_bytes=True)  # type: ignore[no-any-return]
@@ -144,7 +149,10 @@ class Router:
         mid = self.state.resolve(name) or await self.resolve_fresh(name)
         model = self.local.get(mid)
         if model is not None:
-            return await self._local(mid, model, name, request)
+            try:
+                return await self._local(mid, model, name, request)
+            except ModelNotLoaded:
+                pass  # unloaded between the look-up and the call: route again
         payload = _codec.infer_request_to_pb(request).SerializeToString()
         raw = await self._route(mid, name, payload, deadline, to_bytes=True)
         return pb.ModelInferResponse.FromString(raw)
@@ -185,16 +193,28 @@ class Router:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'") from last_error
+            # a vModel may have moved to a new target meanwhile: follow it
+            mid = self.state.resolve(name) or mid
             model = self.local.get(mid)
             if model is not None:
-                return await self._local_bytes(mid, model, name, payload)
+                try:
+                    return await self._local_bytes(mid, model, name, payload)
+                except ModelNotLoaded as exc:
+                    last_error = exc
+                    continue
             holders = [h for h in self.state.holders(mid) if h not in excluded and h != self.instance_id]
             if not holders:
-                if attempts >= self.forward_attempts and last_error is not None:
+                if attempts >= 2 * self.forward_attempts and last_error is not None:
                     raise Unavailable(f"no instance could serve model '{name}': {last_error}") from last_error
-                await self.ensure_loaded(mid, deadline, exclude=excluded)
+                try:
+                    await self.ensure_loaded(mid, deadline, exclude=excluded)
+                except ModelNotFound:
+                    moved = self.state.resolve(name)
+                    if moved is None or moved == mid:
+                        raise
+                    continue
                 if excluded and not [h for h in self.state.holders(mid) if h not in excluded]:
-                    # the only holders are ones that just failed us: try them again once
+                    # the only holders are ones that just failed us: try them again
                     excluded.clear()
                 continue
             target = min(holders, key=lambda h: self._inflight.get(h, 0))
@@ -209,7 +229,8 @@ class Router:
                 return result
             except grpc.aio.AioRpcError as exc:
                 self.metrics.forwards.labels(exc.code().name.lower()).inc()
-                if exc.code() in _RETRY_CODES and attempts < self.forward_attempts:
+                if exc.code() in _RETRY_CODES and attempts < 2 * self.forward_attempts:
+                    # the holder lost the copy (evicted, stopping) or is unreachable: next one
                     self.counters.forward_retries += 1
                     excluded.add(target)
                     last_error = exc

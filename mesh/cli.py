@@ -191,7 +191,7 @@ def _up_processes(instances: int, capacity_mib: int, grpc_port: int, rest_port: 
 def demo_cmd(
     instances: Annotated[int, typer.Option("--instances", "-n")] = 2,
     models: Annotated[int, typer.Option(help="number of demo models")] = 300,
-    capacity: Annotated[int, typer.Option(help="capacity per instance, MiB")] = 48,
+    capacity: Annotated[int, typer.Option(help="capacity per instance, MiB")] = 32,
     duration: Annotated[float, typer.Option(help="seconds of traffic")] = 20.0,
     data_dir: Annotated[Path | None, typer.Option(help="where demo models go (default: a temp dir)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary as JSON here")] = None,

@@ -264,13 +264,6 @@ async def test_objects_deleted_while_the_controller_was_down_are_unregistered(k8
     assert "kept" in ctl2.state.vmodels.items
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="mesh (not the controller): when the leader switches a vModel it deletes the auto-delete old "
-    "target at once, so a request resolved to it just before fails NOT_FOUND ('was unregistered' / "
-    "'not loaded (unloaded)'); needs the router to follow the moved vModel and the old target to be "
-    "unloaded only after in-flight requests drain",
-)
 async def test_spec_change_under_traffic_fails_no_request(k8s_env: ControllerEnv, tmp_path: Path) -> None:
     env = k8s_env
     await env.start_controller()
