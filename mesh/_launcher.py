@@ -85,6 +85,7 @@ class ProcessMesh:
     capacity_bytes: int
     grpc_port: int = 0
     rest_port: int = 0
+    allowed_roots: list[Path] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     endpoints: list[dict[str, str]] = field(default_factory=list)
 
@@ -99,6 +100,8 @@ class ProcessMesh:
                 MODELMUX_STORE_ENDPOINTS=self.etcd_endpoint,
                 MODELMUX_INSTANCE_CAPACITY_BYTES=str(self.capacity_bytes),
             )
+            # a local mesh stops all at once: nowhere to move models to, so do not wait long
+            env.setdefault("MODELMUX_INSTANCE_SHUTDOWN_GRACE_S", "3")
             cmd = [
                 sys.executable, "-m", "mesh", "serve",
                 "--grpc-port", str(self.grpc_port + i if self.grpc_port else 0),
@@ -107,6 +110,7 @@ class ProcessMesh:
                 "--data-dir", str(self.data_dir / f"instance-{i}"),
                 "--ready-file", str(rf),
                 "--log-level", "warning",
+                *[a for root in self.allowed_roots for a in ("--allowed-root", str(root))],
             ]
             self.procs.append(subprocess.Popen(cmd, env=env))
             ready.append(rf)

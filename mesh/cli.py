@@ -173,7 +173,10 @@ def _up_processes(instances: int, capacity_mib: int, grpc_port: int, rest_port: 
         local_etcd = LocalEtcd(data_dir / "etcd").start()
         etcd = local_etcd.endpoint
         console.print(f"started a local etcd on {etcd}")
-    mesh = ProcessMesh(instances, data_dir, etcd, capacity_mib << 20, grpc_port=grpc_port, rest_port=rest_port)
+    mesh = ProcessMesh(
+        instances, data_dir, etcd, capacity_mib << 20, grpc_port=grpc_port, rest_port=rest_port,
+        allowed_roots=[data_dir.resolve(), Path.cwd()],
+    )
     try:
         for ep in mesh.start():
             console.print(f"instance {ep['instance_id']} (pid {ep['pid']}): gRPC {ep['grpc']}  REST http://{ep['rest']}")

@@ -58,22 +58,28 @@ async def _register_many(client: Client, models_dir: Path, n: int, *, table: int
 
 
 async def test_round_robin_many_models_over_small_capacity(make_cluster: Any, models_dir: Path) -> None:
-    # 60 models, room for about 15 at a time in the whole cluster: constant eviction and reloading
-    cluster = await make_cluster(3, capacity_bytes=5 * (TABLE + (400 << 10)))
+    # 200 models, room for about 50 at a time in the whole cluster: constant eviction and reloading
+    per_instance = 17 * (TABLE + (16 << 10))
+    cluster = await make_cluster(3, capacity_bytes=per_instance)
     client = Client(cluster.grpc)
     try:
-        ids = await _register_many(client, models_dir, 60)
+        ids = await _register_many(client, models_dir, 200)
         n = 0
-        for _round in range(2):
-            for k, mid in enumerate(ids):
-                out = await client.infer(n, mid)
-                n += 1
-                assert np.allclose(out, k), (mid, out)
+        for k, mid in enumerate(ids):
+            out = await client.infer(n, mid)
+            n += 1
+            assert np.allclose(out, k), (mid, out)
+        for k in range(0, 200, 7):  # a second pass over a spread of them (many were evicted)
+            out = await client.infer(n, ids[k])
+            n += 1
+            assert np.allclose(out, k), (ids[k], out)
         counters = await cluster.counters()
-        assert sum(c["loads"] for c in counters) >= 60
-        assert sum(c["unloads"] for c in counters) > 0  # eviction happened
+        assert sum(c["loads"] for c in counters) >= 200
+        assert sum(c["unloads"] for c in counters) >= 100  # eviction happened
         for c in counters:
-            assert c["used_bytes"] <= 5 * (TABLE + (400 << 10))
+            assert c["used_bytes"] <= per_instance
+        loaded = sum(1 for c in counters for st in c["copies"].values() if st == "loaded")
+        assert 30 <= loaded <= 3 * (per_instance // TABLE)  # about 50 fit at once, never more
     finally:
         await client.close()
 
