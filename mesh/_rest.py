@@ -16,7 +16,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 
-from protos import grpc_predict_v2_pb2 as pb
 from runtime_adapters import InferResponse
 
 from . import _codec
@@ -257,5 +256,4 @@ def build_rest_app(
                 info[key] = fn()
         return info
 
-    _ = pb
     return app
