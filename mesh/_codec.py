@@ -13,42 +13,23 @@ from typing import Any
 
 from protos import grpc_predict_v2_pb2 as pb
 from runtime_adapters import (
+    V2_CONTENTS_FIELD,
     InferInput,
     InferRequest,
     InferResponse,
     ModelMetadata,
     RequestedOutput,
     raw_to_list,
+    v2_request_from_pb,
+    v2_response_to_pb,
 )
 
 from ._errors import InvalidRequest
 
-# V2 typed-contents field per datatype.
-CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+CONTENTS_FIELD = V2_CONTENTS_FIELD  # V2 typed-contents field per datatype
 
 
 # ---------------------------------------------------------------- parameters
-
-
-def params_from_pb(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, p in params.items():
-        which = p.WhichOneof("parameter_choice")
-        out[key] = getattr(p, which) if which else None
-    return out
 
 
 def params_to_pb(params: Mapping[str, Any], target: Any) -> None:
@@ -71,52 +52,7 @@ def params_to_pb(params: Mapping[str, Any], target: Any) -> None:
 
 
 def infer_request_from_pb(req: pb.ModelInferRequest) -> InferRequest:
-    raws = req.raw_input_contents
-    if raws and len(raws) != len(req.inputs):
-        raise InvalidRequest(
-            f"raw_input_contents has {len(raws)} entries for {len(req.inputs)} inputs; "
-            "when raw contents are used every input must have one"
-        )
-    inputs = []
-    for idx, t in enumerate(req.inputs):
-        contents: list[Any] | None = None
-        raw: bytes | None = None
-        if raws:
-            raw = raws[idx]
-            if t.HasField("contents") and t.contents.ByteSize():
-                raise InvalidRequest(f"input '{t.name}' has both typed contents and raw contents")
-        else:
-            field = CONTENTS_FIELD.get(t.datatype)
-            if field is None:
-                if t.datatype == "FP16" or t.datatype == "BF16":
-                    raise InvalidRequest(
-                        f"input '{t.name}': datatype {t.datatype} has no typed contents field; "
-                        "send it in raw_input_contents"
-                    )
-                raise InvalidRequest(f"input '{t.name}': unknown datatype '{t.datatype}'")
-            contents = list(getattr(t.contents, field))
-        inputs.append(
-            InferInput(
-                name=t.name,
-                datatype=t.datatype,
-                shape=tuple(t.shape),
-                raw=raw,
-                contents=contents,
-                parameters=params_from_pb(t.parameters) if t.parameters else {},
-            )
-        )
-    outputs = tuple(
-        RequestedOutput(name=o.name, parameters=params_from_pb(o.parameters) if o.parameters else {})
-        for o in req.outputs
-    )
-    return InferRequest(
-        model_name=req.model_name,
-        model_version=req.model_version,
-        id=req.id,
-        inputs=tuple(inputs),
-        outputs=outputs,
-        parameters=params_from_pb(req.parameters) if req.parameters else {},
-    )
+    return v2_request_from_pb(req)
 
 
 def infer_request_to_pb(request: InferRequest) -> pb.ModelInferRequest:
@@ -141,12 +77,7 @@ def infer_request_to_pb(request: InferRequest) -> pb.ModelInferRequest:
     return msg
 
 
-def infer_response_to_pb(resp: InferResponse) -> pb.ModelInferResponse:
-    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
-    for o in resp.outputs:
-        msg.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
-        msg.raw_output_contents.append(o.raw)
-    return msg
+infer_response_to_pb = v2_response_to_pb
 
 
 def metadata_to_pb(meta: ModelMetadata) -> pb.ModelMetadataResponse:

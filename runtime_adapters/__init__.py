@@ -40,10 +40,15 @@ from ._types import (
     RuntimeStatus,
     TensorMetadata,
 )
+from ._v2 import CONTENTS_FIELD as V2_CONTENTS_FIELD
+from ._v2 import params_from_pb as v2_params_from_pb
+from ._v2 import request_from_pb as v2_request_from_pb
+from ._v2 import response_to_pb as v2_response_to_pb
 from ._xgboost import XGBoostAdapter
 
 __all__ = [
     "DATATYPES",
+    "V2_CONTENTS_FIELD",
     "AdapterError",
     "AdapterRegistry",
     "AdapterSettings",
@@ -80,4 +85,7 @@ __all__ = [
     "list_to_raw",
     "raw_to_list",
     "start_runtime_server",
+    "v2_params_from_pb",
+    "v2_request_from_pb",
+    "v2_response_to_pb",
 ]

@@ -50,28 +50,13 @@ from ._base import LoadedModel
 from ._errors import AdapterError, InvalidInput, ModelLoadError, ModelNotLoaded
 from ._registry import AdapterRegistry
 from ._settings import RuntimeServerSettings
-from ._types import InferInput, InferRequest, InferResponse, ModelSpec, RequestedOutput
+from ._types import ModelSpec
+from ._v2 import request_from_pb, response_to_pb
 
 log = logging.getLogger(__name__)
 
 V2_SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "modelmux-runtime"
-
-# V2 typed-contents field per datatype (FP16/BF16 have none: they travel raw).
-_CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 StatusFor = Callable[[BaseException], tuple[grpc.StatusCode, str]]
 T = TypeVar("T")
@@ -85,68 +70,6 @@ def default_status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         status = getattr(grpc.StatusCode, code.upper(), grpc.StatusCode.INTERNAL)
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return status, message
-
-
-# ---------------------------------------------------------------- wire <-> domain
-
-
-def _params(params: Mapping[str, v2.InferParameter]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, p in params.items():
-        which = p.WhichOneof("parameter_choice")
-        out[key] = getattr(p, which) if which else None
-    return out
-
-
-def request_from_pb(msg: v2.ModelInferRequest, model_name: str) -> InferRequest:
-    raws = msg.raw_input_contents
-    if raws and len(raws) != len(msg.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raws)} entries for {len(msg.inputs)} inputs; "
-            "with raw contents every input needs one"
-        )
-    inputs = []
-    for idx, t in enumerate(msg.inputs):
-        if raws:
-            if t.HasField("contents") and t.contents.ByteSize():
-                raise InvalidInput(f"input '{t.name}' has both typed contents and raw contents")
-            inputs.append(
-                InferInput(t.name, t.datatype, tuple(t.shape), raw=raws[idx], parameters=_params(t.parameters))
-            )
-            continue
-        field = _CONTENTS_FIELD.get(t.datatype)
-        if field is None:
-            if t.datatype in ("FP16", "BF16"):
-                raise InvalidInput(
-                    f"input '{t.name}': {t.datatype} has no typed contents field in V2 gRPC; "
-                    "send it in raw_input_contents"
-                )
-            raise InvalidInput(f"input '{t.name}': unknown datatype '{t.datatype}'")
-        inputs.append(
-            InferInput(
-                t.name,
-                t.datatype,
-                tuple(t.shape),
-                contents=list(getattr(t.contents, field)),
-                parameters=_params(t.parameters),
-            )
-        )
-    return InferRequest(
-        model_name=model_name,
-        model_version=msg.model_version,
-        id=msg.id,
-        inputs=tuple(inputs),
-        outputs=tuple(RequestedOutput(o.name, _params(o.parameters)) for o in msg.outputs),
-        parameters=_params(msg.parameters),
-    )
-
-
-def response_to_pb(resp: InferResponse) -> v2.ModelInferResponse:
-    msg = v2.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
-    for o in resp.outputs:
-        msg.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
-        msg.raw_output_contents.append(o.raw)
-    return msg
 
 
 def _model_key(raw: str) -> dict[str, Any]:
