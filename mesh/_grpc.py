@@ -9,6 +9,7 @@ untouched (remote copy). One interceptor maps every error to its status through
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -132,12 +133,10 @@ class InferenceHandlers:
 
 async def model_metadata_pb(router: Router, name: str, timeout_s: float | None) -> pb.ModelMetadataResponse:
     """Metadata from the local copy, or from a holder (loading the model if needed)."""
-    import time as _time
-
     mid = await router.resolve_fresh(name)
     model = router.local.get(mid)
     if model is None:
-        deadline = _time.monotonic() + (timeout_s if timeout_s is not None else router.default_deadline_s)
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else router.default_deadline_s)
         await router.ensure_loaded(mid, deadline)
         model = router.local.get(mid)
         if model is None:
@@ -145,17 +144,13 @@ async def model_metadata_pb(router: Router, name: str, timeout_s: float | None) 
                 address = router.state.address(holder)
                 if address is None:
                     continue
-                channel = router._channels.get(address)  # reuse the forwarding channel
-                if channel is None:
-                    router._stub(address)
-                    channel = router._channels[address]
-                call = channel.unary_unary(
+                call = router.channel(address).unary_unary(
                     f"/{SERVICE}/ModelMetadata",
                     request_serializer=lambda m: m.SerializeToString(),
                     response_deserializer=pb.ModelMetadataResponse.FromString,
                 )
                 resp: pb.ModelMetadataResponse = await call(
-                    pb.ModelMetadataRequest(name=mid), timeout=max(deadline - _time.monotonic(), 0.001)
+                    pb.ModelMetadataRequest(name=mid), timeout=max(deadline - time.monotonic(), 0.001)
                 )
                 resp.name = name
                 return resp

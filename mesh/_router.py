@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -141,7 +141,7 @@ class Router:
                     raise
         if forwarded:
             raise ModelNotFound(f"model '{mid}' is not loaded on instance {self.instance_id}")
-        return await self._route(mid, name, payload, deadline, to_bytes=True)  # type: ignore[no-any-return]
+        return await self._route(mid, name, payload, deadline)
 
     async def infer(self, name: str, request: InferRequest, *, timeout_s: float | None) -> InferResponse | pb.ModelInferResponse:
         """Serve a decoded request (REST): local in process, remote as a forwarded gRPC call."""
@@ -154,13 +154,8 @@ class Router:
             except ModelNotLoaded:
                 pass  # unloaded between the look-up and the call: route again
         payload = _codec.infer_request_to_pb(request).SerializeToString()
-        raw = await self._route(mid, name, payload, deadline, to_bytes=True)
+        raw = await self._route(mid, name, payload, deadline)
         return pb.ModelInferResponse.FromString(raw)
-
-    async def local_model(self, name: str, *, timeout_s: float | None) -> LoadedModel | None:
-        """The local copy if any (metadata / readiness)."""
-        mid = self.resolve(name)
-        return self.local.get(mid)
 
     # ------------------------------------------------------------ local
 
@@ -185,7 +180,7 @@ class Router:
 
     # ------------------------------------------------------------ remote / miss
 
-    async def _route(self, mid: str, name: str, payload: bytes, deadline: float, *, to_bytes: bool) -> bytes:
+    async def _route(self, mid: str, name: str, payload: bytes, deadline: float) -> bytes:
         excluded: set[str] = set()
         attempts = 0
         last_error: BaseException | None = None
@@ -236,6 +231,11 @@ class Router:
                     last_error = exc
                     continue
                 raise
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The cached channel to a peer (shared by forwarding and the metadata look-up)."""
+        self._stub(address)
+        return self._channels[address]
 
     def _stub(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         stub = self._stubs.get(address)
@@ -330,5 +330,3 @@ class Router:
         self._channels.clear()
         self._stubs.clear()
 
-
-AsyncHandler = Callable[..., Awaitable[bytes]]
