@@ -28,16 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from placement import (
-    Action,
-    ClusterView,
-    CopyView,
-    InstanceView,
-    ModelView,
-    PlacementError,
-    Policy,
-)
+from placement import Action, ClusterView, PlacementError, Policy
 
+from ._leader_view import ViewBuilder
 from ._metrics import Metrics
 from ._records import AssignmentRecord, Keys, LeaderRecord, MissRecord, VModelRecord, decode, encode
 from ._state import ClusterState
@@ -88,8 +81,12 @@ class Leader:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unsubs: list[Callable[[], None]] = []
+        self._views = ViewBuilder(state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock)
 
     async def start(self) -> None:
+        self._views.start()
+        self._unsubs.append(self.state.vmodels.subscribe(self._on_vmodels))
+        self._pending_vmodels = {n for n, vm in self.state.vmodels.items.items() if vm.active != vm.target}
         for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances):
             self._unsubs.append(mirror.subscribe(lambda _c: self._wake.set()))
         self._task = asyncio.create_task(self._run(), name=f"leader-{self.instance_id}")
@@ -97,6 +94,7 @@ class Leader:
     async def stop(self) -> None:
         for u in self._unsubs:
             u()
+        self._views.stop()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -173,88 +171,9 @@ class Leader:
 
     # ------------------------------------------------------------ view
 
-    def _size_ratios(self) -> dict[str, float]:
-        """Measured / predicted size per model type, learned from loaded copies.
-
-        Artifact bytes on disk predict memory poorly (ONNX Runtime, for one, repacks
-        weights); the median ratio seen for a type corrects the prediction of unmeasured
-        models of that type. 1.0 until a type has measurements.
-        """
-        samples: dict[str, list[float]] = {}
-        for mid, rec in self.state.models.items.items():
-            if rec.predicted_size_bytes <= 0:
-                continue
-            for c in self.state.copies_of(mid).values():
-                if c.size_measured and c.size_bytes > 0:
-                    samples.setdefault(rec.model_type, []).append(c.size_bytes / rec.predicted_size_bytes)
-                    break
-        ratios = {}
-        for mtype, values in samples.items():
-            values.sort()
-            ratios[mtype] = max(values[len(values) // 2], 1.0)
-        return ratios
-
     def view(self) -> ClusterView:
-        now = self.clock()
-        st = self.state
-        sizes: dict[str, tuple[int, bool]] = {}
-        models: dict[str, ModelView] = {}
-        ratios = self._size_ratios()
-        for mid, rec in st.models.items.items():
-            copies = st.copies_of(mid)
-            measured = [c.size_bytes for c in copies.values() if c.size_measured and c.size_bytes > 0]
-            if measured:
-                size, is_measured = max(measured), True
-            elif rec.predicted_size_bytes:
-                size, is_measured = int(rec.predicted_size_bytes * ratios.get(rec.model_type, 1.0)), False
-            else:
-                size, is_measured = self.default_model_size_bytes, False
-            sizes[mid] = (size, is_measured)
-            last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
-            load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
-            models[mid] = ModelView(
-                model_id=mid,
-                size_bytes=size,
-                size_measured=is_measured,
-                tenant=rec.tenant,
-                copies=tuple(
-                    CopyView(instance_id=iid, state=c.state if c.state != "unloading" else "loaded", since=c.since)  # type: ignore[arg-type]
-                    for iid, c in sorted(copies.items())
-                ),
-                assigned=frozenset(st.assigned(mid)),
-                last_used=last_used,
-                rate_rpm=sum(c.rpm for c in copies.values()),
-                load_time_s=max(load_times) if load_times else 1.0,
-                failures={iid: c.failed_until for iid, c in copies.items() if c.state == "failed" and c.failed_until > now},
-                min_copies=rec.min_copies,
-                max_copies=rec.max_copies,
-                pinned=rec.pinned,
-            )
-        used: dict[str, int] = {}
-        loading: dict[str, int] = {}
-        for mid, arec in st.assignments.items.items():
-            size = sizes.get(mid, (0, False))[0]
-            for iid in arec.instances:
-                used[iid] = used.get(iid, 0) + size
-                copy = st.copies_of(mid).get(iid)
-                if copy is None or copy.state == "loading":
-                    loading[iid] = loading.get(iid, 0) + 1
-        instances = {
-            iid: InstanceView(
-                instance_id=iid,
-                capacity_bytes=rec.capacity_bytes,
-                # desired bytes, or what the instance reports holding when that is more
-                # (copies still unloading, sizes measured after the decision)
-                used_bytes=max(used.get(iid, 0), rec.used_bytes),
-                loading=loading.get(iid, 0),
-                loading_slots=rec.loading_slots,
-                zone=rec.zone,
-                labels=dict(rec.labels),
-                state="shutting_down" if rec.shutting_down else "live",
-            )
-            for iid, rec in st.instances.items.items()
-        }
-        return ClusterView(now=now, instances=instances, models=models)
+        """The current cluster view (incrementally maintained: see :mod:`mesh._leader_view`)."""
+        return self._views.view()
 
     # ------------------------------------------------------------ apply
 
@@ -355,9 +274,21 @@ class Leader:
 
     # ------------------------------------------------------------ vModels
 
+    _pending_vmodels: set[str]
+
+    def _on_vmodels(self, changes: list[Any]) -> None:
+        for ch in changes:
+            if ch.new is not None and ch.new.active != ch.new.target:
+                self._pending_vmodels.add(ch.key)
+            else:
+                self._pending_vmodels.discard(ch.key)
+
     async def _promote_vmodels(self) -> None:
-        for name, vm in list(self.state.vmodels.items.items()):
-            if vm.active == vm.target:
+        """Move each vModel in transition to its target once loaded (only those in transition: O(pending))."""
+        for name in sorted(self._pending_vmodels):
+            vm = self.state.vmodels.items.get(name)
+            if vm is None or vm.active == vm.target:
+                self._pending_vmodels.discard(name)
                 continue
             target = vm.target
             if target not in self.state.models.items:
