@@ -84,7 +84,6 @@ class Leader:
         self._views = ViewBuilder(state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock)
 
     async def start(self) -> None:
-        self._views.start()
         self._unsubs.append(self.state.vmodels.subscribe(self._on_vmodels))
         self._pending_vmodels = {n for n, vm in self.state.vmodels.items.items() if vm.active != vm.target}
         for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances):
@@ -140,8 +139,10 @@ class Leader:
 
     async def _run(self) -> None:
         while True:
+            self._views.stop()
             try:
                 await self._campaign()
+                self._views.start()  # followed only while leading: a follower keeps no view
                 next_tick = time.monotonic()
                 while True:
                     await self._process_misses()
@@ -154,7 +155,11 @@ class Leader:
                             log.warning("%s lost leadership", self.instance_id)
                             break
                     self._wake.clear()
-                    if self.state.misses.items:
+                    if any(not m.error for m in self.state.misses.items.values()):
+                        # unanswered misses (new, or a decision that conflicted): go again, but
+                        # let the loop run first. Misses that carry a placement error only wait
+                        # for their expiry, checked on the next wake or tick.
+                        await asyncio.sleep(0)
                         continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=max(next_tick - time.monotonic(), 0.01))

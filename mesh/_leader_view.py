@@ -64,6 +64,8 @@ class ViewBuilder:
         self.recomputed = 0  # models recomputed so far (for tests and metrics)
 
     def start(self) -> None:
+        """Follow the mirrors; the next view is built from every record, later ones from changes."""
+        self.stop()
         st = self.state
         self._unsubs = [
             st.models.subscribe(self._on_keyed),
@@ -73,9 +75,17 @@ class ViewBuilder:
         self._all_dirty = True
 
     def stop(self) -> None:
+        """Stop following and drop what was built (memory only a leader needs)."""
         for u in self._unsubs:
             u()
         self._unsubs.clear()
+        self._models.clear()
+        self._index = self.policy.new_index()
+        for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of):
+            d.clear()
+        self._samples_changed.clear()
+        self._dirty.clear()
+        self._all_dirty = True
 
     def _on_keyed(self, changes: list[Any]) -> None:
         for ch in changes:

@@ -253,3 +253,29 @@ async def test_management_validation(make_cluster: Any, models_dir: Path) -> Non
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await client.close()
+
+
+async def test_model_larger_than_any_instance_fails_clearly_and_others_keep_serving(make_cluster: Any, models_dir: Path) -> None:
+    # capacity for a few small models; one model whose weights alone exceed it
+    cluster = await make_cluster(2, capacity_bytes=4 * (TABLE + (16 << 10)))
+    client = Client(cluster.grpc)
+    try:
+        small = add_model(models_dir / "small" / "model.onnx", 3.0)
+        huge = add_model(models_dir / "huge" / "model.onnx", 9.0, table_bytes=8 * TABLE)
+        await client.register("small", small)
+        await client.register("huge", huge)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.infer(0, "huge", timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+        assert "huge" in (err.value.details() or "")
+        # while that failure is remembered, the instances (and the leader) keep working
+        for i in range(4):
+            assert np.allclose(await client.infer(i, "small", timeout=20), 3.0)
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await client.infer(1, "huge", timeout=20)
+        assert again.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        p = add_model(models_dir / "other" / "model.onnx", 5.0)
+        await client.register("other", p, i=1)
+        assert np.allclose(await client.infer(1, "other", timeout=20), 5.0)
+    finally:
+        await client.close()
