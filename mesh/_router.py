@@ -9,6 +9,7 @@ this path touches the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -184,7 +185,11 @@ class Router:
         excluded: set[str] = set()
         attempts = 0
         last_error: BaseException | None = None
+        first = True
         while True:
+            if not first:
+                await asyncio.sleep(0)  # every pass yields: a retry never starves the loop it waits on
+            first = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'") from last_error
@@ -198,6 +203,11 @@ class Router:
                     last_error = exc
                     continue
             holders = [h for h in self.state.holders(mid) if h not in excluded and h != self.instance_id]
+            if not holders and self.instance_id in self.state.holders(mid):
+                # the store still lists our own copy, which the agent is unloading (its record
+                # goes when the unload ends): wait for that, then load it again
+                await self.state.wait_for(functools.partial(self._own_copy_settled, mid), remaining)
+                continue
             if not holders:
                 if attempts >= 2 * self.forward_attempts and last_error is not None:
                     raise Unavailable(f"no instance could serve model '{name}': {last_error}") from last_error
@@ -319,6 +329,10 @@ class Router:
             fut.exception()  # mark retrieved: waiters may all have timed out
         finally:
             self._misses.pop(mid, None)
+
+    def _own_copy_settled(self, mid: str) -> bool:
+        """Our copy of ``mid`` is either routable here or no longer listed as held by us."""
+        return mid in self.local or self.instance_id not in self.state.holders(mid)
 
     def _assigned_live(self, mid: str) -> bool:
         live = self.state.instances.items
