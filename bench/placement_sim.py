@@ -1,4 +1,4 @@
-"""Placement policies on generated traces (ours vs ModelMesh-style LRU vs furthest-next-use oracle) + decision latency.
+"""Placement policies on generated traces (ours vs ModelMesh-style LRU vs furthest-next-use oracle vs per-phase rates).
 
 Run: ``python -m bench.placement_sim [--requests 1000000] [--jobs 4] [--out out/placement] [--write-results]``.
 
@@ -6,10 +6,14 @@ Run: ``python -m bench.placement_sim [--requests 1000000] [--jobs 4] [--out out/
   shifts, one-off scans), each policy replayed on the same trace at several capacities
   (a fraction of the bytes the trace requests) on ``--instances`` instances. Targets
   (shared/DESIGN.md): total load time <= 0.8x LRU's and <= 1.2x the oracle's.
-* Latency: ``on_miss`` time per decision with 100 instances and 100,000 models, measured
-  alone after the comparison (no other simulation running). Target: p99 <= 1 ms.
+* References: ``oracle`` (furthest next use, knows the order of future requests) and
+  ``wrates`` (knows each model's request count within the current 4 h window, i.e. each
+  hot-set phase's true popularity, not the order): the best a rate-based policy could know.
+* Tenants: 4 tenants, one of which scans; hit ratio per tenant, fair eviction on and off.
+* Decision latency at 100 instances x 100k models is ``bench/placement_latency.py``.
 
-``--write-results`` replaces the "## Placement" section of bench/RESULTS.md. Runs are
+``--write-results`` replaces the "## Placement" section of bench/RESULTS.md up to its
+"### Decision latency" part (written by the latency bench). Runs are
 spread over ``--jobs`` processes (each replays one policy on one trace at one capacity).
 """
 
@@ -61,8 +65,8 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     return {**job, "result": {k: v for k, v in r.__dict__.items() if k != "decision_us"}}
 
 
-BASELINES = ("lru", "rates", "oracle")
-SHOWN = ("lru", "ours", "rates", "oracle")
+BASELINES = ("lru", "wrates", "oracle")
+SHOWN = ("lru", "ours", "wrates", "oracle")
 FAIR_SPEC = {"alpha": 1.0, "tenants": 4, "scan_tenant": 0, "scan_length": 2000, "scan_every_s": 1800.0}
 FAIR_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (("lru", {}), ("ours", {}), ("ours", {"fair_eviction": False}))
 
@@ -102,25 +106,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Row], list[dict[str, Any]]]:
     return rows, fair
 
 
-def latency(args: argparse.Namespace) -> dict[str, Any]:
-    tr = generate(TraceSpec(models=100_000, requests=args.latency_requests, alpha=1.0, seed=args.seed))
-    out: dict[str, Any] = {}
-    for policy in ("ours", "lru"):
-        r = simulate(tr, policy, instances=100, capacity_bytes=int(tr.total_bytes * 0.1), settings=PolicySettings())
-        out[policy] = {
-            "decisions": len(r.decision_us),
-            "p50_us": r.decision_percentile_us(50),
-            "p99_us": r.decision_percentile_us(99),
-            "max_us": max(r.decision_us, default=0.0),
-            "hit_ratio": r.hit_ratio,
-            "replay_s": r.wall_s,
-            "requests": len(tr),
-        }
-        print(f"latency {policy}: {json.dumps(out[policy])}", flush=True)
-    return out
-
-
-def section(args: argparse.Namespace, rows: list[Row], fair: list[dict[str, Any]], lat: dict[str, Any] | None, png: str) -> str:
+def section(args: argparse.Namespace, rows: list[Row], fair: list[dict[str, Any]], png: str) -> str:
     ours = [r for r in rows if r.result.policy == "ours"]
     lines = [
         "## Placement",
@@ -132,7 +118,10 @@ def section(args: argparse.Namespace, rows: list[Row], fair: list[dict[str, Any]
         "0.3 s + size / 200 MB/s x a per-model log-normal factor (sigma 0.5), 10% of popularity ranks swapped every 4 h, "
         "a one-off scan of 500 models every hour, 20 requests/s. Capacity is a fraction of the bytes the trace requests, "
         "split over the instances. Loads complete at once on the virtual clock; ticks off (no extra copies). "
-        "`rates` is a reference, not a contender: it knows each model's true request count over the whole trace.",
+        "References, not contenders: `oracle` evicts the copy whose model is requested furthest in the future "
+        "(Belady; see `placement.OraclePolicy` for exactly what it does with sizes and instances); `wrates` knows "
+        "each model's request count within the current 4 h window (the hot-set phase), i.e. its true popularity, "
+        "but not the order of requests: the most a rate-based policy could know. `x wrates` is ours / wrates.",
         "",
         markdown_table(rows),
         "",
@@ -142,6 +131,33 @@ def section(args: argparse.Namespace, rows: list[Row], fair: list[dict[str, Any]
         ok_or = sum(1 for r in ours if r.oracle_ratio is not None and r.oracle_ratio <= 1.2)
         worst_lru = max(ours, key=lambda r: r.lru_ratio or 0)
         worst_or = max(ours, key=lambda r: r.oracle_ratio or 0)
+        by = {(r.trace, r.capacity_fraction, r.result.policy): r.result for r in rows}
+        wr = [
+            (r, r.result.load_time_s / by[(r.trace, r.capacity_fraction, "wrates")].load_time_s)
+            for r in ours
+            if (r.trace, r.capacity_fraction, "wrates") in by
+        ]
+        wr_or = [r for r in rows if r.result.policy == "wrates" and r.oracle_ratio is not None]
+        if wr and wr_or:
+            lines += [
+                "| trace | capacity | ours x oracle | wrates x oracle | ours x wrates |",
+                "|---|---|---|---|---|",
+            ]
+            for r, x in wr:
+                w = by[(r.trace, r.capacity_fraction, "wrates")]
+                o = by[(r.trace, r.capacity_fraction, "oracle")]
+                lines.append(
+                    f"| {r.trace} | {r.capacity_fraction:.0%} | {r.oracle_ratio:.3f} | "
+                    f"{w.load_time_s / o.load_time_s:.3f} | {x:.3f} |"
+                )
+            ok_w = sum(1 for r in wr_or if (r.oracle_ratio or 0) <= 1.2)
+            lines += [
+                "",
+                f"`wrates` itself is within 1.2x of the oracle in {ok_w}/{len(wr_or)} rows "
+                f"({min(r.oracle_ratio or 0 for r in wr_or):.3f}-{max(r.oracle_ratio or 0 for r in wr_or):.3f}); "
+                f"ours is {min(x for _, x in wr):.3f}-{max(x for _, x in wr):.3f}x wrates.",
+                "",
+            ]
         lines += [
             f"Targets: load time <= 0.8x LRU met in {ok_lru}/{len(ours)} rows (worst {worst_lru.lru_ratio:.3f}: "
             f"{worst_lru.trace} at {worst_lru.capacity_fraction:.0%}); <= 1.2x oracle met in {ok_or}/{len(ours)} "
@@ -166,15 +182,6 @@ def section(args: argparse.Namespace, rows: list[Row], fair: list[dict[str, Any]
                 + f" | {res['hits'] / res['requests']:.3f} | {res['load_time_s'] / 3600:.1f} h |"
             )
         lines.append("")
-    if lat:
-        o, lr = lat["ours"], lat["lru"]
-        lines += [
-            f"Decision latency (`on_miss`, 100 instances, 100,000 models, capacity 10%, Zipf 1.0, {o['requests']:,} requests, "
-            f"measured alone): ours p50 {o['p50_us']:.0f} us, p99 {o['p99_us']:.0f} us, max {o['max_us']:.0f} us over "
-            f"{o['decisions']:,} decisions; LRU p50 {lr['p50_us']:.0f} us, p99 {lr['p99_us']:.0f} us. "
-            f"Replay speed with timing on: {o['requests'] / o['replay_s']:,.0f} requests/s (ours).",
-            "",
-        ]
     lines += [f"Curves over capacity: `{png}` (written by the same run).", ""]
     return "\n".join(lines)
 
@@ -182,7 +189,7 @@ def section(args: argparse.Namespace, rows: list[Row], fair: list[dict[str, Any]
 def write_section(text: str) -> None:
     path = ROOT / "bench" / "RESULTS.md"
     old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pat = re.compile(r"^## Placement\n.*?(?=^## |\Z)", re.S | re.M)
+    pat = re.compile(r"^## Placement\n.*?(?=^### Decision latency|^## |\Z)", re.S | re.M)
     new = pat.sub(lambda _m: text, old) if pat.search(old) else old.rstrip("\n") + "\n\n" + text
     path.write_text(new)
 
@@ -199,24 +206,23 @@ def main() -> None:
     ap.add_argument("--no-fairness", dest="fairness", action="store_false", help="skip the tenant run")
     ap.add_argument("--variants", default="", help="JSON list of PolicySettings overrides to compare (tuning)")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--latency-requests", type=int, default=300_000, help="0: skip the latency run")
+    ap.add_argument("--png", type=Path, default=ROOT / "bench" / "placement.png", help="curves over capacity")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "placement")
     ap.add_argument("--write-results", action="store_true", help="replace the Placement section of bench/RESULTS.md")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, fair = run_all(args)
-    png = args.out / "placement.png"
+    png = args.png
     plot_comparison(rows, png)
-    lat = latency(args) if args.latency_requests else None
     (args.out / "placement.json").write_text(
         json.dumps(
             {"rows": [{"trace": r.trace, "capacity": r.capacity_fraction, "x_lru": r.lru_ratio, "x_oracle": r.oracle_ratio,
-                       **r.result.summary()} for r in rows], "fairness": fair, "latency": lat},
+                       **r.result.summary()} for r in rows], "fairness": fair},
             indent=1,
         )
     )
     shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
-    text = section(args, rows, fair, lat, str(shown))
+    text = section(args, rows, fair, str(shown))
     (args.out / "section.md").write_text(text)
     print(text)
     if args.write_results:

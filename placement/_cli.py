@@ -14,7 +14,7 @@ from rich.table import Table
 from ._compare import HEADER, Row, compare, markdown_table, plot_comparison, row_cells
 from ._errors import InvalidTrace
 from ._settings import PolicySettings
-from ._sim import simulate
+from ._sim import POLICY_NAMES, simulate
 from ._trace import Trace, TraceSpec, generate, read_csv, write_csv
 
 
@@ -57,7 +57,11 @@ def simulate_cmd(
     shift_fraction: Shift = 0.1,
     seed: Seed = 0,
     policies: Annotated[
-        str, typer.Option(help="comma-separated: ours, lru, oracle (furthest next use), rates (knows true counts)")
+        str,
+        typer.Option(
+            help="comma-separated: ours, lru, oracle (furthest next use), rates (knows each model's request count), "
+            "wrates (knows each model's request count per --window-s)"
+        ),
     ] = "lru,ours,oracle",
     capacity: Annotated[
         list[float] | None, typer.Option(help="capacity as a fraction of the bytes the trace requests")
@@ -67,6 +71,9 @@ def simulate_cmd(
     rate_window_s: Annotated[
         float | None, typer.Option(help="time constant of the measured request rates (default: rate_tau_s)")
     ] = None,
+    window_s: Annotated[
+        float, typer.Option(help="window of the wrates reference (default: the generated traces' shift period)")
+    ] = 4 * 3600.0,
     plot: Annotated[Path | None, typer.Option(help="write the curves over capacity to this PNG")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON here")] = None,
     markdown: Annotated[bool, typer.Option(help="print the table as markdown")] = False,
@@ -85,9 +92,9 @@ def simulate_cmd(
             spec = _spec(models, requests, a, tenants, scan_length, shift_fraction, seed)
             traces.append((f"zipf {a:g}, {models} models", generate(spec)))
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    bad = set(names) - {"ours", "lru", "oracle", "rates"}
+    bad = set(names) - set(POLICY_NAMES)
     if bad:
-        console.print(f"[red]unknown policies: {', '.join(sorted(bad))} (ours, lru, oracle, rates)[/]")
+        console.print(f"[red]unknown policies: {', '.join(sorted(bad))} ({', '.join(POLICY_NAMES)})[/]")
         raise typer.Exit(2)
 
     def progress(row: Row) -> None:
@@ -98,7 +105,7 @@ def simulate_cmd(
 
     rows = compare(
         traces, policies=names, capacity_fractions=capacity or [0.05, 0.1, 0.2], instances=instances,
-        settings=PolicySettings(), tick_s=tick_s, rate_window_s=rate_window_s, on_result=progress,
+        settings=PolicySettings(), tick_s=tick_s, rate_window_s=rate_window_s, window_s=window_s, on_result=progress,
     )
     if markdown:
         console.print(markdown_table(rows), highlight=False, soft_wrap=True)

@@ -32,6 +32,7 @@ def compare(
     settings: PolicySettings | None = None,
     tick_s: float = 0.0,
     rate_window_s: float | None = None,
+    window_s: float = 4 * 3600.0,
     on_result: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     """Every policy on every trace at every capacity (a fraction of the bytes the trace requests)."""
@@ -42,7 +43,7 @@ def compare(
             results = {
                 p: simulate(
                     trace, p, instances=instances, capacity_bytes=int(total * frac), settings=settings,
-                    tick_s=tick_s, rate_window_s=rate_window_s,
+                    tick_s=tick_s, rate_window_s=rate_window_s, window_s=window_s,
                 )
                 for p in policies
             }

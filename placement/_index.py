@@ -17,6 +17,11 @@ is the model's current record. Heaps are lazy: an update pushes new entries and 
 ones in place; an entry is live only while it matches ``_live`` (same key, tenant, and the
 instance still assigned). Dead entries are dropped when popped, and the heaps are rebuilt
 once dead entries outnumber live ones.
+
+Tick candidates: with a ``watch`` predicate (the policy's), the index also keeps the set of
+models the predicate holds for (extra copies, rates above a threshold, min copies, failed
+copies) and every instance's holders, so that a periodic tick reads those models plus the
+holders of instances that are not live, instead of every registered model.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from ._types import ModelView
 
 KeyFn = Callable[[ModelView], "float | None"]
 """Eviction key of a model (lower = evicted first); None = never evictable (not indexed)."""
+
+WatchFn = Callable[[ModelView], bool]
+"""Whether a periodic tick may have work for the model while all its instances are live."""
 
 
 class Entry(NamedTuple):
@@ -64,9 +72,12 @@ class PlacementIndex:
     the index in :class:`~placement.ClusterView`. Not thread-safe; single owner.
     """
 
-    def __init__(self, key: KeyFn, key_id: str) -> None:
+    def __init__(self, key: KeyFn, key_id: str, watch: WatchFn | None = None) -> None:
         self.key = key
         self.key_id = key_id
+        self.watch = watch
+        self._watched: set[str] = set()
+        self._holders: dict[str, set[str]] = {}
         self._live: dict[str, _Rec] = {}
         self._heaps: dict[tuple[str, str], list[Entry]] = {}
         self._by_instance: dict[str, list[tuple[str, str]]] = {}
@@ -76,23 +87,34 @@ class PlacementIndex:
         self._tenant_last_used: dict[str, float] = {}
 
     @classmethod
-    def build(cls, key: KeyFn, key_id: str, models: Iterable[ModelView]) -> PlacementIndex:
+    def build(
+        cls, key: KeyFn, key_id: str, models: Iterable[ModelView], watch: WatchFn | None = None
+    ) -> PlacementIndex:
         """An index of ``models`` in one pass (heapify, not n pushes)."""
-        idx = cls(key, key_id)
+        idx = cls(key, key_id, watch)
         heaps = idx._heaps
         tb = idx._tenant_bytes
         tl = idx._tenant_last_used
         live = idx._live
+        watched = idx._watched
+        holders = idx._holders
         n = 0
         for m in models:
             t = m.tenant
             if m.last_used > tl.get(t, float("-inf")):
                 tl[t] = m.last_used
+            if watch is not None and watch(m):
+                watched.add(m.model_id)
             if not m.assigned:
                 continue
             k = key(m)
             live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
             tb[t] = tb.get(t, 0) + m.size_bytes * len(m.assigned)
+            for iid in m.assigned:
+                hs = holders.get(iid)
+                if hs is None:
+                    hs = holders[iid] = set()
+                hs.add(m.model_id)
             if k is None:
                 continue
             for iid in m.assigned:
@@ -121,12 +143,18 @@ class PlacementIndex:
     def update(self, m: ModelView) -> None:
         """Record the model's current state (call after any change to it)."""
         t = m.tenant
+        mid = m.model_id
         if m.last_used > self._tenant_last_used.get(t, float("-inf")):
             self._tenant_last_used[t] = m.last_used
-        old = self._live.get(m.model_id)
+        if self.watch is not None:
+            if self.watch(m):
+                self._watched.add(mid)
+            else:
+                self._watched.discard(mid)
+        old = self._live.get(mid)
         if not m.assigned:
             if old is not None:
-                self.remove(m.model_id)
+                self._drop(mid)
             return
         k = self.key(m)
         if old is not None:
@@ -135,6 +163,10 @@ class PlacementIndex:
             self._tenant_bytes[old.tenant] -= old.size_bytes * len(old.assigned)
             if old.key is not None:
                 self._live_entries -= len(old.assigned)
+            if old.assigned != m.assigned:
+                self._hold(mid, old.assigned, m.assigned)
+        else:
+            self._hold(mid, frozenset(), m.assigned)
         self._live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
         self._tenant_bytes[t] = self._tenant_bytes.get(t, 0) + m.size_bytes * len(m.assigned)
         if k is None:
@@ -147,10 +179,30 @@ class PlacementIndex:
         self._live_entries += len(m.assigned)
         self._maybe_compact()
 
+    def _hold(self, model_id: str, before: frozenset[str], after: frozenset[str]) -> None:
+        holders = self._holders
+        for iid in before - after:
+            hs = holders.get(iid)
+            if hs is not None:
+                hs.discard(model_id)
+                if not hs:
+                    del holders[iid]
+        for iid in after - before:
+            hs = holders.get(iid)
+            if hs is None:
+                hs = holders[iid] = set()
+            hs.add(model_id)
+
     def remove(self, model_id: str) -> None:
+        """Forget a deleted model."""
+        self._watched.discard(model_id)
+        self._drop(model_id)
+
+    def _drop(self, model_id: str) -> None:
         old = self._live.pop(model_id, None)
         if old is None:
             return
+        self._hold(model_id, old.assigned, frozenset())
         self._tenant_bytes[old.tenant] -= old.size_bytes * len(old.assigned)
         if old.key is not None:
             self._live_entries -= len(old.assigned)
@@ -199,6 +251,17 @@ class PlacementIndex:
 
     def __len__(self) -> int:
         return self._live_entries
+
+    def tick_candidates(self, live: Collection[str]) -> set[str]:
+        """Models a tick must look at: the watched ones plus every holder of an instance not in ``live``.
+
+        Only meaningful with a ``watch`` predicate (else: the holders part alone).
+        """
+        out = set(self._watched)
+        for iid, hs in self._holders.items():
+            if iid not in live:
+                out |= hs
+        return out
 
     def _is_live(self, e: Entry, tenant: str) -> bool:
         rec = self._live.get(e.model_id)

@@ -142,7 +142,11 @@ class BasePolicy:
     def __init__(self, settings: PolicySettings, seed: int = 0) -> None:
         self.settings = settings
         self.seed = seed
-        self.key_id = f"{type(self).__name__}:{self._key_params()}"
+        st = settings
+        self.key_id = (
+            f"{type(self).__name__}:{self._key_params()}|{st.scale_out_rpm_per_copy}/"
+            f"{st.scale_out_inflight_per_copy}/{st.second_copy_rpm}"
+        )
         self._inst_hash: dict[str, int] = {}
 
     # ------------------------------------------------------------------ keys
@@ -159,12 +163,40 @@ class BasePolicy:
         k = self.evict_key(m)
         return _INF if k is None else k
 
+    def tick_watch(self, m: ModelView) -> bool:
+        """Whether :meth:`on_tick` may act on ``m`` while every instance it is assigned to is live.
+
+        A superset of the per-model conditions of a tick (below min copies, a failed copy,
+        more than one copy, a rate or load that asks for another copy); the time-dependent
+        parts (idle, young copies) are checked by the tick itself. The index keeps the set
+        of models this holds for, so a tick reads those and the holders of instances that
+        are not live instead of every model.
+        """
+        if self.min_copies(m) > 0:
+            return True
+        a = m.assigned
+        if not a:
+            return False
+        for c in m.copies:
+            if c.state == "failed" and c.instance_id in a:
+                return True
+        if not self.rate_copies:
+            return False
+        if len(a) > 1:
+            return True
+        s = self.settings
+        return (
+            m.rate_rpm >= s.second_copy_rpm
+            or m.rate_rpm > s.scale_out_rpm_per_copy
+            or m.inflight > s.scale_out_inflight_per_copy
+        )
+
     def new_index(self) -> PlacementIndex:
         """An empty index in this policy's eviction order, for producers that keep one current."""
-        return PlacementIndex(self.evict_key, self.key_id)
+        return PlacementIndex(self.evict_key, self.key_id, self.tick_watch)
 
     def build_index(self, models: Sequence[ModelView] | Any) -> PlacementIndex:
-        return PlacementIndex.build(self.evict_key, self.key_id, models)
+        return PlacementIndex.build(self.evict_key, self.key_id, models, self.tick_watch)
 
     def index_for(self, view: ClusterView) -> PlacementIndex:
         """The view's own index when it is in this policy's order, else one built from the view (cached on it)."""
@@ -527,7 +559,14 @@ class BasePolicy:
         hot: list[tuple[float, ModelView]] = []
         second: list[tuple[float, ModelView]] = []
         shrink: list[ModelView] = []
-        for m in view.models.values():
+        models = view.models
+        if idx.watch is not None:  # the watched models plus the holders of instances that are not live
+            candidates: Collection[ModelView] = [
+                m for mid in idx.tick_candidates(live) if (m := models.get(mid)) is not None
+            ]
+        else:
+            candidates = models.values()
+        for m in candidates:
             a = m.assigned
             emin = self.min_copies(m)
             if not a and emin == 0:

@@ -33,7 +33,23 @@ class SimulationError(AssertionError):
 
 
 class OraclePolicy(BasePolicy):
-    """Furthest-next-use (Belady) eviction: knows the future of the trace; an upper bound to compare with."""
+    """Furthest-next-use (Belady) eviction: knows the future of the trace; the reference to compare with.
+
+    Precisely: every miss loads the model (no bypass; the same placement engine as the other
+    policies, so the same capacity, per-instance packing and "fits without eviction first"
+    rules). When a miss needs room, the copies are read in descending order of the time of
+    their model's next request (``next_use``, from the trace; infinity when the model is not
+    requested again), over all instances, and the first instance whose copies read so far
+    free enough bytes takes the load, evicting exactly those copies. So the victims' nearest
+    next use is as late as it can be on any single instance. Ties (equal next use, mostly
+    "never again") go by model id; evicting a never-again copy costs nothing, whatever its
+    size. No residency, fairness or extra copies.
+
+    With equal sizes and one instance this is Belady's optimal algorithm for hits. With
+    variable sizes and load times it is a strong heuristic, not the optimum (that problem is
+    NP-hard): it never weighs a far-away reload of a large, slow model against a nearer one of
+    a small, fast model, and a policy can beat it on a given trace; it is not weakened here.
+    """
 
     name = "oracle"
     rate_copies = False
@@ -51,22 +67,52 @@ class OraclePolicy(BasePolicy):
 
 
 class RateOraclePolicy(BasePolicy):
-    """Knows every model's true request count over the whole trace (static), not when: the best a
-    frequency-based policy could know. Eviction: lowest count x load time / size first."""
+    """Knows how many times each model is requested (not when), and evicts the lowest
+    count x load time / size first: the best a frequency-based policy could know.
+
+    ``window_s`` 0: counts over the whole trace (static). Otherwise counts within the current
+    window ``[k * window_s, (k + 1) * window_s)`` (future requests of that window included):
+    with ``window_s`` the hot-set shift period of a generated trace, this is each phase's
+    true popularity, an upper reference for any policy that estimates rates online.
+    """
 
     name = "rates"
     rate_copies = False
     fair = False
     residency = False
 
-    def __init__(self, settings: PolicySettings, counts: Mapping[str, int], seed: int = 0) -> None:
+    def __init__(
+        self, settings: PolicySettings, trace: Trace, seed: int = 0, *, window_s: float = 0.0
+    ) -> None:
         super().__init__(settings, seed)
-        self.counts = counts
+        self.window_s = window_s
+        n = len(trace.names)
+        if window_s > 0 and len(trace):
+            w = (trace.times // window_s).astype(np.int64)
+            self._counts = np.zeros((int(w.max()) + 1, n))
+            np.add.at(self._counts, (w, trace.models), 1.0)
+            self.name = "wrates"  # type: ignore[misc]
+        else:
+            self._counts = np.bincount(trace.models, minlength=n).astype(np.float64)[None, :]
+        self._pos = {name: i for i, name in enumerate(trace.names)}
+        self.window = 0
+        self.key_id = f"{self.key_id}/{window_s}"
+
+    def advance(self, now: float) -> bool:
+        """Move to the window of ``now``; True when the keys changed (the index must be rebuilt)."""
+        if self.window_s <= 0:
+            return False
+        w = min(int(now // self.window_s), self._counts.shape[0] - 1)
+        if w == self.window:
+            return False
+        self.window = w
+        return True
 
     def evict_key(self, m: ModelView) -> float | None:
         if m.pinned:
             return None
-        return math.log(self.counts.get(m.model_id, 0) + 1e-9) + math.log(max(m.load_time_s, 1e-3) / max(m.size_bytes, 1))
+        c = float(self._counts[self.window, self._pos[m.model_id]]) if m.model_id in self._pos else 0.0
+        return math.log(c + 1e-3) + math.log(max(m.load_time_s, 1e-3) / max(m.size_bytes, 1))
 
 
 class VirtualCluster:
@@ -211,19 +257,28 @@ class SimResult:
         }
 
 
-def make_policy(name: str, settings: PolicySettings, trace: Trace, seed: int = 0) -> tuple[BasePolicy, dict[str, float]]:
-    """A policy by name (``ours``, ``lru``, ``oracle``, ``rates``) and the next-use table the oracle reads."""
+POLICY_NAMES = ("ours", "lru", "oracle", "rates", "wrates")
+
+
+def make_policy(
+    name: str, settings: PolicySettings, trace: Trace, seed: int = 0, *, window_s: float = 4 * 3600.0
+) -> tuple[BasePolicy, dict[str, float]]:
+    """A policy by name (:data:`POLICY_NAMES`) and the next-use table the oracle reads.
+
+    ``window_s``: the window of ``wrates`` (default: the generated traces' shift period).
+    """
     next_use: dict[str, float] = {}
     if name == "rates":
-        counts = np.bincount(trace.models, minlength=len(trace.names)).tolist()
-        return RateOraclePolicy(settings, dict(zip(trace.names, counts, strict=True)), seed), next_use
+        return RateOraclePolicy(settings, trace, seed), next_use
+    if name == "wrates":
+        return RateOraclePolicy(settings, trace, seed, window_s=window_s), next_use
     if name == "ours":
         return Policy(settings, seed), next_use
     if name == "lru":
         return LruPolicy(settings, seed), next_use
     if name == "oracle":
         return OraclePolicy(settings, next_use, seed), next_use
-    raise ValueError(f"unknown policy {name!r} (ours, lru, oracle, rates)")
+    raise ValueError(f"unknown policy {name!r} ({', '.join(POLICY_NAMES)})")
 
 
 def simulate(
@@ -238,6 +293,7 @@ def simulate(
     rate_window_s: float | None = None,
     seed: int = 0,
     time_decisions: bool = True,
+    window_s: float = 4 * 3600.0,
     progress: Callable[[int], None] | None = None,
 ) -> SimResult:
     """Replay ``trace`` through one policy on ``instances`` instances sharing ``capacity_bytes`` equally.
@@ -248,7 +304,8 @@ def simulate(
     settings = settings or PolicySettings()
     if rate_window_s is None:
         rate_window_s = settings.rate_tau_s
-    policy, next_use = make_policy(policy_name, settings, trace, seed)
+    policy, next_use = make_policy(policy_name, settings, trace, seed, window_s=window_s)
+    windowed = policy if isinstance(policy, RateOraclePolicy) and policy.window_s > 0 else None
     per = capacity_bytes // instances
     insts = [InstanceView(f"i{k:03d}", per, 0, zone=f"z{k % zones}") for k in range(instances)]
     names = trace.names
@@ -268,6 +325,8 @@ def simulate(
     perf = time.perf_counter
     t0 = perf()
     for k, (t, mi) in enumerate(zip(trace.times.tolist(), trace.models.tolist(), strict=True)):
+        if windowed is not None and windowed.advance(t):
+            cluster.index = policy.build_index(cmodels.values())
         if t >= next_tick:
             cluster.apply(policy.on_tick(cluster.view(t)), t)
             next_tick = t + tick_s

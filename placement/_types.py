@@ -103,6 +103,11 @@ class ClusterView:
     orders eviction candidates; every candidate is checked against ``models`` and
     ``instances`` (assigned, copy state, pinned, min copies) before it is used, so a stale
     index can cost quality (order, a missed candidate), never safety.
+
+    ``on_tick`` reads only the models the index watches (see ``BasePolicy.tick_watch``) plus
+    the holders of instances that are not live, so a producer that keeps the index must call
+    ``update`` after every change of a model, assigned or not (a model below its min copies
+    with no copy at all is watched too); a missed update delays that model's tick work.
     """
 
     now: float

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from placement_views import GB, apply, check_capacity, model, view
 
@@ -350,3 +352,28 @@ def test_incremental_index_gives_same_decisions(policy: Policy) -> None:
     lru_idx = LruPolicy(PolicySettings()).new_index()
     v_other = type(v)(now=v.now, instances=v.instances, models=v.models, index=lru_idx)
     assert policy.on_miss(v_other, "new") == policy.on_miss(v, "new")
+
+
+def test_tick_reads_watched_models_and_holders_of_instances_not_live() -> None:
+    """A tick with an incrementally kept index reads only candidates, yet finds each kind of work."""
+    s = PolicySettings(min_residency_s=0, scale_in_rpm_per_copy=10, scale_out_rpm_per_copy=50)
+    p = Policy(s)
+    now = 10_000.0
+    quiet = [model(f"q{k}", GB, ["a"], last_used=now - 10, rate_rpm=0.5) for k in range(50)]
+    twice = model("two", GB, ["a", "b"], last_used=now - 10, rate_rpm=0.5)  # scale in
+    on_dead = model("orphan", GB, ["c"], last_used=now - 10, rate_rpm=0.5)  # its instance died: repair
+    needs_min = model("min", GB, [], min_copies=1)  # unassigned, below min copies
+    ms = [*quiet, twice, on_dead, needs_min]
+    v = view(now, {"a": 80 * GB, "b": 80 * GB, "c": 80 * GB}, ms, states={"c": "dead"})
+    idx = p.new_index()
+    for m in ms:
+        idx.update(m)
+    assert idx.tick_candidates({"a", "b"}) == {"two", "orphan", "min"}
+    got = {(a.kind, a.model_id, a.reason_word) for a in p.on_tick(replace(v, index=idx))}
+    assert ("unload", "two", "scale_in") in got
+    assert ("unload", "orphan", "instance_dead") in got
+    assert ("load", "min", "min_copies") in got
+    assert not any(mid.startswith("q") for _, mid, _ in got)
+    # once the extra copy is gone and the rate drops, the model leaves the watched set
+    idx.update(replace(twice, assigned=frozenset({"a"}), copies=twice.copies[:1]))
+    assert "two" not in idx.tick_candidates({"a", "b", "c"})

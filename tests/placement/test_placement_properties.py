@@ -16,6 +16,7 @@ from placement import (
     LruPolicy,
     ModelView,
     PlacementError,
+    PlacementIndex,
     Policy,
     PolicySettings,
     TenantQuota,
@@ -171,3 +172,23 @@ def test_min_copies_restored_when_room(n_inst: int, mins: list[tuple[int, bool]]
         got[a.model_id] = got.get(a.model_id, 0) + (1 if a.kind == "load" else -1)
     for m in ms:
         assert got.get(m.model_id, 0) == min(BasePolicy.min_copies(m), n_inst), m
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(v=clusters(), order=st.randoms(use_true_random=False))
+def test_tick_reads_only_watched_models_yet_decides_as_a_full_pass(v: ClusterView, order: object) -> None:
+    """on_tick through the index's watched models (kept incrementally, in any update order) equals a
+    tick that reads every model (an index whose watch holds for all)."""
+    for policy in POLICIES:
+        full = PlacementIndex.build(policy.evict_key, policy.key_id, v.models.values(), watch=lambda m: True)
+        expected = policy.on_tick(replace(v, index=full))
+        inc = policy.new_index()
+        ms = list(v.models.values())
+        order.shuffle(ms)  # type: ignore[attr-defined]
+        for m in ms:  # first seen unassigned and idle, then as it is: updates move it in and out of the sets
+            idle = replace(m, assigned=frozenset(), copies=(), rate_rpm=0.0, inflight=0, min_copies=0, pinned=False)
+            inc.update(idle)
+            inc.update(m)
+        assert inc.tick_candidates({i for i, x in v.instances.items() if x.state == "live"}) <= set(v.models)
+        assert policy.on_tick(replace(v, index=inc)) == expected
+        assert policy.on_tick(v) == expected  # no index in the view: the policy builds one with its watch

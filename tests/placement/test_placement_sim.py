@@ -22,6 +22,7 @@ from placement import (
     PlacementIndex,
     Policy,
     PolicySettings,
+    RateOraclePolicy,
     SimulationError,
     Trace,
     TraceSpec,
@@ -223,3 +224,44 @@ def test_placement_imports_no_other_package() -> None:
 def test_model_views_are_plain_data() -> None:
     m = ModelView("m", GB)
     assert m.copy_on("x") is None and m.assigned == frozenset()
+
+
+def _scan_trace() -> Trace:
+    """20 hot models, each requested every 10 s for 1000 s; at t=500 a one-off scan of 100 other models."""
+    hot_t = [(k * 0.5, k % 20) for k in range(2000)]
+    scan_t = [(500.0 + i * 0.02, 20 + i) for i in range(100)]
+    reqs = sorted(hot_t + scan_t)
+    n = 120
+    return Trace(
+        np.array([t for t, _ in reqs]), np.array([m for _, m in reqs], dtype=np.int64), [f"m{i:03d}" for i in range(n)],
+        np.full(n, GB, dtype=np.int64), np.full(n, 5.0), [""] * n,
+    )
+
+
+def test_scan_does_not_flush_the_hot_set() -> None:
+    tr = _scan_trace()
+    res = {p: simulate(tr, p, instances=1, capacity_bytes=25 * GB) for p in ("ours", "lru")}
+    compulsory = 20 + 100  # every model's first request must load: a serving system cannot bypass
+    assert res["ours"].loads == compulsory  # the scan evicted only scanned models
+    assert res["lru"].loads >= compulsory + 20  # LRU reloaded the whole hot set after the scan
+    assert res["ours"].peak_used_bytes <= 25 * GB
+
+
+def test_window_rates_reference_follows_phases(trace: Trace) -> None:
+    cap = int(trace.total_bytes * 0.1)
+    w = simulate(trace, "wrates", instances=4, capacity_bytes=cap, window_s=SMALL.shift_period_s)
+    static = simulate(trace, "rates", instances=4, capacity_bytes=cap)
+    lru = simulate(trace, "lru", instances=4, capacity_bytes=cap)
+    assert w.policy == "wrates" and static.policy == "rates"
+    assert w.peak_used_bytes <= cap and w.requests == len(trace)
+    assert w.load_time_s < lru.load_time_s
+    # its keys are each window's counts: another window, another order (and the simulator rebuilds the index)
+    p = RateOraclePolicy(PolicySettings(), trace, window_s=SMALL.shift_period_s)
+    m = ModelView(trace.names[int(trace.models[0])], GB, load_time_s=1.0)
+    first = p.evict_key(m)
+    assert not p.advance(float(trace.times[0]))
+    keys = [first]
+    for t in np.arange(SMALL.shift_period_s, float(trace.times[-1]), SMALL.shift_period_s):
+        assert p.advance(float(t))
+        keys.append(p.evict_key(m))
+    assert len(set(keys)) > 1
