@@ -31,6 +31,10 @@ class VModelNotFound(MeshError):
     code = "not_found"
 
 
+class TenantNotFound(MeshError):
+    code = "not_found"
+
+
 class InvalidRequest(MeshError):
     code = "invalid_argument"
 

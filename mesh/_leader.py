@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from placement import Action, ClusterView, PlacementError, Policy
+from placement import Action, ClusterView, PlacementError, Policy, TenantQuota
 
 from ._leader_view import ViewBuilder
 from ._metrics import Metrics
@@ -86,7 +86,7 @@ class Leader:
     async def start(self) -> None:
         self._unsubs.append(self.state.vmodels.subscribe(self._on_vmodels))
         self._pending_vmodels = {n for n, vm in self.state.vmodels.items.items() if vm.active != vm.target}
-        for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances):
+        for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances, self.state.tenants):
             self._unsubs.append(mirror.subscribe(lambda _c: self._wake.set()))
         self._task = asyncio.create_task(self._run(), name=f"leader-{self.instance_id}")
 
@@ -178,7 +178,8 @@ class Leader:
 
     def view(self) -> ClusterView:
         """The current cluster view (incrementally maintained: see :mod:`mesh._leader_view`)."""
-        return self._views.view()
+        quotas = {n: TenantQuota(n, r.max_bytes) for n, r in self.state.tenants.items.items()}
+        return self._views.view(quotas)
 
     # ------------------------------------------------------------ apply
 

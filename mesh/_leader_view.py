@@ -20,11 +20,19 @@ decision made synchronously on it, not across an ``await`` (the next view reflec
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from placement import BasePolicy, ClusterView, CopyView, InstanceView, ModelView, PlacementIndex
+from placement import (
+    BasePolicy,
+    ClusterView,
+    CopyView,
+    InstanceView,
+    ModelView,
+    PlacementIndex,
+    TenantQuota,
+)
 
 from ._state import ClusterState
 
@@ -191,7 +199,7 @@ class ViewBuilder:
 
     # ------------------------------------------------------------ views
 
-    def view(self, quotas: Any = None) -> ClusterView:
+    def view(self, quotas: Mapping[str, TenantQuota] | None = None) -> ClusterView:
         self._flush()
         instances = {
             iid: InstanceView(
@@ -208,8 +216,9 @@ class ViewBuilder:
             )
             for iid, rec in self.state.instances.items.items()
         }
-        kwargs: dict[str, Any] = {"quotas": quotas} if quotas is not None else {}
-        return ClusterView(now=self.clock(), instances=instances, models=self._models_view, index=self._index, **kwargs)
+        return ClusterView(
+            now=self.clock(), instances=instances, models=self._models_view, quotas=quotas or {}, index=self._index
+        )
 
     def size_of(self, mid: str) -> int:
         self._flush()

@@ -19,10 +19,11 @@ from ._errors import (
     InvalidRequest,
     ModelNotFound,
     PreconditionFailed,
+    TenantNotFound,
     Unavailable,
     VModelNotFound,
 )
-from ._records import MissRecord, ModelRecord, VModelRecord, decode, encode
+from ._records import MissRecord, ModelRecord, TenantRecord, VModelRecord, decode, encode
 from ._state import ClusterState
 from ._store import Compare, Delete, Put, StoreError
 
@@ -81,6 +82,24 @@ class VModelStatus:
     active_status: ModelStatus | None = None
     target_status: ModelStatus | None = None
     owner: str = ""
+
+
+_BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPE]i?|k)?B?\s*$")
+_UNITS = {"": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5, "E": 1000**6,
+          "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
+
+
+def parse_bytes(value: int | str, what: str = "size") -> int:
+    """Bytes from an int or a Kubernetes-style quantity: ``1048576``, ``512Mi``, ``8Gi``, ``2GiB``, ``1.5G``."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{what}: expected a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _BYTES_RE.match(value)
+        if m is not None:
+            return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    raise InvalidRequest(f"{what}: expected bytes as an integer or a quantity like 512Mi or 8Gi, got {value!r}")
 
 
 def validate_id(kind: str, value: str) -> str:
@@ -401,3 +420,64 @@ class Management:
             }
             for iid, r in sorted(self.state.instances.items.items())
         ]
+
+    # ------------------------------------------------------------ tenants
+
+    def tenant_usage(self) -> dict[str, dict[str, int]]:
+        """Per tenant: bytes its assigned copies hold (measured size, else predicted) and model count."""
+        usage: dict[str, dict[str, int]] = {}
+        for mid, rec in self.state.models.items.items():
+            u = usage.setdefault(rec.tenant, {"used_bytes": 0, "models": 0, "copies": 0})
+            u["models"] += 1
+            assigned = self.state.assigned(mid)
+            if not assigned:
+                continue
+            copies = self.state.copies_of(mid)
+            measured = [c.size_bytes for c in copies.values() if c.size_measured and c.size_bytes > 0]
+            size = max(measured) if measured else rec.predicted_size_bytes
+            u["used_bytes"] += size * len(assigned)
+            u["copies"] += len(assigned)
+        return usage
+
+    def _tenant_json(self, name: str, rec: TenantRecord | None, usage: dict[str, int] | None) -> dict[str, Any]:
+        u = usage or {"used_bytes": 0, "models": 0, "copies": 0}
+        return {
+            "tenant": name,
+            "max_bytes": rec.max_bytes if rec is not None else 0,
+            "source": rec.source if rec is not None else "",
+            "updated_at": rec.updated_at if rec is not None else 0.0,
+            **u,
+        }
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        """Every tenant that has a quota or a registered model (``max_bytes`` 0: no quota)."""
+        usage = self.tenant_usage()
+        quotas = self.state.tenants.items
+        return [self._tenant_json(n, quotas.get(n), usage.get(n)) for n in sorted(set(usage) | set(quotas))]
+
+    def tenant(self, name: str) -> dict[str, Any]:
+        rec = self.state.tenants.items.get(name)
+        usage = self.tenant_usage().get(name)
+        if rec is None and usage is None:
+            raise TenantNotFound(f"tenant '{name}' has no quota and no models")
+        return self._tenant_json(name, rec, usage)
+
+    async def set_tenant_quota(self, name: str, max_bytes: int, *, source: str = "api") -> dict[str, Any]:
+        """Create or replace a tenant's byte quota; placement enforces it from its next decision."""
+        validate_id("tenant", name)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise InvalidRequest(f"quota of tenant '{name}' must be a positive number of bytes, got {max_bytes!r}")
+        rec = TenantRecord(name=name, max_bytes=max_bytes, source=source, updated_at=self.clock())
+        try:
+            await self.store.put(self.keys.tenant(name), encode(rec))
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+        return self._tenant_json(name, rec, self.tenant_usage().get(name))
+
+    async def delete_tenant_quota(self, name: str) -> bool:
+        """Remove a tenant's quota (its models stay registered); False when it had none."""
+        validate_id("tenant", name)
+        try:
+            return await self.store.delete(self.keys.tenant(name))
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc

@@ -14,6 +14,7 @@ key                                 written by                 content
 ``P/assignments/{model}``           placement leader           :class:`AssignmentRecord` (desired)
 ``P/copies/{model}/{instance}``     that instance (lease)      :class:`CopyRecord` (actual state)
 ``P/misses/{model}``                any router (create-only)   :class:`MissRecord` (load request)
+``P/tenants/{tenant}``              management API             :class:`TenantRecord` (byte quota)
 ``P/leader``                        the leader (lease)         :class:`LeaderRecord`
 ==================================  =========================  ==================================
 
@@ -67,6 +68,10 @@ class Keys:
         return f"{self.prefix}/misses/"
 
     @property
+    def tenants(self) -> str:
+        return f"{self.prefix}/tenants/"
+
+    @property
     def leader(self) -> str:
         return f"{self.prefix}/leader"
 
@@ -87,6 +92,9 @@ class Keys:
 
     def miss(self, mid: str) -> str:
         return self.misses + mid
+
+    def tenant(self, name: str) -> str:
+        return self.tenants + name
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,16 @@ class MissRecord:
 class LeaderRecord:
     instance_id: str
     since: float
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """A tenant's byte quota: its models' assigned copies together may hold at most ``max_bytes``."""
+
+    name: str
+    max_bytes: int
+    source: str = ""  # who set it: "api", or the Kubernetes object it came from
+    updated_at: float = 0.0
 
 
 R = TypeVar("R")

@@ -19,9 +19,16 @@ from prometheus_client import make_asgi_app
 from runtime_adapters import InferResponse
 
 from . import _codec
-from ._errors import ERROR_ROOTS, InvalidRequest, ModelNotFound, PayloadTooLarge, status_for
+from ._errors import (
+    ERROR_ROOTS,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    TenantNotFound,
+    status_for,
+)
 from ._grpc import SERVER_NAME, model_metadata_pb
-from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
+from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, parse_bytes
 from ._metrics import Metrics
 from ._router import Router
 
@@ -242,6 +249,27 @@ def build_rest_app(
     @app.get("/v1/instances")
     async def instances() -> dict[str, Any]:
         return {"instances": management.list_instances()}
+
+    @app.get("/v1/tenants")
+    async def tenants() -> dict[str, Any]:
+        return {"tenants": management.list_tenants()}
+
+    @app.get("/v1/tenants/{name}")
+    async def tenant(name: str) -> dict[str, Any]:
+        return management.tenant(name)
+
+    @app.put("/v1/tenants/{name}")
+    async def set_tenant(name: str, request: Request) -> dict[str, Any]:
+        body = await _read_json(request, 1 << 16)
+        if not isinstance(body, dict) or "maxBytes" not in body:
+            raise InvalidRequest("body must be an object with maxBytes (bytes, or a quantity like 8Gi)")
+        return await management.set_tenant_quota(name, parse_bytes(body["maxBytes"], "maxBytes"))
+
+    @app.delete("/v1/tenants/{name}")
+    async def delete_tenant(name: str) -> dict[str, Any]:
+        if not await management.delete_tenant_quota(name):
+            raise TenantNotFound(f"tenant '{name}' has no quota")
+        return {}
 
     @app.get("/v1/cluster")
     async def cluster() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ._records import (
     Keys,
     MissRecord,
     ModelRecord,
+    TenantRecord,
     VModelRecord,
     decode,
 )
@@ -47,6 +48,7 @@ class ClusterState:
         )
         self.copies: PrefixMirror[CopyRecord] = PrefixMirror(store, keys.copies, lambda k, v: decode(CopyRecord, v))
         self.misses: PrefixMirror[MissRecord] = PrefixMirror(store, keys.misses, lambda k, v: decode(MissRecord, v))
+        self.tenants: PrefixMirror[TenantRecord] = PrefixMirror(store, keys.tenants, lambda k, v: decode(TenantRecord, v))
         self._mirrors: list[PrefixMirror[Any]] = [
             self.instances,
             self.models,
@@ -54,6 +56,7 @@ class ClusterState:
             self.assignments,
             self.copies,
             self.misses,
+            self.tenants,
         ]
         # derived indexes
         self._copies_by_model: dict[str, dict[str, CopyRecord]] = {}

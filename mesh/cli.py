@@ -415,6 +415,60 @@ def apply_cmd(
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------- tenants
+
+tenant_app = typer.Typer(help="Tenant byte quotas: a tenant's models together may hold at most its quota.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+
+
+def _tenant_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="tenants")
+    for col in ("tenant", "quota", "used", "models", "copies", "source"):
+        t.add_column(col)
+    for r in rows:
+        quota = _mb(r["max_bytes"]) if r["max_bytes"] else "-"
+        t.add_row(r["tenant"] or "(none)", quota, _mb(r["used_bytes"]), str(r["models"]), str(r["copies"]), r["source"])
+    return t
+
+
+@tenant_app.command("set")
+def tenant_set(
+    name: str,
+    max_bytes: Annotated[str, typer.Option("--max-bytes", help="quota: bytes, or a quantity like 512Mi, 8Gi")],
+    address: AddressOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Create or change a tenant's quota (enforced from the next placement decision)."""
+    with _client(address) as c:
+        value: int | str = int(max_bytes) if max_bytes.isdigit() else max_bytes
+        row = _check(c.put(f"/v1/tenants/{name}", json={"maxBytes": value}))
+    _emit(row, output, _tenant_table([row]))
+
+
+@tenant_app.command("get")
+def tenant_get(name: str, address: AddressOpt = None, output: OutputOpt = "table") -> None:
+    """A tenant's quota and what its models hold now."""
+    with _client(address) as c:
+        row = _check(c.get(f"/v1/tenants/{name}"))
+    _emit(row, output, _tenant_table([row]))
+
+
+@tenant_app.command("list")
+def tenant_list(address: AddressOpt = None, output: OutputOpt = "table") -> None:
+    """Every tenant with a quota or a registered model."""
+    with _client(address) as c:
+        rows = _check(c.get("/v1/tenants"))["tenants"]
+    _emit(rows, output, _tenant_table(rows))
+
+
+@tenant_app.command("delete")
+def tenant_delete(name: str, address: AddressOpt = None) -> None:
+    """Remove a tenant's quota (its models stay registered)."""
+    with _client(address) as c:
+        _check(c.delete(f"/v1/tenants/{name}"))
+    console.print(f"quota of tenant {name} removed")
+
+
 def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         app()

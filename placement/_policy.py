@@ -608,7 +608,7 @@ class BasePolicy:
             for _, m in sorted(hot, key=lambda x: (x[0], x[1].model_id)):
                 if len(plan.actions) >= budget:
                     return plan.actions
-                if self._all_loaded(m, plan, live):
+                if self._all_loaded(m, plan, live) and self._quota_allows(view, plan, idx, m):
                     n = sum(1 for i in plan.assigned(m) if i in live)
                     self._place(
                         view, plan, idx, m, word="scale_out",
@@ -618,7 +618,7 @@ class BasePolicy:
             for _, m in sorted(second, key=lambda x: (x[0], x[1].model_id)):
                 if len(plan.actions) >= budget:
                     return plan.actions
-                if self._all_loaded(m, plan, live):
+                if self._all_loaded(m, plan, live) and self._quota_allows(view, plan, idx, m):
                     self._place(
                         view, plan, idx, m, word="second_copy", why=f"in regular use ({m.rate_rpm:.1f} rpm)",
                         allow_evict=False, require_slot=True,
@@ -685,6 +685,14 @@ class BasePolicy:
                         f"drain: {iid} is shutting down" + ("; served elsewhere" if has_loaded_live else "; model is cold"),
                     )
 
+    @staticmethod
+    def _quota_allows(view: ClusterView, plan: _Plan, idx: PlacementIndex, m: ModelView) -> bool:
+        """An optional copy (scale-out, second copy) fits within its tenant's quota as it stands."""
+        q = view.quotas.get(m.tenant)
+        if q is None:
+            return True
+        return idx.tenant_bytes(m.tenant) + plan.tenant_delta(m.tenant) + m.size_bytes <= q.max_bytes
+
     def _enforce_quotas(self, view: ClusterView, plan: _Plan, idx: PlacementIndex) -> None:
         for tenant in sorted(view.quotas):
             q = view.quotas[tenant]
@@ -692,7 +700,8 @@ class BasePolicy:
             if used > q.max_bytes:
                 self._evict_tenant(
                     view, plan, idx, tenant, used - q.max_bytes,
-                    f"quota: tenant {tenant!r} holds {fmt_bytes(used)}, over its {fmt_bytes(q.max_bytes)} quota", 0,
+                    f"quota: tenant {tenant!r} holds {fmt_bytes(used)}, over its {fmt_bytes(q.max_bytes)} quota",
+                    1,  # a quota is a hard limit: young copies go too, once older ones are not enough
                 )
 
     def _shrink(self, view: ClusterView, plan: _Plan, m: ModelView, live: set[str]) -> None:

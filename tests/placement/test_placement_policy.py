@@ -323,6 +323,22 @@ def test_tick_max_copies_and_quota(policy: Policy) -> None:
     assert {a.reason_word for a in acts} == {"max_copies", "quota"}
 
 
+def test_tick_extra_copies_stay_within_the_tenant_quota() -> None:
+    # scale-out and second copies are optional: they never take a tenant past its quota
+    p = Policy(PolicySettings(scale_out_rpm_per_copy=100, scale_in_rpm_per_copy=20))
+    now = 10_000.0
+    insts = {"a": 8 * GB, "b": 8 * GB, "c": 8 * GB}
+    ms = [
+        model("hot", GB, ["a"], tenant="t", last_used=now, rate_rpm=1000),
+        model("reg", GB, ["b"], tenant="t", last_used=now, rate_rpm=10),
+    ]
+    assert {a.reason_word for a in p.on_tick(view(now, insts, ms))} == {"scale_out", "second_copy"}
+    assert p.on_tick(view(now, insts, ms, quotas=[TenantQuota("t", 2 * GB)])) == []
+    # room for one more copy: the hotter model gets it
+    acts = p.on_tick(view(now, insts, ms, quotas=[TenantQuota("t", 3 * GB)]))
+    assert [(a.model_id, a.reason_word) for a in acts] == [("hot", "scale_out")]
+
+
 def test_tick_unassigns_failed_copies(policy: Policy) -> None:
     v = view(100, {"a": 4 * GB, "b": 4 * GB}, [model("f", GB, ["a"], state="failed", failures={"a": 200.0})])
     acts = policy.on_tick(v)
