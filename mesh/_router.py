@@ -228,8 +228,7 @@ class Router:
                 if others:
                     # every holder failed us: wait for the view to change (or a short back-off), then retry them
                     await self.state.wait_for(
-                        lambda m=mid, failed=frozenset(others): m in self.local or not set(self.state.holders(m)) <= failed,
-                        min(remaining, self.forward_retry_backoff_s),
+                        self._view_changed(mid, frozenset(others)), min(remaining, self.forward_retry_backoff_s)
                     )
                     excluded.clear()
                     continue
@@ -272,6 +271,9 @@ class Router:
                         continue
                     raise Unavailable(f"no instance could serve model '{name}': {_reason(exc)}") from exc
                 raise
+
+    def _view_changed(self, mid: str, failed: frozenset[str]) -> Callable[[], bool]:
+        return lambda: mid in self.local or not set(self.state.holders(mid)) <= failed
 
     def _pick(self, holders: list[str]) -> str:
         """The holder with the fewest requests in flight, avoiding suspect holders while others exist."""
