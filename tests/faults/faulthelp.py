@@ -13,6 +13,12 @@ from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
 LEASE_TTL_S = 3  # the clusters' lease TTL (small, so that a dead instance is noticed fast)
+SLACK_S = 10.0  # a loaded 2-core CI machine: elections, ticks and loads all run late
+NO_RATE_COPIES = {  # copies come only from min_copies here, never from traffic
+    "MODELMUX_PLACEMENT_SECOND_COPY_RPM": "1000000000",
+    "MODELMUX_PLACEMENT_SECOND_COPY_OFF_RPM": "100000000",
+    "MODELMUX_PLACEMENT_SCALE_OUT_RPM_PER_COPY": "1000000000",
+}
 
 
 class Mgmt:

@@ -17,19 +17,13 @@ from typing import Any
 
 import pytest
 from cluster import wait_until
-from faulthelp import LEASE_TTL_S, Mgmt
+from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt
 from models import add_model
 from traffic import Traffic
 
 pytestmark = pytest.mark.etcd
 
-NO_RATE_COPIES = {  # copies come only from min_copies here, never from traffic
-    "MODELMUX_PLACEMENT_SECOND_COPY_RPM": "1000000000",
-    "MODELMUX_PLACEMENT_SECOND_COPY_OFF_RPM": "100000000",
-    "MODELMUX_PLACEMENT_SCALE_OUT_RPM_PER_COPY": "1000000000",
-}
 DEADLINE_S = 15.0  # of every request: longer than the lease TTL + a load + slack
-SLACK_S = 10.0  # a loaded 2-core CI machine: elections, ticks and loads all run late
 
 
 async def test_kill9_one_of_three_under_traffic(make_cluster: Any, tmp_path: Path) -> None:

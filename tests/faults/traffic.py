@@ -66,6 +66,7 @@ class Traffic:
         self.max_s = max_s
         self.entries = list(range(len(endpoints)))
         self.records: list[Rec] = []
+        self.sent: list[float] = []  # start time of every request sent
         self.skipped = 0  # sends dropped because max_inflight was reached
         self._payload = {m: request_bytes(m) for m in answers}
         self._channels = [grpc.aio.insecure_channel(e) for e in endpoints]
@@ -125,6 +126,7 @@ class Traffic:
         entry = entries[self._n % len(entries)]
         self._n += 1
         t0 = time.monotonic()
+        self.sent.append(t0)
         try:
             raw = await self._calls[entry](self._payload[model], timeout=self.deadline_s)
             t1 = time.monotonic()
@@ -161,6 +163,10 @@ class Traffic:
             else:
                 st.failed[r.outcome] += 1
         return out
+
+    def settled(self, before: float) -> bool:
+        """Whether every request started before ``before`` has ended (answered or failed)."""
+        return sum(1 for t in self.sent if t < before) == sum(1 for r in self.records if r.t0 < before)
 
     def ok_count(self, model: str, since: float = 0.0) -> int:
         return sum(1 for r in self.records if r.model == model and r.outcome == "OK" and r.t0 >= since)
