@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 _TESTS = Path(__file__).resolve().parents[1]
-for _p in (_TESTS / "mesh", _TESTS / "faults"):
+for _p in (_TESTS / "mesh", _TESTS / "puller", _TESTS / "faults"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 

@@ -29,7 +29,7 @@ class Mgmt:
         self.stubs = [mm_grpc.ModelMeshStub(ch) for ch in self.channels]
 
     async def register(
-        self, model_id: str, path: Path, *, i: int = 0, min_copies: int = 0, load: bool = False, timeout: float = 30, **extra: Any
+        self, model_id: str, path: Path | str, *, i: int = 0, min_copies: int = 0, load: bool = False, timeout: float = 30, **extra: Any
     ) -> mm.ModelStatusInfo:
         key = json.dumps({"min_copies": min_copies, **extra}) if (min_copies or extra) else ""
         return await self.stubs[i % len(self.stubs)].registerModel(
