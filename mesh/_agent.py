@@ -181,8 +181,7 @@ class Agent:
         st = self.router.usage.get(mid)
         if st is None:
             return 0.0
-        elapsed = max(time.monotonic() - st.window_start, 1.0)
-        return st.window_count * 60.0 / elapsed
+        return st.rate_rpm(time.monotonic(), self.settings.rate_window_s)
 
     def update_gauges(self) -> None:
         rec = self._instance_record()

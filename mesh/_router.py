@@ -41,7 +41,22 @@ class UsageStats:
     last_used: float = 0.0
     count: int = 0
     window_start: float = field(default_factory=time.monotonic)
-    window_count: int = 0
+    window_count: int = 0  # requests in the current rate window
+    prev_count: int = -1  # requests in the previous window (-1: no full window yet)
+
+    def rate_rpm(self, now: float, window_s: float) -> float:
+        """Requests per minute over a sliding window of ``window_s`` (the previous window weighted by
+        how much of it still overlaps), so that the rate falls to 0 within two windows of idleness."""
+        elapsed = now - self.window_start
+        if elapsed >= window_s:
+            periods = int(elapsed // window_s)
+            self.prev_count = self.window_count if periods == 1 else 0
+            self.window_start += periods * window_s
+            self.window_count = 0
+            elapsed = now - self.window_start
+        if self.prev_count < 0:  # first window: what has been seen so far
+            return self.window_count * 60.0 / max(elapsed, 1.0)
+        return (self.prev_count * (1.0 - elapsed / window_s) + self.window_count) * 60.0 / window_s
 
 
 @dataclass

@@ -25,6 +25,7 @@ class InstanceSettings(BaseSettings):
     data_dir: Path = Path("var/modelmux")
     lease_ttl_s: int = Field(default=10, ge=2)
     publish_interval_s: float = 1.0  # coalescing window for instance / usage records
+    rate_window_s: float = Field(default=60.0, gt=0)  # request rates (rpm, for copies by rate) are over this sliding window
     failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long
     max_message_bytes: int = 64 * MiB  # larger requests: RESOURCE_EXHAUSTED / 413
     forward_attempts: int = 3  # forwards answered NOT_FOUND (copy gone) before a request gives up
