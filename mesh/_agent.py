@@ -32,6 +32,7 @@ from ._router import Router
 from ._settings import InstanceSettings
 from ._state import ClusterState
 from ._store import LeaseExpired, Store, StoreError
+from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,7 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await cancel_and_wait(t)
         self._tasks.clear()
         for mid in list(self.copies):
             await self._unload(mid, publish=False)
@@ -181,8 +181,7 @@ class Agent:
         st = self.router.usage.get(mid)
         if st is None:
             return 0.0
-        elapsed = max(time.monotonic() - st.window_start, 1.0)
-        return st.window_count * 60.0 / elapsed
+        return st.rate_rpm(time.monotonic(), self.settings.rate_window_s)
 
     def update_gauges(self) -> None:
         rec = self._instance_record()
@@ -399,9 +398,7 @@ class Agent:
         if copy is None:
             return
         if copy.task is not None and not copy.task.done():
-            copy.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await copy.task
+            await cancel_and_wait(copy.task)
         copy.state = "unloading"
         self.router.local.pop(mid, None)
         if copy.loaded is not None:

@@ -84,6 +84,9 @@ class Instance:
             self.state,
             forward_attempts=settings.forward_attempts,
             default_deadline_s=settings.default_deadline_s,
+            forward_attempt_timeout_s=settings.forward_attempt_timeout_s,
+            suspect_holder_s=settings.suspect_holder_s,
+            forward_retry_backoff_s=settings.forward_retry_backoff_s,
             clock=clock,
             metrics=self.metrics,
         )

@@ -35,6 +35,7 @@ from ._metrics import Metrics
 from ._records import AssignmentRecord, Keys, LeaderRecord, MissRecord, VModelRecord, decode, encode
 from ._state import ClusterState
 from ._store import Compare, Delete, Put, Store, StoreError
+from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,7 @@ class Leader:
             u()
         self._views.stop()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait(self._task)
         if self.is_leader:
             with contextlib.suppress(StoreError):
                 kv = await self.store.get(self.keys.leader)

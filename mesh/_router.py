@@ -9,7 +9,6 @@ this path touches the store.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -42,7 +41,22 @@ class UsageStats:
     last_used: float = 0.0
     count: int = 0
     window_start: float = field(default_factory=time.monotonic)
-    window_count: int = 0
+    window_count: int = 0  # requests in the current rate window
+    prev_count: int = -1  # requests in the previous window (-1: no full window yet)
+
+    def rate_rpm(self, now: float, window_s: float) -> float:
+        """Requests per minute over a sliding window of ``window_s`` (the previous window weighted by
+        how much of it still overlaps), so that the rate falls to 0 within two windows of idleness."""
+        elapsed = now - self.window_start
+        if elapsed >= window_s:
+            periods = int(elapsed // window_s)
+            self.prev_count = self.window_count if periods == 1 else 0
+            self.window_start += periods * window_s
+            self.window_count = 0
+            elapsed = now - self.window_start
+        if self.prev_count < 0:  # first window: what has been seen so far
+            return self.window_count * 60.0 / max(elapsed, 1.0)
+        return (self.prev_count * (1.0 - elapsed / window_s) + self.window_count) * 60.0 / window_s
 
 
 @dataclass
@@ -53,6 +67,12 @@ class RouterCounters:
     forward_retries: int = 0
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
 class Router:
     def __init__(
         self,
@@ -61,6 +81,9 @@ class Router:
         *,
         forward_attempts: int = 3,
         default_deadline_s: float = 60.0,
+        forward_attempt_timeout_s: float = 0.0,
+        suspect_holder_s: float = 10.0,
+        forward_retry_backoff_s: float = 0.5,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -70,11 +93,15 @@ class Router:
         self.keys: Keys = state.keys
         self.forward_attempts = forward_attempts
         self.default_deadline_s = default_deadline_s
+        self.forward_attempt_timeout_s = forward_attempt_timeout_s
+        self.suspect_holder_s = suspect_holder_s
+        self.forward_retry_backoff_s = forward_retry_backoff_s
         self.clock = clock
         self.local: dict[str, LoadedModel] = {}  # model id -> loaded copy (owned by the agent)
         self.usage: dict[str, UsageStats] = {}
         self.counters = RouterCounters()
         self._inflight: dict[str, int] = {}
+        self._suspect: dict[str, float] = {}  # holder -> monotonic time until which it is avoided
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._misses: dict[str, asyncio.Future[None]] = {}
@@ -182,6 +209,16 @@ class Router:
     # ------------------------------------------------------------ remote / miss
 
     async def _route(self, mid: str, name: str, payload: bytes, deadline: float) -> bytes:
+        """Forward to the least busy holder; on failure try the others, then wait for the view to change.
+
+        A holder that fails a forward (unreachable, lost the copy, or silent past
+        ``forward_attempt_timeout_s`` while another holder exists) is excluded for this
+        request and avoided by all requests for ``suspect_holder_s``. When every holder has
+        failed, the request waits (bounded by its deadline) for the view to change - a dead
+        holder's lease expires, its copies vanish and the model is placed again - trying the
+        holders again every ``forward_retry_backoff_s``, instead of failing while a new copy
+        is only a lease TTL away.
+        """
         excluded: set[str] = set()
         attempts = 0
         last_error: BaseException | None = None
@@ -192,7 +229,9 @@ class Router:
             first = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'") from last_error
+                if last_error is not None:
+                    raise DeadlineExceeded(f"deadline exceeded while routing model '{name}': {_reason(last_error)}") from last_error
+                raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'")
             # a vModel may have moved to a new target meanwhile: follow it
             mid = self.state.resolve(name) or mid
             model = self.local.get(mid)
@@ -202,15 +241,16 @@ class Router:
                 except ModelNotLoaded as exc:
                     last_error = exc
                     continue
-            holders = [h for h in self.state.holders(mid) if h not in excluded and h != self.instance_id]
-            if not holders and self.instance_id in self.state.holders(mid):
-                # the store still lists our own copy, which the agent is unloading (its record
-                # goes when the unload ends): wait for that, then load it again
-                await self.state.wait_for(functools.partial(self._own_copy_settled, mid), remaining)
-                continue
+            others = [h for h in self.state.holders(mid) if h != self.instance_id]
+            holders = [h for h in others if h not in excluded]
             if not holders:
-                if attempts >= 2 * self.forward_attempts and last_error is not None:
-                    raise Unavailable(f"no instance could serve model '{name}': {last_error}") from last_error
+                if others:
+                    # every holder failed us: wait for the view to change (or a short back-off), then retry them
+                    await self.state.wait_for(
+                        self._view_changed(mid, frozenset(others)), min(remaining, self.forward_retry_backoff_s)
+                    )
+                    excluded.clear()
+                    continue
                 try:
                     await self.ensure_loaded(mid, deadline, exclude=excluded)
                 except ModelNotFound:
@@ -218,29 +258,54 @@ class Router:
                     if moved is None or moved == mid:
                         raise
                     continue
-                if excluded and not [h for h in self.state.holders(mid) if h not in excluded]:
-                    # the only holders are ones that just failed us: try them again
-                    excluded.clear()
                 continue
-            target = min(holders, key=lambda h: self._inflight.get(h, 0))
+            target = self._pick(holders)
             address = self.state.address(target)
             if address is None:
                 excluded.add(target)
                 continue
             attempts += 1
+            timeout = deadline - time.monotonic()
+            bounded = self.forward_attempt_timeout_s > 0 and len(holders) > 1 and timeout > self.forward_attempt_timeout_s
+            if bounded:
+                timeout = self.forward_attempt_timeout_s
             try:
-                result = await self._forward(target, address, mid, payload, deadline - time.monotonic())
+                result = await self._forward(target, address, mid, payload, timeout)
                 self.metrics.forwards.labels("ok").inc()
+                if self._suspect:
+                    self._suspect.pop(target, None)
                 return result
             except grpc.aio.AioRpcError as exc:
-                self.metrics.forwards.labels(exc.code().name.lower()).inc()
-                if exc.code() in _RETRY_CODES and attempts < 2 * self.forward_attempts:
-                    # the holder lost the copy (evicted, stopping) or is unreachable: next one
+                code = exc.code()
+                self.metrics.forwards.labels(code.name.lower()).inc()
+                timed_out = bounded and code == grpc.StatusCode.DEADLINE_EXCEEDED
+                if code in _RETRY_CODES or timed_out:
+                    # the holder lost the copy (evicted, stopping), is unreachable or hangs: next one
                     self.counters.forward_retries += 1
                     excluded.add(target)
                     last_error = exc
-                    continue
+                    if code == grpc.StatusCode.UNAVAILABLE or timed_out:
+                        self._suspect[target] = time.monotonic() + self.suspect_holder_s
+                    if attempts < 2 * self.forward_attempts or code != grpc.StatusCode.NOT_FOUND:
+                        continue
+                    raise Unavailable(f"no instance could serve model '{name}': {_reason(exc)}") from exc
                 raise
+
+    def _view_changed(self, mid: str, failed: frozenset[str]) -> Callable[[], bool]:
+        return lambda: mid in self.local or not set(self.state.holders(mid)) <= failed
+
+    def _pick(self, holders: list[str]) -> str:
+        """The holder with the fewest requests in flight, avoiding suspect holders while others exist."""
+        if self._suspect:
+            now = time.monotonic()
+            for h, until in list(self._suspect.items()):
+                if until <= now:
+                    del self._suspect[h]
+            healthy = [h for h in holders if h not in self._suspect]
+            holders = healthy or holders
+        if len(holders) == 1:
+            return holders[0]
+        return min(holders, key=lambda h: self._inflight.get(h, 0))
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """The cached channel to a peer (shared by forwarding and the metadata look-up)."""
@@ -277,7 +342,8 @@ class Router:
 
     async def ensure_loaded(self, mid: str, deadline: float, *, exclude: set[str] | None = None) -> None:
         """Make sure a loaded copy exists somewhere (one miss per model per process)."""
-        if self.state.holders(mid) and not (exclude and set(self.state.holders(mid)) <= exclude):
+        holders = self._servable(mid)
+        if holders and not (exclude and set(holders) <= exclude):
             return
         error = self.state.failure(mid)
         if error is not None:
@@ -298,26 +364,45 @@ class Router:
         self.metrics.misses.inc()
         t0 = time.perf_counter()
         try:
-            if not self.state.assigned(mid) or not self._assigned_live(mid):
-                await self.state.store.cas(
-                    self.keys.miss(mid),
-                    encode(MissRecord(model_id=mid, instance_id=self.instance_id, at=self.clock())),
-                    0,
+            def answered() -> bool:
+                return (
+                    bool(self._servable(mid))
+                    or self.state.failure(mid) is not None
+                    or self.state.miss_error(mid) is not None
+                    or mid not in self.state.models.items
                 )
-            ok = await self.state.wait_for(
-                lambda: bool(self.state.holders(mid))
-                or self.state.failure(mid) is not None
-                or self.state.miss_error(mid) is not None
-                or mid not in self.state.models.items,
-                timeout_s=max(deadline - time.monotonic(), 0.0),
-            )
+
+            def unplaced() -> bool:
+                # nothing live is assigned to load it and no miss record asks for it. Checked again
+                # on every change: the instance it was assigned to may vanish while we wait (its
+                # copy record can go before its instance record, and the leader then drops the
+                # assignment), and nobody else would ask again.
+                return (not self.state.assigned(mid) or not self._assigned_live(mid)) and mid not in self.state.misses.items
+
+            ok = False
+            while True:
+                if unplaced():
+                    await self.state.store.cas(
+                        self.keys.miss(mid),
+                        encode(MissRecord(model_id=mid, instance_id=self.instance_id, at=self.clock())),
+                        0,
+                    )
+                    # until our view shows the miss (or its outcome), unplaced() still holds
+                    await self.state.wait_for(
+                        lambda: not unplaced() or answered(), timeout_s=max(min(deadline - time.monotonic(), 5.0), 0.0)
+                    )
+                ok = await self.state.wait_for(
+                    lambda: answered() or unplaced(), timeout_s=max(deadline - time.monotonic(), 0.0)
+                )
+                if not ok or answered():
+                    break
             if mid not in self.state.models.items:
                 raise ModelNotFound(f"model '{mid}' was unregistered")
             miss_error = self.state.miss_error(mid)
-            if not self.state.holders(mid) and miss_error is not None:
+            if not self._servable(mid) and miss_error is not None:
                 raise NoCapacity(f"model '{mid}' cannot be placed: {miss_error}")
             error = self.state.failure(mid)
-            if not self.state.holders(mid) and error is not None:
+            if not self._servable(mid) and error is not None:
                 raise ModelLoadFailed(f"model '{mid}' failed to load: {error}")
             if not ok:
                 raise DeadlineExceeded(f"model '{mid}' did not load within the request deadline")
@@ -330,9 +415,14 @@ class Router:
         finally:
             self._misses.pop(mid, None)
 
-    def _own_copy_settled(self, mid: str) -> bool:
-        """Our copy of ``mid`` is either routable here or no longer listed as held by us."""
-        return mid in self.local or self.instance_id not in self.state.holders(mid)
+    def _servable(self, mid: str) -> tuple[str, ...]:
+        """Holders that can serve the model. This instance counts only while it holds the copy in
+        memory: a copy record left by a previous incarnation of this instance (killed, restarted
+        before its lease ran out) must not make a request wait on itself."""
+        holders = self.state.holders(mid)
+        if self.instance_id in holders and mid not in self.local:
+            return tuple(h for h in holders if h != self.instance_id)
+        return holders
 
     def _assigned_live(self, mid: str) -> bool:
         live = self.state.instances.items

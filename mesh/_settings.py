@@ -25,9 +25,15 @@ class InstanceSettings(BaseSettings):
     data_dir: Path = Path("var/modelmux")
     lease_ttl_s: int = Field(default=10, ge=2)
     publish_interval_s: float = 1.0  # coalescing window for instance / usage records
+    rate_window_s: float = Field(default=60.0, gt=0)  # request rates (rpm, for copies by rate) are over this sliding window
     failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long
     max_message_bytes: int = 64 * MiB  # larger requests: RESOURCE_EXHAUSTED / 413
-    forward_attempts: int = 3
+    forward_attempts: int = 3  # forwards answered NOT_FOUND (copy gone) before a request gives up
+    # a forward not answered in this long is abandoned for another holder (only when one exists;
+    # 0: the request's whole deadline). Guards against a hung (e.g. SIGSTOPped) holder.
+    forward_attempt_timeout_s: float = Field(default=20.0, ge=0)
+    suspect_holder_s: float = Field(default=10.0, ge=0)  # a holder that failed or hung is avoided this long
+    forward_retry_backoff_s: float = Field(default=0.5, gt=0)  # every holder failed: retry them after this (or a view change)
     default_deadline_s: float = 60.0  # bound for a request that carries no deadline
     shutdown_grace_s: float = 20.0  # how long a stopping instance waits for its models to move
     scheduler_tick_s: float = 2.0

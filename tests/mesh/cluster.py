@@ -3,6 +3,10 @@
 Both kinds offer the same surface, so a cluster test runs unchanged against both:
 ``grpc`` / ``rest`` endpoint lists, ``counters()`` (per instance, from /v1/cluster),
 ``stop()`` / ``start()`` of all instances (registrations must survive), and ``close()``.
+
+:class:`ProcessCluster` also injects faults into one instance (``kill`` = SIGKILL, ``pause`` /
+``resume`` = SIGSTOP / SIGCONT, ``restart`` with the same id and data directory, so its
+artifact cache is warm) and reads the store directly (``leader_id()``, ``snapshot()``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 import httpx
 
 from mesh import LocalMesh, LocalMeshConfig, StoreSettings
-from mesh._store import MemoryStore
+from mesh._records import AssignmentRecord, CopyRecord, InstanceRecord, Keys, LeaderRecord, decode
+from mesh._store import EtcdStore, MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,13 +101,24 @@ class ProcessCluster:
 
     kind = "etcd"
 
-    def __init__(self, n: int, data_dir: Path, etcd_endpoint: str, prefix: str, *, capacity_bytes: int, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        data_dir: Path,
+        etcd_endpoint: str,
+        prefix: str,
+        *,
+        capacity_bytes: int,
+        overrides: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.n = n
         self.data_dir = data_dir
         self.etcd = etcd_endpoint
         self.prefix = prefix
         self.capacity_bytes = capacity_bytes
         self.overrides = overrides or {}
+        self.extra_env = env or {}  # any other MODELMUX_* (placement, puller, storage config)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.grpc: list[str] = []
         self.rest: list[str] = []
@@ -124,45 +140,111 @@ class ProcessCluster:
         )
         for k, v in self.overrides.items():
             env[f"MODELMUX_INSTANCE_{k.upper()}"] = str(v)
+        env.update(self.extra_env)
         return env
 
+    def instance_id(self, i: int) -> str:
+        return f"proc-{i}"
+
+    def index_of(self, instance_id: str) -> int:
+        return int(instance_id.rsplit("-", 1)[1])
+
+    def _spawn(self, i: int) -> tuple[subprocess.Popen[bytes], Path]:
+        rf = self.data_dir / f"ready-{i}.json"
+        rf.unlink(missing_ok=True)
+        log = open(self.data_dir / f"instance-{i}.log", "ab")
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mesh", "serve",
+                "--grpc-port", "0", "--rest-port", "0",
+                "--instance-id", self.instance_id(i),
+                "--data-dir", str(self.data_dir / f"instance-{i}"),
+                "--allowed-root", str(self.data_dir),
+                "--ready-file", str(rf),
+                "--log-level", "info",
+            ],
+            env=self._env(i),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )  # fmt: skip
+        log.close()
+        return proc, rf
+
+    async def _wait_ready(self, i: int, proc: subprocess.Popen[bytes], rf: Path) -> dict[str, Any]:
+        def _ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"instance exited with {proc.returncode}: {self.log(i)[-3000:]}")
+            return rf.exists()
+
+        await wait_until(_ready, 60.0, f"instance {i} to serve")
+        info: dict[str, Any] = json.loads(rf.read_text())
+        return info
+
     async def start(self) -> None:
-        ready = []
-        for i in range(self.n):
-            rf = self.data_dir / f"ready-{i}.json"
-            rf.unlink(missing_ok=True)
-            log = open(self.data_dir / f"instance-{i}.log", "ab")
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "mesh", "serve",
-                    "--grpc-port", "0", "--rest-port", "0",
-                    "--instance-id", f"proc-{i}",
-                    "--data-dir", str(self.data_dir / f"instance-{i}"),
-                    "--allowed-root", str(self.data_dir),
-                    "--ready-file", str(rf),
-                    "--log-level", "info",
-                ],
-                env=self._env(i),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-            log.close()
-            self.procs.append(proc)
-            ready.append(rf)
-        infos = []
-        for i, rf in enumerate(ready):
-            proc = self.procs[i]
-
-            def _ready(rf: Path = rf, proc: subprocess.Popen[bytes] = proc, i: int = i) -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"instance exited with {proc.returncode}: {self.log(i)[-3000:]}")
-                return rf.exists()
-
-            await wait_until(_ready, 60.0, f"instance {i} to serve")
-            infos.append(json.loads(rf.read_text()))
+        spawned = [self._spawn(i) for i in range(self.n)]
+        self.procs = [p for p, _ in spawned]
+        infos = [await self._wait_ready(i, p, rf) for i, (p, rf) in enumerate(spawned)]
         self.grpc = [x["grpc"] for x in infos]
         self.rest = [f"http://{x['rest']}" for x in infos]
+
+    async def restart(self, i: int) -> None:
+        """Start instance ``i`` again (after ``kill``): same id, same data directory (warm cache), new ports."""
+        assert self.procs[i].poll() is not None, "restart() needs a stopped instance"
+        proc, rf = self._spawn(i)
+        self.procs[i] = proc
+        info = await self._wait_ready(i, proc, rf)
+        self.grpc[i] = info["grpc"]
+        self.rest[i] = f"http://{info['rest']}"
+
+    def pid(self, i: int) -> int:
+        return self.procs[i].pid
+
+    def alive(self, i: int) -> bool:
+        return self.procs[i].poll() is None
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP: the instance hangs (sockets stay open, nothing answers, its lease runs out)."""
+        self.procs[i].send_signal(signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGCONT)
+
+    # ------------------------------------------------------------ the store, read directly
+
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    def store_client(self) -> EtcdStore:
+        host, _, port = self.etcd.rpartition(":")
+        return EtcdStore([(host, int(port))], op_timeout_s=5.0)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """``{"leader": id or None, "instances": set, "assignments": {model: instances}, "copies": {model: {instance: state}}}``."""
+        keys = self.keys()
+        st = self.store_client()
+        try:
+            leader_kv = await st.get(keys.leader)
+            instances, _ = await st.get_prefix(keys.instances)
+            assignments, _ = await st.get_prefix(keys.assignments)
+            copies, _ = await st.get_prefix(keys.copies)
+        finally:
+            await st.close()
+        by_model: dict[str, dict[str, str]] = {}
+        for kv in copies:
+            rec = decode(CopyRecord, kv.value)
+            by_model.setdefault(rec.model_id, {})[rec.instance_id] = rec.state
+        return {
+            "leader": decode(LeaderRecord, leader_kv.value).instance_id if leader_kv is not None else None,
+            "instances": {decode(InstanceRecord, kv.value).instance_id for kv in instances},
+            "assignments": {
+                (a := decode(AssignmentRecord, kv.value)).model_id: list(a.instances) for kv in assignments
+            },
+            "copies": by_model,
+        }
+
+    async def leader_id(self) -> str | None:
+        return (await self.snapshot())["leader"]
 
     def log(self, i: int) -> str:
         p = self.data_dir / f"instance-{i}.log"
@@ -171,6 +253,7 @@ class ProcessCluster:
     async def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a paused instance must run to stop
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
@@ -188,8 +271,12 @@ class ProcessCluster:
         await self.stop()
 
     async def counters(self) -> list[dict[str, Any]]:
+        """Per instance; ``{}`` for one that is not running."""
         out = []
         async with httpx.AsyncClient(timeout=10) as client:
-            for base in self.rest:
+            for i, base in enumerate(self.rest):
+                if i < len(self.procs) and not self.alive(i):
+                    out.append({})
+                    continue
                 out.append((await client.get(f"{base}/v1/cluster")).json()["self"])
         return out
