@@ -1,5 +1,11 @@
 """Placement: which models sit where, as pure policy code over a cluster view, plus the
-scheduler loop that applies it and the trace simulator that replays it.
+eviction index that keeps decisions cheap and the trace simulator that replays the policy.
+
+The live loop that applies the policy is the mesh's placement leader (``mesh/_leader.py``):
+it is elected through the store, turns miss records and ticks into ``on_miss`` / ``on_tick``
+calls on a view it keeps incrementally, and writes the actions by compare-and-swap. That loop
+lives in ``mesh`` because everything it does besides deciding is store records (misses,
+assignments, vModel promotion); the decisions themselves are made here, with no I/O.
 
 Nothing here imports ``mesh``, ``puller`` or ``runtime_adapters``: the mesh builds
 :class:`ClusterView` snapshots from its store and applies the :class:`Action` lists.
@@ -13,13 +19,11 @@ from ._errors import (
     ModelTooLarge,
     NoCapacity,
     NoInstances,
-    NotLeader,
     PlacementError,
     QuotaExceeded,
 )
 from ._index import PlacementIndex
 from ._policy import BasePolicy, LruPolicy, Policy
-from ._scheduler import DecisionConflict, LeaderElection, PlacementBackend, Scheduler, SoloElection
 from ._settings import PolicySettings
 from ._sim import (
     OraclePolicy,
@@ -44,10 +48,8 @@ __all__ = [
     "BasePolicy",
     "ClusterView",
     "CopyView",
-    "DecisionConflict",
     "InstanceView",
     "InvalidTrace",
-    "LeaderElection",
     "LruPolicy",
     "ModelNotFound",
     "ModelNotPlaceable",
@@ -55,9 +57,7 @@ __all__ = [
     "ModelView",
     "NoCapacity",
     "NoInstances",
-    "NotLeader",
     "OraclePolicy",
-    "PlacementBackend",
     "PlacementError",
     "PlacementIndex",
     "Policy",
@@ -65,10 +65,8 @@ __all__ = [
     "QuotaExceeded",
     "RateOraclePolicy",
     "Row",
-    "Scheduler",
     "SimResult",
     "SimulationError",
-    "SoloElection",
     "TenantQuota",
     "Trace",
     "TraceSpec",

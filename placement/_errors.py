@@ -52,12 +52,6 @@ class ModelNotPlaceable(PlacementError):
     code = "load_failed"
 
 
-class NotLeader(PlacementError):
-    """This scheduler is not (or no longer) the placement leader."""
-
-    code = "unavailable"
-
-
 class InvalidTrace(PlacementError):
     """A trace file or trace parameter is malformed (names the file and line)."""
 

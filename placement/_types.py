@@ -97,7 +97,7 @@ class ClusterView:
     """A snapshot of the cluster at ``now``.
 
     ``index`` is optional: a :class:`~placement.PlacementIndex` that the producer of views
-    keeps current incrementally (the simulator, a long-running scheduler). When it is
+    keeps current incrementally (the simulator, the mesh's placement leader). When it is
     absent, or was made for another policy's eviction order, the policy builds one from
     ``models`` (a pass over every model) and caches it on this view object. The index only
     orders eviction candidates; every candidate is checked against ``models`` and
