@@ -66,6 +66,10 @@ class ViewBuilder:
         self._ratios: dict[str, float] = {}
         self._unmeasured: dict[str, set[str]] = {}  # type -> models sized by prediction
         self._type_of: dict[str, str] = {}
+        # traffic seen while a model had copies: (last used, rate). Kept after its copies go, so
+        # a model evicted and requested again is valued by its history, as in the simulator.
+        # Soft state: a new leader starts without it, like a cold cache.
+        self._history: dict[str, tuple[float, float]] = {}
         self._dirty: set[str] = set()
         self._all_dirty = True
         self._unsubs: list[Callable[[], None]] = []
@@ -89,7 +93,7 @@ class ViewBuilder:
         self._unsubs.clear()
         self._models.clear()
         self._index = self.policy.new_index()
-        for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of):
+        for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of, self._history):
             d.clear()
         self._samples_changed.clear()
         self._dirty.clear()
@@ -158,6 +162,13 @@ class ViewBuilder:
                 else:
                     size = self.default_model_size_bytes
             load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
+            last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
+            rate = sum(c.rpm for c in copies.values())
+            seen = self._history.get(mid)
+            if rate > 0 or (seen is not None and last_used > seen[0]):
+                self._history[mid] = (last_used, rate)
+            elif seen is not None:
+                last_used, rate = max(last_used, seen[0]), seen[1]
             mv = ModelView(
                 model_id=mid,
                 size_bytes=size,
@@ -168,8 +179,8 @@ class ViewBuilder:
                     for iid, c in sorted(copies.items())
                 ),
                 assigned=frozenset(assigned),
-                last_used=max([rec.last_used, *(c.last_used for c in copies.values())]),
-                rate_rpm=sum(c.rpm for c in copies.values()),
+                last_used=last_used,
+                rate_rpm=rate,
                 load_time_s=max(load_times) if load_times else 1.0,
                 # unfiltered: the policy compares failed_until with the view's now
                 failures={iid: c.failed_until for iid, c in copies.items() if c.state == "failed"},
@@ -179,8 +190,10 @@ class ViewBuilder:
             )
             self._models[mid] = mv
             self._index.update(mv)
-        elif self._models.pop(mid, None) is not None:
-            self._index.remove(mid)
+        else:
+            self._history.pop(mid, None)
+            if self._models.pop(mid, None) is not None:
+                self._index.remove(mid)
 
         old = self._contrib.pop(mid, None)
         if old is not None:
