@@ -10,7 +10,8 @@
 
 from ._apply import ApplyResult, apply_files, load_documents
 from ._client import Informer, KubeApiError, KubeClient, build_api_client
-from ._controller import Controller, merge_patch, run_controller
+from ._controller import Controller, ElectedController, merge_patch, run_controller
+from ._election import LEASE, LeaderElector
 from ._queue import WorkQueue
 from ._reconcile import (
     FINALIZER,
@@ -39,18 +40,21 @@ from ._settings import ControllerSettings
 __all__ = [
     "FINALIZER",
     "INFERENCE_SERVICE",
+    "LEASE",
     "PREDICTOR",
     "SERVING_RUNTIME",
     "ApplyResult",
     "CRStatus",
     "Controller",
     "ControllerSettings",
+    "ElectedController",
     "EventSpec",
     "FailureInfo",
     "Informer",
     "Kind",
     "KubeApiError",
     "KubeClient",
+    "LeaderElector",
     "ObjectRef",
     "ReconcileContext",
     "Registration",

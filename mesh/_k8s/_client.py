@@ -140,6 +140,23 @@ class KubeClient:
             raise
         return dict(out)
 
+    async def create(self, kind: Kind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        out = await self._call(
+            f"create {kind.kind} in {namespace}",
+            self.custom.create_namespaced_custom_object,
+            kind.group, kind.version, namespace, kind.plural, body, _request_timeout=self.timeout,
+        )
+        return dict(out)
+
+    async def replace(self, kind: Kind, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace the object; guarded by ``metadata.resourceVersion`` in ``body`` (409 when it moved)."""
+        out = await self._call(
+            f"replace {kind.kind} {namespace}/{name}",
+            self.custom.replace_namespaced_custom_object,
+            kind.group, kind.version, namespace, kind.plural, name, body, _request_timeout=self.timeout,
+        )
+        return dict(out)
+
     async def patch(self, kind: Kind, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch of the object (main resource)."""
         out = await self._call(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -40,6 +41,7 @@ from .._records import Keys
 from .._state import ClusterState
 from .._store import MirrorChange, StoreError, StoreSettings, build_store
 from ._client import Informer, KubeApiError, KubeClient, ObjectEvent, build_api_client
+from ._election import LeaderElector
 from ._queue import WorkQueue
 from ._reconcile import (
     FINALIZER,
@@ -446,6 +448,67 @@ class Controller:
 # ---------------------------------------------------------------- health + entry point
 
 
+class ElectedController:
+    """Runs a :class:`Controller` only while this replica leads (or always, with election off).
+
+    Each term gets a fresh controller from ``make`` (informers list again, so a new leader
+    starts from what the API server says). Losing the Lease stops the controller at once and
+    the replica campaigns again; a clean stop releases the Lease for a fast takeover.
+    """
+
+    def __init__(self, settings: ControllerSettings, kube: KubeClient, make: Callable[[], Controller]) -> None:
+        self.settings = settings
+        self.make = make
+        self.controller: Controller | None = None
+        self.terms = 0
+        self.elector: LeaderElector | None = None
+        if settings.leader_election:
+            identity = settings.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+            namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+            self.elector = LeaderElector(
+                kube, namespace, settings.lease_name, identity,
+                lease_duration_s=settings.lease_duration_s,
+                renew_deadline_s=settings.renew_deadline_s,
+                retry_period_s=settings.retry_period_s,
+            )
+
+    @property
+    def leading(self) -> bool:
+        return self.controller is not None
+
+    @property
+    def ready(self) -> bool:
+        """A standby replica is ready (healthy, waiting); a leader once its controller has synced."""
+        return self.controller.ready if self.controller is not None else self.elector is not None
+
+    async def run(self, stop: asyncio.Event, on_started: Callable[[Controller], None] | None = None) -> None:
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                if self.elector is not None and not await self.elector.acquire(stop):
+                    break
+                ctl = self.make()
+                self.controller = ctl
+                self.terms += 1
+                lost = self.elector.lost if self.elector is not None else asyncio.Event()
+                losing = asyncio.create_task(lost.wait())
+                try:
+                    await ctl.start()
+                    if on_started is not None and not lost.is_set():
+                        on_started(ctl)
+                    await asyncio.wait({stopping, losing}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    losing.cancel()
+                    self.controller = None
+                    await ctl.stop()
+                if lost.is_set():
+                    log.warning("controller lost its lease: reconciling stopped; campaigning again")
+        finally:
+            stopping.cancel()
+            if self.elector is not None:
+                await self.elector.release()
+
+
 async def _serve_health(host: str, port: int, ready: Callable[[], bool]) -> asyncio.Server:
     """``/healthz`` (always 200 while the loop runs) and ``/readyz`` (200 once synced)."""
 
@@ -493,7 +556,6 @@ async def run_controller(
             loop.add_signal_handler(sig, stop.set)
             own_signals.append(sig)
     kube: KubeClient | None = None
-    controller: Controller | None = None
     health: asyncio.Server | None = None
     try:
         delay = settings.retry_initial_s
@@ -511,24 +573,26 @@ async def run_controller(
                 delay = min(delay * 2, settings.retry_max_s)
         api = await asyncio.to_thread(build_api_client, settings)
         kube = KubeClient(api, settings)
-        controller = Controller(settings, kube, state, Management(state, instance_id))
+        k = kube
+        runner = ElectedController(settings, kube, lambda: Controller(settings, k, state, Management(state, instance_id)))
+        health_port = 0
         if settings.health_port >= 0:
-            ctl = controller
-            health = await _serve_health(settings.health_host, settings.health_port, lambda: ctl.ready)
-            controller.health_port = int(health.sockets[0].getsockname()[1])
-        await controller.start()
-        log.info("controller %s started (namespace: %s)", instance_id, settings.namespace or "all")
-        if on_started is not None:
-            on_started(controller)
-        await stop.wait()
+            health = await _serve_health(settings.health_host, settings.health_port, lambda: runner.ready)
+            health_port = int(health.sockets[0].getsockname()[1])
+
+        def started(ctl: Controller) -> None:
+            ctl.health_port = health_port
+            log.info("controller %s started (namespace: %s)", instance_id, settings.namespace or "all")
+            if on_started is not None:
+                on_started(ctl)
+
+        await runner.run(stop, started)
     finally:
         for sig in own_signals:
             loop.remove_signal_handler(sig)
         if health is not None:
             health.close()
             await health.wait_closed()
-        if controller is not None:
-            await controller.stop()
         if kube is not None:
             await kube.close()
         await state.stop()

@@ -52,6 +52,14 @@ class ControllerSettings(BaseSettings):
     retry_max_s: float = Field(default=60.0, gt=0)
     events: bool = True  # emit Kubernetes Events on load failures and transitions
     instance_id: str = ""  # who asks for loads in the store (default: controller-<host>)
+    # leader election among controller replicas (a coordination.k8s.io/v1 Lease)
+    leader_election: bool = True
+    lease_name: str = "modelmux-controller"
+    lease_namespace: str = ""  # "" = POD_NAMESPACE, else "default"
+    lease_duration_s: float = Field(default=15.0, gt=0)
+    renew_deadline_s: float = Field(default=10.0, gt=0)
+    retry_period_s: float = Field(default=2.0, gt=0)
+    identity: str = ""  # "" = POD_NAME, else hostname-pid
     health_port: int = 8081  # /healthz and /readyz; -1 = off, 0 = any free port
     health_host: str = "0.0.0.0"
 

@@ -227,7 +227,16 @@ def test_controller_rbac_is_least_privilege_and_sufficient() -> None:
     binding = _one("RoleBinding", "modelmux-controller")
     dep = _one("Deployment", "modelmux-controller")
     assert binding["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    # replicas elect a leader through one Lease in their namespace: exactly that access
+    assert dep["spec"]["replicas"] == 2 and ControllerSettings().leader_election
+    election = _one("Role", "modelmux-controller-leader-election")
+    lease = ControllerSettings().lease_name
+    assert {(g, r, v, tuple(rule.get("resourceNames", ()))) for rule in election["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]} == {
+        ("coordination.k8s.io", "leases", "create", ()),
+        ("coordination.k8s.io", "leases", "get", (lease,)),
+        ("coordination.k8s.io", "leases", "update", (lease,)),
+    }
+    assert _one("RoleBinding", "modelmux-controller-leader-election")["subjects"][0]["name"] == binding["subjects"][0]["name"]
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["args"] == ["controller"]
     health = ControllerSettings().health_port

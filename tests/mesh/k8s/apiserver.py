@@ -60,6 +60,7 @@ DEFAULT_RESOURCES = (
     Resource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"),
     Resource("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime"),
     Resource("", "v1", "events", "Event", status_subresource=False),
+    Resource("coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False),
 )
 
 
@@ -219,6 +220,11 @@ class FakeApiServer:
         """Answer the next ``times`` requests for which ``match(method, path)`` holds with ``code``."""
         with self.cond:
             self._faults.append((match, code, [times]))
+
+    def clear_faults(self) -> None:
+        """Forget every injected failure still pending."""
+        with self.cond:
+            self._faults.clear()
 
     def compact(self) -> None:
         """Forget the watch history: a watch resuming from an older version gets 410 Gone."""

@@ -89,7 +89,8 @@ async def test_run_controller_serves_health_and_reconciles() -> None:
 
 
 async def test_missing_crds_do_not_block_the_controller() -> None:
-    only_predictors = tuple(r for r in DEFAULT_RESOURCES if r.plural in ("predictors", "events"))
+    # leases are built in (coordination.k8s.io): only the CRDs may be missing
+    only_predictors = tuple(r for r in DEFAULT_RESOURCES if r.plural in ("predictors", "events", "leases"))
     with FakeApiServer(only_predictors) as api:
         settings = ControllerSettings(kube_host=api.url, health_port=-1, retry_initial_s=0.05, retry_max_s=0.2)
         stop = asyncio.Event()
