@@ -32,6 +32,7 @@ from ._reconcile import (
     is_managed,
     runtimes_by_namespace,
 )
+from ._tenants import TENANT_QUOTA, QuotaRejection, quota_spec
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,16 @@ def _apply_one(
     delete: bool,
 ) -> ApplyResult:
     ref = ObjectRef.of(obj, namespace)
+    if ref.kind == TENANT_QUOTA.kind:
+        try:
+            return _apply_quota(client, source, ref, {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": ref.namespace}}, delete=delete)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the mesh's REST API at {client.base_url}: {exc}") from exc
     if ref.kind not in MODEL_KINDS or not is_managed(obj):
         why = (
             "an InferenceService without the annotation serving.kserve.io/deploymentMode: ModelMesh"
             if ref.kind in MODEL_KINDS
-            else f"kind {ref.kind or '(none)'} is not a Predictor or InferenceService"
+            else f"kind {ref.kind or '(none)'} is not a Predictor, InferenceService or TenantQuota"
         )
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "skipped", why)
     desired = desired_state(obj, ctx, default_namespace=namespace)
@@ -212,3 +218,22 @@ def _register(client: httpx.Client, source: str, ref: ObjectRef, desired: Regist
     return ApplyResult(
         source, ref.kind, ref.namespace, ref.name, action, "", desired.vmodel, desired.model_id, str(body.get("status", ""))
     )
+
+
+def _apply_quota(client: httpx.Client, source: str, ref: ObjectRef, obj: dict[str, Any], *, delete: bool) -> ApplyResult:
+    """A TenantQuota: the tenant's quota through ``/v1/tenants/{tenant}``."""
+    desired = quota_spec(obj)
+    if isinstance(desired, QuotaRejection):
+        return ApplyResult(source, ref.kind, ref.namespace, ref.name, "invalid", f"{ref}: {desired.reason}: {desired.message}")
+    if delete:
+        resp = client.delete(f"/v1/tenants/{desired.tenant}")
+        if resp.status_code >= 400 and resp.status_code != 404:
+            return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", _error_message(resp))
+        return ApplyResult(source, ref.kind, ref.namespace, ref.name, "deleted")
+    before = client.get(f"/v1/tenants/{desired.tenant}")
+    previous = before.json().get("max_bytes", 0) if before.status_code == 200 else 0
+    resp = client.put(f"/v1/tenants/{desired.tenant}", json={"maxBytes": desired.max_bytes})
+    if resp.status_code >= 400:
+        return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", f"{ref}: {_error_message(resp)}")
+    action = "created" if not previous else ("unchanged" if previous == desired.max_bytes else "configured")
+    return ApplyResult(source, ref.kind, ref.namespace, ref.name, action)

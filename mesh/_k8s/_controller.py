@@ -66,10 +66,20 @@ from ._reconcile import (
     vmodel_name,
 )
 from ._settings import ControllerSettings
+from ._tenants import (
+    TENANT_FINALIZER,
+    TENANT_QUOTA,
+    QuotaSpec,
+    owner_of,
+    quota_spec,
+    quota_status,
+    source_of,
+)
 
 log = logging.getLogger(__name__)
 
 _SOURCES = {k.source: k for k in MODEL_KINDS.values()}
+_KINDS = {**MODEL_KINDS, TENANT_QUOTA.kind: TENANT_QUOTA}
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -154,6 +164,11 @@ class Controller:
             self.informers[kind.kind] = Informer(
                 kube, kind, settings.namespace, self._on_object, retry_max_s=settings.retry_max_s
             )
+        if settings.watch_tenant_quotas:
+            self.informers[TENANT_QUOTA.kind] = Informer(
+                kube, TENANT_QUOTA, settings.namespace, self._on_object, retry_max_s=settings.retry_max_s
+            )
+        self._quota_refresh: set[ObjectRef] = set()  # TenantQuota objects with a usage refresh pending
         self.runtime_informer: Informer | None = None
         if settings.watch_serving_runtimes:
             self.runtime_informer = Informer(
@@ -197,6 +212,7 @@ class Controller:
             self.state.models.subscribe(self._on_models),
             self.state.copies.subscribe(self._on_copies),
             self.state.misses.subscribe(self._on_models),
+            self.state.tenants.subscribe(self._on_tenants),
         ]
         for inf in self.informers.values():
             for ref in inf.cache:
@@ -273,9 +289,26 @@ class Controller:
 
     def _on_models(self, changes: list[MirrorChange[Any]]) -> None:
         self._enqueue_models(ch.key for ch in changes)
+        self._refresh_quotas()
 
     def _on_copies(self, changes: list[MirrorChange[Any]]) -> None:
         self._enqueue_models(ch.key.rpartition("/")[0] for ch in changes)
+        self._refresh_quotas()
+
+    def _on_tenants(self, _changes: list[MirrorChange[Any]]) -> None:
+        inf = self.informers.get(TENANT_QUOTA.kind)
+        for ref in list(inf.cache) if inf is not None else ():
+            self.queue.add(ref)
+
+    def _refresh_quotas(self) -> None:
+        """Usage changed: refresh each TenantQuota's status, at most once per interval."""
+        inf = self.informers.get(TENANT_QUOTA.kind)
+        if inf is None:
+            return
+        for ref in inf.cache:
+            if ref not in self._quota_refresh:
+                self._quota_refresh.add(ref)
+                self.queue.add_after(ref, self.settings.quota_status_interval_s)
 
     def _enqueue_models(self, model_ids: Iterable[str]) -> None:
         for name in {vmodel_of_model(m) for m in model_ids}:
@@ -313,6 +346,9 @@ class Controller:
 
     async def reconcile(self, ref: ObjectRef) -> None:
         self.reconciles += 1
+        if ref.kind == TENANT_QUOTA.kind:
+            await self._reconcile_quota(ref)
+            return
         inf = self.informers.get(ref.kind)
         obj = inf.cache.get(ref) if inf is not None else None
         vmodel = vmodel_name(ref, self.settings.vmodel_names)
@@ -355,6 +391,73 @@ class Controller:
                 vm = self.management.vmodel_status(vmodel)
         await self._write_status(ref, obj, desired, vm, conflict)
 
+    async def _reconcile_quota(self, ref: ObjectRef) -> None:
+        """TenantQuota -> the tenant's quota in the store; status: the quota in force and the usage."""
+        self._quota_refresh.discard(ref)
+        inf = self.informers[TENANT_QUOTA.kind]
+        obj = inf.cache.get(ref)
+        if obj is None:
+            await self._drop_quotas_from(ref)
+            self._written.pop(ref, None)
+            return
+        meta = obj.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        if meta.get("deletionTimestamp"):
+            if TENANT_FINALIZER in finalizers:
+                await self._drop_quotas_from(ref)
+                await self._set_finalizers(ref, obj, [f for f in finalizers if f != TENANT_FINALIZER])
+                log.info("%s: quota removed", ref)
+            return
+        if TENANT_FINALIZER not in finalizers:
+            obj = await self._set_finalizers(ref, obj, [*finalizers, TENANT_FINALIZER])
+        desired = quota_spec(obj)
+        conflict = ""
+        keep = None
+        if isinstance(desired, QuotaSpec):
+            held = self.state.tenants.items.get(desired.tenant)
+            owner = owner_of(desired.tenant, inf.cache.values(), held.source if held is not None else "")
+            owner_ref = ObjectRef.of(owner) if owner is not None else None
+            if owner_ref is not None and owner_ref != ref:
+                conflict = f"tenant {desired.tenant!r} already has its quota from {source_of(owner_ref)}"
+            else:
+                keep = desired.tenant
+                rec = self.state.tenants.items.get(desired.tenant)
+                if rec is None or (rec.max_bytes, rec.source) != (desired.max_bytes, source_of(ref)):
+                    await self.management.set_tenant_quota(desired.tenant, desired.max_bytes, source=source_of(ref))
+                    log.info("%s: tenant %s quota %d bytes", ref, desired.tenant, desired.max_bytes)
+        await self._drop_quotas_from(ref, keep=keep)
+        current = obj.get("status") or {}
+        status = quota_status(
+            desired,
+            self.management.tenant_usage().get(desired.tenant),
+            generation=int(meta.get("generation") or 1),
+            previous=current,
+            now=self.clock(),
+            conflict=conflict,
+        )
+        if merge_patch(current, status) == {}:
+            return
+        try:
+            out = await self.kube.patch_status(TENANT_QUOTA, ref.namespace, ref.name, status)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return
+            raise
+        self.status_writes += 1
+        self._cache_newer(ref, out)
+        was: dict[str, Any] = next((c for c in current.get("conditions") or () if c.get("type") == "Ready"), {})
+        now_cond = status["conditions"][0]
+        if self.settings.events and (was.get("status"), was.get("reason")) != (now_cond["status"], now_cond["reason"]):
+            etype = "Normal" if now_cond["status"] == "True" else "Warning"
+            await self._emit(ref, obj, etype, now_cond["reason"], now_cond["message"])
+
+    async def _drop_quotas_from(self, ref: ObjectRef, keep: str | None = None) -> None:
+        """Remove the quotas this object set (all, or all but tenant ``keep``)."""
+        src = source_of(ref)
+        for name, rec in list(self.state.tenants.items.items()):
+            if rec.source == src and name != keep:
+                await self.management.delete_tenant_quota(name)
+
     async def _unregister(self, vmodel: str, owner: str) -> None:
         try:
             await self.management.delete_vmodel(vmodel, owner)
@@ -362,7 +465,7 @@ class Controller:
             pass  # another owner's vModel: not ours to delete
 
     async def _set_finalizers(self, ref: ObjectRef, obj: dict[str, Any], finalizers: list[str]) -> dict[str, Any]:
-        kind = MODEL_KINDS[ref.kind]
+        kind = _KINDS[ref.kind]
         meta = obj.get("metadata") or {}
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
         try:
@@ -383,7 +486,7 @@ class Controller:
         cur_rv = str(((cur or {}).get("metadata") or {}).get("resourceVersion", ""))
         if cur is not None and _rv_at_least(new_rv, cur_rv):
             obj.setdefault("kind", ref.kind)
-            obj.setdefault("apiVersion", MODEL_KINDS[ref.kind].api_version)
+            obj.setdefault("apiVersion", _KINDS[ref.kind].api_version)
             inf.cache[ref] = obj
 
     async def _write_status(
@@ -421,7 +524,7 @@ class Controller:
         event = {
             "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace},
             "involvedObject": {
-                "apiVersion": MODEL_KINDS[ref.kind].api_version,
+                "apiVersion": _KINDS[ref.kind].api_version,
                 "kind": ref.kind,
                 "name": ref.name,
                 "namespace": ref.namespace,

@@ -32,6 +32,8 @@ class ControllerSettings(BaseSettings):
     watch_predictors: bool = True
     watch_inference_services: bool = True
     watch_serving_runtimes: bool = True
+    watch_tenant_quotas: bool = True
+    quota_status_interval_s: float = Field(default=2.0, ge=0)  # least time between usage refreshes of a TenantQuota status
     watch_timeout_s: int = Field(default=300, ge=1)  # server-side bound of one watch request
     request_timeout_s: float = Field(default=30.0, gt=0)  # bound of every other API call
     api_threads: int = Field(default=8, ge=1)  # threads running blocking API calls

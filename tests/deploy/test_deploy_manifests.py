@@ -29,7 +29,7 @@ from puller import PullerSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest release it ships schemas for (offline)
-CUSTOM_KINDS = {"Predictor", "ServingRuntime", "InferenceService"}
+CUSTOM_KINDS = {"Predictor", "ServingRuntime", "InferenceService", "TenantQuota"}
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -217,6 +217,8 @@ def test_controller_rbac_is_least_privilege_and_sufficient() -> None:
         *{("serving.kserve.io", r, v) for r in ("predictors", "inferenceservices") for v in ("get", "list", "watch", "patch")},
         *{("serving.kserve.io", f"{r}/status", v) for r in ("predictors", "inferenceservices") for v in ("get", "patch")},
         *{("serving.kserve.io", "servingruntimes", v) for v in ("get", "list", "watch")},
+        *{("modelmux.io", "tenantquotas", v) for v in ("get", "list", "watch", "patch")},
+        *{("modelmux.io", "tenantquotas/status", v) for v in ("get", "patch")},
         ("", "events", "create"),
         ("", "events", "patch"),
     }
@@ -248,8 +250,10 @@ def test_controller_rbac_is_least_privilege_and_sufficient() -> None:
 
 def test_examples_map_to_registrations() -> None:
     examples = [(p, d) for p, _, d in ALL if p.parent.name == "examples"]
-    assert {d["kind"] for _, d in examples} == {"Predictor", "InferenceService"}
+    assert {d["kind"] for _, d in examples} == {"Predictor", "InferenceService", "TenantQuota"}
     for path, doc in examples:
+        if doc["kind"] == "TenantQuota":
+            continue  # test_tenant_quota_status_fits_the_crd
         d = desired_state(doc, ReconcileContext())
         assert isinstance(d, Registration), (path, d)
 
@@ -286,3 +290,14 @@ def test_controller_status_fits_the_crds(status: CRStatus) -> None:
             "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "storageUri": "s3://b/m"}}},
             "status": status_json("InferenceService", status)}
     validate_custom(isvc)
+
+
+def test_tenant_quota_status_fits_the_crd() -> None:
+    from mesh._k8s._tenants import QuotaRejection, QuotaSpec, quota_spec, quota_status
+
+    example = _one("TenantQuota", "quota")
+    desired = quota_spec(example)
+    assert desired == QuotaSpec("team-a", 8 << 30)
+    for d, conflict in ((desired, ""), (desired, "tenant 'team-a' already has its quota from TenantQuota/x/y"), (QuotaRejection("t", "InvalidSpec", "bad"), "")):
+        status = quota_status(d, {"used_bytes": 5, "models": 2, "copies": 3}, generation=2, previous={}, now=1_800_000_000.0, conflict=conflict)
+        validate_custom({**example, "status": status})

@@ -61,6 +61,7 @@ DEFAULT_RESOURCES = (
     Resource("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime"),
     Resource("", "v1", "events", "Event", status_subresource=False),
     Resource("coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False),
+    Resource("modelmux.io", "v1alpha1", "tenantquotas", "TenantQuota"),
 )
 
 

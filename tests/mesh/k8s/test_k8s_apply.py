@@ -39,6 +39,9 @@ async def test_examples_from_modelmesh_docs_apply(make_cluster: Any) -> None:
     assert seen[-1] == (len(files), len(files))
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
         for r in results:
+            if r.kind == "TenantQuota":  # a tenant's quota, not a vModel
+                assert (await client.get(f"/v1/tenants/{r.namespace}")).json()["max_bytes"] == 8 << 30
+                continue
             st = (await client.get(f"/v1/vmodels/{r.vmodel}")).json()
             assert st["status"] == "DEFINED" and st["targetModelId"] == r.model_id, st
             assert st["owner"] == ("ksp/default" if r.kind == "Predictor" else "isvc/default")
@@ -150,3 +153,26 @@ async def test_mesh_refusal_and_unreachable_mesh(make_cluster: Any, tmp_path: Pa
         port = s.getsockname()[1]
     with pytest.raises(Unavailable, match="cannot reach"):
         await _apply([f], f"127.0.0.1:{port}", timeout_s=5)
+
+
+async def test_apply_tenant_quota(make_cluster: Any, tmp_path: Path) -> None:
+    cluster = await make_cluster(1)
+    doc = {"apiVersion": "modelmux.io/v1alpha1", "kind": "TenantQuota", "metadata": {"name": "q"}, "spec": {"maxBytes": "2Gi"}}
+    f = tmp_path / "q.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
+    assert (r.kind, r.namespace, r.action) == ("TenantQuota", "team-z", "created")
+    async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
+        assert (await client.get("/v1/tenants/team-z")).json()["max_bytes"] == 2 << 30
+        doc["spec"] = {"maxBytes": "3Gi", "tenant": "shared"}
+        f.write_text(yaml.safe_dump(doc))
+        (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
+        assert r.action == "created" and (await client.get("/v1/tenants/shared")).json()["max_bytes"] == 3 << 30
+        (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
+        assert r.action == "unchanged"
+        (r,) = await _apply([f], cluster.rest[0], namespace="team-z", delete=True)
+        assert r.action == "deleted" and (await client.get("/v1/tenants/shared")).status_code == 404
+        doc["spec"] = {"maxBytes": "lots"}
+        f.write_text(yaml.safe_dump(doc))
+        (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
+        assert r.action == "invalid" and "maxBytes" in r.message

@@ -1,0 +1,121 @@
+"""TenantQuota objects (``modelmux.io/v1alpha1``): byte quotas of tenants, set from the cluster.
+
+A TenantQuota in namespace N sets the quota of tenant ``spec.tenant`` (default: N, the
+tenant of every Predictor in N unless it names another through the
+``modelmux.io/tenant-quota`` annotation) to ``spec.maxBytes``, an integer or a Kubernetes
+quantity (``8Gi``, ``500M``). Pure mapping and status here; the controller applies it to
+the mesh store and writes the status back.
+
+When two objects claim one tenant, the one whose quota is in force keeps it (else the
+oldest by creation time, then namespace/name); the others report ``Ready=False,
+reason=Conflict`` and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .._errors import InvalidRequest
+from .._management import parse_bytes, validate_id
+from ._reconcile import Kind, ObjectRef
+
+TENANT_QUOTA = Kind("TenantQuota", "modelmux.io", "v1alpha1", "tenantquotas", "")
+TENANT_FINALIZER = "modelmux.io/tenant-quota"
+
+
+@dataclass(frozen=True)
+class QuotaSpec:
+    tenant: str
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class QuotaRejection:
+    tenant: str
+    reason: str
+    message: str
+
+
+def source_of(ref: ObjectRef) -> str:
+    """How a quota set from ``ref`` is marked in the store (``TenantQuota/<ns>/<name>``)."""
+    return f"{ref.kind}/{ref.namespace}/{ref.name}"
+
+
+def quota_spec(obj: Mapping[str, Any]) -> QuotaSpec | QuotaRejection:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    tenant = str(spec.get("tenant") or meta.get("namespace") or "default")
+    try:
+        validate_id("tenant", tenant)
+        if "maxBytes" not in spec:
+            raise InvalidRequest("spec.maxBytes is required")
+        max_bytes = parse_bytes(spec["maxBytes"], "spec.maxBytes")
+        if max_bytes <= 0:
+            raise InvalidRequest(f"spec.maxBytes must be positive, got {spec['maxBytes']!r}")
+    except InvalidRequest as exc:
+        return QuotaRejection(tenant, "InvalidSpec", exc.message)
+    return QuotaSpec(tenant, max_bytes)
+
+
+def _age_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("creationTimestamp") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def owner_of(tenant: str, objects: Iterable[Mapping[str, Any]], incumbent: str = "") -> Mapping[str, Any] | None:
+    """The object that owns ``tenant``'s quota among the live valid claims: the one whose quota
+    is in force (``incumbent``: the store record's source) keeps it, else the oldest."""
+    claims = [
+        o for o in objects
+        if not (o.get("metadata") or {}).get("deletionTimestamp")
+        and isinstance(s := quota_spec(o), QuotaSpec) and s.tenant == tenant
+    ]
+    for o in claims:
+        if incumbent and source_of(ObjectRef.of(o)) == incumbent:
+            return o
+    return min(claims, key=_age_key) if claims else None
+
+
+def _stamp(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def quota_status(
+    desired: QuotaSpec | QuotaRejection,
+    usage: Mapping[str, int] | None,
+    *,
+    generation: int,
+    previous: Mapping[str, Any],
+    now: float,
+    conflict: str = "",
+) -> dict[str, Any]:
+    """The status subresource: the quota in force, the tenant's usage, a Ready condition."""
+    if isinstance(desired, QuotaRejection):
+        ready, reason, message = "False", desired.reason, desired.message
+    elif conflict:
+        ready, reason, message = "False", "Conflict", conflict
+    else:
+        ready, reason, message = "True", "QuotaSet", f"tenant {desired.tenant!r} may hold {desired.max_bytes} bytes"
+    u = usage or {}
+    prev_cond = next((c for c in previous.get("conditions") or () if c.get("type") == "Ready"), None)
+    same = prev_cond is not None and (prev_cond.get("status"), prev_cond.get("reason"), prev_cond.get("message")) == (ready, reason, message)
+    cond = {
+        "type": "Ready",
+        "status": ready,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": prev_cond.get("lastTransitionTime") if same and prev_cond else _stamp(now),
+        "observedGeneration": generation,
+    }
+    return {
+        "tenant": desired.tenant,
+        "maxBytes": desired.max_bytes if isinstance(desired, QuotaSpec) and not conflict else 0,
+        "usedBytes": int(u.get("used_bytes", 0)),
+        "models": int(u.get("models", 0)),
+        "copies": int(u.get("copies", 0)),
+        "observedGeneration": generation,
+        "conditions": [cond],
+    }

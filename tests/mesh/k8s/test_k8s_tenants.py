@@ -1,0 +1,142 @@
+"""TenantQuota objects: pure mapping, and the controller applying them to a real local mesh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import wait_until
+from k8s_env import ControllerEnv
+from models import add_model
+from test_k8s_controller import TABLE, loaded, predictor
+
+from mesh._k8s._tenants import QuotaRejection, QuotaSpec, owner_of, quota_spec, quota_status
+
+memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])
+
+
+def tq(name: str, namespace: str, max_bytes: Any, *, tenant: str = "", created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    spec: dict[str, Any] = {"maxBytes": max_bytes}
+    if tenant:
+        spec["tenant"] = tenant
+    return {
+        "apiVersion": "modelmux.io/v1alpha1",
+        "kind": "TenantQuota",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
+        "spec": spec,
+    }
+
+
+# ---------------------------------------------------------------- pure
+
+
+@pytest.mark.parametrize(
+    ("obj", "want"),
+    [
+        (tq("q", "team-a", "8Gi"), QuotaSpec("team-a", 8 << 30)),
+        (tq("q", "team-a", 1000, tenant="shared"), QuotaSpec("shared", 1000)),
+        (tq("q", "team-a", "1.5G"), QuotaSpec("team-a", 1_500_000_000)),
+    ],
+)
+def test_quota_spec(obj: dict[str, Any], want: QuotaSpec) -> None:
+    assert quota_spec(obj) == want
+
+
+@pytest.mark.parametrize("bad", ["lots", 0, -1, "8 apples", True, None])
+def test_quota_spec_rejects_bad_sizes(bad: Any) -> None:
+    got = quota_spec(tq("q", "team-a", bad))
+    assert isinstance(got, QuotaRejection) and got.reason == "InvalidSpec" and "maxBytes" in got.message
+
+
+def test_quota_spec_rejects_a_bad_tenant_and_a_missing_size() -> None:
+    assert isinstance(quota_spec(tq("q", "ns", 5, tenant="no spaces allowed")), QuotaRejection)
+    obj = tq("q", "ns", 5)
+    del obj["spec"]["maxBytes"]
+    assert "required" in quota_spec(obj).message  # type: ignore[union-attr]
+
+
+def test_the_oldest_claim_owns_a_tenant() -> None:
+    old = tq("a", "team-a", "1Gi", created="2026-01-01T00:00:00Z")
+    new = tq("b", "other", "2Gi", tenant="team-a", created="2026-02-01T00:00:00Z")
+    invalid = tq("c", "team-a", "lots", created="2025-01-01T00:00:00Z")
+    assert owner_of("team-a", [new, invalid, old]) is old
+    deleting = {**old, "metadata": {**old["metadata"], "deletionTimestamp": "2026-03-01T00:00:00Z"}}
+    assert owner_of("team-a", [new, deleting]) is new
+    assert owner_of("nobody", [new, old]) is None
+    # the claim whose quota is in force keeps the tenant, even against an older one
+    assert owner_of("team-a", [new, old], incumbent="TenantQuota/other/b") is new
+
+
+def test_status_keeps_the_transition_time_while_the_condition_holds() -> None:
+    first = quota_status(QuotaSpec("t", 10), {"used_bytes": 4, "models": 1, "copies": 1}, generation=1, previous={}, now=1000.0)
+    assert first["conditions"][0]["status"] == "True" and first["maxBytes"] == 10 and first["usedBytes"] == 4
+    again = quota_status(QuotaSpec("t", 10), {"used_bytes": 6}, generation=1, previous=first, now=2000.0)
+    assert again["conditions"][0]["lastTransitionTime"] == first["conditions"][0]["lastTransitionTime"]
+    conflict = quota_status(QuotaSpec("t", 10), None, generation=2, previous=again, now=3000.0, conflict="taken")
+    assert conflict["maxBytes"] == 0 and conflict["conditions"][0]["reason"] == "Conflict"
+    assert conflict["conditions"][0]["lastTransitionTime"] != first["conditions"][0]["lastTransitionTime"]
+
+
+# ---------------------------------------------------------------- controller
+
+
+def _ready(env: ControllerEnv, name: str, ns: str, reason: str) -> Any:
+    def check() -> bool:
+        conds = env.status("tenantquotas", name, ns).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("reason") == reason for c in conds)
+
+    return check
+
+
+@memory_only
+async def test_tenant_quotas_from_the_cluster(k8s_env: ControllerEnv, tmp_path: Path) -> None:
+    env = k8s_env
+    ctl = await env.start_controller()
+    tenants = ctl.state.tenants
+
+    env.api.create(tq("quota", "team-a", "64Mi"))
+    await env.wait(_ready(env, "quota", "team-a", "QuotaSet"), what="quota Ready")
+    await wait_until(lambda: "team-a" in tenants.items, 10, "quota in the store")
+    assert (tenants.items["team-a"].max_bytes, tenants.items["team-a"].source) == (64 << 20, "TenantQuota/team-a/quota")
+    obj = env.api.get("tenantquotas", "team-a", "quota")
+    assert obj is not None and "modelmux.io/tenant-quota" in obj["metadata"]["finalizers"]
+    assert obj["status"]["maxBytes"] == 64 << 20
+
+    # a Predictor of the namespace counts against it: usage reaches the status (store-driven)
+    m1 = add_model(tmp_path / "m1" / "model.onnx", 1.0, table_bytes=TABLE)
+    env.api.create(predictor("p1", m1, namespace="team-a"))
+    await env.wait(loaded(env, "p1", ns="team-a"), what="p1 Loaded")
+    await env.wait(lambda: env.status("tenantquotas", "quota", "team-a").get("usedBytes", 0) > 0, what="usage in status")
+    assert env.status("tenantquotas", "quota", "team-a")["models"] == 1
+
+    # change the quota
+    obj = env.api.get("tenantquotas", "team-a", "quota")
+    assert obj is not None
+    obj["spec"]["maxBytes"] = 128 << 20
+    env.api.update(obj)
+    await wait_until(lambda: tenants.items["team-a"].max_bytes == 128 << 20, 10, "quota changed")
+
+    # a second claim on the same tenant conflicts and changes nothing
+    env.api.create(tq("also", "other", "1Mi", tenant="team-a"))
+    await env.wait(_ready(env, "also", "other", "Conflict"), what="conflict reported")
+    assert tenants.items["team-a"].max_bytes == 128 << 20
+    assert "already has its quota from TenantQuota/team-a/quota" in env.status("tenantquotas", "also", "other")["conditions"][0]["message"]
+
+    # a bad spec: InvalidSpec with a Warning event, no quota
+    env.api.create(tq("bad", "team-b", "lots"))
+    await env.wait(_ready(env, "bad", "team-b", "InvalidSpec"), what="InvalidSpec")
+    await env.wait(
+        lambda: any(e.get("reason") == "InvalidSpec" and e["involvedObject"]["name"] == "bad" for e in env.api.events()),
+        what="InvalidSpec event",
+    )
+    assert "team-b" not in tenants.items
+
+    # deleting the owner hands the tenant to the next claim
+    env.api.delete("tenantquotas", "team-a", "quota")
+    await env.wait(lambda: env.obj("tenantquotas", "quota", "team-a") is None, what="owner deleted (finalizer released)")
+    await wait_until(lambda: tenants.items.get("team-a") is not None and tenants.items["team-a"].source == "TenantQuota/other/also", 10, "next claim owns the tenant")
+    assert tenants.items["team-a"].max_bytes == 1 << 20
+    await env.wait(_ready(env, "also", "other", "QuotaSet"), what="the next claim is Ready")
+    env.api.delete("tenantquotas", "other", "also")
+    await wait_until(lambda: "team-a" not in tenants.items, 10, "quota gone with its last object")
