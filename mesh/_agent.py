@@ -319,6 +319,10 @@ class Agent:
                 await self._publish_copy_quiet(copy)
                 staged = await self.puller.stage(storage_ref(rec))
                 copy.artifact_key = staged.key
+                if staged.from_cache:
+                    self.metrics.puller_hits.inc()
+                elif not staged.in_place:
+                    self.metrics.puller_bytes.inc(staged.size_bytes)
                 local_path = Path(staged.local_path)
                 # reserve what placement planned with (the registration's prediction), so that the
                 # agent and the leader agree on what fits; the adapter's own guess only fills in

@@ -22,6 +22,7 @@ from protos import model_mesh_pb2_grpc as mm_grpc
 from . import _codec
 from ._errors import InvalidRequest, ModelNotFound, status_for
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
+from ._metrics import Metrics
 from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER, Router
 from ._wire import WireError, read_string_field
 
@@ -42,7 +43,11 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps every exception raised by a handler to its gRPC status, once."""
+    """Maps every exception raised by a handler to its gRPC status, once; times every call
+    (``modelmesh_api_request_milliseconds`` by method and status code)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -53,19 +58,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        method = handler_call_details.method.rpartition("/")[2]
+        api_ms = self.metrics.api_ms if self.metrics is not None else None
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            t0 = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 return await inner(request, context)
             except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
             except grpc.aio.AioRpcError as exc:  # an error from a forwarded call: pass it through
+                code = exc.code()
                 await context.abort(exc.code(), exc.details() or "")
             except Exception as exc:
                 status, message = status_for(exc)
+                code = status.grpc
                 if status.grpc == grpc.StatusCode.INTERNAL and getattr(exc, "code", None) is None:
                     log.exception("unexpected error in %s", handler_call_details.method)
                 await context.abort(status.grpc, message)
+            finally:
+                if api_ms is not None:
+                    api_ms.labels(method, code.name).observe((time.perf_counter() - t0) * 1000)
 
         return handler._replace(unary_unary=wrapped)
 
@@ -86,9 +101,13 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        return await self.router.infer_bytes(
+        metrics = self.router.metrics
+        metrics.request_bytes.observe(len(payload))
+        out = await self.router.infer_bytes(
             name, payload, timeout_s=context.time_remaining(), forwarded=FORWARDED_HEADER in md
         )
+        metrics.response_bytes.observe(len(out))
+        return out
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -252,7 +271,7 @@ def build_grpc_server(
     router: Router, management: Management, *, max_message_bytes: int, version: str = ""
 ) -> tuple[grpc.aio.Server, InferenceHandlers]:
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[ErrorInterceptor(router.metrics)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -25,6 +25,7 @@ from ._grpc import build_grpc_server
 from ._leader import Leader
 from ._management import Management
 from ._metrics import Metrics
+from ._metrics_http import serve_metrics
 from ._records import Keys
 from ._rest import build_rest_app
 from ._router import Router
@@ -52,6 +53,7 @@ def _instance_id(settings: InstanceSettings) -> str:
 class Endpoints:
     grpc: str
     rest: str
+    metrics: str = ""
 
 
 class Instance:
@@ -99,6 +101,7 @@ class Instance:
         self._uvicorn: uvicorn.Server | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._rest_sock: socket.socket | None = None
+        self._metrics_server: asyncio.Server | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> Endpoints:
@@ -141,7 +144,11 @@ class Instance:
                 if self._rest_task.done():
                     self._rest_task.result()
                 await asyncio.sleep(0.005)
-        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr)
+        metrics_addr = ""
+        if s.metrics_port >= 0:
+            self._metrics_server = await serve_metrics(s.host, s.metrics_port, self.metrics.registry)
+            metrics_addr = f"{advertise}:{self._metrics_server.sockets[0].getsockname()[1]}"
+        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr)
         self.agent = Agent(
             s,
             self.instance_id,
@@ -207,6 +214,10 @@ class Instance:
                     await self._rest_task
         if self._rest_sock is not None:
             self._rest_sock.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+            self._metrics_server = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await self.router.close()

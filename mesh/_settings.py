@@ -19,6 +19,7 @@ class InstanceSettings(BaseSettings):
     advertise_host: str = ""  # address peers use to reach this instance (default: host)
     grpc_port: int = 8033  # 0 picks a free port
     rest_port: int = 8008  # 0 picks a free port; -1 disables REST
+    metrics_port: int = -1  # Prometheus on its own port (ModelMesh: 2112); 0 picks a free port; -1: only REST /metrics
     capacity_bytes: int = 1 * GiB
     loading_slots: int = Field(default=2, ge=1)
     zone: str = ""

@@ -38,6 +38,7 @@ class StagedArtifact:
     local_path: Path
     size_bytes: int
     in_place: bool = False
+    from_cache: bool = False  # served from the local cache: this call transferred nothing
 
 
 @dataclass(frozen=True)

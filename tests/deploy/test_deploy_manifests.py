@@ -150,7 +150,7 @@ def test_instance_deployment_matches_the_agent() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 8033, "http": 8008}
+    assert ports == {"grpc": 8033, "http": 8008, "metrics": 2112}
     assert "--host=0.0.0.0" in c["args"] and "--grpc-port=8033" in c["args"] and "--rest-port=8008" in c["args"]
     assert pod["automountServiceAccountToken"] is False
 
@@ -168,6 +168,11 @@ def test_services_expose_grpc_rest_and_metrics() -> None:
     metrics = _one("Service", "modelmux-metrics")
     assert [p["port"] for p in metrics["spec"]["ports"]] == [2112]
     dep = _one("Deployment", "modelmux")
+    # the metrics Service reaches the instance's own metrics server
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert metrics["spec"]["ports"][0]["targetPort"] == "metrics" and ports["metrics"] == 2112
+    assert "--metrics-port=2112" in container["args"]
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     etcd = _one("StatefulSet", "modelmux-etcd")
     config = _one("ConfigMap", "modelmux-config")["data"]
