@@ -84,6 +84,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 def canary(mesh: Mesh) -> Iterator[Canary]:
     """Good requests to both instances while the test runs; the test fails if any went wrong."""
     result = Canary()
+    mesh.errors.clear()
     stop = threading.Event()
 
     def loop() -> None:

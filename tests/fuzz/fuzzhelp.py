@@ -18,10 +18,12 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from protos import grpc_predict_v2_pb2 as pb
 
@@ -96,3 +98,20 @@ class ErrorRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.sink.append(f"{record.name}: {record.getMessage()} {record.exc_text or ''}"[:2000])
+
+
+def hostile_key_fields() -> st.SearchStrategy[dict[str, Any]]:
+    """modelInfo.key extras with values of the wrong type or out of range (NaN, Infinity, 1e308, 2**70)."""
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
+    tree = st.recursive(leaf, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)), max_leaves=6)
+    value = st.one_of(
+        st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -1, 1 << 70, 1 << 62, "1e999", "abc", [1], {"a": 1}]),
+        leaf,
+        tree,
+    )
+    keys = ("storage_key", "storage_params", "schema_path", "tenant", "min_copies", "max_copies", "pinned", "size_bytes", "options")
+    return st.dictionaries(st.sampled_from(keys), value, min_size=1, max_size=4)
+
+
+def valid_ids() -> st.SearchStrategy[str]:
+    return st.from_regex(r"\Afz[A-Za-z0-9._:@+=\-]{0,20}\Z")

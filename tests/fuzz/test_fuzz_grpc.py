@@ -13,7 +13,17 @@ from typing import Any
 
 import grpc
 import numpy as np
-from fuzzhelp import CALL_TIMEOUT_S, GOOD_MODEL, INFER, Canary, Mesh, fuzz_settings, good_request
+from fuzzhelp import (
+    CALL_TIMEOUT_S,
+    GOOD_MODEL,
+    INFER,
+    Canary,
+    Mesh,
+    fuzz_settings,
+    good_request,
+    hostile_key_fields,
+    valid_ids,
+)
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -173,22 +183,13 @@ def test_mutated_request_bytes(mesh: Mesh, canary: Canary, req: pb.ModelInferReq
 
 
 def _hostile_json() -> st.SearchStrategy[str]:
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
-    tree = st.recursive(leaf, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)), max_leaves=8)
-    hostile_value = st.one_of(leaf, st.sampled_from([float("inf"), float("nan"), 1e308, -1, 1 << 70, "1e999", [1], {"a": 1}]), tree)
-    fields = st.fixed_dictionaries(
-        {},
-        optional={
-            k: hostile_value
-            for k in ("storage_key", "storage_params", "schema_path", "tenant", "min_copies", "max_copies", "pinned", "size_bytes", "options")
-        },
-    )
     deep = st.integers(100, 20_000).map(lambda n: "[" * n + "]" * n)
-    return st.one_of(st.text(max_size=20), fields.map(json.dumps), tree.map(json.dumps), deep, st.just('{"min_copies": Infinity}'))
+    deep_obj = st.integers(100, 5_000).map(lambda n: '{"tenant": ' + '{"a":' * n + "1" + "}" * n + "}")
+    return st.one_of(st.text(max_size=20), hostile_key_fields().map(json.dumps), hostile_key_fields().map(json.dumps), deep, deep_obj)
 
 
 def _ids() -> st.SearchStrategy[str]:
-    return st.one_of(st.text(max_size=20), st.text(ASCII, min_size=250, max_size=300), st.just(""), st.just("ok-model"))
+    return st.one_of(valid_ids(), valid_ids(), st.text(max_size=20), st.text(ASCII, min_size=250, max_size=300), st.just(""))
 
 
 @st.composite

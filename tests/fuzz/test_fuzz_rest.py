@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from fuzzhelp import CALL_TIMEOUT_S, GOOD_MODEL, Canary, Mesh, fuzz_settings
+from fuzzhelp import CALL_TIMEOUT_S, GOOD_MODEL, Canary, Mesh, fuzz_settings, hostile_key_fields
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -155,7 +155,7 @@ def test_weird_ids_in_paths(mesh: Mesh, canary: Canary, http: httpx.Client, segm
         st.fixed_dictionaries({}, optional={
             "modelInfo": st.one_of(TREE, st.fixed_dictionaries({}, optional={
                 "type": _field(st.just("onnx")), "path": _field(st.just("/nonexistent.onnx")),
-                "key": _field(st.fixed_dictionaries({}, optional={k: TREE for k in ("min_copies", "max_copies", "size_bytes", "options", "storage_params", "tenant", "pinned")})),
+                "key": st.one_of(hostile_key_fields(), hostile_key_fields(), TREE),
             })),
             "sync": TREE,
         }),
