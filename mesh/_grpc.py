@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from protos import grpc_predict_v2_pb2 as pb
 from protos import model_mesh_pb2 as mm
@@ -60,11 +61,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
         method = handler_call_details.method.rpartition("/")[2]
         api_ms = self.metrics.api_ms if self.metrics is not None else None
+        # request bytes are parsed here rather than by grpc, whose own parse failure answers INTERNAL
+        deserialize = handler.request_deserializer
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if deserialize is not None:
+                    try:
+                        request = deserialize(request)
+                    except DecodeError as exc:
+                        raise InvalidRequest(f"malformed request to {handler_call_details.method}: {exc}") from exc
                 return await inner(request, context)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
@@ -82,7 +90,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 if api_ms is not None:
                     api_ms.labels(method, code.name).observe((time.perf_counter() - t0) * 1000)
 
-        return handler._replace(unary_unary=wrapped)
+        return handler._replace(unary_unary=wrapped, request_deserializer=None)
 
 
 class InferenceHandlers:
