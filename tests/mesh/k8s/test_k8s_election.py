@@ -144,9 +144,9 @@ async def test_a_leader_that_cannot_renew_stops_reconciling(k8s_env: ControllerE
         # the API server refuses every Lease write from now on
         env.api.fail(lambda method, path: method == "PUT" and "/leases/" in path, times=10_000)
         t0 = asyncio.get_running_loop().time()
-        await wait_until(lambda: not a.runner.leading, 10, "a stops leading")
+        # it stops leading, and its controller (informers, workers) is stopped
+        await wait_until(lambda: not a.runner.leading and not ctl.started, 10, "a stops leading")
         assert asyncio.get_running_loop().time() - t0 <= FAST["renew_deadline_s"] + 2.0
-        assert not ctl.started  # its informers and workers are stopped
         # nothing reconciles while it cannot lead: a new object gets no status
         m1 = add_model(tmp_path / "m1" / "model.onnx", 1.0, table_bytes=TABLE)
         env.api.create(predictor("orphan", m1))
