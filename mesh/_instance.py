@@ -31,7 +31,7 @@ from ._rest import build_rest_app
 from ._router import Router
 from ._settings import InstanceSettings
 from ._state import ClusterState
-from ._store import Store
+from ._store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,26 @@ class Instance:
         self._metrics_server: asyncio.Server | None = None
         self.stopped = asyncio.Event()
 
+    async def _join_store(self) -> None:
+        """Load the cluster view; a store that is not reachable yet (etcd starting beside us, or
+        slow) is retried with capped backoff for ``store_connect_timeout_s`` before giving up."""
+        deadline = time.monotonic() + self.settings.store_connect_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                await self.state.start()
+                return
+            except StoreError as exc:
+                await self.state.stop()
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("store not reachable yet (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def start(self) -> Endpoints:
         s = self.settings
-        await self.state.start()
+        await self._join_store()
         self._grpc, _ = build_grpc_server(
             self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version
         )

@@ -25,6 +25,7 @@ class InstanceSettings(BaseSettings):
     zone: str = ""
     data_dir: Path = Path("var/modelmux")
     lease_ttl_s: int = Field(default=10, ge=2)
+    store_connect_timeout_s: float = Field(default=60.0, ge=0)  # at start, retry an unreachable store this long
     publish_interval_s: float = 1.0  # coalescing window for instance / usage records
     rate_window_s: float = Field(default=60.0, gt=0)  # request rates (rpm, for copies by rate) are over this sliding window
     failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,30 @@ async def test_store_outage_and_recovery(make_cluster: Any, cluster_kind: str, t
         assert st.status == mm.ModelStatusInfo.LOADED
     finally:
         await client.close()
+
+
+async def test_instance_waits_for_a_store_that_is_not_up_yet(tmp_path: Path) -> None:
+    """An instance started before its store (etcd starting beside it) retries, then joins."""
+    from mesh import LocalMesh, LocalMeshConfig, StoreSettings
+    from mesh._store import MemoryStore
+
+    store = MemoryStore()
+    store.set_available(False)
+    mesh = LocalMesh(
+        LocalMeshConfig(instances=1, capacity_bytes=64 << 20, data_dir=tmp_path, store=StoreSettings(kind="memory"), allowed_roots=[tmp_path]),
+        store=store,
+    )
+    starting = asyncio.create_task(mesh.start())
+    try:
+        # it keeps trying while the store is down (nothing to wait on but the attempts)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not starting.done()
+        store.set_available(True)
+        instances = await asyncio.wait_for(starting, 30)
+        assert instances[0].instance_id in instances[0].state.instances.items
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await mesh.stop()
+        await store.close()
