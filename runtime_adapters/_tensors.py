@@ -46,6 +46,9 @@ DATATYPES: tuple[str, ...] = (
     "BYTES",
 )
 
+MAX_RANK = 64  # numpy's limit on dimensions
+_MAX_ELEMENTS = 1 << 59  # the product of a shape's non-zero dimensions must stay below this (bytes fit int64)
+
 # Storage dtype of each fixed-size datatype (BF16 is stored as its 16 raw bits).
 _NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -323,6 +326,10 @@ def decode_input(inp: InferInput, spec: InputSpec | None, *, writable: bool = Fa
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
             raise InvalidInput(f"input '{name}': shape {list(shape)} has an invalid or negative dimension")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, more than {MAX_RANK}")
+    if math.prod(d for d in shape if d) >= _MAX_ELEMENTS:  # numpy refuses such shapes even with a 0 in them
+        raise InvalidInput(f"input '{name}': shape {list(shape)} is too large")
     if spec is not None:
         if inp.datatype not in spec.accepted:
             want = " or ".join(sorted(spec.accepted))
