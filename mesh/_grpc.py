@@ -22,6 +22,7 @@ from protos import model_mesh_pb2_grpc as mm_grpc
 from . import _codec
 from ._errors import InvalidRequest, ModelNotFound, status_for
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
+from ._metrics import Metrics, code_name
 from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER, Router
 from ._wire import WireError, read_string_field
 
@@ -71,10 +72,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class InferenceHandlers:
-    def __init__(self, router: Router, *, version: str = "") -> None:
+    def __init__(self, router: Router, *, version: str = "", metrics: Metrics | None = None) -> None:
         self.router = router
         self.version = version
         self.ready = True
+        self.metrics = metrics or router.metrics
 
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         md = _metadata(context)
@@ -86,9 +88,27 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        return await self.router.infer_bytes(
-            name, payload, timeout_s=context.time_remaining(), forwarded=FORWARDED_HEADER in md
-        )
+        forwarded = FORWARDED_HEADER in md
+        if forwarded:  # a peer's request: counted as an API request where it entered the mesh
+            return await self.router.infer_bytes(name, payload, timeout_s=context.time_remaining(), forwarded=True)
+        t0 = time.perf_counter()
+        out = b""
+        error: BaseException | None = None
+        try:
+            out = await self.router.infer_bytes(name, payload, timeout_s=context.time_remaining())
+            return out
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.metrics.request(
+                external=True,
+                code=code_name(error),
+                elapsed_ms=(time.perf_counter() - t0) * 1000,
+                request_bytes=len(payload),
+                response_bytes=len(out),
+                **self.router.label_ids(name),
+            )
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -249,7 +269,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
 
 
 def build_grpc_server(
-    router: Router, management: Management, *, max_message_bytes: int, version: str = ""
+    router: Router, management: Management, *, max_message_bytes: int, version: str = "", metrics: Metrics | None = None
 ) -> tuple[grpc.aio.Server, InferenceHandlers]:
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
@@ -259,7 +279,7 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    inference = InferenceHandlers(router, version=version)
+    inference = InferenceHandlers(router, version=version, metrics=metrics)
     server.add_generic_rpc_handlers((inference.handler(),))
     mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management), server)
     return server, inference

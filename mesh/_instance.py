@@ -8,19 +8,23 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as _md
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvicorn
+from prometheus_client import start_http_server
 
 from placement import Policy, PolicySettings
 from puller import Puller
 from runtime_adapters import AdapterRegistry
 
 from ._agent import Agent
+from ._dashboard import ClusterViews, TrafficSeries
 from ._grpc import build_grpc_server
 from ._leader import Leader
 from ._management import Management
@@ -77,8 +81,13 @@ class Instance:
         self.clock = clock
         self.instance_id = _instance_id(settings)
         self.version = _version()
-        self.metrics = Metrics()
+        self.metrics = Metrics(per_model_labels=settings.per_model_metrics)
+        self.metrics.report_cluster(lambda: self.leader is not None and self.leader.is_leader)
         self.state = ClusterState(store, self.keys, clock=clock)
+        self.series = TrafficSeries(self.state, clock=clock)
+        self.views = ClusterViews(
+            self.state, self.instance_id, is_leader=lambda: self.leader is not None and self.leader.is_leader, series=self.series, clock=clock
+        )
         self.router = Router(
             self.instance_id,
             self.state,
@@ -99,13 +108,15 @@ class Instance:
         self._uvicorn: uvicorn.Server | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._rest_sock: socket.socket | None = None
+        self._metrics_server: tuple[WSGIServer, threading.Thread] | None = None
+        self.metrics_address = ""
         self.stopped = asyncio.Event()
 
     async def start(self) -> Endpoints:
         s = self.settings
         await self.state.start()
         self._grpc, _ = build_grpc_server(
-            self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version
+            self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version, metrics=self.metrics
         )
         port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if port == 0:
@@ -125,6 +136,7 @@ class Instance:
                     "leader": lambda: self.leader.describe() if self.leader else {},
                     "self": self.describe,
                 },
+                views=self.views,
             )
             sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,6 +153,11 @@ class Instance:
                 if self._rest_task.done():
                     self._rest_task.result()
                 await asyncio.sleep(0.005)
+        if s.metrics_port >= 0:
+            # a thread of its own: a scrape never waits on (or stalls) the event loop
+            self._metrics_server = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
+            self.metrics_address = f"{advertise}:{self._metrics_server[0].server_port}"
+        self.series.start(s.dashboard_sample_s)
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr)
         self.agent = Agent(
             s,
@@ -209,6 +226,13 @@ class Instance:
             self._rest_sock.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+        await self.series.stop()
+        if self._metrics_server is not None:
+            httpd, thread = self._metrics_server
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
+            thread.join(timeout=5.0)
+            self._metrics_server = None
         await self.router.close()
         await self.state.stop()
         self.stopped.set()
