@@ -265,8 +265,9 @@ class Leader:
         )
         ops: list[Put | Delete] = [Put(key, encode(record))]
         excess = len(items) + 1 - self.decision_log_size
-        if excess >= _TRIM_BATCH:
-            ops += [Delete(self.keys.decisions + k) for k in heapq.nsmallest(min(excess, 2 * _TRIM_BATCH), items)]
+        batch = max(1, min(_TRIM_BATCH, self.decision_log_size // 10))
+        if excess >= batch:
+            ops += [Delete(self.keys.decisions + k) for k in heapq.nsmallest(min(excess, 2 * batch), items)]
         return [Compare(key, 0)], ops
 
     def _logged(self, ok: bool) -> None:
