@@ -22,6 +22,13 @@ TABLE = 256 << 10
 MODEL_BYTES = TABLE + (16 << 10)
 
 
+@pytest.fixture(autouse=True)
+def _one_copy_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # keep placement to one copy per model (no second copy for a model used a few times), so
+    # which instance holds what follows from the requests alone
+    monkeypatch.setenv("MODELMUX_PLACEMENT_SECOND_COPY_RPM", "1000000")
+
+
 class Cli:
     """Runs ``modelmux`` commands in a worker thread (the mesh keeps serving on the event loop)."""
 

@@ -23,6 +23,13 @@ TABLE = 256 << 10
 MODEL_BYTES = TABLE + (16 << 10)  # a test model's measured footprint, about
 
 
+@pytest.fixture(autouse=True)
+def _one_copy_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # keep placement to one copy per model (no second copy for a model used a few times), so
+    # which instance holds what follows from the requests alone
+    monkeypatch.setenv("MODELMUX_PLACEMENT_SECOND_COPY_RPM", "1000000")
+
+
 class Scrape:
     """One scrape of an instance's metrics port."""
 
@@ -185,3 +192,28 @@ async def test_forwarded_requests_count_once_and_per_model_labels(tmp_path: Path
         )
     finally:
         await c.close()
+
+
+def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
+    import json
+    import re
+
+    from prometheus_client import generate_latest
+
+    from mesh._metrics import ClusterCounts, Metrics
+
+    m = Metrics()
+    m.report_cluster(lambda: True)
+    m.set_cluster(ClusterCounts(loaded=1, with_failure=0, managed=2))
+    m.request(external=True, code="OK", elapsed_ms=1.0, request_bytes=1, response_bytes=1)
+    m.request(external=False, code="OK", elapsed_ms=1.0)
+    m.forwards.labels("ok").inc()
+    m.decisions.labels("load", "miss").inc()
+    exported = {s.name for fam in text_string_to_metric_families(generate_latest(m.registry).decode()) for s in fam.samples}
+    dash = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "modelmux-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {n for e in exprs for n in re.findall(r"\b(model(?:mesh|mux)_[a-z_]+)", e)}
+    assert len(used) >= 20
+    assert used <= exported, used - exported
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))

@@ -87,12 +87,13 @@ function renderInstances(o) {
 
 function renderCards(o) {
   const last = o.series.length ? o.series[o.series.length - 1] : null;
+  const lastHit = o.series.map((s) => s.hit_ratio).filter((v) => v !== null).pop();
   $("c-instances").textContent = o.totals.instances;
   $("c-models").textContent = o.totals.models;
   $("c-copies").textContent = o.totals.copies_loaded;
   $("c-used").textContent = `${bytes(o.totals.used_bytes)} / ${bytes(o.totals.capacity_bytes)}`;
   $("c-rps").textContent = last ? last.rps.toFixed(1) : "-";
-  $("c-hit").textContent = last && last.hit_ratio !== null ? `${(last.hit_ratio * 100).toFixed(1)}%` : "-";
+  $("c-hit").textContent = lastHit !== undefined ? `${(lastHit * 100).toFixed(1)}%` : "-";
   chart($("chart-rps"), o.series.map((s) => [s.t, s.rps]));
   chart($("chart-hit"), o.series.map((s) => [s.t, s.hit_ratio]), { max: 1, fmt: (v) => `${(v * 100).toFixed(0)}%` });
 }
@@ -132,7 +133,7 @@ async function refreshModels() {
       el("td", {}, ago(m.last_used)),
       el("td", {}, m.where.join(", ") || "-"))));
   const end = Math.min(ui.offset + PAGE, ui.total);
-  $("page-info").textContent = ui.total ? `${ui.offset + 1}–${end} of ${ui.total}` : "no models";
+  $("page-info").textContent = ui.total ? `${ui.offset + 1}-${end} of ${ui.total}` : "no models";
   $("prev").disabled = ui.offset === 0;
   $("next").disabled = end >= ui.total;
 }
