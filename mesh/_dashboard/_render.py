@@ -177,6 +177,7 @@ def top(o: dict[str, Any], *, limit: int = 10) -> RenderableType:
     tot = o["totals"]
     series = o["series"]
     last = series[-1] if series else None
+    hits = [s["hit_ratio"] for s in series if s["hit_ratio"] is not None]
     states = o["states"]
     summary = Text()
     summary.append(f"{tot['instances']} instances", style="bold")
@@ -187,8 +188,8 @@ def top(o: dict[str, Any], *, limit: int = 10) -> RenderableType:
             summary.append(", ")
     summary.append(f")  {tot['copies_loaded']} copies  {size(tot['used_bytes'])} / {size(tot['capacity_bytes'])}")
     if last is not None:
-        hit = "-" if last["hit_ratio"] is None else f"{last['hit_ratio'] * 100:.1f}%"
-        summary.append(f"  {last['rps']:.1f} req/s  hit {hit}")
+        hit = f"{hits[-1] * 100:.1f}%" if hits else "-"
+        summary.append(f"  {last['rps']:.1f} req/s  hit ratio {hit}")
     summary.append(f"  leader {o['leader'] or '-'}", style="cyan")
     hot = Table(title="Hottest models", title_justify="left")
     for col in ("MODEL", "REQ/MIN", "WHERE"):
