@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from puller import Puller, PullProgress, StagedArtifact, StorageRef
+from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
 
 from ._metrics import Metrics
@@ -369,14 +369,13 @@ class Agent:
             await self._publish_instance()
 
     async def _stage(self, rec: ModelRecord) -> StagedArtifact:
-        """Stage the artifact, counting downloaded bytes and cache hits (a pull reports progress at least once)."""
-        seen: list[PullProgress] = []
-        staged = await self.puller.stage(storage_ref(rec), on_progress=seen.append)
-        if seen:
-            self.metrics.puller_pulls.inc()
-            self.metrics.puller_bytes.inc(seen[-1].bytes_done)
-        elif not staged.in_place:
+        """Stage the artifact, counting pulls (and their bytes) and cache hits; local paths are served in place."""
+        staged = await self.puller.stage(storage_ref(rec))
+        if staged.from_cache:
             self.metrics.puller_hits.inc()
+        elif not staged.in_place:
+            self.metrics.puller_pulls.inc()
+            self.metrics.puller_bytes.inc(staged.size_bytes)
         return staged
 
     async def _publish_copy_quiet(self, copy: LocalCopy) -> None:

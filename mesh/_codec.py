@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from protos import grpc_predict_v2_pb2 as pb
 from runtime_adapters import (
@@ -49,6 +52,14 @@ def params_to_pb(params: Mapping[str, Any], target: Any) -> None:
 
 
 # ---------------------------------------------------------------- V2 gRPC
+
+
+def parse_infer_request(payload: bytes) -> pb.ModelInferRequest:
+    """A serialized ModelInferRequest, parsed; bytes that are not one are INVALID_ARGUMENT."""
+    try:
+        return pb.ModelInferRequest.FromString(payload)
+    except DecodeError as exc:  # e.g. a string field that is not UTF-8, a broken nested message
+        raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
 
 
 def infer_request_from_pb(req: pb.ModelInferRequest) -> InferRequest:
@@ -155,7 +166,9 @@ def infer_request_from_json(model_name: str, body: Any) -> InferRequest:
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidRequest("'parameters' must be an object")
-    req_id = body.get("id", "")
+    req_id = body.get("id")
+    if isinstance(req_id, dict | list):
+        raise InvalidRequest("'id' must be a string")
     return InferRequest(
         model_name=model_name,
         id=str(req_id) if req_id is not None else "",
@@ -165,7 +178,17 @@ def infer_request_from_json(model_name: str, body: Any) -> InferRequest:
     )
 
 
+_FLOAT_TYPES = frozenset({"FP16", "BF16", "FP32", "FP64"})
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def _json_value(datatype: str, values: Sequence[Any]) -> list[Any]:
+    if datatype in _FLOAT_TYPES:
+        floats = list(values)
+        if not all(map(math.isfinite, floats)):
+            # JSON has no NaN or infinity: write them as the protobuf JSON mapping does
+            return [v if math.isfinite(v) else _NON_FINITE[repr(float(v))] for v in floats]
+        return floats
     if datatype != "BYTES":
         return list(values)
     out: list[Any] = []

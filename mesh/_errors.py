@@ -97,6 +97,9 @@ STATUS_TABLE: dict[str, Status] = {
 }
 
 _INTERNAL = STATUS_TABLE["internal"]
+# gRPC carries the message percent-encoded in a trailer; peers drop trailers over 8-16 KB, which would
+# turn a clear error into RESOURCE_EXHAUSTED on the client. 512 characters stay under 8 KB encoded.
+MAX_MESSAGE_CHARS = 512
 
 
 def _roots() -> tuple[type[Exception], ...]:
@@ -120,4 +123,6 @@ def status_for(exc: BaseException) -> tuple[Status, str]:
     if isinstance(exc, PayloadTooLarge):
         status = Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
     return status, message

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from protos import grpc_predict_v2_pb2 as pb
 from protos import model_mesh_pb2 as mm
@@ -43,7 +44,8 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps every exception raised by a handler to its gRPC status, once."""
+    """Maps every exception raised by a handler to its gRPC status, once. (Request metrics are
+    ModelMesh's: inference calls only, timed in :meth:`InferenceHandlers.model_infer`.)"""
 
     async def intercept_service(
         self,
@@ -54,9 +56,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        # request bytes are parsed here rather than by grpc, whose own parse failure answers INTERNAL
+        deserialize = handler.request_deserializer
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if deserialize is not None:
+                    try:
+                        request = deserialize(request)
+                    except DecodeError as exc:
+                        raise InvalidRequest(f"malformed request to {handler_call_details.method}: {exc}") from exc
                 return await inner(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -68,7 +77,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     log.exception("unexpected error in %s", handler_call_details.method)
                 await context.abort(status.grpc, message)
 
-        return handler._replace(unary_unary=wrapped)
+        return handler._replace(unary_unary=wrapped, request_deserializer=None)
 
 
 class InferenceHandlers:
@@ -106,7 +115,7 @@ class InferenceHandlers:
                 code=code_name(error),
                 elapsed_ms=(time.perf_counter() - t0) * 1000,
                 request_bytes=len(payload),
-                response_bytes=len(out),
+                response_bytes=len(out) if error is None else -1,
                 **self.router.label_ids(name),
             )
 

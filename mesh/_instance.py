@@ -8,16 +8,13 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as _md
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvicorn
-from prometheus_client import start_http_server
 
 from placement import Policy, PolicySettings
 from puller import Puller
@@ -29,6 +26,7 @@ from ._grpc import build_grpc_server
 from ._leader import Leader
 from ._management import Management
 from ._metrics import Metrics
+from ._metrics_http import serve_metrics
 from ._records import Keys
 from ._rest import build_rest_app
 from ._router import Router
@@ -56,6 +54,7 @@ def _instance_id(settings: InstanceSettings) -> str:
 class Endpoints:
     grpc: str
     rest: str
+    metrics: str = ""
 
 
 class Instance:
@@ -108,8 +107,7 @@ class Instance:
         self._uvicorn: uvicorn.Server | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._rest_sock: socket.socket | None = None
-        self._metrics_server: tuple[WSGIServer, threading.Thread] | None = None
-        self.metrics_address = ""
+        self._metrics_server: asyncio.Server | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> Endpoints:
@@ -153,12 +151,12 @@ class Instance:
                 if self._rest_task.done():
                     self._rest_task.result()
                 await asyncio.sleep(0.005)
+        metrics_addr = ""
         if s.metrics_port >= 0:
-            # a thread of its own: a scrape never waits on (or stalls) the event loop
-            self._metrics_server = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
-            self.metrics_address = f"{advertise}:{self._metrics_server[0].server_port}"
+            self._metrics_server = await serve_metrics(s.host, s.metrics_port, self.metrics.registry)
+            metrics_addr = f"{advertise}:{self._metrics_server.sockets[0].getsockname()[1]}"
         self.series.start(s.dashboard_sample_s)
-        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr)
+        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr)
         self.agent = Agent(
             s,
             self.instance_id,
@@ -224,15 +222,13 @@ class Instance:
                     await self._rest_task
         if self._rest_sock is not None:
             self._rest_sock.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+            self._metrics_server = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await self.series.stop()
-        if self._metrics_server is not None:
-            httpd, thread = self._metrics_server
-            await asyncio.to_thread(httpd.shutdown)
-            httpd.server_close()
-            thread.join(timeout=5.0)
-            self._metrics_server = None
         await self.router.close()
         await self.state.stop()
         self.stopped.set()

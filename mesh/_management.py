@@ -27,6 +27,9 @@ from ._records import MissRecord, ModelRecord, TenantRecord, VModelRecord, decod
 from ._state import ClusterState
 from ._store import Compare, Delete, Put, StoreError
 
+# bounds on numbers a client sets, so that no later float or int64 conversion (placement, etcd) overflows
+MAX_BYTES = 1 << 62
+MAX_COPIES = 1 << 16
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,252}$")
 
 # ModelMesh status names
@@ -102,8 +105,13 @@ def parse_bytes(value: int | str, what: str = "size") -> int:
     raise InvalidRequest(f"{what}: expected bytes as an integer or a quantity like 512Mi or 8Gi, got {value!r}")
 
 
+def valid_id(value: str) -> bool:
+    """Whether ``value`` can name a model, vModel or tenant."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
 def validate_id(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not valid_id(value):
         raise InvalidRequest(
             f"invalid {kind} '{value}': 1-253 characters, letters, digits and . _ : @ + = - "
             "(starting with a letter or digit)"
@@ -120,7 +128,7 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
     if info.key.strip().startswith("{"):
         try:
             extras = json.loads(info.key)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InvalidRequest(f"model '{model_id}': modelInfo.key is not valid JSON: {exc}") from exc
         if not isinstance(extras, dict):
             raise InvalidRequest(f"model '{model_id}': modelInfo.key JSON must be an object")
@@ -132,16 +140,21 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
         if not isinstance(extras["storage_params"], dict):
             raise InvalidRequest(f"model '{model_id}': storage_params must be an object")
         options["storage_params_json"] = json.dumps(extras["storage_params"], sort_keys=True)
-    for k, v in (extras.get("options") or {}).items():
+    extra_options = extras.get("options") or {}
+    if not isinstance(extra_options, dict):
+        raise InvalidRequest(f"model '{model_id}': options must be an object")
+    for k, v in extra_options.items():
         options[str(k)] = str(v)
     try:
         min_copies = int(extras.get("min_copies", 0))
         max_copies = int(extras.get("max_copies", 0))
         size = int(extras.get("size_bytes", 0))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: Infinity
         raise InvalidRequest(f"model '{model_id}': min_copies/max_copies/size_bytes must be integers") from exc
     if min_copies < 0 or max_copies < 0 or (max_copies and min_copies > max_copies):
         raise InvalidRequest(f"model '{model_id}': need 0 <= min_copies <= max_copies (0 = unlimited)")
+    if max(min_copies, max_copies) > MAX_COPIES or size > MAX_BYTES:
+        raise InvalidRequest(f"model '{model_id}': copies above {MAX_COPIES} or size_bytes above {MAX_BYTES}")
     if size <= 0:
         size = local_artifact_bytes(info.path)
     now = clock()
@@ -465,8 +478,10 @@ class Management:
     async def set_tenant_quota(self, name: str, max_bytes: int, *, source: str = "api") -> dict[str, Any]:
         """Create or replace a tenant's byte quota; placement enforces it from its next decision."""
         validate_id("tenant", name)
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise InvalidRequest(f"quota of tenant '{name}' must be a positive number of bytes, got {max_bytes!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 < max_bytes <= MAX_BYTES:
+            raise InvalidRequest(
+                f"quota of tenant '{name}' must be a positive number of bytes up to {MAX_BYTES}, got {max_bytes!r}"
+            )
         rec = TenantRecord(name=name, max_bytes=max_bytes, source=source, updated_at=self.clock())
         try:
             await self.store.put(self.keys.tenant(name), encode(rec))

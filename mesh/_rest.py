@@ -79,6 +79,16 @@ async def _read_json(request: Request, limit: int, sizes: list[int] | None = Non
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
 
 
+def _text(obj: dict[str, Any], key: str) -> str:
+    """A string field of a JSON body ('' when absent); any other type is INVALID_ARGUMENT."""
+    value = obj.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
 def _timeout(request: Request) -> float | None:
     value = request.headers.get("grpc-timeout") or request.headers.get("x-request-timeout")
     try:
@@ -189,7 +199,7 @@ def build_rest_app(
                     code=code_name(error),
                     elapsed_ms=(time.perf_counter() - t0) * 1000,
                     request_bytes=sizes[0] if sizes else -1,
-                    response_bytes=len(response.body) if response is not None else 0,
+                    response_bytes=len(response.body) if response is not None else -1,
                     **router.label_ids(name),
                 )
 
@@ -215,7 +225,7 @@ def build_rest_app(
             key = json.dumps(key)
         st = await management.register_model(
             model_id,
-            ModelInfoSpec(type=str(info.get("type", "")), path=str(info.get("path", "")), key=str(key)),
+            ModelInfoSpec(type=_text(info, "type"), path=_text(info, "path"), key=str(key)),
             load_now=bool(body.get("loadNow", False)),
             sync=bool(body.get("sync", False)),
         )
@@ -246,19 +256,19 @@ def build_rest_app(
         spec = None
         if isinstance(info, dict):
             key = info.get("key", "")
-            spec = ModelInfoSpec(type=str(info.get("type", "")), path=str(info.get("path", "")),
+            spec = ModelInfoSpec(type=_text(info, "type"), path=_text(info, "path"),
                                  key=json.dumps(key) if isinstance(key, dict) else str(key))
         st = await management.set_vmodel(
             name,
             body["targetModelId"],
-            owner=str(body.get("owner", "")),
+            owner=_text(body, "owner"),
             update_only=bool(body.get("updateOnly", False)),
             model_info=spec,
             auto_delete_target=bool(body.get("autoDeleteTargetModel", False)),
             load_now=bool(body.get("loadNow", False)),
             force=bool(body.get("force", False)),
             sync=bool(body.get("sync", False)),
-            expected_target=str(body.get("expectedTargetModelId", "")),
+            expected_target=_text(body, "expectedTargetModelId"),
         )
         return _vmodel_status_json(st)
 

@@ -21,6 +21,7 @@ from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotL
 
 from . import _codec
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from ._management import valid_id
 from ._metrics import Metrics, code_name
 from ._records import Keys, MissRecord, encode
 from ._state import ClusterState
@@ -127,6 +128,8 @@ class Router:
         mid = self.state.resolve(name)
         if mid is not None:
             return mid
+        if not valid_id(name):  # no model or vModel can have this name: no store read, nothing cached
+            raise ModelNotFound(f"model '{name[:256]}' is not registered")
         now = time.monotonic()
         if self._unknown.get(name, 0.0) > now:
             raise ModelNotFound(f"model '{name}' is not registered")
@@ -218,7 +221,7 @@ class Router:
         return resp
 
     async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
-        msg = pb.ModelInferRequest.FromString(payload)
+        msg = _codec.parse_infer_request(payload)
         request = _codec.infer_request_from_pb(msg)
         resp = await self._local(mid, model, name, request)
         out = _codec.infer_response_to_pb(resp)

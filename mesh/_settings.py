@@ -19,10 +19,7 @@ class InstanceSettings(BaseSettings):
     advertise_host: str = ""  # address peers use to reach this instance (default: host)
     grpc_port: int = 8033  # 0 picks a free port
     rest_port: int = 8008  # 0 picks a free port; -1 disables REST
-    # Prometheus metrics on their own port (ModelMesh's is 2112; deploy/ sets it), served from a
-    # thread so that scrapes never wait on the event loop. 0 picks a free port; -1: only the REST
-    # port's /metrics. One registry per instance either way.
-    metrics_port: int = -1
+    metrics_port: int = -1  # Prometheus on its own port (ModelMesh: 2112); 0 picks a free port; -1: only REST /metrics
     per_model_metrics: bool = False  # modelId / vModelId labels on histograms (unbounded: off by default)
     dashboard_sample_s: float = Field(default=2.0, gt=0)  # request rate / hit ratio sampling for the dashboard
     capacity_bytes: int = 1 * GiB

@@ -43,9 +43,7 @@ def _mb(n: int) -> str:
 def serve(
     grpc_port: Annotated[int, typer.Option(help="gRPC port (V2 inference + mmesh.ModelMesh); 0 = any")] = 8033,
     rest_port: Annotated[int, typer.Option(help="REST port (V2 JSON + management); 0 = any, -1 = off")] = 8008,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus port (ModelMesh's is 2112); 0 = any, -1 = off (REST /metrics only)")
-    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus metrics port (ModelMesh: 2112); 0 = any, -1 = off (default: MODELMUX_INSTANCE_METRICS_PORT, else off)")] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     store: Annotated[str, typer.Option(help="memory | etcd")] = "",
     etcd: Annotated[str, typer.Option(help="etcd endpoints, comma separated host:port")] = "",
@@ -98,17 +96,12 @@ def serve(
         inst = Instance(settings, st, adapters, puller, keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()))
         ep = await inst.start()
         console.print(
-            f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}"
-            f"  metrics {inst.metrics_address or (ep.rest + '/metrics' if ep.rest else '-')}"
+            f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}  metrics {ep.metrics or '-'}"
             + (f"  dashboard http://{ep.rest}/dashboard/" if ep.rest else "")
         )
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps(
-                    {"instance_id": inst.instance_id, "grpc": ep.grpc, "rest": ep.rest, "metrics": inst.metrics_address, "pid": os.getpid()}
-                )
-            )
+            tmp.write_text(json.dumps({"instance_id": inst.instance_id, "grpc": ep.grpc, "rest": ep.rest, "metrics": ep.metrics, "pid": os.getpid()}))
             tmp.replace(ready_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

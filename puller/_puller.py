@@ -322,13 +322,14 @@ class Puller:
 
     async def _stage_cached(self, key: str, source: Source, on_progress: ProgressCallback | None) -> StagedArtifact:
         entry = self._cache.entries.get(key)
+        cached = entry is not None
         if entry is not None:
             entry.holds += 1
             self._cache.used_recently(entry)
             self._executor.submit(Cache.touch, entry)
         else:
             entry = await self._join(key, source, on_progress)
-        return StagedArtifact(key=entry.key, local_path=entry.data, size_bytes=entry.size_bytes)
+        return StagedArtifact(key=entry.key, local_path=entry.data, size_bytes=entry.size_bytes, from_cache=cached)
 
     async def _join(self, key: str, source: Source, on_progress: ProgressCallback | None) -> Entry:
         """Wait for ``key``'s single in-flight pull, starting it if there is none.

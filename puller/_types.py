@@ -38,6 +38,8 @@ class StagedArtifact:
     local_path: Path
     size_bytes: int
     in_place: bool = False
+    # served from the local cache: this call transferred nothing (about the call, not the artifact)
+    from_cache: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,11 @@ def test_services_expose_grpc_rest_and_metrics() -> None:
     metrics = _one("Service", "modelmux-metrics")
     assert [(p["port"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [(2112, "metrics")]
     dep = _one("Deployment", "modelmux")
+    # the metrics Service reaches the instance's own metrics server
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert metrics["spec"]["ports"][0]["targetPort"] == "metrics" and ports["metrics"] == 2112
+    assert "--metrics-port=2112" in container["args"]
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     etcd = _one("StatefulSet", "modelmux-etcd")
     config = _one("ConfigMap", "modelmux-config")["data"]

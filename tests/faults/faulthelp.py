@@ -51,3 +51,19 @@ async def holders(cluster: ProcessCluster, model: str) -> list[str]:
     """Instances with a loaded copy of ``model``, per the store."""
     snap = await cluster.snapshot()
     return sorted(i for i, st in snap["copies"].get(model, {}).items() if st == "loaded")
+
+
+async def register_pairs_and_singles(mgmt: Mgmt, models_dir: Path, n: int = 3) -> tuple[dict[str, float], set[str]]:
+    """``n`` models with min 2 copies (``dup*``) and ``n`` with one (``one*``), loaded now.
+
+    Returns each model's answer and the set of two-copy models.
+    """
+    from models import add_model
+
+    answers: dict[str, float] = {}
+    for prefix, base, extra in (("dup", 10.0, {"min_copies": 2}), ("one", 20.0, {})):
+        for k in range(n):
+            p = add_model(models_dir / f"{prefix}{k}" / "model.onnx", base + k)
+            await mgmt.register(f"{prefix}{k}", p, i=k, load=True, **extra)
+            answers[f"{prefix}{k}"] = base + k
+    return answers, {m for m in answers if m.startswith("dup")}

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from cluster import wait_until
-from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt
-from models import add_model
+from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt, register_pairs_and_singles
 from traffic import Traffic
 
 pytestmark = pytest.mark.etcd
@@ -29,17 +28,8 @@ DEADLINE_S = 15.0  # of every request: longer than the lease TTL + a load + slac
 async def test_kill9_one_of_three_under_traffic(make_cluster: Any, tmp_path: Path) -> None:
     cluster = await make_cluster(3, env=NO_RATE_COPIES)
     mgmt = Mgmt(cluster.grpc)
-    answers: dict[str, float] = {}
     try:
-        for k in range(3):
-            p = add_model(tmp_path / "models" / f"dup{k}" / "model.onnx", 10.0 + k)
-            await mgmt.register(f"dup{k}", p, i=k, min_copies=2, load=True)
-            answers[f"dup{k}"] = 10.0 + k
-        for k in range(3):
-            p = add_model(tmp_path / "models" / f"one{k}" / "model.onnx", 20.0 + k)
-            await mgmt.register(f"one{k}", p, i=k, load=True)
-            answers[f"one{k}"] = 20.0 + k
-        dups = {m for m in answers if m.startswith("dup")}
+        answers, dups = await register_pairs_and_singles(mgmt, tmp_path / "models")
 
         async def placed() -> dict[str, Any] | None:
             snap = await cluster.snapshot()

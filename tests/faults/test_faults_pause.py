@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from cluster import wait_until
-from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt
-from models import add_model
+from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt, register_pairs_and_singles
 from traffic import Traffic
 
 pytestmark = pytest.mark.etcd
@@ -32,17 +31,8 @@ async def test_sigstop_one_of_three_under_traffic(make_cluster: Any, tmp_path: P
         3, env=NO_RATE_COPIES, forward_attempt_timeout_s=FORWARD_ATTEMPT_TIMEOUT_S, suspect_holder_s=30
     )
     mgmt = Mgmt(cluster.grpc)
-    answers: dict[str, float] = {}
     try:
-        for k in range(3):
-            p = add_model(tmp_path / "models" / f"dup{k}" / "model.onnx", 10.0 + k)
-            await mgmt.register(f"dup{k}", p, i=k, min_copies=2, load=True)
-            answers[f"dup{k}"] = 10.0 + k
-        for k in range(3):
-            p = add_model(tmp_path / "models" / f"one{k}" / "model.onnx", 20.0 + k)
-            await mgmt.register(f"one{k}", p, i=k, load=True)
-            answers[f"one{k}"] = 20.0 + k
-        dups = {m for m in answers if m.startswith("dup")}
+        answers, dups = await register_pairs_and_singles(mgmt, tmp_path / "models")
 
         async def placed() -> dict[str, set[str]] | None:
             snap = await cluster.snapshot()

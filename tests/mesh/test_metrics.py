@@ -46,10 +46,10 @@ class Scrape:
 
 
 async def scrape(inst: Instance) -> Scrape:
-    assert inst.metrics_address, "metrics port not serving"
-    async with httpx.AsyncClient() as c:
-        r = await c.get(f"http://{inst.metrics_address}/metrics")
-    r.raise_for_status()
+    assert inst.endpoints is not None and inst.endpoints.metrics, "metrics port not serving"
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.get(f"http://{inst.endpoints.metrics}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     return Scrape(r.text)
 
 
@@ -151,6 +151,47 @@ async def test_metric_values_after_known_traffic(one_instance: MemoryCluster, tm
     async with httpx.AsyncClient(base_url=c.rest[0]) as rest:
         same = Scrape((await rest.get("/metrics/")).text)
     assert same.value("modelmesh_api_request_milliseconds_count") == 9
+
+
+async def test_unregister_is_not_an_eviction_and_management_calls_are_not_inference(one_instance: MemoryCluster, tmp_path: Path) -> None:
+    c = one_instance
+    assert c.mesh is not None
+    [inst] = c.mesh.instances
+    assert (await scrape(inst)).value("modelmesh_invoke_model_milliseconds_count") == 0
+    async with grpc.aio.insecure_channel(c.grpc[0]) as ch:
+        stub = mm_grpc.ModelMeshStub(ch)
+        await _register(stub, "m", add_model(tmp_path / "m" / "model.onnx", 3.0, table_bytes=TABLE))
+        infer = ch.unary_unary(INFER)
+        for _ in range(5):
+            await infer(request_bytes("m"), timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await infer(request_bytes("nope"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        s = await scrape(inst)
+        assert s.value("modelmesh_api_request_milliseconds_count", method="ModelInfer", code="OK") == 5
+        # ModelMesh counts inference calls only: management calls are no API requests
+        assert s.value("modelmesh_api_request_milliseconds_count", method="registerModel") == 0
+        assert s.value("modelmesh_api_request_milliseconds_count") == 6
+        # a request's size is recorded whatever its outcome, a response's only when there is one
+        assert s.value("modelmesh_request_size_bytes_count") == 6
+        assert s.value("modelmesh_response_size_bytes_count") == 5
+        assert s.value("modelmux_placement_decisions_total", kind="load", reason="miss") == 1
+
+        await stub.unregisterModel(mm.UnregisterModelRequest(modelId="m"), timeout=30)
+
+        async def unloaded() -> bool:
+            g = await scrape(inst)
+            return g.value("modelmesh_unloadmodel_milliseconds_count") == 1 and g.value("modelmesh_instance_models_total") == 0
+
+        await wait_until(unloaded, 10, "unload observed")
+    s = await scrape(inst)
+    # unregistered, not evicted: no age at eviction
+    assert s.value("modelmesh_age_at_eviction_milliseconds_count") == 0
+    # the metrics port answers only GET /metrics
+    async with httpx.AsyncClient(timeout=10) as h:
+        assert inst.endpoints is not None
+        assert (await h.get(f"http://{inst.endpoints.metrics}/other")).status_code == 404
+        assert (await h.post(f"http://{inst.endpoints.metrics}/metrics", content=b"x")).status_code == 405
 
 
 async def test_forwarded_requests_count_once_and_per_model_labels(tmp_path: Path) -> None:

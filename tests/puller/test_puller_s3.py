@@ -166,7 +166,7 @@ async def test_budget_eviction_lru_and_held(tmp_path: Path, moto: MotoProcess, b
         await puller.release(a.key)
         await puller.release(b.key)
         again = await puller.stage(ref(bucket, "a.bin"))  # a is now the more recently used
-        assert again == a
+        assert again == a and again.from_cache and not a.from_cache
         await puller.release(a.key)
         c = await puller.stage(ref(bucket, "c.bin"))  # needs 2 MiB: evicts b, the least recently used
         assert not b.local_path.exists() and a.local_path.exists()
@@ -202,7 +202,7 @@ async def test_restart_with_a_warm_cache(tmp_path: Path, moto: MotoProcess, buck
         assert [a.key for a in usage.artifacts] == [y.key, x.key]  # LRU order survived
         assert all(a.holds == 0 for a in usage.artifacts) and usage.used_bytes == 2000
         again = await puller.stage(ref(bucket, "x.bin"))
-        assert again == x and counting.lists == 0 and not counting.fetches
+        assert again == x and again.from_cache and counting.lists == 0 and not counting.fetches
         client.put_object(Bucket=bucket, Key="z.bin", Body=b"z" * 1000)
         await puller.stage(ref(bucket, "z.bin"))  # needs 1000 bytes: y (LRU, unheld) goes
         assert not y.local_path.exists() and x.local_path.exists()

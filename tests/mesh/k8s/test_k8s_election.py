@@ -15,6 +15,7 @@ from test_k8s_controller import TABLE, loaded, predictor
 
 from mesh import Keys, Management
 from mesh._k8s import (
+    LEASE,
     Controller,
     ControllerSettings,
     ElectedController,
@@ -143,9 +144,9 @@ async def test_a_leader_that_cannot_renew_stops_reconciling(k8s_env: ControllerE
         # the API server refuses every Lease write from now on
         env.api.fail(lambda method, path: method == "PUT" and "/leases/" in path, times=10_000)
         t0 = asyncio.get_running_loop().time()
-        await wait_until(lambda: not a.runner.leading, 10, "a stops leading")
+        # it stops leading, and its controller (informers, workers) is stopped
+        await wait_until(lambda: not a.runner.leading and not ctl.started, 10, "a stops leading")
         assert asyncio.get_running_loop().time() - t0 <= FAST["renew_deadline_s"] + 2.0
-        assert not ctl.started  # its informers and workers are stopped
         # nothing reconciles while it cannot lead: a new object gets no status
         m1 = add_model(tmp_path / "m1" / "model.onnx", 1.0, table_bytes=TABLE)
         env.api.create(predictor("orphan", m1))
@@ -158,3 +159,70 @@ async def test_a_leader_that_cannot_renew_stops_reconciling(k8s_env: ControllerE
         assert a.status_writes > writes and len(a.controllers) == 2
     finally:
         await a.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _StaleKube(KubeClient):
+    """Answers ``get`` of the Lease with a snapshot taken earlier (a replica that read before another wrote)."""
+
+    stale: dict[str, Any] | None = None
+
+    async def get(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.stale if self.stale is not None else await super().get(kind, namespace, name)
+
+
+@memory_only
+async def test_expiry_on_the_candidates_own_clock_and_conflicting_writes(k8s_env: ControllerEnv) -> None:
+    """client-go semantics with injected clocks: a held Lease is taken only after a whole lease
+    duration without change as the candidate saw it; a write based on a stale read gets 409 and loses."""
+    env = k8s_env
+    s = _settings(env, "x")
+    ka, kb = KubeClient(build_api_client(s), s), KubeClient(build_api_client(s), s)
+    kc = _StaleKube(build_api_client(s), s)
+    ca, cb, cc = _Clock(), _Clock(), _Clock()
+    cb.t = 5.0  # clocks of different replicas need not agree
+    try:
+        a = LeaderElector(ka, "modelmux", "l", "a", clock=ca, **FAST)
+        b = LeaderElector(kb, "modelmux", "l", "b", clock=cb, **FAST)
+        c = LeaderElector(kc, "modelmux", "l", "c", clock=cc, **FAST)
+        assert await a.try_acquire_or_renew()
+        first = env.api.get("leases", "modelmux", "l")["spec"]  # type: ignore[index]
+        assert first["holderIdentity"] == "a" and first["leaseTransitions"] == 0 and first["acquireTime"]
+        assert not await b.try_acquire_or_renew()  # b starts observing
+        cb.t += 1.9
+        assert not await b.try_acquire_or_renew()  # not yet a lease duration (2 s) on b's clock
+        # a renews: b's observation restarts, so a full duration is needed again
+        ca.t += 1.0
+        assert await a.try_acquire_or_renew()
+        cb.t += 0.2
+        assert not await b.try_acquire_or_renew()
+        cb.t += 1.9
+        assert not await b.try_acquire_or_renew()
+        # a stops renewing: 2 s after b last saw a change, b takes over
+        kc.stale = await kb.get(LEASE, "modelmux", "l")  # c reads now ...
+        cb.t += 0.2
+        assert await b.try_acquire_or_renew()
+        taken = env.api.get("leases", "modelmux", "l")["spec"]  # type: ignore[index]
+        assert taken["holderIdentity"] == "b" and taken["leaseTransitions"] == 1
+        assert taken["acquireTime"] != first["acquireTime"]
+        # ... first only observes it; once that stale record looks expired on c's clock, c writes
+        # on it: the resourceVersion moved, 409, and c does not lead
+        assert not await c.try_acquire_or_renew()
+        updates = env.api.stats["update leases"]
+        cc.t += 10.0
+        assert not await c.try_acquire_or_renew()
+        assert env.api.stats["update leases"] == updates + 1  # it did try
+        assert env.api.get("leases", "modelmux", "l")["spec"]["holderIdentity"] == "b"  # type: ignore[index]
+        # the old leader sees b's record as fresh: it does not take it back
+        ca.t += 100.0
+        assert not await a.try_acquire_or_renew()
+    finally:
+        for k in (ka, kb, kc):
+            await k.close()
