@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from puller import Puller, StorageRef
+from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
 
 from ._metrics import Metrics
@@ -175,6 +175,8 @@ class Agent:
             version=self.version,
             shutting_down=self.shutting_down,
             started_at=self._started_at,
+            requests=self.router.counters.requests,
+            misses=self.router.counters.misses,
         )
 
     def _rpm(self, mid: str) -> float:
@@ -188,10 +190,12 @@ class Agent:
         m = self.metrics
         m.capacity.set(rec.capacity_bytes)
         m.used.set(rec.used_bytes)
+        m.used_bps.set(int(rec.used_bytes * 10_000 / rec.capacity_bytes) if rec.capacity_bytes else 0)
         m.instance_models.set(rec.model_count)
-        m.lru_age.set(max(self.clock() - rec.lru_oldest, 0.0) if rec.lru_oldest else 0.0)
-        m.models_managed.set(len(self.state.models.items))
-        m.models_loaded.set(sum(1 for mid in self.state.models.items if self.state.holders(mid)))
+        m.lru_age.set(int(max(self.clock() - rec.lru_oldest, 0.0)) if rec.lru_oldest else 0)
+        m.lru_time.set(int(rec.lru_oldest))
+        if m.reports_cluster:  # the cluster-wide gauges: only the instance that exports them counts
+            m.set_cluster(self.state.model_counts())
 
     async def _publish_instance(self, *, force: bool = False) -> None:
         rec = self._instance_record()
@@ -314,15 +318,12 @@ class Agent:
         start = time.monotonic()
         try:
             async with self._slots:
+                self.metrics.model(self.metrics.loading_queue_ms, mid).observe((time.monotonic() - start) * 1000)
                 adapter = self.adapters.for_type(rec.model_type)
                 copy.size_bytes = rec.predicted_size_bytes
                 await self._publish_copy_quiet(copy)
-                staged = await self.puller.stage(storage_ref(rec))
+                staged = await self._stage(rec)
                 copy.artifact_key = staged.key
-                if staged.from_cache:
-                    self.metrics.puller_hits.inc()
-                elif not staged.in_place:
-                    self.metrics.puller_bytes.inc(staged.size_bytes)
                 local_path = Path(staged.local_path)
                 # reserve what placement planned with (the registration's prediction), so that the
                 # agent and the leader agree on what fits; the adapter's own guess only fills in
@@ -341,14 +342,14 @@ class Agent:
             copy.since = self.clock()
             self.router.local[mid] = loaded
             self.counters.loads += 1
-            self.metrics.labels(self.metrics.load_ms, mid).observe(copy.load_time_s * 1000)  # type: ignore[union-attr]
-            self.metrics.loaded_size.observe(copy.size_bytes)
+            self.metrics.model(self.metrics.load_ms, mid).observe(copy.load_time_s * 1000)
+            self.metrics.model(self.metrics.loaded_size, mid).observe(copy.size_bytes)
             log.info("loaded %s in %.3fs (%d bytes)", mid, copy.load_time_s, copy.size_bytes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.counters.load_failures += 1
-            self.metrics.labels(self.metrics.load_failures, mid).inc()  # type: ignore[union-attr]
+            self.metrics.load_failures.inc()
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             log.warning("load of %s failed: %s", mid, reason)
             if copy.artifact_key:
@@ -366,6 +367,16 @@ class Agent:
         await self._publish_copy_quiet(copy)
         with contextlib.suppress(StoreError):
             await self._publish_instance()
+
+    async def _stage(self, rec: ModelRecord) -> StagedArtifact:
+        """Stage the artifact, counting pulls (and their bytes) and cache hits; local paths are served in place."""
+        staged = await self.puller.stage(storage_ref(rec))
+        if staged.from_cache:
+            self.metrics.puller_hits.inc()
+        elif not staged.in_place:
+            self.metrics.puller_pulls.inc()
+            self.metrics.puller_bytes.inc(staged.size_bytes)
+        return staged
 
     async def _publish_copy_quiet(self, copy: LocalCopy) -> None:
         try:
@@ -406,15 +417,18 @@ class Agent:
         copy.state = "unloading"
         self.router.local.pop(mid, None)
         if copy.loaded is not None:
-            usage = self.router.usage.get(mid)
-            last = usage.last_used if usage else copy.since
-            self.metrics.age_at_eviction_ms.observe(max(self.clock() - last, 0.0) * 1000)
+            if publish and mid in self.state.models.items:
+                # unassigned while still registered: evicted (or moved), not unregistered
+                usage = self.router.usage.get(mid)
+                last = usage.last_used if usage and usage.last_used else copy.since
+                self.metrics.model(self.metrics.age_at_eviction_ms, mid).observe(max(self.clock() - last, 0.0) * 1000)
             t0 = time.monotonic()
             try:
                 await copy.loaded.unload()
             except Exception:
+                self.metrics.unload_failures.inc()
                 log.exception("unload of %s failed", mid)
-            self.metrics.labels(self.metrics.unload_ms, mid).observe((time.monotonic() - t0) * 1000)  # type: ignore[union-attr]
+            self.metrics.model(self.metrics.unload_ms, mid).observe((time.monotonic() - t0) * 1000)
             self.counters.unloads += 1
         if copy.artifact_key:
             with contextlib.suppress(Exception):

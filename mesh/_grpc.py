@@ -23,7 +23,7 @@ from protos import model_mesh_pb2_grpc as mm_grpc
 from . import _codec
 from ._errors import InvalidRequest, ModelNotFound, status_for
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
-from ._metrics import Metrics
+from ._metrics import Metrics, code_name
 from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER, Router
 from ._wire import WireError, read_string_field
 
@@ -44,11 +44,8 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps every exception raised by a handler to its gRPC status, once; times every call
-    (``modelmesh_api_request_milliseconds`` by method and status code)."""
-
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics
+    """Maps every exception raised by a handler to its gRPC status, once. (Request metrics are
+    ModelMesh's: inference calls only, timed in :meth:`InferenceHandlers.model_infer`.)"""
 
     async def intercept_service(
         self,
@@ -59,14 +56,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        method = handler_call_details.method.rpartition("/")[2]
-        api_ms = self.metrics.api_ms if self.metrics is not None else None
         # request bytes are parsed here rather than by grpc, whose own parse failure answers INTERNAL
         deserialize = handler.request_deserializer
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            t0 = time.perf_counter()
-            code = grpc.StatusCode.OK
             try:
                 if deserialize is not None:
                     try:
@@ -75,29 +68,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         raise InvalidRequest(f"malformed request to {handler_call_details.method}: {exc}") from exc
                 return await inner(request, context)
             except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
             except grpc.aio.AioRpcError as exc:  # an error from a forwarded call: pass it through
-                code = exc.code()
                 await context.abort(exc.code(), exc.details() or "")
             except Exception as exc:
                 status, message = status_for(exc)
-                code = status.grpc
                 if status.grpc == grpc.StatusCode.INTERNAL and getattr(exc, "code", None) is None:
                     log.exception("unexpected error in %s", handler_call_details.method)
                 await context.abort(status.grpc, message)
-            finally:
-                if api_ms is not None:
-                    api_ms.labels(method, code.name).observe((time.perf_counter() - t0) * 1000)
 
         return handler._replace(unary_unary=wrapped, request_deserializer=None)
 
 
 class InferenceHandlers:
-    def __init__(self, router: Router, *, version: str = "") -> None:
+    def __init__(self, router: Router, *, version: str = "", metrics: Metrics | None = None) -> None:
         self.router = router
         self.version = version
         self.ready = True
+        self.metrics = metrics or router.metrics
 
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         md = _metadata(context)
@@ -109,13 +97,27 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        metrics = self.router.metrics
-        metrics.request_bytes.observe(len(payload))
-        out = await self.router.infer_bytes(
-            name, payload, timeout_s=context.time_remaining(), forwarded=FORWARDED_HEADER in md
-        )
-        metrics.response_bytes.observe(len(out))
-        return out
+        forwarded = FORWARDED_HEADER in md
+        if forwarded:  # a peer's request: counted as an API request where it entered the mesh
+            return await self.router.infer_bytes(name, payload, timeout_s=context.time_remaining(), forwarded=True)
+        t0 = time.perf_counter()
+        out = b""
+        error: BaseException | None = None
+        try:
+            out = await self.router.infer_bytes(name, payload, timeout_s=context.time_remaining())
+            return out
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.metrics.request(
+                external=True,
+                code=code_name(error),
+                elapsed_ms=(time.perf_counter() - t0) * 1000,
+                request_bytes=len(payload),
+                response_bytes=len(out) if error is None else -1,
+                **self.router.label_ids(name),
+            )
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -276,17 +278,17 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
 
 
 def build_grpc_server(
-    router: Router, management: Management, *, max_message_bytes: int, version: str = ""
+    router: Router, management: Management, *, max_message_bytes: int, version: str = "", metrics: Metrics | None = None
 ) -> tuple[grpc.aio.Server, InferenceHandlers]:
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(router.metrics)],
+        interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    inference = InferenceHandlers(router, version=version)
+    inference = InferenceHandlers(router, version=version, metrics=metrics)
     server.add_generic_rpc_handlers((inference.handler(),))
     mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management), server)
     return server, inference

@@ -21,6 +21,7 @@ from puller import Puller
 from runtime_adapters import AdapterRegistry
 
 from ._agent import Agent
+from ._dashboard import ClusterViews, TrafficSeries
 from ._grpc import build_grpc_server
 from ._leader import Leader
 from ._management import Management
@@ -79,8 +80,13 @@ class Instance:
         self.clock = clock
         self.instance_id = _instance_id(settings)
         self.version = _version()
-        self.metrics = Metrics()
+        self.metrics = Metrics(per_model_labels=settings.per_model_metrics)
+        self.metrics.report_cluster(lambda: self.leader is not None and self.leader.is_leader)
         self.state = ClusterState(store, self.keys, clock=clock)
+        self.series = TrafficSeries(self.state, clock=clock)
+        self.views = ClusterViews(
+            self.state, self.instance_id, is_leader=lambda: self.leader is not None and self.leader.is_leader, series=self.series, clock=clock
+        )
         self.router = Router(
             self.instance_id,
             self.state,
@@ -125,7 +131,7 @@ class Instance:
         s = self.settings
         await self._join_store()
         self._grpc, _ = build_grpc_server(
-            self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version
+            self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version, metrics=self.metrics
         )
         port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if port == 0:
@@ -145,6 +151,7 @@ class Instance:
                     "leader": lambda: self.leader.describe() if self.leader else {},
                     "self": self.describe,
                 },
+                views=self.views,
             )
             sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -165,6 +172,7 @@ class Instance:
         if s.metrics_port >= 0:
             self._metrics_server = await serve_metrics(s.host, s.metrics_port, self.metrics.registry)
             metrics_addr = f"{advertise}:{self._metrics_server.sockets[0].getsockname()[1]}"
+        self.series.start(s.dashboard_sample_s)
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr)
         self.agent = Agent(
             s,
@@ -237,6 +245,7 @@ class Instance:
             self._metrics_server = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+        await self.series.stop()
         await self.router.close()
         await self.state.stop()
         self.stopped.set()

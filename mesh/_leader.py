@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import deque
@@ -32,7 +33,16 @@ from placement import Action, ClusterView, PlacementError, Policy, TenantQuota
 
 from ._leader_view import ViewBuilder
 from ._metrics import Metrics
-from ._records import AssignmentRecord, Keys, LeaderRecord, MissRecord, VModelRecord, decode, encode
+from ._records import (
+    AssignmentRecord,
+    DecisionRecord,
+    Keys,
+    LeaderRecord,
+    MissRecord,
+    VModelRecord,
+    decode,
+    encode,
+)
 from ._state import ClusterState
 from ._store import Compare, Delete, Put, Store, StoreError
 from ._tasks import cancel_and_wait
@@ -40,6 +50,8 @@ from ._tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_SIZE = 1 << 20  # predicted size of a model with no local artifact and no measurement
+DECISION_LOG_SIZE = 2000  # decision records kept in the store (each one applied decision)
+_TRIM_BATCH = 25  # the log is trimmed once this many records over its size (bounded ops per transaction)
 
 
 @dataclass(frozen=True)
@@ -65,8 +77,10 @@ class Leader:
         default_model_size_bytes: int = DEFAULT_MODEL_SIZE,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        decision_log_size: int = DECISION_LOG_SIZE,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.decision_log_size = decision_log_size
         self.instance_id = instance_id
         self.store = store
         self.state = state
@@ -141,6 +155,7 @@ class Leader:
             self._views.stop()
             try:
                 await self._campaign()
+                self._next_seq = 0  # continue the decision log where the last leader left it
                 self._views.start()  # followed only while leading: a follower keeps no view
                 next_tick = time.monotonic()
                 while True:
@@ -210,7 +225,9 @@ class Leader:
                 ops.append(Put(key, encode(AssignmentRecord(mid, tuple(instances), reasons, now))))
             else:
                 ops.append(Delete(key))
-        ok, revision = await self.store.txn(compares, ops)
+        log_compares, log_ops = self._decision_log([(a.kind, a.model_id, a.instance_id, a.reason) for a in actions], now)
+        ok, revision = await self.store.txn([*compares, *log_compares], [*ops, *log_ops])
+        self._logged(ok and bool(log_ops))
         if ok:
             for a in actions:
                 self.decisions.append(Decision(now, a.kind, a.model_id, a.instance_id, a.reason))
@@ -222,6 +239,41 @@ class Leader:
         return ok
 
     _leader_rev = 0
+
+    # ------------------------------------------------------------ decision log
+
+    _next_seq = 0  # next decision-log sequence number; 0: derive it from the mirror
+
+    def _decision_log(self, actions: Sequence[tuple[str, str, str, str]], now: float) -> tuple[list[Compare], list[Put | Delete]]:
+        """The store ops that log a decision (kind, model, instance, reason per action) and trim the log.
+
+        Written in the same transaction as the change it records, so the log and the
+        assignments never disagree; the newest ``decision_log_size`` records are kept, the
+        oldest deleted in small batches.
+        """
+        if not actions:
+            return [], []
+        items = self.state.decisions.items
+        if not self._next_seq:
+            self._next_seq = max((int(k) for k in items if k.isdigit()), default=0) + 1
+        key = self.keys.decision(self._next_seq)
+        record = DecisionRecord(
+            seq=self._next_seq,
+            at=now,
+            leader=self.instance_id,
+            actions=tuple({"kind": k, "model_id": m, "instance_id": i, "reason": r} for k, m, i, r in actions),
+        )
+        ops: list[Put | Delete] = [Put(key, encode(record))]
+        excess = len(items) + 1 - self.decision_log_size
+        batch = max(1, min(_TRIM_BATCH, self.decision_log_size // 10))
+        if excess >= batch:
+            ops += [Delete(self.keys.decisions + k) for k in heapq.nsmallest(min(excess, 2 * batch), items)]
+        return [Compare(key, 0)], ops
+
+    def _logged(self, ok: bool) -> None:
+        # a failed transaction may have failed on our sequence number (another leader wrote it):
+        # derive it again from the mirror next time
+        self._next_seq = self._next_seq + 1 if ok else 0
 
     # ------------------------------------------------------------ misses
 
@@ -243,7 +295,13 @@ class Leader:
                     actions = self.policy.on_miss(view, mid)
                 except PlacementError as exc:
                     log.warning("cannot place %s: %s", mid, exc)
-                    await self.store.put(key, encode(replace(miss, error=str(exc), at=self.clock())))
+                    now = self.clock()
+                    log_compares, log_ops = self._decision_log([("reject", mid, "", str(exc)[:500])], now)
+                    ok, _ = await self.store.txn(log_compares, [Put(key, encode(replace(miss, error=str(exc), at=now))), *log_ops])
+                    self._logged(ok)
+                    if not ok:  # only the log entry can conflict: record the error without it
+                        await self.store.put(key, encode(replace(miss, error=str(exc), at=now)))
+                    self.metrics.decisions.labels("reject", "no_capacity").inc()
                     break
                 if await self.apply(actions, extra=[Delete(key)]):
                     break

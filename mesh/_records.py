@@ -16,7 +16,13 @@ key                                 written by                 content
 ``P/misses/{model}``                any router (create-only)   :class:`MissRecord` (load request)
 ``P/tenants/{tenant}``              management API             :class:`TenantRecord` (byte quota)
 ``P/leader``                        the leader (lease)         :class:`LeaderRecord`
+``P/decisions/{seq}``               placement leader           :class:`DecisionRecord` (log)
 ==================================  =========================  ==================================
+
+The decision log is written by the leader in the same transaction as the assignment
+changes it records (one record per applied decision, ``seq`` zero-padded so that keys sort
+in order), and trimmed by the leader to the newest records; every instance mirrors it, so
+any instance can show why a model is where it is.
 
 Desired state (assignments) and actual state (copies) are separate key families
 so that the scheduler and each agent write only their own keys: an agent never
@@ -75,6 +81,13 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}/leader"
 
+    @property
+    def decisions(self) -> str:
+        return f"{self.prefix}/decisions/"
+
+    def decision(self, seq: int) -> str:
+        return f"{self.decisions}{seq:012d}"
+
     def instance(self, iid: str) -> str:
         return self.instances + iid
 
@@ -114,6 +127,8 @@ class InstanceRecord:
     version: str = ""
     shutting_down: bool = False
     started_at: float = 0.0
+    requests: int = 0  # requests from clients since start (cumulative)
+    misses: int = 0  # loads this instance's router asked for (cumulative)
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,17 @@ class TenantRecord:
     max_bytes: int
     source: str = ""  # who set it: "api", or the Kubernetes object it came from
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision the placement leader applied: its actions, each a dict with ``kind``
+    (``load`` / ``unload`` / ``reject``), ``model_id``, ``instance_id`` and ``reason``."""
+
+    seq: int
+    at: float
+    leader: str
+    actions: tuple[dict[str, str], ...] = ()
 
 
 R = TypeVar("R")

@@ -19,6 +19,7 @@ from prometheus_client import make_asgi_app
 from runtime_adapters import InferResponse
 
 from . import _codec
+from ._dashboard import ClusterViews, install
 from ._errors import (
     ERROR_ROOTS,
     InvalidRequest,
@@ -29,7 +30,7 @@ from ._errors import (
 )
 from ._grpc import SERVER_NAME, model_metadata_pb
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, parse_bytes
-from ._metrics import Metrics
+from ._metrics import Metrics, code_name
 from ._router import Router
 
 _JSON_INLINE_LIMIT = 64 << 10  # parse bigger bodies off the event loop
@@ -54,7 +55,7 @@ def _vmodel_status_json(st: VModelStatus) -> dict[str, Any]:
     }
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def _read_json(request: Request, limit: int, sizes: list[int] | None = None) -> Any:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
@@ -66,6 +67,8 @@ async def _read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
+    if sizes is not None:
+        sizes.append(len(body))
     if not body:
         raise InvalidRequest("empty request body")
     try:
@@ -129,12 +132,15 @@ def build_rest_app(
     version: str = "",
     metrics: Metrics | None = None,
     extra: dict[str, Any] | None = None,
+    views: ClusterViews | None = None,
 ) -> FastAPI:
     app = FastAPI(title="modelmux", version=version, docs_url="/docs", redoc_url=None)
     if metrics is not None:
         app.mount("/metrics", make_asgi_app(metrics.registry))
 
     install_error_handler(app)
+    if views is not None:
+        install(app, views)
 
     # ---------------------------------------------------------------- V2
     @app.get("/v2")
@@ -166,17 +172,36 @@ def build_rest_app(
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> JSONResponse:
-        body = await _read_json(request, max_message_bytes)
-        req = _codec.infer_request_from_json(name, body)
-        result = await router.infer(name, req, timeout_s=_timeout(request))
-        if isinstance(result, InferResponse):
-            out = _codec.infer_response_to_json(result)
-        else:
-            out = _codec.pb_response_to_json(result)
-        out["model_name"] = name
-        if req.id:
-            out["id"] = req.id
-        return JSONResponse(out)
+        t0 = time.perf_counter()
+        sizes: list[int] = []
+        response: JSONResponse | None = None
+        error: BaseException | None = None
+        try:
+            body = await _read_json(request, max_message_bytes, sizes)
+            req = _codec.infer_request_from_json(name, body)
+            result = await router.infer(name, req, timeout_s=_timeout(request))
+            if isinstance(result, InferResponse):
+                out = _codec.infer_response_to_json(result)
+            else:
+                out = _codec.pb_response_to_json(result)
+            out["model_name"] = name
+            if req.id:
+                out["id"] = req.id
+            response = JSONResponse(out)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if metrics is not None:
+                metrics.request(
+                    external=True,
+                    code=code_name(error),
+                    elapsed_ms=(time.perf_counter() - t0) * 1000,
+                    request_bytes=sizes[0] if sizes else -1,
+                    response_bytes=len(response.body) if response is not None else -1,
+                    **router.label_ids(name),
+                )
 
     @app.post("/v2/models/{name}/versions/{version_id}/infer")
     async def infer_v(name: str, version_id: str, request: Request) -> JSONResponse:

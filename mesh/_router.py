@@ -22,7 +22,7 @@ from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotL
 from . import _codec
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
 from ._management import valid_id
-from ._metrics import Metrics
+from ._metrics import Metrics, code_name
 from ._records import Keys, MissRecord, encode
 from ._state import ClusterState
 
@@ -62,6 +62,7 @@ class UsageStats:
 
 @dataclass
 class RouterCounters:
+    requests: int = 0  # requests from clients (not forwarded to us by a peer)
     local: int = 0
     forwarded: int = 0
     misses: int = 0
@@ -146,6 +147,13 @@ class Router:
         self._unknown[name] = now + 1.0
         raise ModelNotFound(f"model '{name}' is not registered")
 
+    def label_ids(self, name: str) -> dict[str, str]:
+        """``model_id`` / ``vmodel_id`` metric labels of a requested name (empty unless per-model labels are on)."""
+        if not self.metrics.per_model_labels:
+            return {}
+        vm = self.state.vmodels.items.get(name)
+        return {"model_id": vm.active, "vmodel_id": name} if vm is not None else {"model_id": name, "vmodel_id": ""}
+
     def touch(self, model_id: str) -> None:
         st = self.usage.get(model_id)
         if st is None:
@@ -161,6 +169,8 @@ class Router:
     ) -> bytes:
         """Serve a serialized ModelInferRequest; returns a serialized ModelInferResponse."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
+        if not forwarded:
+            self.counters.requests += 1
         mid = self.state.resolve(name) or await self.resolve_fresh(name)
         model = self.local.get(mid)
         if model is not None:
@@ -177,6 +187,7 @@ class Router:
     async def infer(self, name: str, request: InferRequest, *, timeout_s: float | None) -> InferResponse | pb.ModelInferResponse:
         """Serve a decoded request (REST): local in process, remote as a forwarded gRPC call."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
+        self.counters.requests += 1
         mid = self.state.resolve(name) or await self.resolve_fresh(name)
         model = self.local.get(mid)
         if model is not None:
@@ -195,8 +206,16 @@ class Router:
         self.metrics.local_hits.inc()
         self.touch(mid)
         t0 = time.perf_counter()
-        resp = await model.infer(request)
-        self.metrics.labels(self.metrics.invoke_ms, mid).observe((time.perf_counter() - t0) * 1000)  # type: ignore[union-attr]
+        code = "OK"
+        try:
+            resp = await model.infer(request)
+        except BaseException as exc:
+            code = code_name(exc)
+            raise
+        finally:
+            self.metrics.request(
+                external=False, code=code, elapsed_ms=(time.perf_counter() - t0) * 1000, model_id=mid, vmodel_id=name if name != mid else ""
+            )
         if resp.model_name != name:
             resp = InferResponse(model_name=name, outputs=resp.outputs, id=request.id, model_version=resp.model_version)
         return resp
@@ -409,7 +428,7 @@ class Router:
                 raise ModelLoadFailed(f"model '{mid}' failed to load: {error}")
             if not ok:
                 raise DeadlineExceeded(f"model '{mid}' did not load within the request deadline")
-            self.metrics.cache_miss_ms.observe((time.perf_counter() - t0) * 1000)
+            self.metrics.model(self.metrics.cache_miss_ms, mid).observe((time.perf_counter() - t0) * 1000)
             fut.set_result(None)
         except BaseException as exc:
             if not fut.done():

@@ -20,6 +20,8 @@ class InstanceSettings(BaseSettings):
     grpc_port: int = 8033  # 0 picks a free port
     rest_port: int = 8008  # 0 picks a free port; -1 disables REST
     metrics_port: int = -1  # Prometheus on its own port (ModelMesh: 2112); 0 picks a free port; -1: only REST /metrics
+    per_model_metrics: bool = False  # modelId / vModelId labels on histograms (unbounded: off by default)
+    dashboard_sample_s: float = Field(default=2.0, gt=0)  # request rate / hit ratio sampling for the dashboard
     capacity_bytes: int = 1 * GiB
     loading_slots: int = Field(default=2, ge=1)
     zone: str = ""

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._metrics import ClusterCounts
 from ._records import (
     AssignmentRecord,
     CopyRecord,
+    DecisionRecord,
     InstanceRecord,
     Keys,
     MissRecord,
@@ -49,6 +51,9 @@ class ClusterState:
         self.copies: PrefixMirror[CopyRecord] = PrefixMirror(store, keys.copies, lambda k, v: decode(CopyRecord, v))
         self.misses: PrefixMirror[MissRecord] = PrefixMirror(store, keys.misses, lambda k, v: decode(MissRecord, v))
         self.tenants: PrefixMirror[TenantRecord] = PrefixMirror(store, keys.tenants, lambda k, v: decode(TenantRecord, v))
+        self.decisions: PrefixMirror[DecisionRecord] = PrefixMirror(
+            store, keys.decisions, lambda k, v: decode(DecisionRecord, v)
+        )
         self._mirrors: list[PrefixMirror[Any]] = [
             self.instances,
             self.models,
@@ -57,6 +62,7 @@ class ClusterState:
             self.copies,
             self.misses,
             self.tenants,
+            self.decisions,
         ]
         # derived indexes
         self._copies_by_model: dict[str, dict[str, CopyRecord]] = {}
@@ -126,6 +132,10 @@ class ClusterState:
     def copies_of(self, model_id: str) -> dict[str, CopyRecord]:
         return self._copies_by_model.get(model_id, {})
 
+    def copies_by_model(self) -> dict[str, dict[str, CopyRecord]]:
+        """Every copy record, by model then instance (read-only: the live index)."""
+        return self._copies_by_model
+
     def assigned(self, model_id: str) -> tuple[str, ...]:
         rec = self.assignments.items.get(model_id)
         return rec.instances if rec else ()
@@ -154,6 +164,18 @@ class ClusterState:
     def miss_error(self, model_id: str) -> str | None:
         rec = self.misses.items.get(model_id)
         return rec.error if rec is not None and rec.error else None
+
+    def model_counts(self) -> ClusterCounts:
+        """Registered models, those with a loaded copy, those with a recent load failure (O(copies))."""
+        models = self.models.items
+        now = self.clock()
+        failed = {
+            mid
+            for mid, copies in self._copies_by_model.items()
+            if mid in models and any(c.state == "failed" and c.failed_until > now for c in copies.values())
+        }
+        loaded = sum(1 for mid in self._holders if mid in models)
+        return ClusterCounts(loaded=loaded, with_failure=len(failed), managed=len(models))
 
     def referencing_vmodels(self, model_id: str) -> list[str]:
         return sorted(

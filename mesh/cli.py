@@ -22,6 +22,8 @@ app = typer.Typer(help="modelmux: serve thousands of models from a small pool of
 get_app = typer.Typer(help="List models, vmodels or instances of a running mesh.", no_args_is_help=True)
 app.add_typer(get_app, name="get")
 console = Console()
+err_console = Console(stderr=True)  # progress and spinners: stdout stays clean for -o json|yaml
+_BAR = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 ADDRESS_ENV = "MODELMUX_ADDRESS"
 
@@ -93,7 +95,10 @@ def serve(
         adapters = build_registry(AdapterSettings())
         inst = Instance(settings, st, adapters, puller, keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()))
         ep = await inst.start()
-        console.print(f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}  metrics {ep.metrics or '-'}")
+        console.print(
+            f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}  metrics {ep.metrics or '-'}"
+            + (f"  dashboard http://{ep.rest}/dashboard/" if ep.rest else "")
+        )
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"instance_id": inst.instance_id, "grpc": ep.grpc, "rest": ep.rest, "metrics": ep.metrics, "pid": os.getpid()}))
@@ -325,10 +330,22 @@ def register(
     load_now: Annotated[bool, typer.Option(help="load right away")] = False,
     address: AddressOpt = None,
 ) -> None:
-    """Register a model."""
+    """Register a model (with --load-now: wait, with a spinner, until it is loaded or failed)."""
+    import time
+
     with _client(address) as c:
-        out = _check(c.post(f"/v1/models/{model_id}", json={"modelInfo": {"type": type, "path": path, "key": key}, "loadNow": load_now, "sync": load_now}))
-    console.print(f"{model_id}: {out['status']}")
+        out = _check(c.post(f"/v1/models/{model_id}", json={"modelInfo": {"type": type, "path": path, "key": key}, "loadNow": load_now}))
+        if load_now:
+            with err_console.status(f"loading {model_id} ...") as status:
+                deadline = time.monotonic() + 600
+                while out["status"] in ("LOADING", "NOT_LOADED") and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    out = _check(c.get(f"/v1/models/{model_id}"))
+                    status.update(f"loading {model_id} ... {out['status'].lower()}")
+    colour = {"LOADED": "green", "LOADING_FAILED": "red"}.get(out["status"], "yellow")
+    console.print(f"{model_id}: [{colour}]{out['status']}[/]" + (f" ({'; '.join(out['errors'])})" if out.get("errors") else ""))
+    if out["status"] == "LOADING_FAILED":
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -352,35 +369,158 @@ def infer(
     sys.stdout.write(json.dumps(out, indent=2) + "\n")
 
 
+def _pages(c: Any, params: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """Model rows page by page (limit 0: all of them), with a progress bar for long listings."""
+    rows: list[dict[str, Any]] = []
+    page = 500 if not limit else min(limit, 500)
+    first = _check(c.get("/v1/cluster/models", params={**params, "offset": 0, "limit": page}))
+    rows += first["models"]
+    total = first["total"] if not limit else min(first["total"], limit)
+    if len(rows) >= total:
+        return rows[:total]
+    with Progress(*_BAR, console=err_console, transient=True) as prog:
+        t = prog.add_task("listing models", total=total, completed=len(rows))
+        while len(rows) < total:
+            more = _check(c.get("/v1/cluster/models", params={**params, "offset": len(rows), "limit": min(page, total - len(rows))}))
+            if not more["models"]:
+                break
+            rows += more["models"]
+            prog.update(t, completed=len(rows))
+    return rows[:total]
+
+
 @get_app.command("models")
-def get_models(address: AddressOpt = None, output: OutputOpt = "table") -> None:
+def get_models(
+    search: Annotated[str, typer.Option("--search", "-q", help="only model ids containing this")] = "",
+    state: Annotated[str, typer.Option(help="LOADED | LOADING | LOADING_FAILED | NOT_LOADED")] = "",
+    sort: Annotated[str, typer.Option(help="model | rpm | size | last_used")] = "model",
+    limit: Annotated[int, typer.Option(help="at most this many (0: all)")] = 0,
+    address: AddressOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Registered models: state, copies loaded / loading / failed, size, rate, last use, where."""
+    from ._dashboard import _render
+
     with _client(address) as c:
-        data = _check(c.get("/v1/models"))["models"]
-    t = Table()
-    for col in ("model", "type", "status", "copies", "size"):
-        t.add_column(col)
-    for m in data:
-        t.add_row(m["model_id"], m["type"], m["status"], ", ".join(f"{k}:{v}" for k, v in m["copies"].items()) or "-", _mb(m["size_bytes"]))
-    _emit(data, output, t)
+        rows = _pages(c, {"q": search, "state": state, "sort": sort}, limit)
+    _emit(rows, output, _render.models_table(rows))
 
 
-@get_app.command("instances")
-def get_instances(address: AddressOpt = None, output: OutputOpt = "table") -> None:
+@get_app.command("vmodels")
+def get_vmodels(address: AddressOpt = None, output: OutputOpt = "table") -> None:
+    """vModels: the model each one serves now and the one it is moving to."""
+    from ._dashboard import _render
+
     with _client(address) as c:
-        data = _check(c.get("/v1/instances"))["instances"]
-    t = Table()
-    for col in ("instance", "address", "used", "capacity", "models", "loading", "rpm"):
-        t.add_column(col)
-    for i in data:
-        t.add_row(i["instance_id"], i["address"], _mb(i["used_bytes"]), _mb(i["capacity_bytes"]), str(i["models"]), str(i["loading"]), str(i["rpm"]))
-    _emit(data, output, t)
+        rows = _check(c.get("/v1/vmodels"))["vmodels"]
+    _emit(rows, output, _render.vmodels_table(rows))
 
 
 @get_app.command("vmodel")
 def get_vmodel(name: str, address: AddressOpt = None, output: OutputOpt = "json") -> None:
+    """One vModel's status (ModelMesh's VModelStatusInfo)."""
     with _client(address) as c:
         data = _check(c.get(f"/v1/vmodels/{name}"))
     _emit(data, "json" if output == "table" else output, None)
+
+
+@get_app.command("instances")
+def get_instances(address: AddressOpt = None, output: OutputOpt = "table") -> None:
+    """Instances: memory used of capacity, models, loading, rate, the models each one holds (-o json)."""
+    from ._dashboard import _render
+
+    with _client(address) as c:
+        o = _check(c.get("/v1/cluster/overview"))
+    _emit(o["instances"], output, _render.instances_table(o["instances"], leader=o["leader"]))
+
+
+describe_app = typer.Typer(help="Everything about one object of a running mesh.", no_args_is_help=True)
+app.add_typer(describe_app, name="describe")
+
+
+@describe_app.command("model")
+def describe_model(
+    model_id: str,
+    history: Annotated[int, typer.Option(help="decisions of its history to show")] = 50,
+    address: AddressOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """A model's spec, copies (and why each is where it is), history of loads / evictions, last failure."""
+    from ._dashboard import _render
+
+    with _client(address) as c:
+        d = _check(c.get(f"/v1/models/{model_id}/describe", params={"history": history}))
+    if output == "table":
+        console.print(_render.describe(d))
+    else:
+        _emit(d, output, None)
+
+
+@app.command()
+def logs(
+    model: Annotated[str, typer.Option("--model", "-m", help="only this model")] = "",
+    instance: Annotated[str, typer.Option("--instance", "-i", help="only this instance")] = "",
+    kind: Annotated[str, typer.Option(help="load | unload | reject")] = "",
+    limit: Annotated[int, typer.Option("--limit", "-n", help="how many of the newest")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new decisions")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between polls with --follow")] = 1.0,
+    address: AddressOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """The placement decision log (loads, evictions, rejections, with reasons), oldest first."""
+    import time
+
+    from ._dashboard import _render
+
+    params: dict[str, Any] = {"model": model, "instance": instance, "kind": kind}
+    with _client(address) as c:
+        out = _check(c.get("/v1/decisions", params={**params, "limit": limit}))
+        rows = list(reversed(out["decisions"]))
+        if output != "table":
+            _emit(rows, output, None)
+        else:
+            for d in rows:
+                console.print(_render.decision_line(d))
+        last = out["last_seq"]
+        while follow:
+            time.sleep(interval)
+            out = _check(c.get("/v1/decisions", params={**params, "limit": 5000, "after": last}))
+            for d in reversed(out["decisions"]):
+                if output == "table":
+                    console.print(_render.decision_line(d))
+                else:
+                    sys.stdout.write(json.dumps(d) + "\n")
+                    sys.stdout.flush()
+            last = max(last, out["last_seq"])
+
+
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    limit: Annotated[int, typer.Option(help="hottest models and decisions shown")] = 10,
+    address: AddressOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """A live view of the mesh: instances with memory bars, hottest models, recent decisions."""
+    import time
+
+    from rich.live import Live
+
+    from ._dashboard import _render
+
+    with _client(address) as c:
+        o = _check(c.get("/v1/cluster/overview"))
+        if once or output != "table":
+            if output == "table":
+                console.print(_render.top(o, limit=limit))
+            else:
+                _emit(o, output, None)
+            return
+        with Live(_render.top(o, limit=limit), console=console, screen=False, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(_render.top(_check(c.get("/v1/cluster/overview")), limit=limit), refresh=True)
 
 
 @app.command()
@@ -405,7 +545,12 @@ def apply_cmd(
     from ._k8s import apply_files
 
     try:
-        results = apply_files(filename, _address(address), namespace=namespace, load_now=load_now, delete=delete)
+        with Progress(*_BAR, console=err_console, transient=True) as prog:
+            task = prog.add_task("applying", total=None)
+            results = apply_files(
+                filename, _address(address), namespace=namespace, load_now=load_now, delete=delete,
+                progress=lambda done, total: prog.update(task, completed=done, total=total),
+            )
     except Unavailable as exc:
         console.print(f"[red]error[/]: {exc.message}")
         raise typer.Exit(1) from exc

@@ -152,6 +152,8 @@ def test_instance_deployment_matches_the_agent() -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 8033, "http": 8008, "metrics": 2112}
     assert "--host=0.0.0.0" in c["args"] and "--grpc-port=8033" in c["args"] and "--rest-port=8008" in c["args"]
+    assert "--metrics-port=2112" in c["args"]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "2112"
     assert pod["automountServiceAccountToken"] is False
 
 
@@ -166,7 +168,7 @@ def test_services_expose_grpc_rest_and_metrics() -> None:
     svc = _one("Service", "modelmux")
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 8033, "http": 8008}
     metrics = _one("Service", "modelmux-metrics")
-    assert [p["port"] for p in metrics["spec"]["ports"]] == [2112]
+    assert [(p["port"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [(2112, "metrics")]
     dep = _one("Deployment", "modelmux")
     # the metrics Service reaches the instance's own metrics server
     container = dep["spec"]["template"]["spec"]["containers"][0]
