@@ -80,9 +80,14 @@ async def test_cli_shows_a_known_cluster(mesh2: MemoryCluster, tmp_path: Path) -
     r = await asyncio.to_thread(CliRunner().invoke, app, ["put-vmodel-is-not-a-command"])
     assert r.exit_code != 0
 
-    # get models: state, copies, size, where (the address may also come from the environment)
-    rows = json.loads(await cli("get", "models", "-o", "json", env={"MODELMUX_ADDRESS": mesh2.rest[1]}, address=False))
-    by_id = {m["model_id"]: m for m in rows}
+    # get models: state, copies, size, where (the address may also come from the environment);
+    # last use reaches the store with the agents' next usage report
+    async def rows_once_used() -> dict[str, Any] | None:
+        rows = json.loads(await cli("get", "models", "-o", "json", env={"MODELMUX_ADDRESS": mesh2.rest[1]}, address=False))
+        by_id = {m["model_id"]: m for m in rows}
+        return by_id if by_id.get("alpha", {}).get("last_used", 0) > 0 else None
+
+    by_id = await wait_until(rows_once_used, 10, "alpha's last use reported")
     assert sorted(by_id) == ["alpha", "beta", "broken", "gamma"]
     assert by_id["alpha"]["state"] == "LOADED" and by_id["alpha"]["copies"] == {"loaded": 1, "loading": 0, "failed": 0}
     assert by_id["beta"]["state"] == "LOADED" and len(by_id["beta"]["where"]) == 1
