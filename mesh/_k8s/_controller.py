@@ -429,7 +429,7 @@ class Controller:
         current = obj.get("status") or {}
         status = quota_status(
             desired,
-            self.management.tenant_usage().get(desired.tenant),
+            self.management.tenant_usage(desired.tenant).get(desired.tenant),
             generation=int(meta.get("generation") or 1),
             previous=current,
             now=self.clock(),
@@ -456,7 +456,8 @@ class Controller:
         src = source_of(ref)
         for name, rec in list(self.state.tenants.items.items()):
             if rec.source == src and name != keep:
-                await self.management.delete_tenant_quota(name)
+                # guarded: a quota set since by someone else (the API, another object) stays
+                await self.management.delete_tenant_quota(name, source=src)
 
     async def _unregister(self, vmodel: str, owner: str) -> None:
         try:

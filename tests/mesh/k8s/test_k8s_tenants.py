@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import pytest
 from cluster import wait_until
 from k8s_env import ControllerEnv
 from models import add_model
-from test_k8s_controller import TABLE, loaded, predictor
+from test_k8s_controller import TABLE, infer, loaded, predictor
 
 from mesh._k8s._tenants import QuotaRejection, QuotaSpec, owner_of, quota_spec, quota_status
 
@@ -140,3 +142,69 @@ async def test_tenant_quotas_from_the_cluster(k8s_env: ControllerEnv, tmp_path: 
     await env.wait(_ready(env, "also", "other", "QuotaSet"), what="the next claim is Ready")
     env.api.delete("tenantquotas", "other", "also")
     await wait_until(lambda: "team-a" not in tenants.items, 10, "quota gone with its last object")
+
+
+def _quota_is(env: ControllerEnv, name: str, ns: str, max_bytes: int) -> Any:
+    def check() -> bool:
+        st = env.status("tenantquotas", name, ns)
+        conds = st.get("conditions") or [{}]
+        return bool(st.get("maxBytes") == max_bytes and conds[0].get("reason") == "QuotaSet")
+
+    return check
+
+
+async def _max_bytes_is(rest: str, tenant: str, value: int) -> bool:
+    async with httpx.AsyncClient(base_url=rest, timeout=10) as c:
+        r = await c.get(f"/v1/tenants/{tenant}")
+        return r.status_code == 200 and r.json().get("max_bytes") == value
+
+
+async def _served(env: ControllerEnv, name: str, value: float) -> bool:
+    async with grpc.aio.insecure_channel(env.cluster.grpc[0]) as channel:
+        try:
+            return await infer(channel, name) == value
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+
+
+@memory_only
+async def test_a_predictor_over_its_quota_fails_clearly_and_loads_once_the_quota_is_raised(
+    k8s_env: ControllerEnv, tmp_path: Path
+) -> None:
+    env = k8s_env
+    await env.start_controller()
+    env.api.create(tq("tiny", "default", 1024, tenant="tiny"))
+    await env.wait(_quota_is(env, "tiny", "default", 1024), what="tiny's quota set")
+    for rest in env.cluster.rest:  # the leader may run on any instance: every one must see it
+        await wait_until(lambda rest=rest: _max_bytes_is(rest, "tiny", 1024), 20, "instances see tiny's quota")
+    env.api.create(predictor("small", add_model(tmp_path / "s" / "model.onnx", 1.0, table_bytes=TABLE)))
+    await env.wait(loaded(env, "small"), what="small Loaded")
+
+    # a model bigger than its tenant's whole quota: the Predictor's status and clients say so
+    big = predictor("big", add_model(tmp_path / "b" / "model.onnx", 2.0, table_bytes=TABLE))
+    big["metadata"]["annotations"] = {"modelmux.io/tenant-quota": "tiny"}
+    env.api.create(big)
+
+    def failed() -> bool:
+        st = env.status("predictors", "big")
+        return "quota" in ((st.get("lastFailureInfo") or {}).get("message") or "") and st.get("available") is not True
+
+    await env.wait(failed, what="big fails with a quota message")
+    await env.wait(lambda: env.status("tenantquotas", "tiny").get("models") == 1, what="big counted under tiny")
+    async with grpc.aio.insecure_channel(env.cluster.grpc[0]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await infer(channel, "big")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota" in (err.value.details() or "")
+        assert await infer(channel, "small") == 1.0  # the other tenant's model is untouched
+
+    # raising the quota lets it load on the next request: the remembered placement failure
+    # goes with the change, well before its TTL (failure_ttl_s, 30 s) would end
+    raised = env.api.get("tenantquotas", "default", "tiny")
+    assert raised is not None
+    raised["spec"]["maxBytes"] = "64Mi"
+    env.api.update(raised)
+    await env.wait(_quota_is(env, "tiny", "default", 64 << 20), what="tiny raised")
+    await wait_until(lambda: _served(env, "big", 2.0), 20, "big served once its quota fits")
+
