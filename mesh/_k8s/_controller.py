@@ -410,12 +410,13 @@ class Controller:
             return
         if TENANT_FINALIZER not in finalizers:
             obj = await self._set_finalizers(ref, obj, [*finalizers, TENANT_FINALIZER])
-        desired = quota_spec(obj)
+        naming = self.settings.vmodel_names
+        desired = quota_spec(obj, naming)
         conflict = ""
         keep = None
         if isinstance(desired, QuotaSpec):
             held = self.state.tenants.items.get(desired.tenant)
-            owner = owner_of(desired.tenant, inf.cache.values(), held.source if held is not None else "")
+            owner = owner_of(desired.tenant, inf.cache.values(), held.source if held is not None else "", naming)
             owner_ref = ObjectRef.of(owner) if owner is not None else None
             if owner_ref is not None and owner_ref != ref:
                 conflict = f"tenant {desired.tenant!r} already has its quota from {source_of(owner_ref)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from k8s_env import ControllerEnv
 from models import add_model
 from test_k8s_controller import TABLE, infer, loaded, predictor
 
+from mesh._k8s import ReconcileContext, Registration, Rejection, desired_state
 from mesh._k8s._tenants import QuotaRejection, QuotaSpec, owner_of, quota_spec, quota_status
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])
@@ -208,3 +210,62 @@ async def test_a_predictor_over_its_quota_fails_clearly_and_loads_once_the_quota
     await env.wait(_quota_is(env, "tiny", "default", 64 << 20), what="tiny raised")
     await wait_until(lambda: _served(env, "big", 2.0), 20, "big served once its quota fits")
 
+
+
+# ---------------------------------------------------------------- one mesh for every namespace
+
+
+def test_tenants_resolve_within_the_namespace_when_one_mesh_serves_all() -> None:
+    # one mesh per namespace: names as written
+    assert quota_spec(tq("q", "team-a", 1, tenant="gold")).tenant == "gold"
+    assert quota_spec(tq("q", "team-a", 1, tenant="team-b")).tenant == "team-b"
+    # one mesh for every namespace: a quota never reaches another namespace's tenant
+    assert quota_spec(tq("q", "team-a", 1), "namespace.name").tenant == "team-a"
+    assert quota_spec(tq("q", "team-a", 1, tenant="team-a"), "namespace.name").tenant == "team-a"
+    assert quota_spec(tq("q", "team-a", 1, tenant="gold"), "namespace.name").tenant == "team-a.gold"
+    assert quota_spec(tq("q", "team-a", 1, tenant="team-b"), "namespace.name").tenant == "team-a.team-b"
+    # so an older object elsewhere cannot take over a namespace's tenant
+    squatter = tq("s", "team-a", "1", tenant="team-b", created="2020-01-01T00:00:00Z")
+    own = tq("q", "team-b", "8Gi", created="2026-01-01T00:00:00Z")
+    assert owner_of("team-b", [squatter, own]) is squatter  # one mesh per namespace: names are shared
+    assert owner_of("team-b", [squatter, own], naming="namespace.name") is own
+
+    def tenant_of(annotations: dict[str, str], naming: Any, **spec: Any) -> str:
+        obj = predictor("m", "s3://b/m", namespace="team-a", **spec)
+        obj["metadata"]["annotations"] = annotations
+        d = desired_state(obj, ReconcileContext(naming=naming))
+        assert isinstance(d, Registration), d
+        return str(json.loads(d.info.key)["tenant"])
+
+    assert tenant_of({}, "name") == tenant_of({}, "namespace.name") == "team-a"
+    assert tenant_of({"modelmux.io/tenant-quota": "gold"}, "name") == "gold"
+    assert tenant_of({"modelmux.io/tenant-quota": "gold"}, "namespace.name") == "team-a.gold"
+    assert tenant_of({"modelmux.io/tenant-quota": "team-b"}, "namespace.name") == "team-a.team-b"
+    assert tenant_of({"modelmux.io/tenant-quota": "team-a"}, "namespace.name") == "team-a"
+    assert tenant_of({}, "namespace.name", tenant="silver") == "team-a.silver"
+    bad = predictor("m", "s3://b/m")
+    bad["metadata"]["annotations"] = {"modelmux.io/tenant-quota": "no spaces allowed"}
+    rej = desired_state(bad, ReconcileContext())
+    assert isinstance(rej, Rejection) and "tenant" in rej.message
+
+
+@memory_only
+async def test_one_mesh_for_every_namespace_keeps_each_namespace_to_its_own_quotas(k8s_env: ControllerEnv, tmp_path: Path) -> None:
+    env = k8s_env
+    ctl = await env.start_controller(namespace="", vmodel_names="namespace.name")
+    tenants = ctl.state.tenants
+    # namespace "intruder" names team-b's tenant, first: it gets a tenant of its own
+    env.api.create(tq("q", "intruder", 1024, tenant="team-b", created="2020-01-01T00:00:00Z"))
+    env.api.create(tq("q", "team-b", "64Mi"))
+    await env.wait(_quota_is(env, "q", "intruder", 1024), what="intruder's quota set")
+    await env.wait(_quota_is(env, "q", "team-b", 64 << 20), what="team-b's quota set, no conflict")
+    assert env.status("tenantquotas", "q", "intruder")["tenant"] == "intruder.team-b"
+    assert (tenants.items["team-b"].max_bytes, tenants.items["team-b"].source) == (64 << 20, "TenantQuota/team-b/q")
+    assert tenants.items["intruder.team-b"].max_bytes == 1024
+    # a Predictor of intruder that names team-b counts against intruder's tenant, not team-b's
+    m = predictor("m", add_model(tmp_path / "m" / "model.onnx", 1.0, table_bytes=TABLE), namespace="intruder")
+    m["metadata"]["annotations"] = {"modelmux.io/tenant-quota": "team-b"}
+    env.api.create(m)
+    await env.wait(lambda: env.status("tenantquotas", "q", "intruder").get("models") == 1, what="counted under intruder.team-b")
+    assert env.status("tenantquotas", "q", "team-b").get("models", 0) == 0
+    assert {r.tenant for r in ctl.state.models.items.values()} == {"intruder.team-b"}
