@@ -436,10 +436,13 @@ class Management:
 
     # ------------------------------------------------------------ tenants
 
-    def tenant_usage(self) -> dict[str, dict[str, int]]:
-        """Per tenant: bytes its assigned copies hold (measured size, else predicted) and model count."""
+    def tenant_usage(self, only: str | None = None) -> dict[str, dict[str, int]]:
+        """Per tenant (or only tenant ``only``): bytes its assigned copies hold (measured size,
+        else predicted) and model count."""
         usage: dict[str, dict[str, int]] = {}
         for mid, rec in self.state.models.items.items():
+            if only is not None and rec.tenant != only:
+                continue
             u = usage.setdefault(rec.tenant, {"used_bytes": 0, "models": 0, "copies": 0})
             u["models"] += 1
             assigned = self.state.assigned(mid)
@@ -470,7 +473,7 @@ class Management:
 
     def tenant(self, name: str) -> dict[str, Any]:
         rec = self.state.tenants.items.get(name)
-        usage = self.tenant_usage().get(name)
+        usage = self.tenant_usage(name).get(name)
         if rec is None and usage is None:
             raise TenantNotFound(f"tenant '{name}' has no quota and no models")
         return self._tenant_json(name, rec, usage)
@@ -485,14 +488,41 @@ class Management:
         rec = TenantRecord(name=name, max_bytes=max_bytes, source=source, updated_at=self.clock())
         try:
             await self.store.put(self.keys.tenant(name), encode(rec))
+            await self._forget_placement_failures(name)
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
-        return self._tenant_json(name, rec, self.tenant_usage().get(name))
+        return self._tenant_json(name, rec, self.tenant_usage(name).get(name))
 
-    async def delete_tenant_quota(self, name: str) -> bool:
-        """Remove a tenant's quota (its models stay registered); False when it had none."""
+    async def delete_tenant_quota(self, name: str, *, source: str | None = None) -> bool:
+        """Remove a tenant's quota (its models stay registered); False when it had none.
+
+        With ``source``, only a quota set by that source is removed (the Kubernetes
+        controller removes what its TenantQuota object wrote, never a quota set since by
+        someone else); the check and the delete are one transaction.
+        """
         validate_id("tenant", name)
+        key = self.keys.tenant(name)
         try:
-            return await self.store.delete(self.keys.tenant(name))
+            if source is None:
+                gone = await self.store.delete(key)
+            else:
+                kv = await self.store.get(key)
+                if kv is None or decode(TenantRecord, kv.value).source != source:
+                    return False
+                gone = await self.store.delete_if(key, kv.mod_revision)
+            if gone:
+                await self._forget_placement_failures(name)
+            return gone
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
+
+    async def _forget_placement_failures(self, tenant: str) -> None:
+        """A changed quota may make a model placeable that was not: drop the remembered
+        placement errors of the tenant's models (miss records with an error, each guarded by
+        its revision), so the next request asks placement again at once instead of failing
+        until the error's TTL ends."""
+        models = self.state.models.items
+        for mid, miss in list(self.state.misses.items.items()):
+            rec = models.get(mid)
+            if miss.error and rec is not None and rec.tenant == tenant:
+                await self.store.delete_if(self.keys.miss(mid), self.state.misses.revision_of(mid))

@@ -166,7 +166,8 @@ def _apply_one(
     ref = ObjectRef.of(obj, namespace)
     if ref.kind == TENANT_QUOTA.kind:
         try:
-            return _apply_quota(client, source, ref, {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": ref.namespace}}, delete=delete)
+            quota_obj = {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": ref.namespace}}
+            return _apply_quota(client, source, ref, quota_obj, ctx.naming, delete=delete)
         except httpx.TransportError as exc:
             raise Unavailable(f"cannot reach the mesh's REST API at {client.base_url}: {exc}") from exc
     if ref.kind not in MODEL_KINDS or not is_managed(obj):
@@ -220,9 +221,11 @@ def _register(client: httpx.Client, source: str, ref: ObjectRef, desired: Regist
     )
 
 
-def _apply_quota(client: httpx.Client, source: str, ref: ObjectRef, obj: dict[str, Any], *, delete: bool) -> ApplyResult:
+def _apply_quota(
+    client: httpx.Client, source: str, ref: ObjectRef, obj: dict[str, Any], naming: VModelNaming, *, delete: bool
+) -> ApplyResult:
     """A TenantQuota: the tenant's quota through ``/v1/tenants/{tenant}``."""
-    desired = quota_spec(obj)
+    desired = quota_spec(obj, naming)
     if isinstance(desired, QuotaRejection):
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "invalid", f"{ref}: {desired.reason}: {desired.message}")
     if delete:

@@ -410,12 +410,13 @@ class Controller:
             return
         if TENANT_FINALIZER not in finalizers:
             obj = await self._set_finalizers(ref, obj, [*finalizers, TENANT_FINALIZER])
-        desired = quota_spec(obj)
+        naming = self.settings.vmodel_names
+        desired = quota_spec(obj, naming)
         conflict = ""
         keep = None
         if isinstance(desired, QuotaSpec):
             held = self.state.tenants.items.get(desired.tenant)
-            owner = owner_of(desired.tenant, inf.cache.values(), held.source if held is not None else "")
+            owner = owner_of(desired.tenant, inf.cache.values(), held.source if held is not None else "", naming)
             owner_ref = ObjectRef.of(owner) if owner is not None else None
             if owner_ref is not None and owner_ref != ref:
                 conflict = f"tenant {desired.tenant!r} already has its quota from {source_of(owner_ref)}"
@@ -429,7 +430,7 @@ class Controller:
         current = obj.get("status") or {}
         status = quota_status(
             desired,
-            self.management.tenant_usage().get(desired.tenant),
+            self.management.tenant_usage(desired.tenant).get(desired.tenant),
             generation=int(meta.get("generation") or 1),
             previous=current,
             now=self.clock(),
@@ -456,7 +457,8 @@ class Controller:
         src = source_of(ref)
         for name, rec in list(self.state.tenants.items.items()):
             if rec.source == src and name != keep:
-                await self.management.delete_tenant_quota(name)
+                # guarded: a quota set since by someone else (the API, another object) stays
+                await self.management.delete_tenant_quota(name, source=src)
 
     async def _unregister(self, vmodel: str, owner: str) -> None:
         try:

@@ -21,7 +21,8 @@ Mapping (modelmesh-serving's scheme, facts taken from its controller):
 - ModelInfo: ``type`` = the model format name (lower case), ``path`` = the storage path or
   URI, ``key`` = JSON with ``storage_key``, ``storage_params``, ``schema_path``,
   ``model_type`` {name, version} (as modelmesh-serving sends) plus ours: ``tenant`` (the
-  namespace, or the ``modelmux.io/tenant-quota`` annotation), ``min_copies``,
+  namespace, or ``spec.tenant`` / the ``modelmux.io/tenant-quota`` annotation, resolved by
+  :func:`tenant_id`), ``min_copies``,
   ``max_copies``, ``pinned``, ``runtime``, ``protocol_version`` and ``options.device``
   (``gpu: required`` -> ``cuda``).
 
@@ -42,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .._errors import InvalidRequest
 from .._management import ModelInfoSpec, ModelStatus, VModelStatus, validate_id
 
 # ---------------------------------------------------------------- kinds and names
@@ -99,6 +101,21 @@ class ObjectRef:
 
 def vmodel_name(ref: ObjectRef, naming: VModelNaming) -> str:
     return ref.name if naming == "name" else f"{ref.namespace}.{ref.name}"
+
+
+def tenant_id(namespace: str, name: str, naming: VModelNaming) -> str:
+    """The mesh tenant that tenant name ``name`` (a TenantQuota's ``spec.tenant``, or a
+    model's tenant reference) written in ``namespace`` stands for.
+
+    ``name`` naming (one mesh per namespace): ``name`` itself. ``namespace.name`` naming (one
+    mesh for every namespace): ``<namespace>`` for the namespace's own quota (``name`` equal
+    to the namespace, every model's default) and ``<namespace>.<name>`` otherwise, so an
+    object can only ever count against a quota of its own namespace (namespaces are DNS
+    labels, without dots: the ids never collide).
+    """
+    if naming == "name" or name == namespace:
+        return name
+    return f"{namespace}.{name}"
 
 
 def owner_for(ref: ObjectRef) -> str:
@@ -434,7 +451,7 @@ def _check_runtime(model: _Model, runtimes: Mapping[str, Runtime]) -> str:
     return mtype
 
 
-def _extras(spec: Mapping[str, Any], annotations: Mapping[str, str], namespace: str) -> dict[str, Any]:
+def _extras(spec: Mapping[str, Any], annotations: Mapping[str, str], namespace: str, naming: VModelNaming) -> dict[str, Any]:
     """modelmux extras: CRD fields (Predictor) win over annotations."""
     out: dict[str, Any] = {}
     min_c = _int_extra(spec.get("minCopies"), "spec.minCopies")
@@ -455,7 +472,12 @@ def _extras(spec: Mapping[str, Any], annotations: Mapping[str, str], namespace: 
         out["max_copies"] = max_c
     if pinned:
         out["pinned"] = True
-    out["tenant"] = str(tenant)
+    tenant = tenant_id(namespace, str(tenant).strip(), naming)
+    try:
+        validate_id("tenant", tenant)
+    except InvalidRequest:
+        raise _Invalid(f"tenant {tenant!r} (spec.tenant or annotation {TENANT_ANNOTATION}) is not a valid name") from None
+    out["tenant"] = tenant
     return out
 
 
@@ -530,7 +552,7 @@ def desired_state(obj: Mapping[str, Any], ctx: ReconcileContext, *, default_name
         if not spec:
             raise _Invalid("spec is required")
         model = _predictor_model(spec) if kind is PREDICTOR else _isvc_model(spec, annotations)
-        extras = _extras(spec if kind is PREDICTOR else {}, annotations, ref.namespace)
+        extras = _extras(spec if kind is PREDICTOR else {}, annotations, ref.namespace, ctx.naming)
         info = _build(model, extras, ctx.runtimes_in(ref.namespace))
     except _Invalid as exc:
         return Rejection(ref, vmodel, owner, exc.reason, exc.message, generation=generation)

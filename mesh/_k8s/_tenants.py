@@ -6,6 +6,11 @@ tenant of every Predictor in N unless it names another through the
 quantity (``8Gi``, ``500M``). Pure mapping and status here; the controller applies it to
 the mesh store and writes the status back.
 
+With one mesh for every namespace (``vmodel_names="namespace.name"``) tenant names are
+resolved within the object's namespace (:func:`tenant_id`): N's own tenant is ``N`` and any
+other name ``t`` is ``N.t``, for quotas and Predictor references alike, so no namespace can
+claim, cap or use up another namespace's quota.
+
 When two objects claim one tenant, the one whose quota is in force keeps it (else the
 oldest by creation time, then namespace/name); the others report ``Ready=False,
 reason=Conflict`` and change nothing.
@@ -20,7 +25,7 @@ from typing import Any
 
 from .._errors import InvalidRequest
 from .._management import parse_bytes, validate_id
-from ._reconcile import Kind, ObjectRef
+from ._reconcile import Kind, ObjectRef, VModelNaming, tenant_id
 
 TENANT_QUOTA = Kind("TenantQuota", "modelmux.io", "v1alpha1", "tenantquotas", "")
 TENANT_FINALIZER = "modelmux.io/tenant-quota"
@@ -44,10 +49,11 @@ def source_of(ref: ObjectRef) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
 
 
-def quota_spec(obj: Mapping[str, Any]) -> QuotaSpec | QuotaRejection:
+def quota_spec(obj: Mapping[str, Any], naming: VModelNaming = "name") -> QuotaSpec | QuotaRejection:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
-    tenant = str(spec.get("tenant") or meta.get("namespace") or "default")
+    namespace = str(meta.get("namespace") or "default")
+    tenant = tenant_id(namespace, str(spec.get("tenant") or namespace), naming)
     try:
         validate_id("tenant", tenant)
         if "maxBytes" not in spec:
@@ -65,13 +71,15 @@ def _age_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(meta.get("creationTimestamp") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
-def owner_of(tenant: str, objects: Iterable[Mapping[str, Any]], incumbent: str = "") -> Mapping[str, Any] | None:
+def owner_of(
+    tenant: str, objects: Iterable[Mapping[str, Any]], incumbent: str = "", naming: VModelNaming = "name"
+) -> Mapping[str, Any] | None:
     """The object that owns ``tenant``'s quota among the live valid claims: the one whose quota
     is in force (``incumbent``: the store record's source) keeps it, else the oldest."""
     claims = [
         o for o in objects
         if not (o.get("metadata") or {}).get("deletionTimestamp")
-        and isinstance(s := quota_spec(o), QuotaSpec) and s.tenant == tenant
+        and isinstance(s := quota_spec(o, naming), QuotaSpec) and s.tenant == tenant
     ]
     for o in claims:
         if incumbent and source_of(ObjectRef.of(o)) == incumbent:

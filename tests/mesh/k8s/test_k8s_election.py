@@ -142,7 +142,15 @@ async def test_a_leader_that_cannot_renew_stops_reconciling(k8s_env: ControllerE
         await wait_until(lambda: a.runner.leading, 20, "a leads")
         ctl = a.controllers[0]
         # the API server refuses every Lease write from now on
-        env.api.fail(lambda method, path: method == "PUT" and "/leases/" in path, times=10_000)
+        refusals = [0]
+
+        def lease_write(method: str, path: str) -> bool:
+            if method == "PUT" and "/leases/" in path:
+                refusals[0] += 1
+                return True
+            return False
+
+        env.api.fail(lease_write, times=10_000)
         t0 = asyncio.get_running_loop().time()
         # it stops leading, and its controller (informers, workers) is stopped
         await wait_until(lambda: not a.runner.leading and not ctl.started, 10, "a stops leading")
@@ -151,7 +159,13 @@ async def test_a_leader_that_cannot_renew_stops_reconciling(k8s_env: ControllerE
         m1 = add_model(tmp_path / "m1" / "model.onnx", 1.0, table_bytes=TABLE)
         env.api.create(predictor("orphan", m1))
         writes = a.status_writes
+        # the replica keeps campaigning (two more refused Lease writes after the object came),
+        # and meanwhile nothing reconciled it
+        refused = refusals[0]
+        await wait_until(lambda: refusals[0] >= refused + 2, 10, "two more campaign attempts")
         assert not a.runner.leading and a.status_writes == writes
+        orphan = env.api.get("predictors", "default", "orphan") or {}
+        assert "status" not in orphan and not (orphan.get("metadata") or {}).get("finalizers")
         env.api.clear_faults()
         # once the API server answers again it leads again and catches up
         await wait_until(lambda: a.runner.leading, 20, "a leads again")

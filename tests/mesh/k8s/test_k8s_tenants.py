@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import pytest
 from cluster import wait_until
 from k8s_env import ControllerEnv
 from models import add_model
-from test_k8s_controller import TABLE, loaded, predictor
+from test_k8s_controller import TABLE, infer, loaded, predictor
 
+from mesh._k8s import ReconcileContext, Registration, Rejection, desired_state
 from mesh._k8s._tenants import QuotaRejection, QuotaSpec, owner_of, quota_spec, quota_status
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])
@@ -140,3 +144,128 @@ async def test_tenant_quotas_from_the_cluster(k8s_env: ControllerEnv, tmp_path: 
     await env.wait(_ready(env, "also", "other", "QuotaSet"), what="the next claim is Ready")
     env.api.delete("tenantquotas", "other", "also")
     await wait_until(lambda: "team-a" not in tenants.items, 10, "quota gone with its last object")
+
+
+def _quota_is(env: ControllerEnv, name: str, ns: str, max_bytes: int) -> Any:
+    def check() -> bool:
+        st = env.status("tenantquotas", name, ns)
+        conds = st.get("conditions") or [{}]
+        return bool(st.get("maxBytes") == max_bytes and conds[0].get("reason") == "QuotaSet")
+
+    return check
+
+
+async def _max_bytes_is(rest: str, tenant: str, value: int) -> bool:
+    async with httpx.AsyncClient(base_url=rest, timeout=10) as c:
+        r = await c.get(f"/v1/tenants/{tenant}")
+        return r.status_code == 200 and r.json().get("max_bytes") == value
+
+
+async def _served(env: ControllerEnv, name: str, value: float) -> bool:
+    async with grpc.aio.insecure_channel(env.cluster.grpc[0]) as channel:
+        try:
+            return await infer(channel, name) == value
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+
+
+@memory_only
+async def test_a_predictor_over_its_quota_fails_clearly_and_loads_once_the_quota_is_raised(
+    k8s_env: ControllerEnv, tmp_path: Path
+) -> None:
+    env = k8s_env
+    await env.start_controller()
+    env.api.create(tq("tiny", "default", 1024, tenant="tiny"))
+    await env.wait(_quota_is(env, "tiny", "default", 1024), what="tiny's quota set")
+    for rest in env.cluster.rest:  # the leader may run on any instance: every one must see it
+        await wait_until(lambda rest=rest: _max_bytes_is(rest, "tiny", 1024), 20, "instances see tiny's quota")
+    env.api.create(predictor("small", add_model(tmp_path / "s" / "model.onnx", 1.0, table_bytes=TABLE)))
+    await env.wait(loaded(env, "small"), what="small Loaded")
+
+    # a model bigger than its tenant's whole quota: the Predictor's status and clients say so
+    big = predictor("big", add_model(tmp_path / "b" / "model.onnx", 2.0, table_bytes=TABLE))
+    big["metadata"]["annotations"] = {"modelmux.io/tenant-quota": "tiny"}
+    env.api.create(big)
+
+    def failed() -> bool:
+        st = env.status("predictors", "big")
+        return "quota" in ((st.get("lastFailureInfo") or {}).get("message") or "") and st.get("available") is not True
+
+    await env.wait(failed, what="big fails with a quota message")
+    await env.wait(lambda: env.status("tenantquotas", "tiny").get("models") == 1, what="big counted under tiny")
+    async with grpc.aio.insecure_channel(env.cluster.grpc[0]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await infer(channel, "big")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota" in (err.value.details() or "")
+        assert await infer(channel, "small") == 1.0  # the other tenant's model is untouched
+
+    # raising the quota lets it load on the next request: the remembered placement failure
+    # goes with the change, well before its TTL (failure_ttl_s, 30 s) would end
+    raised = env.api.get("tenantquotas", "default", "tiny")
+    assert raised is not None
+    raised["spec"]["maxBytes"] = "64Mi"
+    env.api.update(raised)
+    await env.wait(_quota_is(env, "tiny", "default", 64 << 20), what="tiny raised")
+    await wait_until(lambda: _served(env, "big", 2.0), 20, "big served once its quota fits")
+
+
+
+# ---------------------------------------------------------------- one mesh for every namespace
+
+
+def test_tenants_resolve_within_the_namespace_when_one_mesh_serves_all() -> None:
+    # one mesh per namespace: names as written
+    assert quota_spec(tq("q", "team-a", 1, tenant="gold")).tenant == "gold"
+    assert quota_spec(tq("q", "team-a", 1, tenant="team-b")).tenant == "team-b"
+    # one mesh for every namespace: a quota never reaches another namespace's tenant
+    assert quota_spec(tq("q", "team-a", 1), "namespace.name").tenant == "team-a"
+    assert quota_spec(tq("q", "team-a", 1, tenant="team-a"), "namespace.name").tenant == "team-a"
+    assert quota_spec(tq("q", "team-a", 1, tenant="gold"), "namespace.name").tenant == "team-a.gold"
+    assert quota_spec(tq("q", "team-a", 1, tenant="team-b"), "namespace.name").tenant == "team-a.team-b"
+    # so an older object elsewhere cannot take over a namespace's tenant
+    squatter = tq("s", "team-a", "1", tenant="team-b", created="2020-01-01T00:00:00Z")
+    own = tq("q", "team-b", "8Gi", created="2026-01-01T00:00:00Z")
+    assert owner_of("team-b", [squatter, own]) is squatter  # one mesh per namespace: names are shared
+    assert owner_of("team-b", [squatter, own], naming="namespace.name") is own
+
+    def tenant_of(annotations: dict[str, str], naming: Any, **spec: Any) -> str:
+        obj = predictor("m", "s3://b/m", namespace="team-a", **spec)
+        obj["metadata"]["annotations"] = annotations
+        d = desired_state(obj, ReconcileContext(naming=naming))
+        assert isinstance(d, Registration), d
+        return str(json.loads(d.info.key)["tenant"])
+
+    assert tenant_of({}, "name") == tenant_of({}, "namespace.name") == "team-a"
+    assert tenant_of({"modelmux.io/tenant-quota": "gold"}, "name") == "gold"
+    assert tenant_of({"modelmux.io/tenant-quota": "gold"}, "namespace.name") == "team-a.gold"
+    assert tenant_of({"modelmux.io/tenant-quota": "team-b"}, "namespace.name") == "team-a.team-b"
+    assert tenant_of({"modelmux.io/tenant-quota": "team-a"}, "namespace.name") == "team-a"
+    assert tenant_of({}, "namespace.name", tenant="silver") == "team-a.silver"
+    bad = predictor("m", "s3://b/m")
+    bad["metadata"]["annotations"] = {"modelmux.io/tenant-quota": "no spaces allowed"}
+    rej = desired_state(bad, ReconcileContext())
+    assert isinstance(rej, Rejection) and "tenant" in rej.message
+
+
+@memory_only
+async def test_one_mesh_for_every_namespace_keeps_each_namespace_to_its_own_quotas(k8s_env: ControllerEnv, tmp_path: Path) -> None:
+    env = k8s_env
+    ctl = await env.start_controller(namespace="", vmodel_names="namespace.name")
+    tenants = ctl.state.tenants
+    # namespace "intruder" names team-b's tenant, first: it gets a tenant of its own
+    env.api.create(tq("q", "intruder", 1024, tenant="team-b", created="2020-01-01T00:00:00Z"))
+    env.api.create(tq("q", "team-b", "64Mi"))
+    await env.wait(_quota_is(env, "q", "intruder", 1024), what="intruder's quota set")
+    await env.wait(_quota_is(env, "q", "team-b", 64 << 20), what="team-b's quota set, no conflict")
+    assert env.status("tenantquotas", "q", "intruder")["tenant"] == "intruder.team-b"
+    assert (tenants.items["team-b"].max_bytes, tenants.items["team-b"].source) == (64 << 20, "TenantQuota/team-b/q")
+    assert tenants.items["intruder.team-b"].max_bytes == 1024
+    # a Predictor of intruder that names team-b counts against intruder's tenant, not team-b's
+    m = predictor("m", add_model(tmp_path / "m" / "model.onnx", 1.0, table_bytes=TABLE), namespace="intruder")
+    m["metadata"]["annotations"] = {"modelmux.io/tenant-quota": "team-b"}
+    env.api.create(m)
+    await env.wait(lambda: env.status("tenantquotas", "q", "intruder").get("models") == 1, what="counted under intruder.team-b")
+    assert env.status("tenantquotas", "q", "team-b").get("models", 0) == 0
+    assert {r.tenant for r in ctl.state.models.items.values()} == {"intruder.team-b"}
