@@ -55,8 +55,11 @@ class UsageStats:
             self.window_start += periods * window_s
             self.window_count = 0
             elapsed = now - self.window_start
-        if self.prev_count < 0:  # first window: what has been seen so far
-            return self.window_count * 60.0 / max(elapsed, 1.0)
+        if self.prev_count < 0:
+            # first window: the requests seen so far, over a whole window. Dividing by the time
+            # elapsed instead would read one request in its first second as 60 per minute, and
+            # give every one-off model a second copy.
+            return self.window_count * 60.0 / window_s
         return (self.prev_count * (1.0 - elapsed / window_s) + self.window_count) * 60.0 / window_s
 
 
