@@ -184,11 +184,11 @@ _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 def _json_value(datatype: str, values: Sequence[Any]) -> list[Any]:
     if datatype in _FLOAT_TYPES:
-        out = list(values)
-        if not all(map(math.isfinite, out)):
+        floats = list(values)
+        if not all(map(math.isfinite, floats)):
             # JSON has no NaN or infinity: write them as the protobuf JSON mapping does
-            return [v if math.isfinite(v) else _NON_FINITE[repr(float(v))] for v in out]
-        return out
+            return [v if math.isfinite(v) else _NON_FINITE[repr(float(v))] for v in floats]
+        return floats
     if datatype != "BYTES":
         return list(values)
     out: list[Any] = []
