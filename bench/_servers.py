@@ -1,10 +1,12 @@
-"""Server processes for the routing benchmark.
+"""Server processes for the benchmarks (each in its own process, started by the bench and stopped by SIGTERM).
 
-``python -m bench._servers bare --model P --ready F``: the same ONNX adapter behind a bare
-grpc.aio ModelInfer handler (parse, convert, infer, serialize: the baseline).
-``python -m bench._servers mesh --model P --ready F --instances N``: a local mesh of N
-instances; the model is loaded on instance 0 only, so instance 0 is a local hit and
-instance 1 a remote hit.
+``python -m bench._servers bare --type T --model P --ready F``: the model's adapter behind a bare
+grpc.aio ModelInfer handler and a bare FastAPI ``/v2/models/{name}/infer`` route (parse, convert,
+infer, serialize: the baseline, with the same codec modelmux uses and no routing).
+``python -m bench._servers mesh --type T --model P --ready F --instances N``: a local mesh of N
+instances over the memory store, one process; the model is loaded on one instance, which is
+listed first (a local hit); the others are remote hits (forwarded bytes).
+The ready file holds ``{"grpc": [...], "rest": [...]}``.
 """
 
 from __future__ import annotations
@@ -13,22 +15,28 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import grpc
+from fastapi import Request  # module level: FastAPI resolves the handler's annotations here
 
 
-async def bare(model: Path, ready: Path) -> None:
+async def bare(model_type: str, model: Path, ready: Path, name: str) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
     from mesh import _codec
-    from protos import grpc_predict_v2_pb2 as pb
     from runtime_adapters import AdapterSettings, ModelSpec, build_registry
 
     registry = build_registry(AdapterSettings())
-    loaded = await registry.for_type("onnx").load(ModelSpec(model_id="bench", model_type="onnx"), model)
+    loaded = await registry.for_type(model_type).load(ModelSpec(model_id=name, model_type=model_type), model)
 
     async def infer(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        msg = pb.ModelInferRequest.FromString(payload)
+        msg = _codec.parse_infer_request(payload)
         resp = await loaded.infer(_codec.infer_request_from_pb(msg))
         return _codec.infer_response_to_pb(resp).SerializeToString()
 
@@ -38,24 +46,73 @@ async def bare(model: Path, ready: Path) -> None:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    ready.write_text(json.dumps({"endpoints": [f"127.0.0.1:{port}"]}))
+
+    app = FastAPI()
+
+    @app.post("/v2/models/{name}/infer")
+    async def rest_infer(name: str, request: Request) -> JSONResponse:
+        req = _codec.infer_request_from_json(name, json.loads(await request.body()))
+        return JSONResponse(_codec.infer_response_to_json(await loaded.infer(req)))
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as modelmux's
+    sock.bind(("127.0.0.1", 0))
+    rest = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    task = asyncio.create_task(rest.serve(sockets=[sock]))
+    while not rest.started:  # uvicorn offers no event for this
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    ready.write_text(json.dumps({"grpc": [f"127.0.0.1:{port}"], "rest": [f"127.0.0.1:{sock.getsockname()[1]}"]}))
     await _wait_signal()
+    rest.should_exit = True
+    await task
     await server.stop(None)
 
 
-async def mesh(model: Path, ready: Path, instances: int) -> None:
+async def mesh(model_type: str, model: Path, ready: Path, instances: int, name: str) -> None:
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         config = LocalMeshConfig(instances=instances, data_dir=Path(tmp), allowed_roots=[model.parent])
         local = LocalMesh(config)
         await local.start()
-        # place the model on instance 0 explicitly: ask instance 0 to load it, and wait
         inst0 = local.instances[0]
-        await inst0.management.register_model("bench", ModelInfoSpec(type="onnx", path=str(model)), load_now=True, sync=True)
-        holders = inst0.state.holders("bench")
+        await inst0.management.register_model(name, ModelInfoSpec(type=model_type, path=str(model)), load_now=True, sync=True)
+        holders = inst0.state.holders(name)
         order = sorted(local.instances, key=lambda i: i.instance_id not in holders)
-        ready.write_text(json.dumps({"endpoints": [i.endpoints.grpc for i in order if i.endpoints]}))
+        eps: dict[str, Any] = {"grpc": [i.endpoints.grpc for i in order if i.endpoints],
+                               "rest": [i.endpoints.rest for i in order if i.endpoints]}
+        ready.write_text(json.dumps(eps))
+        await _wait_signal()
+        await local.stop()
+
+
+async def density(artifacts: Path, ready: Path, instances: int, models: int, capacity_bytes: int) -> None:
+    """A local mesh with ``models`` registered models over the ONNX files in ``artifacts`` (round robin)."""
+    import os
+
+    import psutil
+
+    from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
+
+    files = sorted(artifacts.glob("*/model.onnx"))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = LocalMeshConfig(instances=instances, capacity_bytes=capacity_bytes, data_dir=Path(tmp), allowed_roots=[artifacts],
+                                 instance_overrides={"publish_interval_s": 0.5})
+        local = LocalMesh(config)
+        await local.start()
+        m = local.instances[0].management
+        sem = asyncio.Semaphore(64)
+
+        async def reg(i: int) -> None:
+            async with sem:
+                await m.register_model(f"m{i}", ModelInfoSpec(type="onnx", path=str(files[i % len(files)])))
+
+        for start in range(0, models, 1000):
+            await asyncio.gather(*(reg(i) for i in range(start, min(start + 1000, models))))
+        ready.write_text(json.dumps({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],
+                                     "rest": [i.endpoints.rest for i in local.instances if i.endpoints],
+                                     "pid": os.getpid(), "rss": psutil.Process().memory_info().rss}))
         await _wait_signal()
         await local.stop()
 
@@ -70,15 +127,21 @@ async def _wait_signal() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["bare", "mesh"])
+    ap.add_argument("kind", choices=["bare", "mesh", "density"])
+    ap.add_argument("--type", default="onnx")
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--ready", type=Path, required=True)
     ap.add_argument("--instances", type=int, default=2)
+    ap.add_argument("--name", default="bench")
+    ap.add_argument("--models", type=int, default=10_000)
+    ap.add_argument("--capacity-bytes", type=int, default=32 << 20)
     a = ap.parse_args()
-    if a.kind == "bare":
-        asyncio.run(bare(a.model, a.ready))
+    if a.kind == "density":
+        asyncio.run(density(a.model, a.ready, a.instances, a.models, a.capacity_bytes))
+    elif a.kind == "bare":
+        asyncio.run(bare(a.type, a.model, a.ready, a.name))
     else:
-        asyncio.run(mesh(a.model, a.ready, a.instances))
+        asyncio.run(mesh(a.type, a.model, a.ready, a.instances, a.name))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 
-async def main_async(n: int) -> None:
+async def main_async(n: int) -> dict[str, float]:
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
     from mesh._demo import make_onnx
     from protos import grpc_predict_v2_pb2 as pb
@@ -63,18 +63,22 @@ async def main_async(n: int) -> None:
                         firsts.append((time.perf_counter() - t0) * 1000)
         finally:
             await mesh.stop()
-    lp50, fp50 = statistics.median(loads), statistics.median(firsts)
-    print(f"models: {n} ONNX (16x1024x4 MLP), one instance, memory store")
-    print(f"{'':<34}{'p50 ms':>9}{'max ms':>9}")
-    print(f"{'adapter.load (baseline)':<34}{lp50:>9.1f}{max(loads):>9.1f}")
-    print(f"{'first request through modelmux':<34}{fp50:>9.1f}{max(firsts):>9.1f}")
-    print(f"overhead p50: {fp50 - lp50:+.1f} ms (target <= +20 ms)")
+    return {"models": float(n), "load_p50_ms": statistics.median(loads), "load_max_ms": max(loads),
+            "first_p50_ms": statistics.median(firsts), "first_max_ms": max(firsts)}
+
+
+def run(n: int = 20) -> dict[str, float]:
+    return asyncio.run(main_async(n))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", type=int, default=20)
-    asyncio.run(main_async(ap.parse_args().models))
+    r = run(ap.parse_args().models)
+    print(f"models: {int(r['models'])} ONNX (16x1024x4 MLP), one instance, memory store")
+    print(f"adapter.load (baseline)          p50 {r['load_p50_ms']:.1f} ms  max {r['load_max_ms']:.1f} ms")
+    print(f"first request through modelmux   p50 {r['first_p50_ms']:.1f} ms  max {r['first_max_ms']:.1f} ms")
+    print(f"overhead p50: {r['first_p50_ms'] - r['load_p50_ms']:+.1f} ms (target <= +20 ms)")
 
 
 if __name__ == "__main__":
