@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -120,12 +119,7 @@ def run(duration: float = 5.0, rounds: int = 3, streams: int = 4, connections: i
             finally:
                 stop_server(mm)
         finally:
-            ml.send_signal(signal.SIGTERM)
-            try:
-                ml.wait(30)
-            except subprocess.TimeoutExpired:
-                ml.kill()
-                ml.wait(10)
+            stop_server(ml)
     results = {setup: {proto: _tools.median_of(rs) for proto, rs in by.items()} for setup, by in runs.items()}
     return {"results": results, "mlserver": mlserver_version(), "settings": ml_eps["settings"]}
 
