@@ -101,7 +101,12 @@ def parse_bytes(value: int | str, what: str = "size") -> int:
     if isinstance(value, str):
         m = _BYTES_RE.match(value)
         if m is not None:
-            return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+            number, unit = m.group(1), _UNITS[m.group(2) or ""]
+            # exact for integers (a float would turn a long one into infinity)
+            n = int(number) * unit if "." not in number else int(float(number) * unit)
+            if n > MAX_BYTES:
+                raise InvalidRequest(f"{what}: {value!r} is more than {MAX_BYTES} bytes")
+            return n
     raise InvalidRequest(f"{what}: expected bytes as an integer or a quantity like 512Mi or 8Gi, got {value!r}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
@@ -89,12 +90,21 @@ def _text(obj: dict[str, Any], key: str) -> str:
     return value
 
 
+_MAX_TIMEOUT_S = 24 * 3600.0
+
+
 def _timeout(request: Request) -> float | None:
+    """The request's timeout header in seconds; a value that is not a positive finite number is a 400."""
     value = request.headers.get("grpc-timeout") or request.headers.get("x-request-timeout")
+    if not value:
+        return None
     try:
-        return float(value) if value else None
+        t = float(value)
     except ValueError:
         return None
+    if not math.isfinite(t) or t <= 0:
+        raise InvalidRequest(f"timeout header {value!r} must be a positive number of seconds")
+    return min(t, _MAX_TIMEOUT_S)
 
 
 _GRPC_TO_HTTP = {

@@ -183,6 +183,8 @@ async def memory_cluster(tmp_path: Path) -> AsyncIterator[MemoryCluster]:
         ({"maxBytes": -5}, 400),
         ({"maxBytes": "lots"}, 400),
         ({"maxBytes": True}, 400),
+        ({"maxBytes": "9" * 400}, 400),  # exact, not a float overflow (was a 500)
+        ({"maxBytes": 1 << 63}, 400),
         ({}, 400),
         ({"maxBytes": "8Gi"}, 200),
         ({"maxBytes": "1.5G"}, 200),
