@@ -146,11 +146,11 @@ class ViewBuilder:
 
         size = 0
         if rec is not None:
-            measured = [c.size_bytes for c in copies.values() if c.size_measured and c.size_bytes > 0]
+            measured = st.measured_size(mid)
             mtype = rec.model_type
             self._type_of[mid] = mtype
             if measured:
-                size, is_measured = max(measured), True
+                size, is_measured = measured, True
                 if rec.predicted_size_bytes > 0:
                     self._samples.setdefault(mtype, {})[mid] = size / rec.predicted_size_bytes
                     self._samples_changed.add(mtype)

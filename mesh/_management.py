@@ -453,9 +453,7 @@ class Management:
             assigned = self.state.assigned(mid)
             if not assigned:
                 continue
-            copies = self.state.copies_of(mid)
-            measured = [c.size_bytes for c in copies.values() if c.size_measured and c.size_bytes > 0]
-            size = max(measured) if measured else rec.predicted_size_bytes
+            size = self.state.measured_size(mid) or rec.predicted_size_bytes
             u["used_bytes"] += size * len(assigned)
             u["copies"] += len(assigned)
         return usage

@@ -136,6 +136,10 @@ class ClusterState:
         """Every copy record, by model then instance (read-only: the live index)."""
         return self._copies_by_model
 
+    def measured_size(self, model_id: str) -> int:
+        """The largest size a copy of the model measured after loading (0 before any did)."""
+        return max((c.size_bytes for c in self.copies_of(model_id).values() if c.size_measured), default=0)
+
     def assigned(self, model_id: str) -> tuple[str, ...]:
         rec = self.assignments.items.get(model_id)
         return rec.instances if rec else ()

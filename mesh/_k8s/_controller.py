@@ -32,7 +32,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from .._errors import AlreadyExists, InvalidRequest, MeshError, ModelNotFound, PreconditionFailed
@@ -60,6 +59,7 @@ from ._reconcile import (
     desired_state,
     events_between,
     owner_for,
+    rfc3339,
     runtimes_by_namespace,
     status_from_json,
     status_json,
@@ -522,7 +522,7 @@ class Controller:
 
     async def _emit(self, ref: ObjectRef, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
-        stamp = datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(self.clock())
         event = {
             "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace},
             "involvedObject": {

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from .._errors import InvalidRequest
 from .._management import parse_bytes, validate_id
-from ._reconcile import Kind, ObjectRef, VModelNaming, tenant_id
+from ._reconcile import Kind, ObjectRef, VModelNaming, rfc3339, tenant_id
 
 TENANT_QUOTA = Kind("TenantQuota", "modelmux.io", "v1alpha1", "tenantquotas", "")
 TENANT_FINALIZER = "modelmux.io/tenant-quota"
@@ -87,10 +86,6 @@ def owner_of(
     return min(claims, key=_age_key) if claims else None
 
 
-def _stamp(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def quota_status(
     desired: QuotaSpec | QuotaRejection,
     usage: Mapping[str, int] | None,
@@ -115,7 +110,7 @@ def quota_status(
         "status": ready,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": prev_cond.get("lastTransitionTime") if same and prev_cond else _stamp(now),
+        "lastTransitionTime": prev_cond.get("lastTransitionTime") if same and prev_cond else rfc3339(now),
         "observedGeneration": generation,
     }
     return {
