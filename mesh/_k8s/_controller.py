@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._errors import AlreadyExists, InvalidRequest, MeshError, ModelNotFound, PreconditionFailed
+from .._http_tiny import Answer, serve_http
 from .._management import Management
 from .._records import Keys
 from .._state import ClusterState
@@ -617,23 +618,11 @@ class ElectedController:
 async def _serve_health(host: str, port: int, ready: Callable[[], bool]) -> asyncio.Server:
     """``/healthz`` (always 200 while the loop runs) and ``/readyz`` (200 once synced)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
-            path = line.split()[1].decode() if len(line.split()) > 1 else "/"
-            ok = path.startswith("/healthz") or (path.startswith("/readyz") and ready())
-            body = b"ok\n" if ok else b"not ready\n"
-            head = f"HTTP/1.1 {'200 OK' if ok else '503 Service Unavailable'}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, OSError, IndexError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    def route(_method: str, path: str) -> Answer:
+        ok = path.startswith("/healthz") or (path.startswith("/readyz") and ready())
+        return ("200 OK", "text/plain", b"ok\n") if ok else ("503 Service Unavailable", "text/plain", b"not ready\n")
 
-    return await asyncio.start_server(handle, host, port)
+    return await serve_http(host, port, route, read_timeout_s=5.0)
 
 
 async def run_controller(
