@@ -4,7 +4,7 @@ Run: ``python -m bench.bench_control [--models 100000]``. One instance over the 
 this process. Registration rate: 5,000 models through the gRPC management API (registerModel,
 32 in flight, client in the same process), then the rest through the same management code
 in process, up to ``--models``. Memory: the deep size (every object reached, counted once) of
-the instance's view of models, vModels and copies (``ClusterState``: the mirrors the router
+the instance's view of models, vModels and copies (``ClusterMirror``: the mirrors the router
 resolves names with, their revisions and derived indexes) divided by the number of models;
 baseline in the same run: the same view before registration. The process's RSS growth is
 shown too; it also counts the memory store's own copy of every record and the placement

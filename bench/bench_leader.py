@@ -3,7 +3,7 @@
 Run: ``python -m bench.bench_leader [--models 100000 --instances 100 --loaded 0.05 --misses 300]``.
 
 A memory store is filled with N registered models over I instances, a fraction of them
-assigned and loaded; the leader's :class:`~mesh._leader_view.ViewBuilder` follows the store
+assigned and loaded; the leader's :class:`~mesh._placement_view.PlacementViewBuilder` follows the store
 through the same mirrors a live instance uses. Each round changes one copy record (as a
 traffic report would) and then answers a miss for an unassigned model: time of view +
 ``Policy.on_miss``. The baseline, measured in the same run, is a view built from every record
@@ -19,10 +19,17 @@ import random
 import statistics
 import time
 
-from mesh._leader_view import ViewBuilder
-from mesh._records import AssignmentRecord, CopyRecord, InstanceRecord, Keys, ModelRecord, encode
-from mesh._state import ClusterState
+from mesh._cluster_mirror import ClusterMirror
+from mesh._placement_view import PlacementViewBuilder
 from mesh._store import MemoryStore
+from mesh._store_schema import (
+    AssignmentRecord,
+    CopyRecord,
+    InstanceRecord,
+    Keys,
+    ModelRecord,
+    encode,
+)
 from placement import Policy, PolicySettings
 
 MiB = 1 << 20
@@ -52,10 +59,10 @@ async def run(n_models: int, n_inst: int, loaded: float, misses: int) -> dict[st
                 keys.copy(mid, iid),
                 encode(CopyRecord(model_id=mid, instance_id=iid, state="loaded", since=now - 3600, size_bytes=MiB, size_measured=True, last_used=now - rnd.random() * 3000)),
             )
-    state = ClusterState(store, keys)
+    state = ClusterMirror(store, keys)
     await state.start()
     policy = Policy(PolicySettings())
-    builder = ViewBuilder(state, policy, default_model_size_bytes=MiB, clock=time.time)
+    builder = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=time.time)
     builder.start()
     t0 = time.perf_counter()
     builder.view()
@@ -78,7 +85,7 @@ async def run(n_models: int, n_inst: int, loaded: float, misses: int) -> dict[st
         assert any(a.kind == "load" and a.model_id == target for a in actions)
         if k < 10:  # the baseline is slow: a few rounds suffice
             t0 = time.perf_counter()
-            fresh = ViewBuilder(state, policy, default_model_size_bytes=MiB, clock=time.time)
+            fresh = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=time.time)
             policy.on_miss(fresh.view(), target)
             full.append(time.perf_counter() - t0)
     builder.stop()

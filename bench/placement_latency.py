@@ -152,7 +152,7 @@ def section(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
         f"{platform.machine()} ({os.cpu_count()} CPUs, Python {platform.python_version()}); {time.strftime('%Y-%m-%d')}. "
         f"{args.instances} instances, {args.models:,} models, capacity {args.capacity:.0%} of the requested bytes, "
         f"Zipf {args.alpha:g}; the view and the eviction index are kept incrementally (as the leader's "
-        f"`mesh/_leader_view.py` does); calls timed after the first {args.warmup:.0%} of the requests "
+        f"`mesh/_placement_view.py` does); calls timed after the first {args.warmup:.0%} of the requests "
         f"(the cluster is full by then), ticks every {args.tick_s:g} virtual seconds"
         + ("; `gc.freeze()` after the warm-up." if args.gc_freeze else "; garbage collector as is.")
         + " Baseline in the same run: `on_tick` reading every model (before the watch set), every "

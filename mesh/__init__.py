@@ -1,6 +1,6 @@
 """modelmux instances: router, agent, placement leader, V2 gRPC + REST servers, management API, store clients, CLI.
 
-The store key layout is documented in :mod:`mesh._records`.
+The store key layout is documented in :mod:`mesh._store_schema`.
 """
 
 from ._errors import (
@@ -22,9 +22,9 @@ from ._errors import (
 from ._instance import Endpoints, Instance
 from ._local import LocalMesh, LocalMeshConfig
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
-from ._records import Keys
 from ._settings import InstanceSettings
 from ._store import PrefixMirror, Store, StoreSettings, build_store
+from ._store_schema import Keys
 
 __all__ = [
     "STATUS_TABLE",

@@ -26,12 +26,12 @@ from typing import Any
 from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
 
+from ._cluster_mirror import ClusterMirror
 from ._metrics import Metrics
-from ._records import CopyRecord, InstanceRecord, Keys, ModelRecord, encode
 from ._router import Router
 from ._settings import InstanceSettings
-from ._state import ClusterState
 from ._store import LeaseExpired, Store, StoreError
+from ._store_schema import CopyRecord, InstanceRecord, Keys, ModelRecord, encode
 from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Agent:
         instance_id: str,
         address: str,
         store: Store,
-        state: ClusterState,
+        state: ClusterMirror,
         router: Router,
         adapters: AdapterRegistry,
         puller: Puller,

@@ -21,18 +21,18 @@ from puller import Puller
 from runtime_adapters import AdapterRegistry
 
 from ._agent import Agent
-from ._dashboard import ClusterViews, TrafficSeries
-from ._grpc import build_grpc_server
+from ._cluster_mirror import ClusterMirror
+from ._dashboard import ClusterOverview, TrafficSeries
+from ._grpc_edge import build_grpc_server
 from ._leader import Leader
 from ._management import Management
 from ._metrics import Metrics
 from ._metrics_http import serve_metrics
-from ._records import Keys
-from ._rest import build_rest_app
+from ._rest_edge import build_rest_app
 from ._router import Router
 from ._settings import InstanceSettings
-from ._state import ClusterState
 from ._store import Store, StoreError
+from ._store_schema import Keys
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class Instance:
         self.version = _version()
         self.metrics = Metrics(per_model_labels=settings.per_model_metrics)
         self.metrics.report_cluster(lambda: self.leader is not None and self.leader.is_leader)
-        self.state = ClusterState(store, self.keys, clock=clock)
+        self.state = ClusterMirror(store, self.keys, clock=clock)
         self.series = TrafficSeries(self.state, clock=clock)
-        self.views = ClusterViews(
+        self.views = ClusterOverview(
             self.state, self.instance_id, is_leader=lambda: self.leader is not None and self.leader.is_leader, series=self.series, clock=clock
         )
         self.router = Router(

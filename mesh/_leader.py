@@ -31,9 +31,11 @@ from typing import Any
 
 from placement import Action, ClusterView, PlacementError, Policy, TenantQuota
 
-from ._leader_view import ViewBuilder
+from ._cluster_mirror import ClusterMirror
 from ._metrics import Metrics
-from ._records import (
+from ._placement_view import PlacementViewBuilder
+from ._store import Compare, Delete, Put, Store, StoreError
+from ._store_schema import (
     AssignmentRecord,
     DecisionRecord,
     Keys,
@@ -43,8 +45,6 @@ from ._records import (
     decode,
     encode,
 )
-from ._state import ClusterState
-from ._store import Compare, Delete, Put, Store, StoreError
 from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Leader:
         self,
         instance_id: str,
         store: Store,
-        state: ClusterState,
+        state: ClusterMirror,
         policy: Policy,
         lease: Callable[[], int],
         *,
@@ -96,7 +96,7 @@ class Leader:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unsubs: list[Callable[[], None]] = []
-        self._views = ViewBuilder(state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock)
+        self._views = PlacementViewBuilder(state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock)
 
     async def start(self) -> None:
         self._unsubs.append(self.state.vmodels.subscribe(self._on_vmodels))
@@ -191,7 +191,7 @@ class Leader:
     # ------------------------------------------------------------ view
 
     def view(self) -> ClusterView:
-        """The current cluster view (incrementally maintained: see :mod:`mesh._leader_view`)."""
+        """The current cluster view (incrementally maintained: see :mod:`mesh._placement_view`)."""
         quotas = {n: TenantQuota(n, r.max_bytes) for n, r in self.state.tenants.items.items()}
         return self._views.view(quotas)
 

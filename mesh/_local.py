@@ -14,9 +14,9 @@ from puller import Puller, PullerSettings
 from runtime_adapters import AdapterSettings, build_registry
 
 from ._instance import Instance
-from ._records import Keys
 from ._settings import InstanceSettings
 from ._store import Store, StoreSettings, build_store
+from ._store_schema import Keys
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ._cluster_mirror import ClusterMirror
 from ._errors import (
     AlreadyExists,
     InvalidRequest,
@@ -23,9 +24,8 @@ from ._errors import (
     Unavailable,
     VModelNotFound,
 )
-from ._records import MissRecord, ModelRecord, TenantRecord, VModelRecord, decode, encode
-from ._state import ClusterState
 from ._store import Compare, Delete, Put, StoreError
+from ._store_schema import MissRecord, ModelRecord, TenantRecord, VModelRecord, decode, encode
 
 # bounds on numbers a client sets, so that no later float or int64 conversion (placement, etcd) overflows
 MAX_BYTES = 1 << 62
@@ -206,7 +206,7 @@ def _same_spec(a: ModelRecord, b: ModelRecord) -> bool:
 
 
 class Management:
-    def __init__(self, state: ClusterState, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state: ClusterMirror, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.store = state.store
         self.keys = state.keys

@@ -1,7 +1,7 @@
 """The router: resolve a name to a model, then serve locally, forward, or trigger a load.
 
 Hot path for a loaded model: one vModel/model look-up and one holders look-up in
-the in-memory :class:`ClusterState`; a local copy is served in process, a remote
+the in-memory :class:`ClusterMirror`; a local copy is served in process, a remote
 one gets the request bytes forwarded unparsed over a cached channel. Nothing on
 this path touches the store.
 """
@@ -20,11 +20,11 @@ from protos import grpc_predict_v2_pb2 as pb
 from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotLoaded
 
 from . import _codec
+from ._cluster_mirror import ClusterMirror
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
 from ._management import valid_id
 from ._metrics import Metrics, code_name
-from ._records import Keys, MissRecord, encode
-from ._state import ClusterState
+from ._store_schema import Keys, MissRecord, encode
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Router:
     def __init__(
         self,
         instance_id: str,
-        state: ClusterState,
+        state: ClusterMirror,
         *,
         forward_attempts: int = 3,
         default_deadline_s: float = 60.0,

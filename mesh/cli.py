@@ -61,9 +61,9 @@ def serve(
     from runtime_adapters import AdapterSettings, build_registry
 
     from ._instance import Instance
-    from ._records import Keys
     from ._settings import InstanceSettings
     from ._store import StoreSettings, build_store
+    from ._store_schema import Keys
 
     overrides: dict[str, Any] = {"host": host, "grpc_port": grpc_port, "rest_port": rest_port}
     if metrics_port is not None:

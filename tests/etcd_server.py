@@ -6,11 +6,11 @@ and data directory (for "store down, then back" tests).
 
 Fixtures (import them into a conftest to use them)::
 
-    from etcd_server import etcd_factory, etcd_server, key_prefix, store  # noqa: F401
+    from tests.etcd_server import etcd_factory, etcd_server, key_prefix, store  # noqa: F401
 
 and, to enforce the ``etcd`` mark on tests that use none of them::
 
-    from etcd_server import check_etcd_marker
+    from tests.etcd_server import check_etcd_marker
 
     def pytest_runtest_setup(item):
         check_etcd_marker(item)

@@ -3,7 +3,7 @@
 Every instance serves them (any instance can answer: they read only the instance's mirrors
 of the store, never the store itself, and never anything on the request path):
 
-* :class:`ClusterViews` - models (searchable, paged), vModels, instances with their copies,
+* :class:`ClusterOverview` - models (searchable, paged), vModels, instances with their copies,
   one model described (copies, assignment, history, last failure), the placement decision
   log (``decisions/`` keys, written by the leader with each change).
 * :class:`TrafficSeries` - a small ring of samples of the cluster's request rate and hit
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._records import CopyRecord, DecisionRecord, InstanceRecord, ModelRecord
-from .._state import ClusterState
+from .._cluster_mirror import ClusterMirror
+from .._store_schema import CopyRecord, DecisionRecord, InstanceRecord, ModelRecord
 from .._tasks import cancel_and_wait
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -66,12 +66,12 @@ def _flatten(records: Iterable[DecisionRecord]) -> Iterator[dict[str, Any]]:
             yield {"seq": rec.seq, "at": rec.at, "leader": rec.leader, **a}
 
 
-class ClusterViews:
-    """JSON-ready read models over one instance's :class:`ClusterState` (O(models) at most, no I/O)."""
+class ClusterOverview:
+    """JSON-ready read models over one instance's :class:`ClusterMirror` (O(models) at most, no I/O)."""
 
     def __init__(
         self,
-        state: ClusterState,
+        state: ClusterMirror,
         instance_id: str,
         *,
         is_leader: Callable[[], bool] = lambda: False,
@@ -311,7 +311,7 @@ class TrafficSeries:
     """A ring of cluster-wide samples: request rate and hit ratio from the instances' cumulative
     ``requests`` / ``misses`` counters (their deltas; a restarted instance starts again from 0)."""
 
-    def __init__(self, state: ClusterState, *, size: int = 300, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state: ClusterMirror, *, size: int = 300, clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.clock = clock
         self.ring: deque[Sample] = deque(maxlen=size)
@@ -364,7 +364,7 @@ class TrafficSeries:
             self._task = None
 
 
-def install(app: Any, views: ClusterViews) -> None:
+def install(app: Any, views: ClusterOverview) -> None:
     """The dashboard page and its JSON routes on a FastAPI app (paths under /dashboard and /v1)."""
     from fastapi import Query
     from fastapi.responses import FileResponse, RedirectResponse

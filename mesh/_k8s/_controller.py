@@ -4,7 +4,7 @@ One process, two sides:
 
 - Kubernetes: one :class:`Informer` per kind (list + watch); every change queues the
   object's key in a :class:`WorkQueue`; ``workers`` tasks reconcile keys.
-- Mesh: a :class:`ClusterState` over the store and an in-process :class:`Management` (the
+- Mesh: a :class:`ClusterMirror` over the store and an in-process :class:`Management` (the
   code the instances run). Store watches, not polling, drive status: a change to a vModel,
   model, copy or miss record queues the object that owns it. The owning object is found
   from the record alone: a vModel's owner is ``<source>/<namespace>`` and a model id is
@@ -34,12 +34,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._cluster_mirror import ClusterMirror
 from .._errors import AlreadyExists, InvalidRequest, MeshError, ModelNotFound, PreconditionFailed
 from .._http_tiny import Answer, serve_http
 from .._management import Management
-from .._records import Keys
-from .._state import ClusterState
 from .._store import MirrorChange, StoreError, StoreSettings, build_store
+from .._store_schema import Keys
 from ._client import Informer, KubeApiError, KubeClient, ObjectEvent, build_api_client
 from ._election import LeaderElector
 from ._queue import WorkQueue
@@ -142,7 +142,7 @@ class Controller:
         self,
         settings: ControllerSettings,
         kube: KubeClient,
-        state: ClusterState,
+        state: ClusterMirror,
         management: Management,
         *,
         clock: Callable[[], float] = time.time,
@@ -640,7 +640,7 @@ async def run_controller(
     """
     store_settings = store_settings or StoreSettings()
     store = build_store(store_settings)
-    state = ClusterState(store, Keys(store_settings.prefix))
+    state = ClusterMirror(store, Keys(store_settings.prefix))
     instance_id = settings.instance_id or f"controller-{socket.gethostname()}"
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

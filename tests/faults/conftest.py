@@ -6,20 +6,14 @@ pauses / restarts them under steady traffic (``traffic.Traffic``) and asserts co
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parents[1]
-for _p in (_TESTS / "mesh", _TESTS / "puller", _TESTS / "faults"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from cluster import ProcessCluster  # noqa: E402
-from faulthelp import LEASE_TTL_S  # noqa: E402
+from tests.faults.faulthelp import LEASE_TTL_S
+from tests.mesh.cluster import ProcessCluster
 
 
 @pytest.fixture

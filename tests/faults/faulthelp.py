@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cluster import ProcessCluster
 
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.mesh.cluster import ProcessCluster
 
 LEASE_TTL_S = 3  # the clusters' lease TTL (small, so that a dead instance is noticed fast)
 SLACK_S = 10.0  # a loaded 2-core CI machine: elections, ticks and loads all run late
@@ -58,7 +58,7 @@ async def register_pairs_and_singles(mgmt: Mgmt, models_dir: Path, n: int = 3) -
 
     Returns each model's answer and the set of two-copy models.
     """
-    from models import add_model
+    from tests.mesh.models import add_model
 
     answers: dict[str, float] = {}
     for prefix, base, extra in (("dup", 10.0, {"min_copies": 2}), ("one", 20.0, {})):

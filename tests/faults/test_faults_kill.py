@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import wait_until
-from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt, register_pairs_and_singles
-from traffic import Traffic
+
+from tests.faults.faulthelp import (
+    LEASE_TTL_S,
+    NO_RATE_COPIES,
+    SLACK_S,
+    Mgmt,
+    register_pairs_and_singles,
+)
+from tests.faults.traffic import Traffic
+from tests.mesh.cluster import wait_until
 
 pytestmark = pytest.mark.etcd
 

@@ -19,9 +19,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from cluster import wait_until
-from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt
-from models import add_model, answer, request_bytes
+
+from tests.faults.faulthelp import LEASE_TTL_S, NO_RATE_COPIES, SLACK_S, Mgmt
+from tests.mesh.cluster import wait_until
+from tests.mesh.models import add_model, answer, request_bytes
 
 pytestmark = pytest.mark.etcd
 

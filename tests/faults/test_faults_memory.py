@@ -21,9 +21,10 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from cluster import ProcessCluster, wait_until
-from faulthelp import NO_RATE_COPIES, Mgmt
-from models import add_model, answer, request_bytes
+
+from tests.faults.faulthelp import NO_RATE_COPIES, Mgmt
+from tests.mesh.cluster import ProcessCluster, wait_until
+from tests.mesh.models import add_model, answer, request_bytes
 
 pytestmark = pytest.mark.etcd
 

@@ -23,11 +23,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from cluster import wait_until
-from faulthelp import NO_RATE_COPIES, Mgmt, holders
-from models import add_model, answer, request_bytes
-from pullhelp import FileServer
-from traffic import Traffic
+
+from tests.faults.faulthelp import NO_RATE_COPIES, Mgmt, holders
+from tests.faults.traffic import Traffic
+from tests.mesh.cluster import wait_until
+from tests.mesh.models import add_model, answer, request_bytes
+from tests.puller.pullhelp import FileServer
 
 pytestmark = pytest.mark.etcd
 

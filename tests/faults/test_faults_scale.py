@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import wait_until
-from faulthelp import SLACK_S, Mgmt, holders
-from models import add_model
-from traffic import Traffic
+
+from tests.faults.faulthelp import SLACK_S, Mgmt, holders
+from tests.faults.traffic import Traffic
+from tests.mesh.cluster import wait_until
+from tests.mesh.models import add_model
 
 pytestmark = pytest.mark.etcd
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import grpc
 import pytest
-from cluster import wait_until
-from faulthelp import LEASE_TTL_S, NO_RATE_COPIES, Mgmt
-from models import add_model
-from traffic import Traffic
+
+from tests.faults.faulthelp import LEASE_TTL_S, NO_RATE_COPIES, Mgmt
+from tests.faults.traffic import Traffic
+from tests.mesh.cluster import wait_until
+from tests.mesh.models import add_model
 
 pytestmark = pytest.mark.etcd
 
@@ -93,7 +94,7 @@ async def test_etcd_down_then_back_under_traffic(make_cluster: Any, etcd_factory
 
             await wait_until(converged, LEASE_TTL_S + 30, "instances, leader and copies to converge")
             t_converged = time.monotonic() - t_up
-            from models import answer, request_bytes
+            from tests.mesh.models import answer, request_bytes
 
             call = mgmt.channels[2].unary_unary("/inference.GRPCInferenceService/ModelInfer")
             out = answer(await call(request_bytes("late"), timeout=30))

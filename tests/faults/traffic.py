@@ -57,7 +57,7 @@ class Traffic:
         max_inflight: int = 400,
         max_s: float = 120.0,
     ) -> None:
-        from models import request_bytes
+        from tests.mesh.models import request_bytes
 
         self.answers = answers
         self.rate_hz = rate_hz
@@ -130,7 +130,7 @@ class Traffic:
         try:
             raw = await self._calls[entry](self._payload[model], timeout=self.deadline_s)
             t1 = time.monotonic()
-            from models import answer
+            from tests.mesh.models import answer
 
             ok = bool(np.allclose(answer(raw), self.answers[model]))
             self.records.append(Rec(model, entry, t0, t1, "OK" if ok else "WRONG"))

@@ -36,8 +36,8 @@ with atheris.instrument_imports():
 import grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from model_factory import make_onnx_model  # noqa: E402
+sys.path.insert(0, str(ROOT))  # a standalone script (not run by pytest): make the repo importable
+from tests.model_factory import make_onnx_model  # noqa: E402
 
 
 def main() -> None:

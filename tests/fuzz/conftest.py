@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-_HERE = Path(__file__).resolve().parent
-for _p in (_HERE, _HERE.parent / "mesh"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from cluster import MemoryCluster  # noqa: E402
-from fuzzhelp import (  # noqa: E402
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.fuzz.fuzzhelp import (
     CALL_TIMEOUT_S,
     GOOD_MODEL,
     LIMIT_BYTES,
@@ -29,10 +23,8 @@ from fuzzhelp import (  # noqa: E402
     Mesh,
     good_request,
 )
-from model_factory import make_onnx_model, onnx_reference  # noqa: E402
-
-from protos import model_mesh_pb2 as mm  # noqa: E402
-from protos import model_mesh_pb2_grpc as mm_grpc  # noqa: E402
+from tests.mesh.cluster import MemoryCluster
+from tests.model_factory import make_onnx_model, onnx_reference
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,12 @@ from typing import Any
 
 import grpc
 import numpy as np
-from fuzzhelp import (
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from protos import grpc_predict_v2_pb2 as pb
+from protos import model_mesh_pb2 as mm
+from tests.fuzz.fuzzhelp import (
     CALL_TIMEOUT_S,
     GOOD_MODEL,
     INFER,
@@ -24,11 +29,6 @@ from fuzzhelp import (
     hostile_key_fields,
     valid_ids,
 )
-from hypothesis import assume, given
-from hypothesis import strategies as st
-
-from protos import grpc_predict_v2_pb2 as pb
-from protos import model_mesh_pb2 as mm
 
 CLIENT_FAULTS = {
     grpc.StatusCode.INVALID_ARGUMENT,

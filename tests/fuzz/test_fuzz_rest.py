@@ -13,9 +13,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from fuzzhelp import CALL_TIMEOUT_S, GOOD_MODEL, Canary, Mesh, fuzz_settings, hostile_key_fields
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
+from tests.fuzz.fuzzhelp import (
+    CALL_TIMEOUT_S,
+    GOOD_MODEL,
+    Canary,
+    Mesh,
+    fuzz_settings,
+    hostile_key_fields,
+)
 
 GOOD_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}
 LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(1 << 80), 1 << 80), st.floats(), st.text(max_size=8))

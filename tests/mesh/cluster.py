@@ -25,8 +25,15 @@ from typing import Any
 import httpx
 
 from mesh import LocalMesh, LocalMeshConfig, StoreSettings
-from mesh._records import AssignmentRecord, CopyRecord, InstanceRecord, Keys, LeaderRecord, decode
 from mesh._store import EtcdStore, MemoryStore
+from mesh._store_schema import (
+    AssignmentRecord,
+    CopyRecord,
+    InstanceRecord,
+    Keys,
+    LeaderRecord,
+    decode,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

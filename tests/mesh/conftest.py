@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import MemoryCluster, ProcessCluster
+
+from tests.mesh.cluster import MemoryCluster, ProcessCluster
 
 CLUSTER_KINDS = [pytest.param("memory", id="memory"), pytest.param("etcd", id="etcd", marks=pytest.mark.etcd)]
 

@@ -11,11 +11,11 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from cluster import MemoryCluster, wait_until
-from models import WIDTH, add_model, request_bytes
 from typer.testing import CliRunner
 
 from mesh.cli import app
+from tests.mesh.cluster import MemoryCluster, wait_until
+from tests.mesh.models import WIDTH, add_model, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 TABLE = 256 << 10

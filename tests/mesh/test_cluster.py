@@ -10,11 +10,11 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from cluster import wait_until
-from models import add_model, answer, request_bytes
 
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.mesh.cluster import wait_until
+from tests.mesh.models import add_model, answer, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 TABLE = 256 << 10  # bytes of weights per test model

@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from cluster import MemoryCluster, wait_until
-from models import add_model, request_bytes
 
-from mesh._records import ModelRecord, encode
+from mesh._store_schema import ModelRecord, encode
+from tests.mesh.cluster import MemoryCluster, wait_until
+from tests.mesh.models import add_model, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 TABLE = 256 << 10

@@ -8,8 +8,8 @@ import pytest
 from fastapi import FastAPI
 
 from mesh._errors import ERROR_ROOTS, STATUS_TABLE, status_for
-from mesh._grpc import ErrorInterceptor
-from mesh._rest import install_error_handler
+from mesh._grpc_edge import ErrorInterceptor
+from mesh._rest_edge import install_error_handler
 
 
 def _all_subclasses(root: type) -> list[type]:

@@ -11,10 +11,10 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-from cluster import MemoryCluster, wait_until
-from models import add_model, answer, request_bytes
 
 from mesh import ModelInfoSpec
+from tests.mesh.cluster import MemoryCluster, wait_until
+from tests.mesh.models import add_model, answer, request_bytes
 
 
 async def test_request_during_own_unload_waits_and_reloads(tmp_path: Path) -> None:

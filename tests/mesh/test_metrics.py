@@ -10,13 +10,13 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from cluster import MemoryCluster, wait_until
-from models import WIDTH, add_model, request_bytes
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import Instance
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.mesh.cluster import MemoryCluster, wait_until
+from tests.mesh.models import WIDTH, add_model, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 TABLE = 256 << 10

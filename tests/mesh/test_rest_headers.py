@@ -6,7 +6,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import MemoryCluster
+
+from tests.mesh.cluster import MemoryCluster
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}]}
 

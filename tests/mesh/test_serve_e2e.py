@@ -18,8 +18,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from cluster import ROOT, wait_until
-from model_factory import (
+
+from protos import grpc_predict_v2_pb2 as pb
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.mesh.cluster import ROOT, wait_until
+from tests.model_factory import (
     make_onnx_model,
     make_torch_export_model,
     make_torchscript_model,
@@ -28,10 +32,6 @@ from model_factory import (
     torch_reference,
     xgboost_reference,
 )
-
-from protos import grpc_predict_v2_pb2 as pb
-from protos import model_mesh_pb2 as mm
-from protos import model_mesh_pb2_grpc as mm_grpc
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 

@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from cluster import wait_until
-from models import add_model
-from test_cluster import Client
 
 from protos import model_mesh_pb2 as mm
+from tests.mesh.cluster import wait_until
+from tests.mesh.models import add_model
+from tests.mesh.test_cluster import Client
 
 
 async def test_store_outage_and_recovery(make_cluster: Any, cluster_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:

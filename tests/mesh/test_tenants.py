@@ -17,9 +17,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from cluster import ROOT, MemoryCluster, wait_until
-from models import add_model
-from test_cluster import TABLE, Client
+
+from tests.mesh.cluster import ROOT, MemoryCluster, wait_until
+from tests.mesh.models import add_model
+from tests.mesh.test_cluster import TABLE, Client
 
 SLOT = TABLE + (16 << 10)  # about what one test model holds once loaded
 

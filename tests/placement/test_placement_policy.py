@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from placement_views import GB, apply, check_capacity, model, view
 
 from placement import (
     LruPolicy,
@@ -19,6 +18,7 @@ from placement import (
     QuotaExceeded,
     TenantQuota,
 )
+from tests.placement.placement_views import GB, apply, check_capacity, model, view
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from placement_views import GB, model, view
 
 from placement import (
     Action,
@@ -21,6 +20,7 @@ from placement import (
     PolicySettings,
     TenantQuota,
 )
+from tests.placement.placement_views import GB, model, view
 
 NOW = 100_000.0
 SETTINGS = PolicySettings(min_residency_s=30, scale_out_rpm_per_copy=50, scale_in_rpm_per_copy=10, max_actions_per_tick=500)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from placement_views import GB, model
 from typer.testing import CliRunner
 
 from placement import (
@@ -33,6 +32,7 @@ from placement import (
     write_csv,
 )
 from placement._cli import app
+from tests.placement.placement_views import GB, model
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = TraceSpec(models=400, requests=12_000, alpha=1.0, scan_length=60, scan_every_s=120, shift_period_s=200)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pullhelp import MotoProcess
+
+from tests.puller.pullhelp import MotoProcess
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pullhelp import files_under, settings, visible
 
 from puller import Puller, StorageRef, UnsafeArchive, unpack
+from tests.puller.pullhelp import files_under, settings, visible
 
 LIMITS = {"max_bytes": 1 << 20, "max_entries": 100}
 

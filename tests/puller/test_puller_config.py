@@ -151,7 +151,7 @@ def test_local_paths_must_stay_inside_roots(tmp_path: Path) -> None:
 
 
 async def test_stage_rejects_outside_roots_without_reading(tmp_path: Path) -> None:
-    from pullhelp import settings
+    from tests.puller.pullhelp import settings
 
     outside = tmp_path / "outside.onnx"
     outside.write_bytes(b"x")

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from pullhelp import FileServer, files_under, make_tls, md5_b64, settings, visible
 
 from puller import (
     AccessDenied,
@@ -28,6 +27,7 @@ from puller import (
     StorageTlsError,
     StorageUnavailable,
 )
+from tests.puller.pullhelp import FileServer, files_under, make_tls, md5_b64, settings, visible
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]

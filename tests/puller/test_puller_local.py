@@ -7,9 +7,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from pullhelp import files_under, settings, visible
 
 from puller import ArtifactNotFound, InvalidStorageRef, Puller, StorageRef
+from tests.puller.pullhelp import files_under, settings, visible
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from pullhelp import files_under, settings, visible
 
 import puller
 from puller import (
@@ -29,6 +28,7 @@ from puller import (
     StorageConfig,
     StorageRef,
 )
+from tests.puller.pullhelp import files_under, settings, visible
 
 VOCABULARY = {
     "invalid_argument", "not_found", "already_exists", "failed_precondition", "resource_exhausted",

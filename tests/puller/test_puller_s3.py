@@ -18,7 +18,6 @@ from typing import Any
 
 import psutil
 import pytest
-from pullhelp import Counting, MotoProcess, files_under, settings, visible
 
 from puller import (
     AccessDenied,
@@ -35,6 +34,7 @@ from puller import (
     StorageRef,
     StorageUnavailable,
 )
+from tests.puller.pullhelp import Counting, MotoProcess, files_under, settings, visible
 
 MiB = 1 << 20
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import model_factory as mf
 import pytest
 
 from runtime_adapters import AdapterRegistry, AdapterSettings, build_registry
+from tests import model_factory as mf
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import model_factory as mf
 import numpy as np
 import pytest
 
@@ -28,6 +27,7 @@ from runtime_adapters import (
     build_registry,
 )
 from runtime_adapters._onnx import OnnxModel
+from tests import model_factory as mf
 
 Built = Callable[..., Path]
 

@@ -84,7 +84,7 @@ async def test_framework_that_fails_to_initialise(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(OnnxAdapter, "_initialise", broken)
     registry = build_registry(AdapterSettings())
     try:
-        import model_factory as mf
+        from tests import model_factory as mf
 
         path = mf.make_onnx_model(tmp_path)
         adapter = registry.for_type("onnx")
@@ -129,7 +129,7 @@ async def test_given_adapters_are_used_and_closed() -> None:
 
 
 async def test_close_stops_the_pools(tmp_path: Path) -> None:
-    import model_factory as mf
+    from tests import model_factory as mf
 
     registry = build_registry(AdapterSettings())
     model = await registry.for_type("onnx").load(ModelSpec("m", "onnx"), mf.make_onnx_model(tmp_path))

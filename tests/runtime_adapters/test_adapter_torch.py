@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import model_factory as mf
 import numpy as np
 import pytest
 
@@ -26,6 +25,7 @@ from runtime_adapters import (
     list_to_raw,
 )
 from runtime_adapters._torch import TorchModel
+from tests import model_factory as mf
 
 Built = Callable[..., Path]
 

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import model_factory as mf
 import numpy as np
 import pytest
 
@@ -20,6 +19,7 @@ from runtime_adapters import (
     XGBoostAdapter,
 )
 from runtime_adapters._xgboost import XGBoostModel
+from tests import model_factory as mf
 
 Built = Callable[..., Path]
 

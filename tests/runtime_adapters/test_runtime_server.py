@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import model_factory as mf
 import numpy as np
 import pytest
 
@@ -27,6 +26,7 @@ from runtime_adapters import (
     RuntimeService,
     start_runtime_server,
 )
+from tests import model_factory as mf
 
 Built = Callable[..., Path]
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver import FakeApiServer
-from k8s_env import ControllerEnv, stop_controller_parts
 
 from mesh import StoreSettings, build_store
 from mesh._store import Store
+from tests.mesh.k8s.apiserver import FakeApiServer
+from tests.mesh.k8s.k8s_env import ControllerEnv, stop_controller_parts
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from apiserver import FakeApiServer
-
 from mesh import Keys, Management
+from mesh._cluster_mirror import ClusterMirror
 from mesh._k8s import Controller, ControllerSettings, KubeClient, build_api_client
-from mesh._state import ClusterState
 from mesh._store import Store
+from tests.mesh.k8s.apiserver import FakeApiServer
 
 
 @dataclass
@@ -21,7 +20,7 @@ class ControllerEnv:
     cluster: Any
     store: Store
     prefix: str
-    made: list[tuple[Controller, KubeClient, ClusterState]] = field(default_factory=list)
+    made: list[tuple[Controller, KubeClient, ClusterMirror]] = field(default_factory=list)
 
     async def start_controller(self, **overrides: Any) -> Controller:
         settings = ControllerSettings(
@@ -33,7 +32,7 @@ class ControllerEnv:
             request_timeout_s=10,
             **overrides,
         )
-        state = ClusterState(self.store, Keys(self.prefix))
+        state = ClusterMirror(self.store, Keys(self.prefix))
         await state.start()
         kube = KubeClient(build_api_client(settings), settings)
         ctl = Controller(settings, kube, state, Management(state, "controller-test"))
@@ -61,7 +60,7 @@ class ControllerEnv:
         return (o or {}).get("status") or {}
 
 
-async def stop_controller_parts(ctl: Controller, kube: KubeClient, state: ClusterState) -> None:
+async def stop_controller_parts(ctl: Controller, kube: KubeClient, state: ClusterMirror) -> None:
     await ctl.stop()
     await kube.close()
     await state.stop()

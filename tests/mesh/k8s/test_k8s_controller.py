@@ -11,11 +11,11 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from cluster import wait_until
-from k8s_env import ControllerEnv
-from models import add_model, answer, request_bytes
 
 from mesh._k8s import FINALIZER
+from tests.mesh.cluster import wait_until
+from tests.mesh.k8s.k8s_env import ControllerEnv
+from tests.mesh.models import add_model, answer, request_bytes
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])
 

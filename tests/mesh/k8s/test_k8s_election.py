@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import wait_until
-from k8s_env import ControllerEnv
-from models import add_model
-from test_k8s_controller import TABLE, loaded, predictor
 
 from mesh import Keys, Management
+from mesh._cluster_mirror import ClusterMirror
 from mesh._k8s import (
     LEASE,
     Controller,
@@ -23,7 +20,10 @@ from mesh._k8s import (
     LeaderElector,
     build_api_client,
 )
-from mesh._state import ClusterState
+from tests.mesh.cluster import wait_until
+from tests.mesh.k8s.k8s_env import ControllerEnv
+from tests.mesh.k8s.test_k8s_controller import TABLE, loaded, predictor
+from tests.mesh.models import add_model
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])
 
@@ -43,7 +43,7 @@ class Replica:
     def __init__(self, env: ControllerEnv, identity: str) -> None:
         self.settings = _settings(env, identity)
         self.kube = KubeClient(build_api_client(self.settings), self.settings)
-        self.state = ClusterState(env.store, Keys(env.prefix))
+        self.state = ClusterMirror(env.store, Keys(env.prefix))
         self.controllers: list[Controller] = []
         self.runner = ElectedController(self.settings, self.kube, self._make)
         self.stop = asyncio.Event()

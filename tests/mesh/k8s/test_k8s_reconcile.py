@@ -543,7 +543,7 @@ def test_events_for_transitions_and_failures() -> None:
     ],
 )
 def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]) -> None:
-    from apiserver import merge_patch as apply_merge_patch
+    from tests.mesh.k8s.apiserver import merge_patch as apply_merge_patch
 
     patch = merge_patch(old, new)
     assert apply_merge_patch(old, patch) == new

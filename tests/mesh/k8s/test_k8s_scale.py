@@ -9,8 +9,9 @@ from typing import Any
 
 import grpc
 import numpy as np
-from k8s_env import ControllerEnv
-from models import add_model, answer, request_bytes
+
+from tests.mesh.k8s.k8s_env import ControllerEnv
+from tests.mesh.models import add_model, answer, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 N = 500

@@ -11,15 +11,15 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import pytest
-from etcd_server import (  # noqa: F401
+
+from mesh._store import EtcdStore, MemoryStore, Store, WatchEvent
+from tests.etcd_server import (  # noqa: F401
     EtcdServer,
     check_etcd_marker,
     etcd_factory,
     etcd_server,
     key_prefix,
 )
-
-from mesh._store import EtcdStore, MemoryStore, Store, WatchEvent
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

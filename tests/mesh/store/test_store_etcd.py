@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-from etcd_server import EtcdServer
 
 from mesh._store import Compare, EtcdStore, Put, StoreUnavailable, WatchEvent
+from tests.etcd_server import EtcdServer
 
 OP_TIMEOUT_S = 1.0
 MARGIN_S = 1.0

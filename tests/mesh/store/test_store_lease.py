@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import ManualClock
 
 from mesh._store import LeaseExpired, MemoryStore, Store, StoreInvalidArgument, WatchEvent
+from tests.mesh.store.conftest import ManualClock
 
 Collect = Callable[..., Awaitable[list[WatchEvent]]]
 

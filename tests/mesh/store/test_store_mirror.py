@@ -9,7 +9,6 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from etcd_server import EtcdServer
 
 from mesh._store import (
     Compare,
@@ -24,6 +23,7 @@ from mesh._store import (
     StoreUnavailable,
     WatchEvent,
 )
+from tests.etcd_server import EtcdServer
 
 
 def decode_json(_key: str, value: bytes) -> Any:

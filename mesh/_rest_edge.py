@@ -20,7 +20,7 @@ from prometheus_client import make_asgi_app
 from runtime_adapters import InferResponse
 
 from . import _codec
-from ._dashboard import ClusterViews, install
+from ._dashboard import ClusterOverview, install
 from ._errors import (
     ERROR_ROOTS,
     InvalidRequest,
@@ -29,7 +29,7 @@ from ._errors import (
     TenantNotFound,
     status_for,
 )
-from ._grpc import SERVER_NAME, model_metadata_pb
+from ._grpc_edge import SERVER_NAME, model_metadata_pb
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, parse_bytes
 from ._metrics import Metrics, code_name
 from ._router import Router
@@ -142,7 +142,7 @@ def build_rest_app(
     version: str = "",
     metrics: Metrics | None = None,
     extra: dict[str, Any] | None = None,
-    views: ClusterViews | None = None,
+    views: ClusterOverview | None = None,
 ) -> FastAPI:
     app = FastAPI(title="modelmux", version=version, docs_url="/docs", redoc_url=None)
     if metrics is not None:

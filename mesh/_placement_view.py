@@ -34,16 +34,16 @@ from placement import (
     TenantQuota,
 )
 
-from ._state import ClusterState
+from ._cluster_mirror import ClusterMirror
 
 RATIO_STEP = 0.05
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
 
 
-class ViewBuilder:
+class PlacementViewBuilder:
     def __init__(
         self,
-        state: ClusterState,
+        state: ClusterMirror,
         policy: BasePolicy,
         *,
         default_model_size_bytes: int,

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._metrics import ClusterCounts
-from ._records import (
+from ._store import PrefixMirror, Store
+from ._store_schema import (
     AssignmentRecord,
     CopyRecord,
     DecisionRecord,
@@ -26,14 +27,13 @@ from ._records import (
     VModelRecord,
     decode,
 )
-from ._store import PrefixMirror, Store
 
 
 def _rel(prefix: str, key: str) -> str:
     return key[len(prefix) :] if key.startswith(prefix) else key
 
 
-class ClusterState:
+class ClusterMirror:
     def __init__(self, store: Store, keys: Keys, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.keys = keys

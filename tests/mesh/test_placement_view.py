@@ -7,17 +7,24 @@ import time
 
 import pytest
 
-from mesh._leader_view import ViewBuilder
-from mesh._records import AssignmentRecord, CopyRecord, InstanceRecord, Keys, ModelRecord, encode
-from mesh._state import ClusterState
+from mesh._cluster_mirror import ClusterMirror
+from mesh._placement_view import PlacementViewBuilder
 from mesh._store import MemoryStore
+from mesh._store_schema import (
+    AssignmentRecord,
+    CopyRecord,
+    InstanceRecord,
+    Keys,
+    ModelRecord,
+    encode,
+)
 from placement import Policy, PolicySettings
 
 MiB = 1 << 20
 
 
-def _fresh(state: ClusterState, policy: Policy, now: float) -> ViewBuilder:
-    b = ViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
+def _fresh(state: ClusterMirror, policy: Policy, now: float) -> PlacementViewBuilder:
+    b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
     b.view()  # built from every record
     return b
 
@@ -31,10 +38,10 @@ async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
     instances = [f"i{k}" for k in range(4)]
     for iid in instances:
         await store.put(keys.instance(iid), encode(InstanceRecord(instance_id=iid, address="x", capacity_bytes=64 * MiB)))
-    state = ClusterState(store, keys)
+    state = ClusterMirror(store, keys)
     await state.start()
     policy = Policy(PolicySettings())
-    inc = ViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
+    inc = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
     inc.start()
     inc.view()
     try:
@@ -126,9 +133,9 @@ async def test_only_changed_models_are_recomputed() -> None:
     await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
     for k in range(500):
         await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
-    state = ClusterState(store, keys)
+    state = ClusterMirror(store, keys)
     await state.start()
-    b = ViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
+    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
     b.start()
     try:
         b.view()
@@ -152,9 +159,9 @@ async def test_traffic_history_outlives_eviction() -> None:
     now = time.time()
     await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
     await store.put(keys.model("m"), encode(ModelRecord(model_id="m", model_type="onnx", predicted_size_bytes=MiB, last_used=1.0)))
-    state = ClusterState(store, keys)
+    state = ClusterMirror(store, keys)
     await state.start()
-    b = ViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
+    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
     b.start()
     try:
         rev = await store.put(
@@ -169,7 +176,7 @@ async def test_traffic_history_outlives_eviction() -> None:
         mv = b.view().models["m"]
         assert (mv.last_used, mv.rate_rpm, mv.copies) == (now, 42.0, ())
         # a new leader has no history: it values the model from the store alone
-        fresh = ViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
+        fresh = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
         assert (fresh.view().models["m"].last_used, fresh.view().models["m"].rate_rpm) == (1.0, 0.0)
         # unregistering forgets it
         await store.delete(keys.model("m"))
