@@ -23,6 +23,7 @@ demo: install
 test: install-test
 	$(BIN)/python -m protos.generate --check
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy mesh placement puller runtime_adapters
 	$(BIN)/python -m pytest -q
 
