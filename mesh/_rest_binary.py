@@ -156,13 +156,13 @@ def decode_request(model_name: str, body: bytes, header_length: str | None) -> R
 def encode_request(request: InferRequest, *, binary_outputs: bool = True) -> tuple[bytes, dict[str, str]]:
     """Domain request → V2 REST body with every input in binary (what tritonclient sends); for
     clients, tests and benchmarks. Returns (body, headers)."""
-    inputs = []
+    inputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for i in request.inputs:
         raw = i.raw if i.raw is not None else list_to_raw(i.datatype, list(i.contents or ()))
         chunks.append(raw)
         inputs.append({"name": i.name, "datatype": i.datatype, "shape": list(i.shape),
-                       "parameters": {**i.parameters, BINARY_SIZE: len(raw)}})
+                       "parameters": {**dict(i.parameters), BINARY_SIZE: len(raw)}})
     doc: dict[str, Any] = {"inputs": inputs}
     if request.id:
         doc["id"] = request.id
