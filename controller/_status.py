@@ -20,8 +20,6 @@ from mesh import ModelStatus, VModelStatus
 from ._kinds import INFERENCE_SERVICE, INVALID_PREDICTOR_SPEC, MODEL_LOAD_FAILED
 from ._mapping import Desired, ReconcileContext, Registration, Rejection
 
-# ---------------------------------------------------------------- status
-
 PENDING, STANDBY, LOADING, LOADED, FAILED_TO_LOAD = "Pending", "Standby", "Loading", "Loaded", "FailedToLoad"
 UP_TO_DATE, IN_PROGRESS, BLOCKED, INVALID_SPEC = "UpToDate", "InProgress", "BlockedByFailedLoad", "InvalidSpec"
 
