@@ -24,7 +24,7 @@ test: install-test
 	$(BIN)/python -m protos.generate --check
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy mesh placement puller runtime_adapters
+	$(BIN)/mypy mesh placement puller runtime_adapters controller
 	$(BIN)/python -m pytest -q
 
 protos:
