@@ -15,7 +15,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from ._output import BAR, console, setup_logging
+from ._output import BAR, Column, console, rich_table, setup_logging
 
 app = typer.Typer()
 
@@ -251,15 +251,17 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(t)
     if s["error_kinds"]:
         console.print(s["error_kinds"])
-    it = Table(title="instances")
-    for col in ("instance", "loaded models", "used", "capacity", "rpm"):
-        it.add_column(col)
-    for i in s["instances"]:
-        it.add_row(i["instance"], str(i["loaded"]), _mb(i["used_bytes"]), _mb(i["capacity_bytes"]), str(i["rpm"]))
-    console.print(it)
-    ht = Table(title="hottest models: where they are")
-    for col in ("model", "requests", "loaded on"):
-        ht.add_column(col)
-    for h in s["hottest"]:
-        ht.add_row(h["model"], str(h["requests"]), ", ".join(h["where"]) or "-")
-    console.print(ht)
+    instance_columns = (
+        Column("instance", lambda i: i["instance"], flex=True),
+        Column("loaded models", lambda i: str(i["loaded"])),
+        Column("used", lambda i: _mb(i["used_bytes"])),
+        Column("capacity", lambda i: _mb(i["capacity_bytes"])),
+        Column("rpm", lambda i: str(i["rpm"])),
+    )
+    console.print(rich_table(instance_columns, s["instances"], title="instances"))
+    hot_columns = (
+        Column("model", lambda h: h["model"], flex=True),
+        Column("requests", lambda h: str(h["requests"])),
+        Column("loaded on", lambda h: ", ".join(h["where"]) or "-", flex=True),
+    )
+    console.print(rich_table(hot_columns, s["hottest"], title="hottest models: where they are"))
