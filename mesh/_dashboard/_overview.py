@@ -1,0 +1,283 @@
+"""The operator's read models of the cluster: JSON-ready views over one instance's mirror of the
+store (models, vModels, instances with their copies, one model described, the decision log)."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .._cluster_mirror import ClusterMirror
+from .._store_schema import CopyRecord, DecisionRecord, ModelRecord
+
+if TYPE_CHECKING:
+    from ._series import TrafficSeries
+
+LOADED, LOADING, FAILED, NOT_LOADED = "LOADED", "LOADING", "LOADING_FAILED", "NOT_LOADED"
+STATES = (LOADED, LOADING, FAILED, NOT_LOADED)
+MAX_PAGE = 500
+
+
+def _state_of(copies: dict[str, CopyRecord], now: float) -> str:
+    states = [c.state for c in copies.values()]
+    if "loaded" in states:
+        return LOADED
+    if "loading" in states:
+        return LOADING
+    if any(c.state == "failed" and c.failed_until > now for c in copies.values()):
+        return FAILED
+    return NOT_LOADED
+
+
+def _copy_json(iid: str, c: CopyRecord) -> dict[str, Any]:
+    return {
+        "instance_id": iid,
+        "state": c.state,
+        "size_bytes": c.size_bytes,
+        "size_measured": c.size_measured,
+        "load_time_s": c.load_time_s,
+        "since": c.since,
+        "last_used": c.last_used,
+        "rpm": c.rpm,
+        "error": c.error,
+    }
+
+
+def _flatten(records: Iterable[DecisionRecord]) -> Iterator[dict[str, Any]]:
+    """Decision records -> one entry per action, newest first (records given newest first)."""
+    for rec in records:
+        for a in reversed(rec.actions):
+            yield {"seq": rec.seq, "at": rec.at, "leader": rec.leader, **a}
+
+
+class ClusterOverview:
+    """JSON-ready read models over one instance's :class:`ClusterMirror` (O(models) at most, no I/O)."""
+
+    def __init__(
+        self,
+        state: ClusterMirror,
+        instance_id: str,
+        *,
+        is_leader: Callable[[], bool] = lambda: False,
+        series: TrafficSeries | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.instance_id = instance_id
+        self.is_leader = is_leader
+        self.series = series
+        self.clock = clock
+
+    # ------------------------------------------------------------ models
+
+    def model_row(self, mid: str, rec: ModelRecord | None = None, now: float | None = None) -> dict[str, Any]:
+        rec = rec or self.state.models.items.get(mid)
+        copies = self.state.copies_of(mid)
+        now = self.clock() if now is None else now
+        counts = {"loaded": 0, "loading": 0, "failed": 0}
+        where, errors = [], []
+        size = rpm = last = 0.0
+        for iid, c in sorted(copies.items()):
+            if c.state in counts:
+                counts[c.state] += 1
+            if c.state == "loaded":
+                where.append(iid)
+                rpm += c.rpm
+            if c.state == "failed" and c.error:
+                errors.append(f"{iid}: {c.error}")
+            size = max(size, c.size_bytes)
+            last = max(last, c.last_used)
+        if rec is not None and not size:
+            size = rec.predicted_size_bytes
+        return {
+            "model_id": mid,
+            "type": rec.model_type if rec else "",
+            "tenant": rec.tenant if rec else "",
+            "state": _state_of(copies, now),
+            "copies": counts,
+            "size_bytes": int(size),
+            "rpm": round(rpm, 1),
+            "last_used": last,
+            "where": where,
+            "assigned": list(self.state.assigned(mid)),
+            "errors": errors,
+        }
+
+    def models(self, *, q: str = "", state: str = "", sort: str = "model", offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        """A page of models: ``q`` matches model ids (substring, case-insensitive), ``state`` one of STATES."""
+        limit = max(1, min(limit, MAX_PAGE))
+        offset = max(0, offset)
+        items = self.state.models.items
+        needle = q.strip().lower()
+        ids = [m for m in items if needle in m.lower()] if needle else list(items)
+        now = self.clock()
+        if state:
+            wanted = state.upper()
+            ids = [m for m in ids if _state_of(self.state.copies_of(m), now) == wanted]
+        total = len(ids)
+        if sort == "model":
+            page_ids = sorted(ids)[offset : offset + limit]
+            rows = [self.model_row(m, items[m], now) for m in page_ids]
+        else:
+            key = {"rpm": "rpm", "size": "size_bytes", "last_used": "last_used"}.get(sort, "rpm")
+            all_rows = [self.model_row(m, items[m], now) for m in ids]
+            all_rows.sort(key=lambda r: (-r[key], r["model_id"]))
+            rows = all_rows[offset : offset + limit]
+        return {"total": total, "offset": offset, "limit": limit, "models": rows}
+
+    def state_counts(self) -> dict[str, int]:
+        now = self.clock()
+        counts = dict.fromkeys(STATES, 0)
+        for mid in self.state.models.items:
+            counts[_state_of(self.state.copies_of(mid), now)] += 1
+        return counts
+
+    def vmodels(self) -> list[dict[str, Any]]:
+        out = []
+        for name, vm in sorted(self.state.vmodels.items.items()):
+            status = "TRANSITION_FAILED" if vm.failed else ("TRANSITIONING" if vm.active != vm.target else "DEFINED")
+            out.append(
+                {
+                    "name": name,
+                    "active_model_id": vm.active,
+                    "target_model_id": vm.target,
+                    "owner": vm.owner,
+                    "status": status,
+                    "active_state": _state_of(self.state.copies_of(vm.active), self.clock()),
+                    "failure": vm.failure,
+                }
+            )
+        return out
+
+    def describe_model(self, mid: str, *, history: int = 100) -> dict[str, Any] | None:
+        rec = self.state.models.items.get(mid)
+        copies = self.state.copies_of(mid)
+        past = self.decisions(model=mid, limit=history)["decisions"]
+        if rec is None and not copies and not past:
+            return None
+        assignment = self.state.assignments.items.get(mid)
+        last_failure: dict[str, Any] | None = None
+        for iid, c in copies.items():
+            if c.state == "failed" and (last_failure is None or c.since > last_failure["at"]):
+                last_failure = {"at": c.since, "instance_id": iid, "error": c.error}
+        if last_failure is None:
+            for d in past:
+                if d["reason"].startswith("load_failed"):
+                    last_failure = {"at": d["at"], "instance_id": d["instance_id"], "error": d["reason"].partition(":")[2].strip()}
+                    break
+        return {
+            "model_id": mid,
+            "registered": rec is not None,
+            "spec": {
+                "type": rec.model_type,
+                "path": rec.path,
+                "storage_key": rec.storage_key,
+                "tenant": rec.tenant,
+                "min_copies": rec.min_copies,
+                "max_copies": rec.max_copies,
+                "pinned": rec.pinned,
+                "predicted_size_bytes": rec.predicted_size_bytes,
+                "registered_at": rec.registered_at,
+            }
+            if rec
+            else None,
+            "status": self.model_row(mid, rec),
+            "copies": [_copy_json(iid, c) for iid, c in sorted(copies.items())],
+            "assignment": {"instances": list(assignment.instances), "reasons": dict(assignment.reasons)} if assignment else None,
+            "vmodels": self.state.referencing_vmodels(mid),
+            "history": past,
+            "last_failure": last_failure,
+        }
+
+    # ------------------------------------------------------------ instances
+
+    def instances(self, *, models_per_instance: int = 20) -> list[dict[str, Any]]:
+        held: dict[str, list[tuple[str, CopyRecord]]] = {}
+        for mid, copies in self.state.copies_by_model().items():
+            for iid, c in copies.items():
+                held.setdefault(iid, []).append((mid, c))
+        out = []
+        for iid, r in sorted(self.state.instances.items.items()):
+            mine = held.get(iid, [])
+            top = heapq.nsmallest(models_per_instance, mine, key=lambda mc: (-mc[1].rpm, mc[1].state != "loaded", mc[0]))
+            out.append(
+                {
+                    "instance_id": iid,
+                    "address": r.address,
+                    "rest_address": r.rest_address,
+                    "capacity_bytes": r.capacity_bytes,
+                    "used_bytes": r.used_bytes,
+                    "models": r.model_count,
+                    "loading": r.loading,
+                    "rpm": r.rpm,
+                    "zone": r.zone,
+                    "version": r.version,
+                    "shutting_down": r.shutting_down,
+                    "started_at": r.started_at,
+                    "lru_oldest": r.lru_oldest,
+                    "copies": [
+                        {"model_id": m, "state": c.state, "size_bytes": c.size_bytes, "rpm": c.rpm, "last_used": c.last_used}
+                        for m, c in top
+                    ],
+                    "more_copies": max(len(mine) - len(top), 0),
+                }
+            )
+        return out
+
+    def hottest(self, n: int = 10) -> list[dict[str, Any]]:
+        rates: dict[str, float] = {}
+        for mid, copies in self.state.copies_by_model().items():
+            rpm = sum(c.rpm for c in copies.values() if c.state == "loaded")
+            if rpm > 0:
+                rates[mid] = rpm
+        top = heapq.nsmallest(n, rates.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [{"model_id": m, "rpm": round(r, 1), "where": list(self.state.holders(m))} for m, r in top]
+
+    # ------------------------------------------------------------ decisions
+
+    def decisions(
+        self, *, model: str = "", instance: str = "", kind: str = "", limit: int = 100, after: int = 0
+    ) -> dict[str, Any]:
+        """Logged decisions, one entry per action, newest first (``after``: only records with a larger seq)."""
+        limit = max(1, min(limit, 5000))
+        records = sorted(self.state.decisions.items.values(), key=lambda r: r.seq, reverse=True)
+        out = []
+        for d in _flatten(r for r in records if r.seq > after):
+            if (model and d["model_id"] != model) or (instance and d["instance_id"] != instance) or (kind and d["kind"] != kind):
+                continue
+            out.append(d)
+            if len(out) >= limit:
+                break
+        return {"decisions": out, "last_seq": records[0].seq if records else 0}
+
+    # ------------------------------------------------------------ all of it
+
+    def leader_id(self) -> str:
+        if self.is_leader():
+            return self.instance_id
+        newest = max(self.state.decisions.items.values(), key=lambda r: r.seq, default=None)
+        return newest.leader if newest is not None else ""
+
+    def overview(self) -> dict[str, Any]:
+        instances = self.instances()
+        return {
+            "time": self.clock(),
+            "served_by": self.instance_id,
+            "leader": self.leader_id(),
+            "connected": self.state.connected,
+            "instances": instances,
+            "states": self.state_counts(),
+            "totals": {
+                "models": len(self.state.models.items),
+                "vmodels": len(self.state.vmodels.items),
+                "instances": len(instances),
+                "capacity_bytes": sum(i["capacity_bytes"] for i in instances),
+                "used_bytes": sum(i["used_bytes"] for i in instances),
+                "copies_loaded": sum(i["models"] for i in instances),
+                "rpm": round(sum(i["rpm"] for i in instances), 1),
+            },
+            "hottest": self.hottest(),
+            "series": self.series.points() if self.series else [],
+            "decisions": self.decisions(limit=25)["decisions"],
+        }

@@ -1,0 +1,51 @@
+"""``modelmux tenant set|get|list|delete``: tenant byte quotas."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._client import AddressOpt, check, client
+from ._output import TableOutput, TableOutputOpt, console, emit
+from ._render import TENANT_COLUMNS
+
+tenant_app = typer.Typer(help="Tenant byte quotas: a tenant's models together may hold at most its quota.", no_args_is_help=True)
+
+
+@tenant_app.command("set")
+def tenant_set(
+    name: str,
+    max_bytes: Annotated[str, typer.Option("--max-bytes", help="quota: bytes, or a quantity like 512Mi, 8Gi")],
+    address: AddressOpt = None,
+    output: TableOutputOpt = TableOutput.table,
+) -> None:
+    """Create or change a tenant's quota (enforced from the next placement decision)."""
+    with client(address) as c:
+        value: int | str = int(max_bytes) if max_bytes.isdigit() else max_bytes
+        row = check(c.put(f"/v1/tenants/{name}", json={"maxBytes": value}))
+    emit(row, output, TENANT_COLUMNS, [row], what="tenants")
+
+
+@tenant_app.command("get")
+def tenant_get(name: str, address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
+    """A tenant's quota and what its models hold now."""
+    with client(address) as c:
+        row = check(c.get(f"/v1/tenants/{name}"))
+    emit(row, output, TENANT_COLUMNS, [row], what="tenants")
+
+
+@tenant_app.command("list")
+def tenant_list(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
+    """Every tenant with a quota or a registered model."""
+    with client(address) as c:
+        rows = check(c.get("/v1/tenants"))["tenants"]
+    emit(rows, output, TENANT_COLUMNS, what="tenants")
+
+
+@tenant_app.command("delete")
+def tenant_delete(name: str, address: AddressOpt = None) -> None:
+    """Remove a tenant's quota (its models stay registered)."""
+    with client(address) as c:
+        check(c.delete(f"/v1/tenants/{name}"))
+    console.print(f"quota of tenant {name} removed", soft_wrap=True)
