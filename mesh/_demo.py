@@ -247,8 +247,8 @@ def summary(mesh: LocalMesh, result: TrafficResult) -> dict[str, Any]:
         instances.append(
             {
                 "instance": inst.instance_id,
-                "loaded": sum(1 for c in agent.copies.values() if c.state == "loaded") if agent else 0,
-                "used_bytes": agent.used_bytes if agent else 0,
+                "loaded": len(inst.loaded),
+                "used_bytes": agent.used_bytes,
                 "capacity_bytes": inst.settings.capacity_bytes,
                 "rpm": rec.rpm if rec else 0.0,
             }
