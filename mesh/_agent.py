@@ -21,17 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
 
 from ._cluster_mirror import ClusterMirror
+from ._loaded_copies import LoadedCopies
 from ._metrics import Metrics
 from ._router import Router
 from ._settings import InstanceSettings
 from ._store import LeaseExpired, Store, StoreError
-from ._store_schema import CopyRecord, InstanceRecord, Keys, ModelRecord, encode
+from ._store_schema import CopyRecord, CopyState, InstanceRecord, Keys, ModelRecord, encode
 from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LocalCopy:
     model_id: str
-    state: str  # loading | loaded | failed | unloading
+    state: CopyState
     since: float
     size_bytes: int = 0
     size_measured: bool = False
@@ -79,6 +79,7 @@ class Agent:
         adapters: AdapterRegistry,
         puller: Puller,
         *,
+        loaded: LoadedCopies,
         rest_address: str = "",
         version: str = "",
         clock: Callable[[], float] = time.time,
@@ -97,7 +98,8 @@ class Agent:
         self.puller = puller
         self.version = version
         self.clock = clock
-        self.copies: dict[str, LocalCopy] = {}
+        self.copies: dict[str, LocalCopy] = {}  # every copy this agent is loading, holds or unloads
+        self.loaded = loaded  # the loaded ones: written only here, read by the router
         self.counters = AgentCounters()
         self.lease = 0
         self.shutting_down = False
@@ -151,14 +153,14 @@ class Agent:
 
     @property
     def used_bytes(self) -> int:
-        return sum(c.size_bytes for c in self.copies.values() if c.state in ("loading", "loaded", "unloading"))
+        return sum(c.size_bytes for c in self.copies.values() if c.state in (CopyState.LOADING, CopyState.LOADED, CopyState.UNLOADING))
 
     @property
     def loading(self) -> int:
-        return sum(1 for c in self.copies.values() if c.state == "loading")
+        return sum(1 for c in self.copies.values() if c.state == CopyState.LOADING)
 
     def _instance_record(self) -> InstanceRecord:
-        loaded = [c for c in self.copies.values() if c.state == "loaded"]
+        loaded = [c for c in self.copies.values() if c.state == CopyState.LOADED]
         lru = min((self.router.usage[c.model_id].last_used for c in loaded if c.model_id in self.router.usage), default=0.0)
         return InstanceRecord(
             instance_id=self.instance_id,
@@ -209,7 +211,7 @@ class Agent:
         rec = CopyRecord(
             model_id=copy.model_id,
             instance_id=self.instance_id,
-            state=copy.state,  # type: ignore[arg-type]
+            state=copy.state,
             since=copy.since,
             size_bytes=copy.size_bytes,
             size_measured=copy.size_measured,
@@ -252,7 +254,7 @@ class Agent:
             await asyncio.sleep(self.settings.publish_interval_s)
             try:
                 for c in list(self.copies.values()):
-                    if c.state in ("loaded", "failed"):
+                    if c.state in (CopyState.LOADED, CopyState.FAILED):
                         await self._publish_copy(c)
                 await self._publish_instance()
                 self._expire_failures()
@@ -263,7 +265,7 @@ class Agent:
     def _expire_failures(self) -> None:
         now = self.clock()
         for mid, c in list(self.copies.items()):
-            if c.state == "failed" and c.failed_until <= now:
+            if c.state == CopyState.FAILED and c.failed_until <= now:
                 self.copies.pop(mid, None)
                 task = asyncio.create_task(self._delete_copy_record(mid))
                 self._tasks.append(task)
@@ -290,7 +292,7 @@ class Agent:
         desired = self.desired()
         for mid in [m for m in self.copies if m not in desired]:
             copy = self.copies[mid]
-            if copy.state == "failed":
+            if copy.state == CopyState.FAILED:
                 continue  # keep the failure visible until it expires
             await self._unload(mid)
         for mid in sorted(desired):
@@ -299,7 +301,7 @@ class Agent:
             rec = self.state.model(mid)
             if rec is None:
                 continue
-            copy = LocalCopy(model_id=mid, state="loading", since=self.clock())
+            copy = LocalCopy(model_id=mid, state=CopyState.LOADING, since=self.clock())
             self.copies[mid] = copy
             copy.task = asyncio.create_task(self._load(rec, copy), name=f"load-{mid}")
 
@@ -338,9 +340,9 @@ class Agent:
             copy.size_bytes = loaded.size_bytes
             copy.size_measured = True
             copy.load_time_s = time.monotonic() - start
-            copy.state = "loaded"
+            copy.state = CopyState.LOADED
             copy.since = self.clock()
-            self.router.local[mid] = loaded
+            self.loaded.add(mid, loaded)
             self.counters.loads += 1
             self.metrics.model(self.metrics.load_ms, mid).observe(copy.load_time_s * 1000)
             self.metrics.model(self.metrics.loaded_size, mid).observe(copy.size_bytes)
@@ -358,7 +360,7 @@ class Agent:
                 copy.artifact_key = None
             if self.copies.get(mid) is not copy:
                 return
-            copy.state = "failed"
+            copy.state = CopyState.FAILED
             copy.error = reason
             copy.size_bytes = 0
             copy.since = self.clock()
@@ -391,7 +393,7 @@ class Agent:
             others = sum(
                 c.size_bytes
                 for c in self.copies.values()
-                if c is not copy and c.state in ("loaded", "unloading", "loading")
+                if c is not copy and c.state in (CopyState.LOADED, CopyState.UNLOADING, CopyState.LOADING)
             )
             if copy.size_bytes > cap:
                 raise RuntimeError(
@@ -414,8 +416,8 @@ class Agent:
             return
         if copy.task is not None and not copy.task.done():
             await cancel_and_wait(copy.task)
-        copy.state = "unloading"
-        self.router.local.pop(mid, None)
+        copy.state = CopyState.UNLOADING
+        self.loaded.remove(mid)
         if copy.loaded is not None:
             if publish and mid in self.state.models.items:
                 # unassigned while still registered: evicted (or moved), not unregistered
@@ -434,18 +436,9 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.puller.release(copy.artifact_key)
         self.copies.pop(mid, None)
-        self.router.usage.pop(mid, None)
+        self.router.forget_usage(mid)
         self._freed.set()
         if publish:
             with contextlib.suppress(StoreError):
                 await self.store.delete(self.keys.copy(mid, self.instance_id))
                 await self._publish_instance()
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.instance_id,
-            "used_bytes": self.used_bytes,
-            "capacity_bytes": self.settings.capacity_bytes,
-            "copies": {m: c.state for m, c in self.copies.items()},
-        }
-

@@ -18,6 +18,7 @@ from ._store import PrefixMirror, Store
 from ._store_schema import (
     AssignmentRecord,
     CopyRecord,
+    CopyState,
     DecisionRecord,
     InstanceRecord,
     Keys,
@@ -148,9 +149,6 @@ class ClusterMirror:
         rec = self.instances.items.get(instance_id)
         return rec.address if rec else None
 
-    def live_instances(self) -> dict[str, InstanceRecord]:
-        return dict(self.instances.items)
-
     def failure(self, model_id: str) -> str | None:
         """The load error when the model has failed recently and nothing is loading or loaded."""
         copies = self.copies_of(model_id)
@@ -159,9 +157,9 @@ class ClusterMirror:
         now = self.clock()
         error = None
         for c in copies.values():
-            if c.state in ("loaded", "loading"):
+            if c.state in (CopyState.LOADED, CopyState.LOADING):
                 return None
-            if c.state == "failed" and c.failed_until > now:
+            if c.state == CopyState.FAILED and c.failed_until > now:
                 error = c.error or "load failed"
         return error
 
@@ -176,7 +174,7 @@ class ClusterMirror:
         failed = {
             mid
             for mid, copies in self._copies_by_model.items()
-            if mid in models and any(c.state == "failed" and c.failed_until > now for c in copies.values())
+            if mid in models and any(c.state == CopyState.FAILED and c.failed_until > now for c in copies.values())
         }
         loaded = sum(1 for mid in self._holders if mid in models)
         return ClusterCounts(loaded=loaded, with_failure=len(failed), managed=len(models))
@@ -213,12 +211,12 @@ class ClusterMirror:
             sorted(
                 iid
                 for iid, c in copies.items()
-                if c.state == "loaded" and iid in live and not live[iid].shutting_down
+                if c.state == CopyState.LOADED and iid in live and not live[iid].shutting_down
             )
         )
         # a shutting-down instance still serves while nothing else holds the model
         if not holders:
-            holders = tuple(sorted(iid for iid, c in copies.items() if c.state == "loaded" and iid in live))
+            holders = tuple(sorted(iid for iid, c in copies.items() if c.state == CopyState.LOADED and iid in live))
         if holders:
             self._holders[mid] = holders
         else:

@@ -18,10 +18,13 @@ from protos import grpc_predict_v2_pb2 as pb
 from runtime_adapters import (
     V2_CONTENTS_FIELD,
     InferInput,
+    InferOutput,
     InferRequest,
     InferResponse,
     ModelMetadata,
     RequestedOutput,
+    TensorMetadata,
+    list_to_raw,
     raw_to_list,
     v2_request_from_pb,
     v2_response_to_pb,
@@ -62,6 +65,11 @@ def parse_infer_request(payload: bytes) -> pb.ModelInferRequest:
         raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
 
 
+def parse_infer_response(payload: bytes) -> pb.ModelInferResponse:
+    """A peer's serialized ModelInferResponse (a peer we trust to send valid ones)."""
+    return pb.ModelInferResponse.FromString(payload)
+
+
 def infer_request_from_pb(req: pb.ModelInferRequest) -> InferRequest:
     return v2_request_from_pb(req)
 
@@ -98,6 +106,37 @@ def metadata_to_pb(meta: ModelMetadata) -> pb.ModelMetadataResponse:
     for t in meta.outputs:
         msg.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
     return msg
+
+
+def infer_response_from_pb(msg: pb.ModelInferResponse) -> InferResponse:
+    """Wire -> domain for a forwarded (remote) answer: typed contents become raw bytes, so that
+    :func:`infer_response_to_json` renders it as :func:`pb_response_to_json` would."""
+    raws = msg.raw_output_contents
+    outputs = []
+    for idx, o in enumerate(msg.outputs):
+        if raws:
+            raw = raws[idx]
+        else:
+            raw = list_to_raw(o.datatype, list(getattr(o.contents, CONTENTS_FIELD.get(o.datatype, "fp32_contents"))))
+        outputs.append(InferOutput(name=o.name, datatype=o.datatype, shape=tuple(o.shape), raw=raw))
+    return InferResponse(model_name=msg.model_name, outputs=tuple(outputs), id=msg.id, model_version=msg.model_version)
+
+
+def metadata_request_bytes(name: str) -> bytes:
+    """A serialized ModelMetadataRequest (what the router sends a peer for a model's metadata)."""
+    return pb.ModelMetadataRequest(name=name).SerializeToString()
+
+
+def metadata_from_pb_bytes(raw: bytes) -> ModelMetadata:
+    """A peer's serialized ModelMetadataResponse -> domain."""
+    msg = pb.ModelMetadataResponse.FromString(raw)
+    return ModelMetadata(
+        name=msg.name,
+        platform=msg.platform,
+        versions=tuple(msg.versions),
+        inputs=tuple(TensorMetadata(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs),
+        outputs=tuple(TensorMetadata(t.name, t.datatype, tuple(t.shape)) for t in msg.outputs),
+    )
 
 
 # ---------------------------------------------------------------- V2 JSON

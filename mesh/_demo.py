@@ -232,9 +232,9 @@ async def register_models(mesh: LocalMesh, models: list[DemoModel], progress: Ca
 
 
 def summary(mesh: LocalMesh, result: TrafficResult) -> dict[str, Any]:
-    loads = sum(i.agent.counters.loads for i in mesh.instances if i.agent)
-    unloads = sum(i.agent.counters.unloads for i in mesh.instances if i.agent)
-    failures = sum(i.agent.counters.load_failures for i in mesh.instances if i.agent)
+    loads = sum(i.agent.counters.loads for i in mesh.instances)
+    unloads = sum(i.agent.counters.unloads for i in mesh.instances)
+    failures = sum(i.agent.counters.load_failures for i in mesh.instances)
     misses = sum(i.router.counters.misses for i in mesh.instances)
     local = sum(i.router.counters.local for i in mesh.instances)
     forwarded = sum(i.router.counters.forwarded for i in mesh.instances)
@@ -247,8 +247,8 @@ def summary(mesh: LocalMesh, result: TrafficResult) -> dict[str, Any]:
         instances.append(
             {
                 "instance": inst.instance_id,
-                "loaded": sum(1 for c in agent.copies.values() if c.state == "loaded") if agent else 0,
-                "used_bytes": agent.used_bytes if agent else 0,
+                "loaded": len(inst.loaded),
+                "used_bytes": agent.used_bytes,
                 "capacity_bytes": inst.settings.capacity_bytes,
                 "rpm": rec.rpm if rec else 0.0,
             }

@@ -1,15 +1,15 @@
 """The gRPC edge: V2 inference (bytes in, bytes out) and mmesh.ModelMesh, on one server.
 
-``ModelInfer`` is registered with identity (de)serializers, so the router gets
-the request bytes and either parses them once (local copy) or forwards them
-untouched (remote copy). One interceptor maps every error to its status through
-:func:`mesh._errors.status_for`.
+It only translates: V2 calls go to the :class:`~mesh._dataplane.DataPlane`, mmesh calls to
+:class:`~mesh._management.Management`. ``ModelInfer`` is registered with identity
+(de)serializers, so the router gets the request bytes and either parses them once (local copy)
+or forwards them untouched (remote copy). One interceptor maps every error to its status
+through :func:`mesh._errors.status_for`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,16 +21,15 @@ from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
 from . import _codec
-from ._errors import InvalidRequest, ModelNotFound, status_for
+from ._dataplane import DataPlane, RequestContext
+from ._errors import InvalidRequest, status_for
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
-from ._metrics import Metrics, code_name
-from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER, Router
+from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER
 from ._wire import WireError, read_string_field
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-SERVER_NAME = "modelmux"
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -45,7 +44,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps every exception raised by a handler to its gRPC status, once. (Request metrics are
-    ModelMesh's: inference calls only, timed in :meth:`InferenceHandlers.model_infer`.)"""
+    ModelMesh's: inference calls only, timed by the data plane.)"""
 
     async def intercept_service(
         self,
@@ -80,12 +79,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(unary_unary=wrapped, request_deserializer=None)
 
 
+def _context(context: grpc.aio.ServicerContext, md: dict[str, str] | None = None) -> RequestContext:
+    md = _metadata(context) if md is None else md
+    return RequestContext(timeout_s=context.time_remaining(), forwarded=FORWARDED_HEADER in md, metadata=md)
+
+
 class InferenceHandlers:
-    def __init__(self, router: Router, *, version: str = "", metrics: Metrics | None = None) -> None:
-        self.router = router
-        self.version = version
-        self.ready = True
-        self.metrics = metrics or router.metrics
+    """The V2 ``GRPCInferenceService``: protobuf in and out, everything else the data plane's."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
 
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         md = _metadata(context)
@@ -97,47 +100,27 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        forwarded = FORWARDED_HEADER in md
-        if forwarded:  # a peer's request: counted as an API request where it entered the mesh
-            return await self.router.infer_bytes(name, payload, timeout_s=context.time_remaining(), forwarded=True)
-        t0 = time.perf_counter()
-        out = b""
-        error: BaseException | None = None
-        try:
-            out = await self.router.infer_bytes(name, payload, timeout_s=context.time_remaining())
-            return out
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.metrics.request(
-                external=True,
-                code=code_name(error),
-                elapsed_ms=(time.perf_counter() - t0) * 1000,
-                request_bytes=len(payload),
-                response_bytes=len(out) if error is None else -1,
-                **self.router.label_ids(name),
-            )
+        return await self.dataplane.infer_bytes(name, payload, _context(context, md))
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.dataplane.live(_context(context)))
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready)
+        return pb.ServerReadyResponse(ready=self.dataplane.server_ready(_context(context)))
 
     async def server_metadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=["model_repository"])
+        info = self.dataplane.server_info(_context(context))
+        return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=list(info.extensions))
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        mid = await self.router.resolve_fresh(request.name)
-        return pb.ModelReadyResponse(ready=bool(self.router.state.holders(mid)) or mid in self.router.local)
+        return pb.ModelReadyResponse(ready=await self.dataplane.model_ready(request.name, _context(context)))
 
     async def model_metadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        return await model_metadata_pb(self.router, request.name, context.time_remaining())
+        return _codec.metadata_to_pb(await self.dataplane.model_metadata(request.name, _context(context)))
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, req_cls: Any = None) -> grpc.RpcMethodHandler:
@@ -158,35 +141,6 @@ class InferenceHandlers:
                 "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest),
             },
         )
-
-
-async def model_metadata_pb(router: Router, name: str, timeout_s: float | None) -> pb.ModelMetadataResponse:
-    """Metadata from the local copy, or from a holder (loading the model if needed)."""
-    mid = await router.resolve_fresh(name)
-    model = router.local.get(mid)
-    if model is None:
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else router.default_deadline_s)
-        await router.ensure_loaded(mid, deadline)
-        model = router.local.get(mid)
-        if model is None:
-            for holder in router.state.holders(mid):
-                address = router.state.address(holder)
-                if address is None:
-                    continue
-                call = router.channel(address).unary_unary(
-                    f"/{SERVICE}/ModelMetadata",
-                    request_serializer=lambda m: m.SerializeToString(),
-                    response_deserializer=pb.ModelMetadataResponse.FromString,
-                )
-                resp: pb.ModelMetadataResponse = await call(
-                    pb.ModelMetadataRequest(name=mid), timeout=max(deadline - time.monotonic(), 0.001)
-                )
-                resp.name = name
-                return resp
-            raise ModelNotFound(f"model '{name}' has no loaded copy")
-    msg = _codec.metadata_to_pb(model.metadata)
-    msg.name = name
-    return msg
 
 
 # ---------------------------------------------------------------- mmesh.ModelMesh
@@ -278,7 +232,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
 
 
 def build_grpc_server(
-    router: Router, management: Management, *, max_message_bytes: int, version: str = "", metrics: Metrics | None = None
+    dataplane: DataPlane, management: Management, *, max_message_bytes: int
 ) -> tuple[grpc.aio.Server, InferenceHandlers]:
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
@@ -288,7 +242,7 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    inference = InferenceHandlers(router, version=version, metrics=metrics)
+    inference = InferenceHandlers(dataplane)
     server.add_generic_rpc_handlers((inference.handler(),))
     mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management), server)
     return server, inference

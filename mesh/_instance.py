@@ -1,4 +1,7 @@
-"""One instance: wires store view, router, agent, leader and both servers (the single place that builds them)."""
+"""One instance: wires store mirror, router, data plane, agent, leader and both servers (the single place
+that builds them, in :meth:`Instance.__init__`; :meth:`Instance.start` / :meth:`Instance.stop` run them in
+a fixed order). :func:`assemble_instance` also builds the parts an instance is given (puller, runtime
+adapters) for the two entry points that run instances (``modelmux serve`` and :class:`LocalMesh`)."""
 
 from __future__ import annotations
 
@@ -17,17 +20,20 @@ import grpc
 import uvicorn
 
 from placement import Policy, PolicySettings
-from puller import Puller
-from runtime_adapters import AdapterRegistry
+from puller import Puller, PullerSettings, StorageConfig
+from runtime_adapters import AdapterRegistry, AdapterSettings, build_registry
 
 from ._agent import Agent
 from ._cluster_mirror import ClusterMirror
 from ._dashboard import ClusterOverview, TrafficSeries
+from ._dataplane import DataPlane
 from ._grpc_edge import build_grpc_server
 from ._leader import Leader
+from ._loaded_copies import LoadedCopies
 from ._management import Management
 from ._metrics import Metrics
 from ._metrics_http import serve_metrics
+from ._request_metrics import RequestMetrics
 from ._rest_edge import build_rest_app
 from ._router import Router
 from ._settings import InstanceSettings
@@ -58,7 +64,12 @@ class Endpoints:
 
 
 class Instance:
-    """A serving instance. ``await start()`` binds both servers and joins the mesh; ``await stop()`` leaves it."""
+    """A serving instance. ``await start()`` binds both servers and joins the mesh; ``await stop()`` leaves it.
+
+    Start order: mirror (store) -> gRPC and REST servers -> metrics port -> agent (lease, record,
+    reconcile) -> leader (campaign). Stop runs it backwards: drain (graceful) -> leader -> agent ->
+    servers -> router channels -> mirror -> the parts it owns (puller, adapters).
+    """
 
     def __init__(
         self,
@@ -70,8 +81,10 @@ class Instance:
         keys: Keys | None = None,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
+        owns_parts: bool = False,
     ) -> None:
         self.settings = settings
+        self.owns_parts = owns_parts  # close the puller and the adapters on stop
         self.store = store
         self.adapters = adapters
         self.puller = puller
@@ -81,15 +94,18 @@ class Instance:
         self.instance_id = _instance_id(settings)
         self.version = _version()
         self.metrics = Metrics(per_model_labels=settings.per_model_metrics)
-        self.metrics.report_cluster(lambda: self.leader is not None and self.leader.is_leader)
+        self.metrics.report_cluster(lambda: self.leader.is_leader)
         self.state = ClusterMirror(store, self.keys, clock=clock)
         self.series = TrafficSeries(self.state, clock=clock)
         self.views = ClusterOverview(
-            self.state, self.instance_id, is_leader=lambda: self.leader is not None and self.leader.is_leader, series=self.series, clock=clock
+            self.state, self.instance_id, is_leader=lambda: self.leader.is_leader, series=self.series, clock=clock
         )
+        self.loaded = LoadedCopies()  # written by the agent only, read by the router
         self.router = Router(
             self.instance_id,
             self.state,
+            store,
+            self.loaded,
             forward_attempts=settings.forward_attempts,
             default_deadline_s=settings.default_deadline_s,
             forward_attempt_timeout_s=settings.forward_attempt_timeout_s,
@@ -97,11 +113,36 @@ class Instance:
             forward_retry_backoff_s=settings.forward_retry_backoff_s,
             clock=clock,
             metrics=self.metrics,
+            request_metrics=RequestMetrics(self.metrics, self.state),
         )
         self.router.max_message_bytes = settings.max_message_bytes
-        self.management = Management(self.state, self.instance_id, clock=clock)
-        self.agent: Agent | None = None
-        self.leader: Leader | None = None
+        self.dataplane = DataPlane(self.router, version=self.version)
+        self.management = Management(self.state, self.instance_id, store=store, clock=clock)
+        self.agent = Agent(
+            settings,
+            self.instance_id,
+            "",  # advertised once the servers are bound (start)
+            store,
+            self.state,
+            self.router,
+            adapters,
+            puller,
+            loaded=self.loaded,
+            version=self.version,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        self.leader = Leader(
+            self.instance_id,
+            store,
+            self.state,
+            self.policy,
+            lambda: self.agent.lease,
+            tick_s=settings.scheduler_tick_s,
+            failure_ttl_s=settings.failure_ttl_s,
+            clock=clock,
+            metrics=self.metrics,
+        )  # campaigns only with enable_scheduler
         self.endpoints: Endpoints | None = None
         self._grpc: grpc.aio.Server | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -130,9 +171,7 @@ class Instance:
     async def start(self) -> Endpoints:
         s = self.settings
         await self._join_store()
-        self._grpc, _ = build_grpc_server(
-            self.router, self.management, max_message_bytes=s.max_message_bytes, version=self.version, metrics=self.metrics
-        )
+        self._grpc, _ = build_grpc_server(self.dataplane, self.management, max_message_bytes=s.max_message_bytes)
         port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if port == 0:
             raise RuntimeError(f"could not bind gRPC to {s.host}:{s.grpc_port}")
@@ -142,13 +181,14 @@ class Instance:
         rest_addr = ""
         if s.rest_port >= 0:
             app = build_rest_app(
-                self.router,
+                self.dataplane,
                 self.management,
+                self.state,
                 max_message_bytes=s.max_message_bytes,
                 version=self.version,
                 metrics=self.metrics,
                 extra={
-                    "leader": lambda: self.leader.describe() if self.leader else {},
+                    "leader": lambda: self.leader.describe() if s.enable_scheduler else {},
                     "self": self.describe,
                 },
                 views=self.views,
@@ -176,35 +216,10 @@ class Instance:
             metrics_addr = f"{advertise}:{self._metrics_server.sockets[0].getsockname()[1]}"
         self.series.start(s.dashboard_sample_s)
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr)
-        self.agent = Agent(
-            s,
-            self.instance_id,
-            grpc_addr,
-            self.store,
-            self.state,
-            self.router,
-            self.adapters,
-            self.puller,
-            rest_address=rest_addr,
-            version=self.version,
-            clock=self.clock,
-            metrics=self.metrics,
-        )
+        self.agent.address, self.agent.rest_address = grpc_addr, rest_addr
         await self.agent.start()
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
-            agent = self.agent
-            self.leader = Leader(
-                self.instance_id,
-                self.store,
-                self.state,
-                self.policy,
-                lambda: agent.lease,
-                tick_s=s.scheduler_tick_s,
-                failure_ttl_s=s.failure_ttl_s,
-                clock=self.clock,
-                metrics=self.metrics,
-            )
             await self.leader.start()
         log.info("instance %s serving gRPC on %s, REST on %s", self.instance_id, grpc_addr, rest_addr or "-")
         return self.endpoints
@@ -214,26 +229,34 @@ class Instance:
         agent = self.agent
         return {
             "instance_id": self.instance_id,
-            "loads": agent.counters.loads if agent else 0,
-            "load_failures": agent.counters.load_failures if agent else 0,
-            "unloads": agent.counters.unloads if agent else 0,
+            "loads": agent.counters.loads,
+            "load_failures": agent.counters.load_failures,
+            "unloads": agent.counters.unloads,
             "misses": self.router.counters.misses,
             "local": self.router.counters.local,
             "forwarded": self.router.counters.forwarded,
             "forward_retries": self.router.counters.forward_retries,
-            "copies": {m: c.state for m, c in agent.copies.items()} if agent else {},
-            "used_bytes": agent.used_bytes if agent else 0,
+            "copies": {m: c.state for m, c in agent.copies.items()},
+            "used_bytes": agent.used_bytes,
             "store_connected": self.state.connected,
         }
 
     async def stop(self, *, graceful: bool = True) -> None:
-        if graceful and self.agent is not None:
+        try:
+            await self._stop(graceful)
+        finally:
+            if self.owns_parts:
+                with contextlib.suppress(Exception):
+                    await self.adapters.close()
+                with contextlib.suppress(Exception):
+                    await self.puller.close()
+
+    async def _stop(self, graceful: bool) -> None:
+        if graceful and self.agent.lease:  # joined the mesh: move models away first
             with contextlib.suppress(Exception):
                 await self.agent.drain(self.settings.shutdown_grace_s)
-        if self.leader is not None:
-            await self.leader.stop()
-        if self.agent is not None:
-            await self.agent.stop()
+        await self.leader.stop()
+        await self.agent.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if self._rest_task is not None:
@@ -251,3 +274,21 @@ class Instance:
         await self.router.close()
         await self.state.stop()
         self.stopped.set()
+
+
+async def assemble_instance(
+    settings: InstanceSettings,
+    store: Store,
+    *,
+    puller_settings: PullerSettings,
+    storage_config: StorageConfig | None = None,
+    adapter_settings: AdapterSettings | None = None,
+    keys: Keys | None = None,
+    policy: Policy | None = None,
+) -> Instance:
+    """An instance with its own puller and runtime adapters (closed by its ``stop()``): what every
+    process that runs instances builds, written once."""
+    puller = Puller(puller_settings, storage_config)
+    await puller.start()
+    adapters = build_registry(adapter_settings or AdapterSettings())
+    return Instance(settings, store, adapters, puller, keys=keys, policy=policy, owns_parts=True)

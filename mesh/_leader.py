@@ -24,23 +24,24 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from placement import Action, ClusterView, PlacementError, Policy, TenantQuota
 
 from ._cluster_mirror import ClusterMirror
+from ._load_request import request_load
+from ._management import auto_delete_ops
 from ._metrics import Metrics
 from ._placement_view import PlacementViewBuilder
 from ._store import Compare, Delete, Put, Store, StoreError
 from ._store_schema import (
     AssignmentRecord,
+    CopyState,
     DecisionRecord,
     Keys,
     LeaderRecord,
-    MissRecord,
     VModelRecord,
     decode,
     encode,
@@ -52,15 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_SIZE = 1 << 20  # predicted size of a model with no local artifact and no measurement
 DECISION_LOG_SIZE = 2000  # decision records kept in the store (each one applied decision)
 _TRIM_BATCH = 25  # the log is trimmed once this many records over its size (bounded ops per transaction)
-
-
-@dataclass(frozen=True)
-class Decision:
-    at: float
-    kind: str
-    model_id: str
-    instance_id: str
-    reason: str
 
 
 class Leader:
@@ -92,7 +84,6 @@ class Leader:
         self.default_model_size_bytes = default_model_size_bytes
         self.clock = clock
         self.is_leader = False
-        self.decisions: deque[Decision] = deque(maxlen=1000)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unsubs: list[Callable[[], None]] = []
@@ -230,7 +221,6 @@ class Leader:
         self._logged(ok and bool(log_ops))
         if ok:
             for a in actions:
-                self.decisions.append(Decision(now, a.kind, a.model_id, a.instance_id, a.reason))
                 self.metrics.decisions.labels(a.kind, a.reason.split(":", 1)[0].split(" ", 1)[0][:40]).inc()
                 log.info("placement: %s %s on %s (%s)", a.kind, a.model_id, a.instance_id, a.reason)
             # do not decide again before our own writes are visible in the view
@@ -317,7 +307,7 @@ class Leader:
             copies = self.state.copies_of(mid)
             for iid in arec.instances:
                 c = copies.get(iid)
-                if c is not None and c.state == "failed":
+                if c is not None and c.state == CopyState.FAILED:
                     failed.append(Action(kind="unload", model_id=mid, instance_id=iid, reason="load_failed: " + c.error[:200]))
                 elif iid not in self.state.instances.items:
                     failed.append(Action(kind="unload", model_id=mid, instance_id=iid, reason="instance_gone"))
@@ -365,26 +355,26 @@ class Leader:
                 new = replace(vm, failed=True, failure=error, updated_at=self.clock())
             elif not self.state.assigned(target) and target not in self.state.misses.items and error is None:
                 # make sure the target gets loaded
-                await self.store.cas(
-                    self.keys.miss(target),
-                    encode(MissRecord(model_id=target, instance_id=self.instance_id, at=self.clock())),
-                    0,
-                )
+                await request_load(self.store, self.keys, target, requester=self.instance_id, at=self.clock())
             if new is None:
                 continue
             rev = self.state.vmodels.revision_of(name)
             ops: list[Put | Delete] = [Put(self.keys.vmodel(name), encode(new))]
             old = vm.active
             if new.active != old:
-                old_rec = self.state.models.items.get(old)
-                still_used = any(
-                    old in (v.active, v.target) for n, v in self.state.vmodels.items.items() if n != name
-                )
-                if old_rec is not None and old_rec.auto_delete and not still_used:
-                    ops += [Delete(self.keys.model(old)), Delete(self.keys.assignment(old))]
+                others = [v for n, v in self.state.vmodels.items.items() if n != name]
+                ops += auto_delete_ops(self.keys, (old,), self.state.models.items, others)
             ok, _ = await self.store.txn([Compare(self.keys.vmodel(name), rev)], ops)
             if ok:
                 log.info("vmodel %s: active %s -> %s", name, old, new.active)
 
     def describe(self) -> dict[str, Any]:
-        return {"leader": self.is_leader, "decisions": [d.__dict__ for d in list(self.decisions)[-50:]]}
+        """Leadership and the newest decisions of the one decision log (the store's, written with
+        each decision: see :meth:`_decision_log`), oldest first."""
+        records = heapq.nlargest(50, self.state.decisions.items.values(), key=lambda r: r.seq)
+        flat = [
+            {"at": r.at, "kind": a["kind"], "model_id": a["model_id"], "instance_id": a["instance_id"], "reason": a["reason"]}
+            for r in reversed(records)
+            for a in r.actions
+        ]
+        return {"leader": self.is_leader, "decisions": flat[-50:]}

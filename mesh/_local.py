@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from placement import Policy, PolicySettings
-from puller import Puller, PullerSettings
-from runtime_adapters import AdapterSettings, build_registry
+from puller import PullerSettings
+from runtime_adapters import AdapterSettings
 
-from ._instance import Instance
+from ._instance import Instance, assemble_instance
 from ._settings import InstanceSettings
 from ._store import Store, StoreSettings, build_store
 from ._store_schema import Keys
@@ -46,7 +45,6 @@ class LocalMesh:
         self.store = store or build_store(config.store)
         self.keys = Keys(config.store.prefix)
         self.instances: list[Instance] = []
-        self._pullers: list[Puller] = []
 
     async def start(self) -> list[Instance]:
         c = self.config
@@ -61,35 +59,21 @@ class LocalMesh:
                 data_dir=data_dir,
                 **c.instance_overrides,  # type: ignore[arg-type]
             )
-            roots = _roots(c)
-            puller = Puller(
-                PullerSettings(
-                    cache_dir=data_dir / "cache",
-                    cache_budget_bytes=c.puller_cache_bytes,
-                    allowed_roots=roots,
-                )
-            )
-            await puller.start()
-            self._pullers.append(puller)
-            inst = Instance(
+            inst = await assemble_instance(
                 settings,
                 self.store,
-                build_registry(c.adapter),
-                puller,
+                puller_settings=PullerSettings(
+                    cache_dir=data_dir / "cache", cache_budget_bytes=c.puller_cache_bytes, allowed_roots=_roots(c)
+                ),
+                adapter_settings=c.adapter,
                 keys=self.keys,
                 policy=Policy(c.policy),
             )
-            await inst.start()
             self.instances.append(inst)
+            await inst.start()
         return self.instances
 
     async def stop(self) -> None:
         await asyncio.gather(*(i.stop(graceful=False) for i in self.instances), return_exceptions=True)
-        for inst in self.instances:
-            with contextlib.suppress(Exception):
-                await inst.adapters.close()
-        for p in self._pullers:
-            with contextlib.suppress(Exception):
-                await p.close()
         if self._own_store:
             await self.store.close()

@@ -8,9 +8,8 @@ is unreachable (the store client bounds every operation).
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,29 +23,33 @@ from ._errors import (
     Unavailable,
     VModelNotFound,
 )
-from ._store import Compare, Delete, Put, StoreError
-from ._store_schema import MissRecord, ModelRecord, TenantRecord, VModelRecord, decode, encode
-
-# bounds on numbers a client sets, so that no later float or int64 conversion (placement, etcd) overflows
-MAX_BYTES = 1 << 62
-MAX_COPIES = 1 << 16
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,252}$")
-
-# ModelMesh status names
-NOT_FOUND, NOT_LOADED, LOADING, LOADED, LOADING_FAILED, UNKNOWN = (
-    "NOT_FOUND",
-    "NOT_LOADED",
-    "LOADING",
-    "LOADED",
-    "LOADING_FAILED",
-    "UNKNOWN",
+from ._load_request import request_load
+from ._model_status import (
+    CopyStatus,
+    ModelState,
+    ModelStatus,
+    VModelState,
+    VModelStatus,
+    model_state,
+    model_status,
+    vmodel_status,
 )
-V_NOT_FOUND, V_DEFINED, V_TRANSITIONING, V_TRANSITION_FAILED = (
-    "NOT_FOUND",
-    "DEFINED",
-    "TRANSITIONING",
-    "TRANSITION_FAILED",
-)
+from ._store import Compare, Delete, Put, Store, StoreError
+from ._store_schema import Keys, ModelRecord, TenantRecord, VModelRecord, decode, encode
+from ._validation import MAX_BYTES, MAX_COPIES, parse_bytes, valid_id, validate_id
+
+__all__ = [
+    "CopyStatus",
+    "Management",
+    "ModelInfoSpec",
+    "ModelStatus",
+    "VModelStatus",
+    "auto_delete_ops",
+    "model_record_from_info",
+    "parse_bytes",
+    "valid_id",
+    "validate_id",
+]
 
 
 @dataclass(frozen=True)
@@ -61,67 +64,6 @@ class ModelInfoSpec:
     type: str
     path: str = ""
     key: str = ""
-
-
-@dataclass(frozen=True)
-class CopyStatus:
-    location: str
-    status: str
-    time_ms: int
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    status: str
-    errors: tuple[str, ...] = ()
-    copies: tuple[CopyStatus, ...] = ()
-
-
-@dataclass(frozen=True)
-class VModelStatus:
-    status: str
-    active_model_id: str = ""
-    target_model_id: str = ""
-    active_status: ModelStatus | None = None
-    target_status: ModelStatus | None = None
-    owner: str = ""
-
-
-_BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPE]i?|k)?B?\s*$")
-_UNITS = {"": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5, "E": 1000**6,
-          "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
-
-
-def parse_bytes(value: int | str, what: str = "size") -> int:
-    """Bytes from an int or a Kubernetes-style quantity: ``1048576``, ``512Mi``, ``8Gi``, ``2GiB``, ``1.5G``."""
-    if isinstance(value, bool):
-        raise InvalidRequest(f"{what}: expected a number of bytes, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _BYTES_RE.match(value)
-        if m is not None:
-            number, unit = m.group(1), _UNITS[m.group(2) or ""]
-            # exact for integers (a float would turn a long one into infinity)
-            n = int(number) * unit if "." not in number else int(float(number) * unit)
-            if n > MAX_BYTES:
-                raise InvalidRequest(f"{what}: {value!r} is more than {MAX_BYTES} bytes")
-            return n
-    raise InvalidRequest(f"{what}: expected bytes as an integer or a quantity like 512Mi or 8Gi, got {value!r}")
-
-
-def valid_id(value: str) -> bool:
-    """Whether ``value`` can name a model, vModel or tenant."""
-    return isinstance(value, str) and _ID_RE.match(value) is not None
-
-
-def validate_id(kind: str, value: str) -> str:
-    if not valid_id(value):
-        raise InvalidRequest(
-            f"invalid {kind} '{value}': 1-253 characters, letters, digits and . _ : @ + = - "
-            "(starting with a letter or digit)"
-        )
-    return value
 
 
 def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: int = 0, clock: Callable[[], float] = time.time) -> ModelRecord:
@@ -201,14 +143,38 @@ def local_artifact_bytes(path: str) -> int:
 
 
 def _same_spec(a: ModelRecord, b: ModelRecord) -> bool:
-    strip = {"registered_at": 0.0, "last_used": 0.0, "refs": (), "auto_delete": False}
+    strip = {"registered_at": 0.0, "last_used": 0.0, "auto_delete": False}
     return replace(a, **strip) == replace(b, **strip)  # type: ignore[arg-type]
 
 
+def auto_delete_ops(
+    keys: Keys, candidates: Iterable[str], models: Mapping[str, ModelRecord], other_vmodels: Iterable[VModelRecord]
+) -> list[Delete]:
+    """The deletes that remove each candidate model registered with ``auto_delete`` once no other
+    vModel (``other_vmodels``) refers to it (the one rule, used by vModel deletion and promotion)."""
+    still = {m for v in other_vmodels for m in (v.active, v.target)}
+    ops: list[Delete] = []
+    for mid in dict.fromkeys(candidates):
+        rec = models.get(mid)
+        if rec is not None and rec.auto_delete and mid not in still:
+            ops += [Delete(keys.model(mid)), Delete(keys.assignment(mid))]
+    return ops
+
+
 class Management:
-    def __init__(self, state: ClusterMirror, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
+    """The management calls. ``store`` is where registrations are written; ``state`` the mirror
+    they are read back from (defaults to the store the mirror follows)."""
+
+    def __init__(
+        self,
+        state: ClusterMirror,
+        instance_id: str,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.state = state
-        self.store = state.store
+        self.store = store if store is not None else state.store
         self.keys = state.keys
         self.instance_id = instance_id
         self.clock = clock
@@ -216,29 +182,7 @@ class Management:
     # ------------------------------------------------------------ status
 
     def model_status(self, model_id: str) -> ModelStatus:
-        if model_id not in self.state.models.items:
-            return ModelStatus(NOT_FOUND)
-        copies = self.state.copies_of(model_id)
-        now = self.clock()
-        infos = []
-        for iid, c in sorted(copies.items(), key=lambda kv: -kv[1].since):
-            st = {"loaded": LOADED, "loading": LOADING, "failed": LOADING_FAILED}.get(c.state, UNKNOWN)
-            infos.append(CopyStatus(iid, st, int(c.since * 1000)))
-        states = {c.state for c in copies.values()}
-        errors: tuple[str, ...] = ()
-        if "loaded" in states:
-            status = LOADED
-        elif "loading" in states or (self.state.assigned(model_id) and "failed" not in states):
-            status = LOADING
-        elif any(c.state == "failed" and c.failed_until > now for c in copies.values()):
-            status = LOADING_FAILED
-            errors = tuple(sorted({c.error for c in copies.values() if c.state == "failed" and c.error}))
-        else:
-            status = NOT_LOADED
-        miss_error = self.state.miss_error(model_id)
-        if miss_error and status == NOT_LOADED:
-            status, errors = LOADING_FAILED, (miss_error,)
-        return ModelStatus(status, errors, tuple(infos))
+        return model_status(self.state, model_id, self.clock())
 
     # ------------------------------------------------------------ models
 
@@ -281,39 +225,21 @@ class Management:
             raise ModelNotFound(f"model '{model_id}' is not registered")
         if not self.state.holders(model_id) and not self.state.assigned(model_id):
             try:
-                await self.store.cas(
-                    self.keys.miss(model_id),
-                    encode(MissRecord(model_id=model_id, instance_id=self.instance_id, at=self.clock())),
-                    0,
-                )
+                await request_load(self.store, self.keys, model_id, requester=self.instance_id, at=self.clock())
             except StoreError as exc:
                 raise Unavailable(f"store unavailable: {exc}") from exc
         if sync:
             await self.state.wait_for(
-                lambda: self.model_status(model_id).status in (LOADED, LOADING_FAILED, NOT_FOUND), timeout_s
+                lambda: model_state(self.state, model_id, self.clock())
+                in (ModelState.LOADED, ModelState.LOADING_FAILED, ModelState.NOT_FOUND),
+                timeout_s,
             )
         return self.model_status(model_id)
 
     # ------------------------------------------------------------ vModels
 
     def vmodel_status(self, name: str, owner: str = "") -> VModelStatus:
-        vm = self.state.vmodels.items.get(name)
-        if vm is None or (owner and vm.owner != owner):
-            return VModelStatus(V_NOT_FOUND, active_status=ModelStatus(NOT_FOUND))
-        if vm.active == vm.target:
-            status = V_DEFINED
-        elif vm.failed or self.model_status(vm.target).status == LOADING_FAILED:
-            status = V_TRANSITION_FAILED
-        else:
-            status = V_TRANSITIONING
-        return VModelStatus(
-            status,
-            vm.active,
-            vm.target,
-            self.model_status(vm.active),
-            self.model_status(vm.target) if vm.target != vm.active else None,
-            vm.owner,
-        )
+        return vmodel_status(self.state, name, self.clock(), owner)
 
     async def set_vmodel(
         self,
@@ -375,8 +301,11 @@ class Management:
                     await self.ensure_loaded(target)
             if sync:
                 await self.state.wait_for(
-                    lambda: self.vmodel_status(name).status in (V_DEFINED, V_TRANSITION_FAILED)
-                    and (not load_now or self.model_status(target).status in (LOADED, LOADING_FAILED)),
+                    lambda: self.vmodel_status(name).status in (VModelState.DEFINED, VModelState.TRANSITION_FAILED)
+                    and (
+                        not load_now
+                        or model_state(self.state, target, self.clock()) in (ModelState.LOADED, ModelState.LOADING_FAILED)
+                    ),
                     timeout_s,
                 )
         except StoreError as exc:
@@ -392,13 +321,14 @@ class Management:
             vm = decode(VModelRecord, kv.value)
             if owner and vm.owner != owner:
                 raise PreconditionFailed(f"vmodel '{name}' belongs to owner '{vm.owner}', not '{owner}'")
-            ops: list[Put | Delete] = [Delete(key)]
             others, _ = await self.store.get_prefix(self.keys.vmodels)
-            still = {m for o in others if o.key != key for m in (decode(VModelRecord, o.value).active, decode(VModelRecord, o.value).target)}
+            models: dict[str, ModelRecord] = {}
             for mid in {vm.active, vm.target}:
                 mkv = await self.store.get(self.keys.model(mid))
-                if mkv is not None and decode(ModelRecord, mkv.value).auto_delete and mid not in still:
-                    ops += [Delete(self.keys.model(mid)), Delete(self.keys.assignment(mid))]
+                if mkv is not None:
+                    models[mid] = decode(ModelRecord, mkv.value)
+            other_vms = [decode(VModelRecord, o.value) for o in others if o.key != key]
+            ops: list[Put | Delete] = [Delete(key), *auto_delete_ops(self.keys, (vm.active, vm.target), models, other_vms)]
             ok, _ = await self.store.txn([Compare(key, kv.mod_revision)], ops)
             if not ok:
                 raise Unavailable(f"vmodel '{name}' changed concurrently; retry")

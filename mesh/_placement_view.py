@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from placement import (
     BasePolicy,
@@ -35,6 +35,17 @@ from placement import (
 )
 
 from ._cluster_mirror import ClusterMirror
+from ._store_schema import CopyState
+
+PlacementCopyState = Literal["loading", "loaded", "failed"]  # placement's CopyView.state
+
+# a copy being unloaded still holds its bytes: placement counts it as loaded until it is gone
+_PLACEMENT_STATE: dict[CopyState, PlacementCopyState] = {
+    CopyState.LOADING: "loading",
+    CopyState.LOADED: "loaded",
+    CopyState.FAILED: "failed",
+    CopyState.UNLOADING: "loaded",
+}
 
 RATIO_STEP = 0.05
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
@@ -176,7 +187,7 @@ class PlacementViewBuilder:
                 size_measured=is_measured,
                 tenant=rec.tenant,
                 copies=tuple(
-                    CopyView(instance_id=iid, state=c.state if c.state != "unloading" else "loaded", since=c.since)  # type: ignore[arg-type]
+                    CopyView(instance_id=iid, state=_PLACEMENT_STATE[c.state], since=c.since)
                     for iid, c in sorted(copies.items())
                 ),
                 assigned=frozenset(assigned),
@@ -184,7 +195,7 @@ class PlacementViewBuilder:
                 rate_rpm=rate,
                 load_time_s=max(load_times) if load_times else 1.0,
                 # unfiltered: the policy compares failed_until with the view's now
-                failures={iid: c.failed_until for iid, c in copies.items() if c.state == "failed"},
+                failures={iid: c.failed_until for iid, c in copies.items() if c.state == CopyState.FAILED},
                 min_copies=rec.min_copies,
                 max_copies=rec.max_copies,
                 pinned=rec.pinned,
@@ -204,7 +215,7 @@ class PlacementViewBuilder:
             for iid in oloading:
                 self._loading[iid] -= 1
         if assigned:
-            loading = tuple(iid for iid in assigned if (c := copies.get(iid)) is None or c.state == "loading")
+            loading = tuple(iid for iid in assigned if (c := copies.get(iid)) is None or c.state == CopyState.LOADING)
             self._contrib[mid] = (size, assigned, loading)
             for iid in assigned:
                 self._used[iid] = self._used.get(iid, 0) + size

@@ -1,7 +1,9 @@
 """The REST edge: V2 inference over HTTP/JSON and a JSON management API (FastAPI).
 
-Built per instance by :func:`build_rest_app` (no module-level app). Errors go
-through one exception handler that uses the same status table as gRPC.
+It only translates: V2 routes call the :class:`~mesh._dataplane.DataPlane` (the same one the
+gRPC edge calls), management routes :class:`~mesh._management.Management`. Built per instance
+by :func:`build_rest_app` (no module-level app). Errors go through one exception handler that
+uses the same status table as gRPC.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 
-from runtime_adapters import InferResponse
-
 from . import _codec
+from ._cluster_mirror import ClusterMirror
 from ._dashboard import ClusterOverview, install
+from ._dataplane import DataPlane, RequestContext
 from ._errors import (
     ERROR_ROOTS,
     InvalidRequest,
@@ -29,10 +31,9 @@ from ._errors import (
     TenantNotFound,
     status_for,
 )
-from ._grpc_edge import SERVER_NAME, model_metadata_pb
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, parse_bytes
-from ._metrics import Metrics, code_name
-from ._router import Router
+from ._metrics import Metrics
+from ._model_status import ModelState
 
 _JSON_INLINE_LIMIT = 64 << 10  # parse bigger bodies off the event loop
 
@@ -135,8 +136,9 @@ def install_error_handler(app: FastAPI) -> None:
 
 
 def build_rest_app(
-    router: Router,
+    dataplane: DataPlane,
     management: Management,
+    mirror: ClusterMirror,
     *,
     max_message_bytes: int,
     version: str = "",
@@ -153,13 +155,17 @@ def build_rest_app(
         install(app, views)
 
     # ---------------------------------------------------------------- V2
+    def context(request: Request | None = None) -> RequestContext:
+        return RequestContext(timeout_s=_timeout(request) if request is not None else None)
+
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": version, "extensions": ["model_repository"]}
+        info = dataplane.server_info(context())
+        return {"name": info.name, "version": info.version, "extensions": list(info.extensions)}
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, Any]:
-        return {"live": True}
+        return {"live": dataplane.live(context())}
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, Any]:
@@ -167,8 +173,7 @@ def build_rest_app(
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str, request: Request) -> dict[str, Any]:
-        msg = await model_metadata_pb(router, name, _timeout(request))
-        return _codec.metadata_from_pb(msg)
+        return _codec.metadata_to_json(await dataplane.model_metadata(name, context(request)))
 
     @app.get("/v2/models/{name}/versions/{version_id}")
     async def model_metadata_v(name: str, version_id: str, request: Request) -> dict[str, Any]:
@@ -176,42 +181,26 @@ def build_rest_app(
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> Response:
-        mid = await router.resolve_fresh(name)
-        ready = bool(router.state.holders(mid)) or mid in router.local
+        ready = await dataplane.model_ready(name, context())
         return JSONResponse({"name": name, "ready": ready}, status_code=200)
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
-        sizes: list[int] = []
-        response: JSONResponse | None = None
-        error: BaseException | None = None
-        try:
-            body = await _read_json(request, max_message_bytes, sizes)
+        with dataplane.measure(name, RequestContext()) as timer:
+            sizes: list[int] = []
+            try:
+                body = await _read_json(request, max_message_bytes, sizes)
+            finally:
+                timer.request_bytes = sizes[0] if sizes else -1
             req = _codec.infer_request_from_json(name, body)
-            result = await router.infer(name, req, timeout_s=_timeout(request))
-            if isinstance(result, InferResponse):
-                out = _codec.infer_response_to_json(result)
-            else:
-                out = _codec.pb_response_to_json(result)
+            result = await dataplane.infer(name, req, context(request))
+            out = _codec.infer_response_to_json(result)
             out["model_name"] = name
             if req.id:
                 out["id"] = req.id
             response = JSONResponse(out)
+            timer.response_bytes = len(response.body)
             return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if metrics is not None:
-                metrics.request(
-                    external=True,
-                    code=code_name(error),
-                    elapsed_ms=(time.perf_counter() - t0) * 1000,
-                    request_bytes=sizes[0] if sizes else -1,
-                    response_bytes=len(response.body) if response is not None else -1,
-                    **router.label_ids(name),
-                )
 
     @app.post("/v2/models/{name}/versions/{version_id}/infer")
     async def infer_v(name: str, version_id: str, request: Request) -> JSONResponse:
@@ -244,7 +233,7 @@ def build_rest_app(
     @app.get("/v1/models/{model_id}")
     async def model_status(model_id: str) -> dict[str, Any]:
         st = management.model_status(model_id)
-        if st.status == "NOT_FOUND":
+        if st.status == ModelState.NOT_FOUND:
             raise ModelNotFound(f"model '{model_id}' is not registered")
         return _model_status_json(st)
 
@@ -322,7 +311,7 @@ def build_rest_app(
             "time": time.time(),
             "instances": management.list_instances(),
             "models": management.list_models(),
-            "connected": router.state.connected,
+            "connected": mirror.connected,
         }
         if extra:
             for key, fn in extra.items():

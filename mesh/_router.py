@@ -1,9 +1,11 @@
-"""The router: resolve a name to a model, then serve locally, forward, or trigger a load.
+"""The router: resolve a name to a model, then serve locally, forward, or ask for a load.
 
 Hot path for a loaded model: one vModel/model look-up and one holders look-up in
-the in-memory :class:`ClusterMirror`; a local copy is served in process, a remote
-one gets the request bytes forwarded unparsed over a cached channel. Nothing on
-this path touches the store.
+the in-memory :class:`ClusterMirror`; a local copy (from the agent's
+:class:`~mesh._loaded_copies.LoadedCopies`, read only here) is served in process, a
+remote one gets the request bytes forwarded unparsed over a cached channel. Nothing on
+this path touches the store. Request metrics and wire formats are the data plane's
+(:mod:`mesh._dataplane`) and the edges'.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from protos import grpc_predict_v2_pb2 as pb
 from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotLoaded
 
 from . import _codec
 from ._cluster_mirror import ClusterMirror
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
-from ._management import valid_id
-from ._metrics import Metrics, code_name
-from ._store_schema import Keys, MissRecord, encode
+from ._load_request import request_load
+from ._loaded_copies import LoadedCopiesView
+from ._metrics import Metrics
+from ._request_metrics import RequestMetrics
+from ._store import Store
+from ._store_schema import Keys
+from ._validation import valid_id
 
 log = logging.getLogger(__name__)
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+METADATA_METHOD = "/inference.GRPCInferenceService/ModelMetadata"
 FORWARDED_HEADER = "mm-forwarded"  # set on forwarded calls: serve locally or answer NOT_FOUND
 MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
@@ -82,7 +88,9 @@ class Router:
     def __init__(
         self,
         instance_id: str,
-        state: ClusterMirror,
+        mirror: ClusterMirror,
+        store: Store,
+        loaded: LoadedCopiesView,
         *,
         forward_attempts: int = 3,
         default_deadline_s: float = 60.0,
@@ -91,19 +99,22 @@ class Router:
         forward_retry_backoff_s: float = 0.5,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        request_metrics: RequestMetrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.request_metrics = request_metrics or RequestMetrics(self.metrics, mirror)
         self.instance_id = instance_id
-        self.state = state
-        self.keys: Keys = state.keys
+        self.mirror = mirror
+        self.store = store  # cold paths only: a name not yet mirrored, asking for a load
+        self.keys: Keys = mirror.keys
         self.forward_attempts = forward_attempts
         self.default_deadline_s = default_deadline_s
         self.forward_attempt_timeout_s = forward_attempt_timeout_s
         self.suspect_holder_s = suspect_holder_s
         self.forward_retry_backoff_s = forward_retry_backoff_s
         self.clock = clock
-        self.local: dict[str, LoadedModel] = {}  # model id -> loaded copy (owned by the agent)
-        self.usage: dict[str, UsageStats] = {}
+        self.loaded = loaded  # this instance's loaded copies (the agent's registry, read only)
+        self.usage: dict[str, UsageStats] = {}  # counted here, published (and forgotten) by the agent
         self.counters = RouterCounters()
         self._inflight: dict[str, int] = {}
         self._suspect: dict[str, float] = {}  # holder -> monotonic time until which it is avoided
@@ -116,7 +127,7 @@ class Router:
     # ------------------------------------------------------------ names
 
     def resolve(self, name: str) -> str:
-        mid = self.state.resolve(name)
+        mid = self.mirror.resolve(name)
         if mid is None:
             raise ModelNotFound(f"model '{name}' is not registered")
         return mid
@@ -128,7 +139,7 @@ class Router:
         instance's view yet. This cold path (unknown names only) reads the store, with a short
         negative cache so that a client hammering a wrong name cannot hammer the store.
         """
-        mid = self.state.resolve(name)
+        mid = self.mirror.resolve(name)
         if mid is not None:
             return mid
         if not valid_id(name):  # no model or vModel can have this name: no store read, nothing cached
@@ -137,25 +148,18 @@ class Router:
         if self._unknown.get(name, 0.0) > now:
             raise ModelNotFound(f"model '{name}' is not registered")
         try:
-            found = await self.state.store.get(self.keys.model(name)) or await self.state.store.get(self.keys.vmodel(name))
+            found = await self.store.get(self.keys.model(name)) or await self.store.get(self.keys.vmodel(name))
         except Exception:
             found = None
         if found is not None:
-            await self.state.wait_for(lambda: self.state.resolve(name) is not None, 5.0)
-            mid = self.state.resolve(name)
+            await self.mirror.wait_for(lambda: self.mirror.resolve(name) is not None, 5.0)
+            mid = self.mirror.resolve(name)
             if mid is not None:
                 return mid
         if len(self._unknown) > 10_000:
             self._unknown.clear()
         self._unknown[name] = now + 1.0
         raise ModelNotFound(f"model '{name}' is not registered")
-
-    def label_ids(self, name: str) -> dict[str, str]:
-        """``model_id`` / ``vmodel_id`` metric labels of a requested name (empty unless per-model labels are on)."""
-        if not self.metrics.per_model_labels:
-            return {}
-        vm = self.state.vmodels.items.get(name)
-        return {"model_id": vm.active, "vmodel_id": name} if vm is not None else {"model_id": name, "vmodel_id": ""}
 
     def touch(self, model_id: str) -> None:
         st = self.usage.get(model_id)
@@ -164,6 +168,10 @@ class Router:
         st.last_used = self.clock()
         st.count += 1
         st.window_count += 1
+
+    def forget_usage(self, model_id: str) -> None:
+        """Drop a model's use counters (the agent calls it once the copy is unloaded)."""
+        self.usage.pop(model_id, None)
 
     # ------------------------------------------------------------ entry points
 
@@ -174,8 +182,8 @@ class Router:
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
         if not forwarded:
             self.counters.requests += 1
-        mid = self.state.resolve(name) or await self.resolve_fresh(name)
-        model = self.local.get(mid)
+        mid = self.mirror.resolve(name) or await self.resolve_fresh(name)
+        model = self.loaded.get(mid)
         if model is not None:
             try:
                 return await self._local_bytes(mid, model, name, payload)
@@ -187,12 +195,13 @@ class Router:
             raise ModelNotFound(f"model '{mid}' is not loaded on instance {self.instance_id}")
         return await self._route(mid, name, payload, deadline)
 
-    async def infer(self, name: str, request: InferRequest, *, timeout_s: float | None) -> InferResponse | pb.ModelInferResponse:
-        """Serve a decoded request (REST): local in process, remote as a forwarded gRPC call."""
+    async def infer(self, name: str, request: InferRequest, *, timeout_s: float | None) -> InferResponse:
+        """Serve a decoded request (REST): local in process, remote as a forwarded gRPC call whose
+        answer is decoded once, here, at the end of the forward."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
         self.counters.requests += 1
-        mid = self.state.resolve(name) or await self.resolve_fresh(name)
-        model = self.local.get(mid)
+        mid = self.mirror.resolve(name) or await self.resolve_fresh(name)
+        model = self.loaded.get(mid)
         if model is not None:
             try:
                 return await self._local(mid, model, name, request)
@@ -200,7 +209,7 @@ class Router:
                 pass  # unloaded between the look-up and the call: route again
         payload = _codec.infer_request_to_pb(request).SerializeToString()
         raw = await self._route(mid, name, payload, deadline)
-        return pb.ModelInferResponse.FromString(raw)
+        return _codec.infer_response_from_pb(_codec.parse_infer_response(raw))
 
     # ------------------------------------------------------------ local
 
@@ -208,17 +217,8 @@ class Router:
         self.counters.local += 1
         self.metrics.local_hits.inc()
         self.touch(mid)
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
+        with self.request_metrics.invoke(mid, name):
             resp = await model.infer(request)
-        except BaseException as exc:
-            code = code_name(exc)
-            raise
-        finally:
-            self.metrics.request(
-                external=False, code=code, elapsed_ms=(time.perf_counter() - t0) * 1000, model_id=mid, vmodel_id=name if name != mid else ""
-            )
         if resp.model_name != name:
             resp = InferResponse(model_name=name, outputs=resp.outputs, id=request.id, model_version=resp.model_version)
         return resp
@@ -258,20 +258,20 @@ class Router:
                     raise DeadlineExceeded(f"deadline exceeded while routing model '{name}': {_reason(last_error)}") from last_error
                 raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'")
             # a vModel may have moved to a new target meanwhile: follow it
-            mid = self.state.resolve(name) or mid
-            model = self.local.get(mid)
+            mid = self.mirror.resolve(name) or mid
+            model = self.loaded.get(mid)
             if model is not None:
                 try:
                     return await self._local_bytes(mid, model, name, payload)
                 except ModelNotLoaded as exc:
                     last_error = exc
                     continue
-            others = [h for h in self.state.holders(mid) if h != self.instance_id]
+            others = [h for h in self.mirror.holders(mid) if h != self.instance_id]
             holders = [h for h in others if h not in excluded]
             if not holders:
                 if others:
                     # every holder failed us: wait for the view to change (or a short back-off), then retry them
-                    await self.state.wait_for(
+                    await self.mirror.wait_for(
                         self._view_changed(mid, frozenset(others)), min(remaining, self.forward_retry_backoff_s)
                     )
                     excluded.clear()
@@ -279,13 +279,13 @@ class Router:
                 try:
                     await self.ensure_loaded(mid, deadline, exclude=excluded)
                 except ModelNotFound:
-                    moved = self.state.resolve(name)
+                    moved = self.mirror.resolve(name)
                     if moved is None or moved == mid:
                         raise
                     continue
                 continue
             target = self._pick(holders)
-            address = self.state.address(target)
+            address = self.mirror.address(target)
             if address is None:
                 excluded.add(target)
                 continue
@@ -317,7 +317,7 @@ class Router:
                 raise
 
     def _view_changed(self, mid: str, failed: frozenset[str]) -> Callable[[], bool]:
-        return lambda: mid in self.local or not set(self.state.holders(mid)) <= failed
+        return lambda: mid in self.loaded or not set(self.mirror.holders(mid)) <= failed
 
     def _pick(self, holders: list[str]) -> str:
         """The holder with the fewest requests in flight, avoiding suspect holders while others exist."""
@@ -370,7 +370,7 @@ class Router:
         holders = self._servable(mid)
         if holders and not (exclude and set(holders) <= exclude):
             return
-        error = self.state.failure(mid)
+        error = self.mirror.failure(mid)
         if error is not None:
             raise ModelLoadFailed(f"model '{mid}' failed to load: {error}")
         fut = self._misses.get(mid)
@@ -392,9 +392,9 @@ class Router:
             def answered() -> bool:
                 return (
                     bool(self._servable(mid))
-                    or self.state.failure(mid) is not None
-                    or self.state.miss_error(mid) is not None
-                    or mid not in self.state.models.items
+                    or self.mirror.failure(mid) is not None
+                    or self.mirror.miss_error(mid) is not None
+                    or mid not in self.mirror.models.items
                 )
 
             def unplaced() -> bool:
@@ -402,31 +402,27 @@ class Router:
                 # on every change: the instance it was assigned to may vanish while we wait (its
                 # copy record can go before its instance record, and the leader then drops the
                 # assignment), and nobody else would ask again.
-                return (not self.state.assigned(mid) or not self._assigned_live(mid)) and mid not in self.state.misses.items
+                return (not self.mirror.assigned(mid) or not self._assigned_live(mid)) and mid not in self.mirror.misses.items
 
             ok = False
             while True:
                 if unplaced():
-                    await self.state.store.cas(
-                        self.keys.miss(mid),
-                        encode(MissRecord(model_id=mid, instance_id=self.instance_id, at=self.clock())),
-                        0,
-                    )
+                    await request_load(self.store, self.keys, mid, requester=self.instance_id, at=self.clock())
                     # until our view shows the miss (or its outcome), unplaced() still holds
-                    await self.state.wait_for(
+                    await self.mirror.wait_for(
                         lambda: not unplaced() or answered(), timeout_s=max(min(deadline - time.monotonic(), 5.0), 0.0)
                     )
-                ok = await self.state.wait_for(
+                ok = await self.mirror.wait_for(
                     lambda: answered() or unplaced(), timeout_s=max(deadline - time.monotonic(), 0.0)
                 )
                 if not ok or answered():
                     break
-            if mid not in self.state.models.items:
+            if mid not in self.mirror.models.items:
                 raise ModelNotFound(f"model '{mid}' was unregistered")
-            miss_error = self.state.miss_error(mid)
+            miss_error = self.mirror.miss_error(mid)
             if not self._servable(mid) and miss_error is not None:
                 raise NoCapacity(f"model '{mid}' cannot be placed: {miss_error}")
-            error = self.state.failure(mid)
+            error = self.mirror.failure(mid)
             if not self._servable(mid) and error is not None:
                 raise ModelLoadFailed(f"model '{mid}' failed to load: {error}")
             if not ok:
@@ -444,14 +440,26 @@ class Router:
         """Holders that can serve the model. This instance counts only while it holds the copy in
         memory: a copy record left by a previous incarnation of this instance (killed, restarted
         before its lease ran out) must not make a request wait on itself."""
-        holders = self.state.holders(mid)
-        if self.instance_id in holders and mid not in self.local:
+        holders = self.mirror.holders(mid)
+        if self.instance_id in holders and mid not in self.loaded:
             return tuple(h for h in holders if h != self.instance_id)
         return holders
 
     def _assigned_live(self, mid: str) -> bool:
-        live = self.state.instances.items
-        return any(i in live and not live[i].shutting_down for i in self.state.assigned(mid))
+        live = self.mirror.instances.items
+        return any(i in live and not live[i].shutting_down for i in self.mirror.assigned(mid))
+
+    async def peer_metadata(self, mid: str, deadline: float) -> bytes | None:
+        """A holder's serialized ModelMetadataResponse for ``mid`` (bytes, unparsed), or None when
+        no holder has an address."""
+        for holder in self.mirror.holders(mid):
+            address = self.mirror.address(holder)
+            if address is None:
+                continue
+            call = self.channel(address).unary_unary(METADATA_METHOD)  # bytes in, bytes out
+            raw: bytes = await call(_codec.metadata_request_bytes(mid), timeout=max(deadline - time.monotonic(), 0.001))
+            return raw
+        return None
 
     async def close(self) -> None:
         for ch in self._channels.values():

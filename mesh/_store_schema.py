@@ -9,7 +9,7 @@ mod revision only; lease-bound records vanish with their instance.
 key                                 written by                 content
 ==================================  =========================  ==================================
 ``P/instances/{instance}``          that instance (lease)      :class:`InstanceRecord`
-``P/models/{model}``                management API             :class:`ModelRecord` (spec, refs)
+``P/models/{model}``                management API             :class:`ModelRecord` (spec)
 ``P/vmodels/{vmodel}``              management API             :class:`VModelRecord`
 ``P/assignments/{model}``           placement leader           :class:`AssignmentRecord` (desired)
 ``P/copies/{model}/{instance}``     that instance (lease)      :class:`CopyRecord` (actual state)
@@ -35,11 +35,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from enum import StrEnum
+from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
 
-CopyState = Literal["loading", "loaded", "failed", "unloading"]
+
+class CopyState(StrEnum):
+    """Where one copy of a model on one instance is (the values are what the store holds)."""
+
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"
+    UNLOADING = "unloading"
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,6 @@ class ModelRecord:
     registered_at: float = 0.0
     last_used: float = 0.0  # initial priority (registration's lastUsedTime)
     auto_delete: bool = False  # delete once no vModel refers to it
-    refs: tuple[str, ...] = ()  # vModels that target or activate this model
     options: dict[str, str] = field(default_factory=dict)
 
 
@@ -182,6 +189,9 @@ class CopyRecord:
     rpm: float = 0.0
     error: str = ""
     failed_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", CopyState(self.state))  # decoded from the store as a plain string
 
 
 @dataclass(frozen=True)

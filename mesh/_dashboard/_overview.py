@@ -9,25 +9,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._cluster_mirror import ClusterMirror
+from .._model_status import REGISTERED_STATES, model_state, vmodel_status
 from .._store_schema import CopyRecord, DecisionRecord, ModelRecord
 
 if TYPE_CHECKING:
     from ._series import TrafficSeries
 
-LOADED, LOADING, FAILED, NOT_LOADED = "LOADED", "LOADING", "LOADING_FAILED", "NOT_LOADED"
-STATES = (LOADED, LOADING, FAILED, NOT_LOADED)
+STATES = tuple(str(s) for s in REGISTERED_STATES)
 MAX_PAGE = 500
-
-
-def _state_of(copies: dict[str, CopyRecord], now: float) -> str:
-    states = [c.state for c in copies.values()]
-    if "loaded" in states:
-        return LOADED
-    if "loading" in states:
-        return LOADING
-    if any(c.state == "failed" and c.failed_until > now for c in copies.values()):
-        return FAILED
-    return NOT_LOADED
 
 
 def _copy_json(iid: str, c: CopyRecord) -> dict[str, Any]:
@@ -94,7 +83,7 @@ class ClusterOverview:
             "model_id": mid,
             "type": rec.model_type if rec else "",
             "tenant": rec.tenant if rec else "",
-            "state": _state_of(copies, now),
+            "state": model_state(self.state, mid, now),
             "copies": counts,
             "size_bytes": int(size),
             "rpm": round(rpm, 1),
@@ -114,7 +103,7 @@ class ClusterOverview:
         now = self.clock()
         if state:
             wanted = state.upper()
-            ids = [m for m in ids if _state_of(self.state.copies_of(m), now) == wanted]
+            ids = [m for m in ids if model_state(self.state, m, now) == wanted]
         total = len(ids)
         if sort == "model":
             page_ids = sorted(ids)[offset : offset + limit]
@@ -130,13 +119,13 @@ class ClusterOverview:
         now = self.clock()
         counts = dict.fromkeys(STATES, 0)
         for mid in self.state.models.items:
-            counts[_state_of(self.state.copies_of(mid), now)] += 1
+            counts[model_state(self.state, mid, now)] += 1
         return counts
 
     def vmodels(self) -> list[dict[str, Any]]:
         out = []
         for name, vm in sorted(self.state.vmodels.items.items()):
-            status = "TRANSITION_FAILED" if vm.failed else ("TRANSITIONING" if vm.active != vm.target else "DEFINED")
+            status = vmodel_status(self.state, name, self.clock()).status
             out.append(
                 {
                     "name": name,
@@ -144,7 +133,7 @@ class ClusterOverview:
                     "target_model_id": vm.target,
                     "owner": vm.owner,
                     "status": status,
-                    "active_state": _state_of(self.state.copies_of(vm.active), self.clock()),
+                    "active_state": model_state(self.state, vm.active, self.clock()),
                     "failure": vm.failure,
                 }
             )

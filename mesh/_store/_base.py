@@ -27,7 +27,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 
+from ._errors import StoreInvalidArgument
 from ._types import Compare, Delete, KeyValue, Put, WatchEvent
+
+
+def validate_ops(ops: Sequence[Put | Delete]) -> None:
+    """One branch of a transaction: only puts and deletes, each key at most once."""
+    seen: set[str] = set()
+    for op in ops:
+        if not isinstance(op, Put | Delete):
+            raise StoreInvalidArgument(f"unknown transaction operation {op!r}")
+        if op.key in seen:
+            raise StoreInvalidArgument(f"key {op.key!r} appears twice in one transaction")
+        seen.add(op.key)
 
 
 class Store(ABC):
@@ -47,18 +59,21 @@ class Store(ABC):
     async def delete(self, key: str) -> bool:
         """Delete; True when the key existed."""
 
-    @abstractmethod
     async def cas(
         self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
     ) -> int | None:
         """Write only if the key's mod revision is ``expected_mod_revision`` (0: create only).
 
-        Returns the new revision, or None when the comparison failed.
+        Returns the new revision, or None when the comparison failed. (A one-compare
+        transaction: written once here for every implementation.)
         """
+        ok, rev = await self.txn([Compare(key, expected_mod_revision)], [Put(key, value, lease)])
+        return rev if ok else None
 
-    @abstractmethod
     async def delete_if(self, key: str, expected_mod_revision: int) -> bool:
         """Delete only if the key's mod revision matches; True when the comparison held."""
+        ok, _ = await self.txn([Compare(key, expected_mod_revision)], [Delete(key)])
+        return ok
 
     @abstractmethod
     async def txn(

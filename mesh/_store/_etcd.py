@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from ._base import Store
+from ._base import Store, validate_ops
 from ._errors import (
     Compacted,
     LeaseExpired,
@@ -105,16 +105,6 @@ def _map_rpc_error(exc: grpc.RpcError, what: str, endpoint: str) -> StoreError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return StoreUnauthenticated(msg)
     return StoreError(msg)
-
-
-def _validate_ops(ops: Sequence[Put | Delete]) -> None:
-    seen: set[str] = set()
-    for op in ops:
-        if not isinstance(op, Put | Delete):
-            raise StoreInvalidArgument(f"unknown transaction operation {op!r}")
-        if op.key in seen:
-            raise StoreInvalidArgument(f"key {op.key!r} appears twice in one transaction")
-        seen.add(op.key)
 
 
 def _request_op(op: Put | Delete) -> Any:
@@ -288,24 +278,14 @@ class EtcdStore(Store):
         )
         return int(resp.deleted) > 0
 
-    async def cas(
-        self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
-    ) -> int | None:
-        ok, rev = await self.txn([Compare(key, expected_mod_revision)], [Put(key, value, lease)])
-        return rev if ok else None
-
-    async def delete_if(self, key: str, expected_mod_revision: int) -> bool:
-        ok, _ = await self.txn([Compare(key, expected_mod_revision)], [Delete(key)])
-        return ok
-
     async def txn(
         self,
         compares: Sequence[Compare],
         success: Sequence[Put | Delete],
         failure: Sequence[Put | Delete] = (),
     ) -> tuple[bool, int]:
-        _validate_ops(success)
-        _validate_ops(failure)
+        validate_ops(success)
+        validate_ops(failure)
         req = rpc.TxnRequest(
             compare=[
                 rpc.Compare(

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from ._base import Store
+from ._base import Store, validate_ops
 from ._errors import Compacted, LeaseExpired, StoreInvalidArgument, StoreUnavailable
 from ._types import Compare, Delete, KeyValue, Put, WatchEvent
 
@@ -132,16 +132,6 @@ class MemoryStore(Store):
             i += 1
         return out
 
-    @staticmethod
-    def _validate_ops(ops: Sequence[Put | Delete]) -> None:
-        seen: set[str] = set()
-        for op in ops:
-            if not isinstance(op, Put | Delete):
-                raise StoreInvalidArgument(f"unknown transaction operation {op!r}")
-            if op.key in seen:
-                raise StoreInvalidArgument(f"key {op.key!r} appears twice in one transaction")
-            seen.add(op.key)
-
     def _apply(self, ops: Sequence[Put | Delete]) -> int:
         """Apply ops atomically at one new revision (none if nothing changes); returns revision."""
         for op in ops:
@@ -224,16 +214,6 @@ class MemoryStore(Store):
         self._apply([Delete(key)])
         return existed
 
-    async def cas(
-        self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
-    ) -> int | None:
-        ok, rev = await self.txn([Compare(key, expected_mod_revision)], [Put(key, value, lease)])
-        return rev if ok else None
-
-    async def delete_if(self, key: str, expected_mod_revision: int) -> bool:
-        ok, _ = await self.txn([Compare(key, expected_mod_revision)], [Delete(key)])
-        return ok
-
     async def txn(
         self,
         compares: Sequence[Compare],
@@ -241,8 +221,8 @@ class MemoryStore(Store):
         failure: Sequence[Put | Delete] = (),
     ) -> tuple[bool, int]:
         await self._enter()
-        self._validate_ops(success)
-        self._validate_ops(failure)
+        validate_ops(success)
+        validate_ops(failure)
         ok = True
         for c in compares:
             kv = self._data.get(c.key)

@@ -42,10 +42,9 @@ def serve(
     """Run one instance (the process a pod runs)."""
     setup_logging(log_level)
     from placement import Policy, PolicySettings
-    from puller import Puller, PullerSettings, StorageConfig
-    from runtime_adapters import AdapterSettings, build_registry
+    from puller import PullerSettings, StorageConfig
 
-    from .._instance import Instance
+    from .._instance import assemble_instance
     from .._settings import InstanceSettings
     from .._store import StoreSettings, build_store
     from .._store_schema import Keys
@@ -75,10 +74,10 @@ def serve(
             puller_overrides["allowed_roots"] = [p.resolve() for p in allowed_root]
         storage_dir = os.environ.get("MODELMUX_STORAGE_CONFIG_DIR")
         storage_config = StorageConfig.from_dir(Path(storage_dir)) if storage_dir else None
-        puller = Puller(PullerSettings(**puller_overrides), storage_config)
-        await puller.start()
-        adapters = build_registry(AdapterSettings())
-        inst = Instance(settings, st, adapters, puller, keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()))
+        inst = await assemble_instance(
+            settings, st, puller_settings=PullerSettings(**puller_overrides), storage_config=storage_config,
+            keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()),
+        )
         ep = await inst.start()
         console.print(
             f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}  metrics {ep.metrics or '-'}"
@@ -95,8 +94,6 @@ def serve(
         await stop.wait()
         console.print("shutting down: moving models away ...")
         await inst.stop(graceful=True)
-        await adapters.close()
-        await puller.close()
         await st.close()
 
     asyncio.run(main())

@@ -1,0 +1,117 @@
+"""The data plane: ready, metadata and infer, answered once for both edges.
+
+The gRPC edge (:mod:`mesh._grpc_edge`) and the REST edge (:mod:`mesh._rest_edge`) translate
+their wire formats and errors and call this object; nothing here knows protobuf messages or
+JSON. It times every client request (:class:`~mesh._request_metrics.RequestMetrics`) and is the
+one place where later work checks who the caller is (:attr:`RequestContext.principal`, carried
+into every call, not checked yet) and batches requests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from runtime_adapters import InferRequest, InferResponse, ModelMetadata
+
+from . import _codec
+from ._errors import ModelNotFound
+from ._request_metrics import RequestMetrics, RequestTimer
+from ._router import Router
+
+SERVER_NAME = "modelmux"
+EXTENSIONS = ("model_repository",)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sends a request, as the edge established it (an identity is not checked yet: issue 13)."""
+
+    name: str = ""
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What an edge knows about one call besides its payload."""
+
+    timeout_s: float | None = None  # the client's deadline, None: the instance default
+    forwarded: bool = False  # sent by a peer that already counted it (serve locally or NOT_FOUND)
+    principal: Principal = ANONYMOUS
+    metadata: dict[str, str] = field(default_factory=dict)  # request headers / gRPC metadata
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+class DataPlane:
+    def __init__(self, router: Router, *, version: str = "", request_metrics: RequestMetrics | None = None) -> None:
+        self.router = router
+        self.version = version
+        self.request_metrics = request_metrics or router.request_metrics
+        self.ready = True
+
+    # ------------------------------------------------------------ server
+
+    def live(self, ctx: RequestContext) -> bool:
+        return True
+
+    def server_ready(self, ctx: RequestContext) -> bool:
+        return self.ready
+
+    def server_info(self, ctx: RequestContext) -> ServerInfo:
+        return ServerInfo(SERVER_NAME, self.version, EXTENSIONS)
+
+    # ------------------------------------------------------------ models
+
+    async def model_ready(self, name: str, ctx: RequestContext) -> bool:
+        """Whether the model (or vModel) has a loaded copy anywhere; NOT_FOUND when it is not registered."""
+        mid = await self.router.resolve_fresh(name)
+        return bool(self.router.mirror.holders(mid)) or mid in self.router.loaded
+
+    async def model_metadata(self, name: str, ctx: RequestContext) -> ModelMetadata:
+        """Metadata from the local copy, or from a holder (loading the model if needed), named as asked."""
+        router = self.router
+        mid = await router.resolve_fresh(name)
+        model = router.loaded.get(mid)
+        if model is None:
+            deadline = time.monotonic() + (ctx.timeout_s if ctx.timeout_s is not None else router.default_deadline_s)
+            await router.ensure_loaded(mid, deadline)
+            model = router.loaded.get(mid)
+            if model is None:
+                raw = await router.peer_metadata(mid, deadline)
+                if raw is None:
+                    raise ModelNotFound(f"model '{name}' has no loaded copy")
+                return replace(_codec.metadata_from_pb_bytes(raw), name=name)
+        return replace(model.metadata, name=name)
+
+    # ------------------------------------------------------------ inference
+
+    def measure(self, name: str, ctx: RequestContext) -> RequestTimer:
+        """Times one client request for ``name`` (a ``with`` block around reading, serving and
+        writing it); the edge fills in the byte counts it knows."""
+        return self.request_metrics.api(name)
+
+    async def infer_bytes(self, name: str, payload: bytes, ctx: RequestContext) -> bytes:
+        """A serialized ModelInferRequest in, a serialized ModelInferResponse out (bytes forwarded unparsed).
+
+        A peer's forwarded request is not timed again: it was counted where it entered the mesh.
+        """
+        if ctx.forwarded:
+            return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
+        with self.measure(name, ctx) as timer:
+            timer.request_bytes = len(payload)
+            out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s)
+            timer.response_bytes = len(out)
+            return out
+
+    async def infer(self, name: str, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        """A decoded request in, a decoded answer out (the REST edge times the call with :meth:`measure`,
+        since only it knows the sizes on its wire)."""
+        return await self.router.infer(name, request, timeout_s=ctx.timeout_s)

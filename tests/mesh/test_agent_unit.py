@@ -1,0 +1,120 @@
+"""The agent built directly (memory store, its mirror, a fake adapter and puller, a manual clock): it is
+the only writer of the loaded-copies registry the router reads, and publishes each copy's state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from mesh._agent import Agent
+from mesh._loaded_copies import LoadedCopies
+from mesh._router import Router
+from mesh._settings import InstanceSettings
+from mesh._store_schema import CopyRecord, CopyState, InstanceRecord, decode
+from runtime_adapters import AdapterRegistry, AdapterSettings
+from tests.mesh.fakes import FakeAdapter, FakePuller, World, request, world
+
+ME = "me"
+
+
+@dataclass
+class Rig:
+    w: World
+    agent: Agent
+    router: Router
+    loaded: LoadedCopies
+    adapter: FakeAdapter
+    puller: FakePuller
+
+    async def copy_record(self, mid: str) -> CopyRecord | None:
+        kv = await self.w.store.get(self.w.keys.copy(mid, ME))
+        return decode(CopyRecord, kv.value) if kv is not None else None
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with world() as w:
+        settings = InstanceSettings(
+            instance_id=ME, capacity_bytes=1 << 20, publish_interval_s=3600, lease_ttl_s=30, failure_ttl_s=60
+        )
+        loaded = LoadedCopies()
+        router = Router(ME, w.mirror, w.store, loaded, clock=w.clock)
+        adapter = FakeAdapter()
+        puller = FakePuller()
+        registry = AdapterRegistry(AdapterSettings(), adapters=[adapter])
+        agent = Agent(settings, ME, "127.0.0.1:1", w.store, w.mirror, router, registry, puller, loaded=loaded, clock=w.clock)  # type: ignore[arg-type]
+        await agent.start()
+        try:
+            yield Rig(w, agent, router, loaded, adapter, puller)
+        finally:
+            await agent.stop()
+            await router.close()
+
+
+async def test_start_publishes_the_instance_under_its_lease(rig: Rig) -> None:
+    kv = await rig.w.store.get(rig.w.keys.instance(ME))
+    assert kv is not None and kv.lease == rig.agent.lease != 0
+    rec = decode(InstanceRecord, kv.value)
+    assert (rec.instance_id, rec.address, rec.capacity_bytes) == (ME, "127.0.0.1:1", 1 << 20)
+
+
+async def test_assigned_model_is_loaded_registered_and_published_then_unloaded(rig: Rig) -> None:
+    w = rig.w
+    await w.model("m")
+    await w.settle(lambda: "m" in w.mirror.models.items)
+    gate = rig.adapter.gate = asyncio.Event()
+    await w.assign("m", ME)
+
+    await w.settle(lambda: rig.agent.copies.get("m") is not None and rig.agent.copies["m"].state == CopyState.LOADING)
+    assert "m" not in rig.loaded  # nothing to serve while the load runs
+    gate.set()
+    await w.settle(lambda: w.mirror.holders("m") == (ME,), "the copy published as loaded")
+
+    model = rig.loaded.get("m")
+    assert model is rig.adapter.loaded["m"]
+    rec = await rig.copy_record("m")
+    assert rec is not None and rec.state == CopyState.LOADED and rec.size_bytes == 2000 and rec.size_measured
+    assert rec.since == w.clock()
+    kv = await w.store.get(w.keys.copy("m", ME))
+    assert kv is not None and b'"state":"loaded"' in kv.value  # the wire value is the plain string
+    # the router serves it from the registry, and counts its use
+    assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
+    assert "m" in rig.router.usage
+
+    await w.store.delete(w.keys.assignment("m"))
+    await w.settle(lambda: ME not in w.mirror.holders("m") and "m" not in rig.agent.copies, "the unload")
+    assert "m" not in rig.loaded and model is not None and model.status.value == "UNLOADED"
+    assert await rig.copy_record("m") is None
+    assert "m" not in rig.router.usage  # forgotten with the copy
+    assert rig.puller.released == rig.puller.staged == ["/m/m"]
+    assert (rig.agent.counters.loads, rig.agent.counters.unloads) == (1, 1)
+
+
+async def test_failed_load_is_published_with_its_error_and_never_registered(rig: Rig) -> None:
+    w = rig.w
+    await w.model("bad")
+    await w.settle(lambda: "bad" in w.mirror.models.items)
+    rig.adapter.fail["bad"] = "corrupt artifact"
+    await w.assign("bad", ME)
+
+    await w.settle(lambda: w.mirror.failure("bad") is not None, "the failure")
+    assert w.mirror.failure("bad") == "corrupt artifact"
+    rec = await rig.copy_record("bad")
+    assert rec is not None and rec.state == CopyState.FAILED and rec.size_bytes == 0
+    assert rec.failed_until == w.clock() + 60
+    assert "bad" not in rig.loaded
+    assert rig.agent.counters.load_failures == 1 and rig.puller.released == ["/m/bad"]
+
+
+async def test_a_load_that_does_not_fit_fails_instead_of_overcommitting(rig: Rig) -> None:
+    w = rig.w
+    await w.model("huge", predicted_size_bytes=2 << 20)  # twice the capacity
+    await w.settle(lambda: "huge" in w.mirror.models.items)
+    await w.assign("huge", ME)
+    await w.settle(lambda: w.mirror.failure("huge") is not None, "the failure")
+    error = w.mirror.failure("huge")
+    assert error is not None and "more than this instance's capacity" in error
+    assert "huge" not in rig.adapter.loaded and "huge" not in rig.loaded

@@ -1,0 +1,105 @@
+"""The placement leader built directly (memory store, its mirror, the real policy, a manual clock):
+misses become assignments logged in the one decision log, failed copies are unassigned, vModels are
+promoted (auto-deleting an unreferenced old target) and a new target is asked for once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from mesh._leader import Leader
+from mesh._store_schema import CopyState, MissRecord, VModelRecord, decode, encode
+from placement import Policy, PolicySettings
+from tests.mesh.cluster import wait_until
+from tests.mesh.fakes import World, world
+
+ME = "lead"
+
+
+@dataclass
+class Rig:
+    w: World
+    leader: Leader
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with world() as w:
+        lease = await w.store.grant_lease(30)
+        await w.instance(ME, "127.0.0.1:1")
+        await w.instance("other", "127.0.0.1:2")
+        await w.settle(lambda: len(w.mirror.instances.items) == 2)
+        leader = Leader(ME, w.store, w.mirror, Policy(PolicySettings()), lambda: lease, tick_s=3600, failure_ttl_s=60, clock=w.clock)
+        await leader.start()
+        try:
+            await wait_until(lambda: leader.is_leader, 5, "leadership")
+            yield Rig(w, leader)
+        finally:
+            await leader.stop()
+
+
+async def test_a_miss_becomes_one_assignment_and_one_logged_decision(rig: Rig) -> None:
+    w = rig.w
+    await w.model("m", predicted_size_bytes=1000)
+    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+
+    await w.settle(lambda: bool(w.mirror.assigned("m")) and "m" not in w.mirror.misses.items, "the assignment")
+    assert len(w.mirror.assigned("m")) == 1
+    await w.settle(lambda: bool(w.mirror.decisions.items), "the decision record")
+    (rec,) = w.mirror.decisions.items.values()
+    assert rec.leader == ME and rec.at == w.clock()
+    assert [(a["kind"], a["model_id"]) for a in rec.actions] == [("load", "m")]
+    # describe() reads the same log, not a second one
+    described = rig.leader.describe()
+    assert described["leader"] is True
+    assert [(d["kind"], d["model_id"], d["at"]) for d in described["decisions"]] == [("load", "m", w.clock())]
+
+
+async def test_a_failed_copy_is_unassigned(rig: Rig) -> None:
+    w = rig.w
+    await w.model("bad")
+    await w.assign("bad", "other")
+    await w.copy("bad", "other", CopyState.FAILED, error="boom", failed_until=w.clock() + 60)
+    await w.settle(lambda: w.mirror.failure("bad") == "boom")
+    # any unanswered miss makes the leader clean up first
+    await w.model("m", predicted_size_bytes=1000)
+    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+
+    await w.settle(lambda: not w.mirror.assigned("bad"), "the failed copy unassigned")
+    reasons = [a["reason"] for r in w.mirror.decisions.items.values() for a in r.actions if a["model_id"] == "bad"]
+    assert reasons == ["load_failed: boom"]
+
+
+async def test_vmodel_target_is_asked_for_then_promoted_and_the_old_target_auto_deleted(rig: Rig) -> None:
+    w = rig.w
+    await w.model("old", auto_delete=True)
+    await w.model("new")
+    await w.copy("old", "other")
+    await w.vmodel("v", "old", "new")  # in transition: nothing assigned to load the target yet
+
+    await w.settle(lambda: "new" in w.mirror.misses.items or bool(w.mirror.assigned("new")), "a load asked for the target")
+    kv = await w.store.get(w.keys.miss("new"))
+    if kv is not None:  # not answered yet: it was asked for by the leader
+        assert decode(MissRecord, kv.value).instance_id == ME
+    # the target loads somewhere: the leader moves the vModel and deletes the old, unreferenced target
+    await w.copy("new", "other")
+    await w.settle(lambda: w.mirror.resolve("v") == "new", "the promotion")
+    vm = w.mirror.vmodels.items["v"]
+    assert (vm.active, vm.target, vm.failed) == ("new", "new", False)
+    await w.settle(lambda: "old" not in w.mirror.models.items, "the old target auto-deleted")
+    assert "new" in w.mirror.models.items
+
+
+async def test_old_target_still_used_by_another_vmodel_is_kept(rig: Rig) -> None:
+    w = rig.w
+    await w.model("old", auto_delete=True)
+    await w.model("new")
+    await w.copy("old", "other")
+    await w.copy("new", "other")
+    await w.store.put(w.keys.vmodel("keep"), encode(VModelRecord(name="keep", active="old", target="old")))
+    await w.vmodel("v", "old", "new")
+
+    await w.settle(lambda: w.mirror.resolve("v") == "new", "the promotion")
+    assert "old" in w.mirror.models.items  # "keep" still refers to it
