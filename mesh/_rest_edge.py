@@ -169,7 +169,7 @@ def build_rest_app(
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, Any]:
-        return {"ready": True}
+        return {"ready": dataplane.server_ready(context())}
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str, request: Request) -> dict[str, Any]:
