@@ -99,7 +99,7 @@ class Instance:
             metrics=self.metrics,
         )
         self.router.max_message_bytes = settings.max_message_bytes
-        self.management = Management(self.state, self.instance_id, clock=clock)
+        self.management = Management(self.state, self.instance_id, clock=clock, puller=puller)
         self.agent: Agent | None = None
         self.leader: Leader | None = None
         self.endpoints: Endpoints | None = None

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from puller import Puller
+
 from ._cluster_mirror import ClusterMirror
 from ._errors import (
     AlreadyExists,
@@ -160,8 +162,6 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
         raise InvalidRequest(f"model '{model_id}': need 0 <= min_copies <= max_copies (0 = unlimited)")
     if max(min_copies, max_copies) > MAX_COPIES or size > MAX_BYTES:
         raise InvalidRequest(f"model '{model_id}': copies above {MAX_COPIES} or size_bytes above {MAX_BYTES}")
-    if size <= 0:
-        size = local_artifact_bytes(info.path)
     now = clock()
     return ModelRecord(
         model_id=model_id,
@@ -180,24 +180,10 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
     )
 
 
-def local_artifact_bytes(path: str) -> int:
-    """Bytes on disk of a local artifact (file or directory), 0 when not local or absent.
-
-    Used as the predicted size of a model until a copy reports its measured size.
-    """
-    from pathlib import Path
-
-    if not path or ("://" in path and not path.startswith("file://")):
-        return 0
-    p = Path(path.removeprefix("file://"))
-    try:
-        if p.is_file():
-            return p.stat().st_size
-        if p.is_dir():
-            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    except OSError:
-        return 0
-    return 0
+def is_local_path(rec: ModelRecord) -> bool:
+    """Whether a record names a local artifact (no storage key; a bare, file:// or pvc:// path)."""
+    path = rec.path
+    return bool(path) and not rec.storage_key and ("://" not in path or path.startswith(("file://", "pvc://")))
 
 
 def _same_spec(a: ModelRecord, b: ModelRecord) -> bool:
@@ -206,7 +192,14 @@ def _same_spec(a: ModelRecord, b: ModelRecord) -> bool:
 
 
 class Management:
-    def __init__(self, state: ClusterMirror, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
+    """``puller`` (optional; the controller has none) validates a local artifact path against
+    its roots at registration — lexically, before any file-system access — and measures it on
+    its executor as the predicted size; without it a local path is not looked at."""
+
+    def __init__(
+        self, state: ClusterMirror, instance_id: str, *, clock: Callable[[], float] = time.time, puller: Puller | None = None
+    ) -> None:
+        self.puller = puller
         self.state = state
         self.store = state.store
         self.keys = state.keys
@@ -247,6 +240,12 @@ class Management:
     ) -> ModelStatus:
         rec = model_record_from_info(model_id, info, last_used_ms=last_used_ms, clock=self.clock)
         rec = replace(rec, auto_delete=auto_delete)
+        if self.puller is not None and rec.predicted_size_bytes <= 0 and is_local_path(rec):
+            # refuses a path outside the allowed roots (PullerError, invalid_argument) before touching it
+            from ._agent import storage_ref  # (the agent's module imports this one)
+
+            size = await self.puller.local_size(storage_ref(rec), tenant=rec.tenant or None)
+            rec = replace(rec, predicted_size_bytes=size)
         key = self.keys.model(model_id)
         try:
             rev = await self.store.cas(key, encode(rec), 0)
