@@ -180,6 +180,7 @@ async def stream_to_sink(
                 length = response.headers.get("content-length")
                 size = int(length) if length and length.isdigit() and not encoded else None
                 sink.expect(size, md5_hex or (None if encoded else md5_from_base64(response.headers.get("content-md5"))))
+                await sink.areserve()  # the declared size, from the cache budget, before the body
                 async for chunk in response.aiter_bytes(chunk_bytes):
                     await sink.awrite(chunk)
                 return

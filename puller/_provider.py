@@ -222,6 +222,14 @@ class ObjectSink:
         self.bytes_written += n
         self._meter.add(n)
 
+    async def areserve(self) -> None:
+        """Claim the declared size from the budget now (async providers call it once the
+        response headers are in, before reading the body): too big fails before any byte."""
+        need = self._unclaimed(0)
+        if need > 0 and self._budget is not None:
+            await self._budget.claim(need, what=self.what)
+            self._claimed += need
+
     async def awrite(self, data: bytes | memoryview) -> None:
         need = self._unclaimed(len(data))
         if need > 0 and self._budget is not None:

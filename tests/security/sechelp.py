@@ -23,7 +23,7 @@ class Seen:
 class Recorder:
     """``files[path] = bytes``; ``redirects[path] = location``; ``lies[path] = (declared, body)``
     (Content-Length says ``declared``, ``body`` is sent); ``chunked[path] = (chunk, count)``
-    (no Content-Length); ``trickle[path] = bytes per 50 ms`` (forever, until closed).
+    (no Content-Length); ``trickle[path] = bytes per 50 ms`` (declaring 1 MiB, sent until closed).
     ``seen`` lists every request; ``sent`` counts body bytes written per path."""
 
     def __init__(self) -> None:
@@ -106,7 +106,7 @@ class Recorder:
             h.wfile.write(b"0\r\n\r\n")
         elif path in self.trickle:
             h.send_response(200)
-            h.send_header("Content-Length", str(1 << 30))
+            h.send_header("Content-Length", str(1 << 20))
             h.end_headers()
             step = self.trickle[path]
             while not self.closing.is_set():
