@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -136,9 +135,3 @@ def recorders(n: int) -> Iterator[list[Recorder]]:
         for s in servers:
             s.close()
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, read back, closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
