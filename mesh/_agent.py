@@ -372,7 +372,7 @@ class Agent:
 
     async def _stage(self, rec: ModelRecord) -> StagedArtifact:
         """Stage the artifact, counting pulls (and their bytes) and cache hits; local paths are served in place."""
-        staged = await self.puller.stage(storage_ref(rec))
+        staged = await self.puller.stage(storage_ref(rec), tenant=rec.tenant)
         if staged.from_cache:
             self.metrics.puller_hits.inc()
         elif not staged.in_place:

@@ -117,7 +117,7 @@ class Instance:
         )
         self.router.max_message_bytes = settings.max_message_bytes
         self.dataplane = DataPlane(self.router, version=self.version)
-        self.management = Management(self.state, self.instance_id, store=store, clock=clock)
+        self.management = Management(self.state, self.instance_id, store=store, clock=clock, puller=puller)
         self.agent = Agent(
             settings,
             self.instance_id,

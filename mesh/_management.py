@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from puller import Puller
+
 from ._cluster_mirror import ClusterMirror
 from ._errors import (
     AlreadyExists,
@@ -102,8 +104,6 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
         raise InvalidRequest(f"model '{model_id}': need 0 <= min_copies <= max_copies (0 = unlimited)")
     if max(min_copies, max_copies) > MAX_COPIES or size > MAX_BYTES:
         raise InvalidRequest(f"model '{model_id}': copies above {MAX_COPIES} or size_bytes above {MAX_BYTES}")
-    if size <= 0:
-        size = local_artifact_bytes(info.path)
     now = clock()
     return ModelRecord(
         model_id=model_id,
@@ -122,24 +122,10 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
     )
 
 
-def local_artifact_bytes(path: str) -> int:
-    """Bytes on disk of a local artifact (file or directory), 0 when not local or absent.
-
-    Used as the predicted size of a model until a copy reports its measured size.
-    """
-    from pathlib import Path
-
-    if not path or ("://" in path and not path.startswith("file://")):
-        return 0
-    p = Path(path.removeprefix("file://"))
-    try:
-        if p.is_file():
-            return p.stat().st_size
-        if p.is_dir():
-            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    except OSError:
-        return 0
-    return 0
+def is_local_path(rec: ModelRecord) -> bool:
+    """Whether a record names a local artifact (no storage key; a bare, file:// or pvc:// path)."""
+    path = rec.path
+    return bool(path) and not rec.storage_key and ("://" not in path or path.startswith(("file://", "pvc://")))
 
 
 def _same_spec(a: ModelRecord, b: ModelRecord) -> bool:
@@ -163,7 +149,10 @@ def auto_delete_ops(
 
 class Management:
     """The management calls. ``store`` is where registrations are written; ``state`` the mirror
-    they are read back from (defaults to the store the mirror follows)."""
+    they are read back from (defaults to the store the mirror follows). ``puller`` (optional; the
+    controller has none) validates a local artifact path against its roots at registration —
+    lexically, before any file-system access — and measures it on its executor as the predicted
+    size; without it a local path is not looked at."""
 
     def __init__(
         self,
@@ -172,7 +161,9 @@ class Management:
         *,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
+        puller: Puller | None = None,
     ) -> None:
+        self.puller = puller
         self.state = state
         self.store = store if store is not None else state.store
         self.keys = state.keys
@@ -191,6 +182,12 @@ class Management:
     ) -> ModelStatus:
         rec = model_record_from_info(model_id, info, last_used_ms=last_used_ms, clock=self.clock)
         rec = replace(rec, auto_delete=auto_delete)
+        if self.puller is not None and rec.predicted_size_bytes <= 0 and is_local_path(rec):
+            # refuses a path outside the allowed roots (PullerError, invalid_argument) before touching it
+            from ._agent import storage_ref  # (the agent's module imports this one)
+
+            size = await self.puller.local_size(storage_ref(rec), tenant=rec.tenant or None)
+            rec = replace(rec, predicted_size_bytes=size)
         key = self.keys.model(model_id)
         try:
             rev = await self.store.cas(key, encode(rec), 0)

@@ -3,7 +3,9 @@
 Providers (local / PVC, HTTP(S), S3 and S3-compatible, GCS, Azure Blob) behind one
 ``Provider`` protocol; a local disk cache with a byte budget and LRU eviction of unheld
 artifacts; single-flight per artifact; atomic staging (temp dir, verify, rename); safe
-archive unpacking; retries with backoff; progress reports. See ``Puller`` for the hold
+archive unpacking; retries with backoff; progress reports; tenant-bound storage keys and
+claims, credentials that never leave their host, no fetches of private addresses, a cache
+budget enforced during downloads and an overall deadline per pull. See ``Puller`` for the hold
 (refcount) semantics and how local paths are served in place.
 """
 
@@ -14,6 +16,8 @@ from ._errors import (
     AccessDenied,
     ArtifactNotFound,
     BadCredentials,
+    ForbiddenAddress,
+    ForbiddenStorageParameter,
     IntegrityError,
     InvalidStorageRef,
     LocalDiskError,
@@ -23,6 +27,7 @@ from ._errors import (
     PullCancelled,
     PullerClosed,
     PullerError,
+    PullTimeout,
     StorageTlsError,
     StorageUnavailable,
     UnknownStorageKey,
@@ -46,6 +51,8 @@ __all__ = [
     "BadCredentials",
     "CacheUsage",
     "CachedArtifactInfo",
+    "ForbiddenAddress",
+    "ForbiddenStorageParameter",
     "GcsProvider",
     "HttpProvider",
     "IntegrityError",
@@ -62,6 +69,7 @@ __all__ = [
     "ProviderUnavailable",
     "PullCancelled",
     "PullProgress",
+    "PullTimeout",
     "Puller",
     "PullerClosed",
     "PullerError",

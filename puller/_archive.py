@@ -11,7 +11,10 @@ Blocking; the puller runs it in a worker thread. Guarantees, whatever the archiv
   are materialised as copies; devices and FIFOs are rejected;
 * at most ``max_entries`` entries and ``max_bytes`` unpacked bytes, counted on the bytes
   actually written (declared sizes are checked first so a bomb fails before it is inflated);
-* modes are normalised (0644 / 0755, no setuid).
+* modes are normalised (0644 / 0755, no setuid);
+* after unpacking, every symlink's real path (the whole chain resolved, as the kernel would)
+  must lie inside ``dest`` — the lexical check above cannot see chains such as
+  ``a -> .`` plus ``b -> a/..`` — else the archive is refused (``check_links``).
 
 On any error the partially unpacked ``dest`` is left for the caller (a staging directory) to
 remove.
@@ -225,6 +228,23 @@ def _unpack_zip(u: _Unpacker, archive: Path) -> None:
                 raise UnsafeArchive(f"{u.what}: entry {info.filename!r} is a device, FIFO or other special file")
 
 
+def check_links(root: Path, *, what: str) -> None:
+    """Refuse (``UnsafeArchive``) a tree holding a symlink whose resolved real path, chains
+    included, lies outside ``root`` (blocking). Messages name the link by its path inside."""
+    real_root = Path(os.path.realpath(root))
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    real = Path(os.path.realpath(entry.path))
+                    if real != real_root and not real.is_relative_to(real_root):
+                        rel = Path(entry.path).relative_to(root)
+                        raise UnsafeArchive(f"{what}: symlink {str(rel)!r} resolves outside the artifact")
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+
+
 def unpack(
     archive: Path,
     dest: Path,
@@ -248,4 +268,5 @@ def unpack(
         raise UnsafeArchive(f"{u.what}: corrupt or unreadable archive ({exc})") from exc
     except (NotImplementedError, RuntimeError) as exc:  # zip: unsupported compression / encryption
         raise UnsafeArchive(f"{u.what}: unsupported archive feature ({exc})") from exc
+    check_links(dest, what=u.what)
     return u.bytes

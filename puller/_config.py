@@ -7,7 +7,18 @@ Example entry (key ``my-s3``)::
      "certificate": "-----BEGIN CERTIFICATE-----..."}
 
 Keys ``default`` and ``default_<type>`` (``default_s3``...) supply credentials when a reference
-names no key. Types: ``s3``, ``gcs`` (alias ``google``, ``gs``), ``azure``, ``http`` (alias
+names no key (an http default only for the origin of its own ``url``).
+
+``tenants`` (a list of tenant names, optional) binds an entry to those tenants: a reference
+from any other tenant (or from no tenant) is refused exactly as an unknown key is, and a bound
+default applies only to its tenants. Without ``tenants`` an entry serves every tenant.
+
+A reference's ``parameters`` (``storage_params``) may never change where the entry's
+credentials go: only ``type`` (the entry's own), ``bucket`` / ``default_bucket`` (when the entry
+names none, or the same one), ``region`` (a plain region name, when the entry names none or the
+same one) and ``anonymous`` are accepted; anything else — ``url``, ``endpoint_url``,
+``certificate``, ``insecure``, ``headers``, credentials, ``account_name``... — is refused with
+``ForbiddenStorageParameter`` (invalid_argument). Types: ``s3``, ``gcs`` (alias ``google``, ``gs``), ``azure``, ``http`` (alias
 ``https``; fields ``url``, ``headers``), ``pvc`` and ``file``. Fields not listed above are kept
 in ``StorageSpec.extra`` (e.g. ``account_name`` for Azure, ``token`` for GCS). Secret values
 never appear in ``repr`` or in error messages.
@@ -16,12 +27,13 @@ never appear in ``repr`` or in error messages.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from ._errors import MalformedStorageConfig
+from ._errors import ForbiddenStorageParameter, MalformedStorageConfig
 
 _TYPE_ALIASES = {
     "s3": "s3",
@@ -45,6 +57,8 @@ _STRING_FIELDS = (
     "url",
 )
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+){1,4}$")
+_PARAMETERS = ("type", "bucket", "default_bucket", "region", "anonymous")
 
 
 def normalize_type(value: str, *, where: str) -> str:
@@ -70,24 +84,52 @@ class StorageSpec:
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False)
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False)
+    # None: every tenant may use the entry; else only these
+    tenants: frozenset[str] | None = None
+
+    def serves(self, tenant: str | None) -> bool:
+        """Whether a reference from ``tenant`` may use this entry."""
+        return self.tenants is None or (bool(tenant) and tenant in self.tenants)
 
     def with_parameters(self, parameters: Mapping[str, str]) -> StorageSpec:
-        """This spec with a reference's ``parameters`` laid over its fields."""
+        """This spec with a reference's ``parameters`` laid over its fields — only those that
+        cannot change where its credentials go (see the module docstring)."""
         if not parameters:
             return self
         changes: dict[str, object] = {}
         extra = dict(self.extra)
+        where = f"storage key {self.key!r}" if self.key else "the default storage"
         for name, value in parameters.items():
             if not isinstance(value, str):
                 raise MalformedStorageConfig(f"storage parameter {name!r} must be a string")
+            if name not in _PARAMETERS:
+                raise ForbiddenStorageParameter(
+                    f"storage parameter {name!r} is not allowed: parameters may not change where "
+                    f"{where}'s credentials go (allowed: {', '.join(_PARAMETERS)})"
+                )
             if name == "type":
-                changes["type"] = normalize_type(value, where="storage parameters")
-            elif name == "default_bucket":
+                kind = normalize_type(value, where="storage parameters")
+                if self.key is not None and kind != self.type:
+                    raise ForbiddenStorageParameter(
+                        f"storage parameter 'type' {value!r} differs from {where}'s type {self.type!r}"
+                    )
+                changes["type"] = kind
+            elif name in ("bucket", "default_bucket"):
+                if self.bucket and value != self.bucket:
+                    raise ForbiddenStorageParameter(
+                        f"storage parameter {name!r} may not change {where}'s bucket"
+                    )
                 changes["bucket"] = value
-            elif name in _STRING_FIELDS:
-                changes[name] = value
-            else:
-                extra[name] = value
+            elif name == "region":
+                if (self.region and value != self.region) or not _REGION.match(value):
+                    raise ForbiddenStorageParameter(
+                        f"storage parameter 'region' {value!r} is not a region name, or differs from {where}'s"
+                    )
+                changes["region"] = value
+            else:  # anonymous: can only take credentials away
+                if value.lower() not in ("true", "false"):
+                    raise ForbiddenStorageParameter("storage parameter 'anonymous' must be true or false")
+                extra[name] = value.lower()
         changes["extra"] = MappingProxyType(extra)
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -107,8 +149,14 @@ class StorageSpec:
         values: dict[str, str | None] = {}
         extra: dict[str, str] = {}
         headers: dict[str, str] = {}
+        tenants: frozenset[str] | None = None
         for name, value in data.items():
             if name == "type":
+                continue
+            if name == "tenants":
+                if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+                    raise MalformedStorageConfig(f"{where}: field 'tenants' must be a list of tenant names")
+                tenants = frozenset(value)
                 continue
             if name == "headers":
                 if not isinstance(value, dict) or not all(
@@ -132,6 +180,7 @@ class StorageSpec:
             type=kind,
             headers=MappingProxyType(headers),
             extra=MappingProxyType(extra),
+            tenants=tenants,
             **values,  # type: ignore[arg-type]
         )
 
@@ -181,12 +230,15 @@ class StorageConfig(Mapping[str, StorageSpec]):
     def __repr__(self) -> str:
         return f"StorageConfig(keys={sorted(self._specs)!r})"
 
-    def default_for(self, kind: str) -> StorageSpec | None:
-        """``default_<type>``, else ``default`` when its type matches, else None."""
-        spec = self._specs.get(f"default_{kind}")
-        if spec is not None and spec.type == kind:
-            return spec
-        spec = self._specs.get("default")
-        if spec is not None and spec.type == kind:
-            return spec
+    def default_for(self, kind: str, tenant: str | None = None) -> StorageSpec | None:
+        """``default_<type>``, else ``default`` when its type matches, else None — counting only
+        entries that serve ``tenant``."""
+        for name in (f"default_{kind}", "default"):
+            spec = self._specs.get(name)
+            if spec is not None and spec.type == kind and spec.serves(tenant):
+                return spec
         return None
+
+    def keys_for(self, tenant: str | None) -> list[str]:
+        """The keys a reference from ``tenant`` may name."""
+        return sorted(k for k, spec in self._specs.items() if spec.serves(tenant))

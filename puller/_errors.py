@@ -60,6 +60,25 @@ class BadCredentials(PullerError):
     code = "unauthenticated"
 
 
+class ForbiddenAddress(PullerError):
+    """An HTTP(S) source, or one of its redirects, leads to a loopback, link-local, private or
+    otherwise non-public address the operator has not allowed (nothing was sent to it)."""
+
+    code = "permission_denied"
+
+
+class ForbiddenStorageParameter(InvalidStorageRef):
+    """``storage_params`` tried to change where a storage key's credentials go (endpoint, url,
+    bucket, certificate, TLS verification, headers, credentials themselves...)."""
+
+
+class PullTimeout(PullerError):
+    """A pull ran past its overall deadline (``PullerSettings.pull_deadline_s``); its partial
+    download was removed."""
+
+    code = "deadline_exceeded"
+
+
 class OverBudget(PullerError):
     """The artifact does not fit in the cache budget, even after evicting every unheld artifact."""
 

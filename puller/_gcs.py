@@ -73,7 +73,7 @@ class GcsProvider:
             raise StorageUnavailable(f"{what}: malformed JSON from the GCS API") from exc
 
     async def list_objects(self, source: Source) -> Listing:
-        client = await self._clients.get(source.spec)
+        client = await self._clients.get(source.spec, source.spec.endpoint_url)
         headers = await self._headers(source.spec)
         base = self._base(source)
         path = source.path
@@ -118,7 +118,7 @@ class GcsProvider:
             raise PullerError(f"unexpected GCS object metadata ({exc})") from exc
 
     async def fetch(self, source: Source, obj: RemoteObject, sink: ObjectSink) -> None:
-        client = await self._clients.get(source.spec)
+        client = await self._clients.get(source.spec, source.spec.endpoint_url)
         headers = await self._headers(source.spec)
         url = f"{self._base(source)}/{quote(obj.name, safe='')}?alt=media"
         await stream_to_sink(
@@ -128,6 +128,7 @@ class GcsProvider:
             sink,
             what=f"gs://{source.bucket}/{obj.name}",
             chunk_bytes=self._ctx.settings.chunk_bytes,
+            max_redirects=self._ctx.settings.max_redirects,
             md5_hex=obj.md5_hex,
         )
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ._errors import IntegrityError, PullCancelled
+from ._errors import IntegrityError, OverBudget, PullCancelled
 from ._resolve import Source
 from ._settings import PullerSettings
 
@@ -98,13 +98,69 @@ class Meter:
             self._on_change()
 
 
+class PullBudget:
+    """The cache bytes one pull may write: a reservation against the cache budget that sinks
+    claim before they write. ``grow(n)`` (the puller's; event loop only) reserves ``n`` more
+    bytes, evicting unheld artifacts, or raises ``OverBudget``; blocking writers can only claim
+    what is already reserved. Counters are thread-safe."""
+
+    def __init__(self, grow: Callable[[int], Awaitable[None]] | None = None, *, step_bytes: int = 4 << 20) -> None:
+        self._lock = threading.Lock()
+        self.reserved = 0
+        self.claimed = 0
+        self._grow = grow
+        self._step = step_bytes
+
+    async def extend(self, n: int) -> None:
+        """Reserve ``n`` more bytes (event loop thread; ``OverBudget`` when they cannot be had)."""
+        if self._grow is None:
+            raise OverBudget(f"no room to reserve {n} more bytes")
+        await self._grow(n)
+
+    def add_reserved(self, n: int) -> None:
+        with self._lock:
+            self.reserved += n
+
+    def try_claim(self, n: int) -> bool:
+        with self._lock:
+            if self.claimed + n > self.reserved:
+                return False
+            self.claimed += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.claimed = max(0, self.claimed - n)
+
+    async def claim(self, n: int, *, what: str) -> None:
+        """Claim ``n`` bytes, growing the reservation when needed (event loop thread)."""
+        if self.try_claim(n):
+            return
+        if self._grow is None:
+            raise OverBudget(f"{what}: would grow past the bytes reserved for it in the cache budget")
+        with self._lock:
+            short = self.claimed + n - self.reserved
+        try:
+            await self._grow(max(short, self._step))  # a step at a time: not one eviction scan per chunk
+        except OverBudget:
+            await self._grow(short)
+        if not self.try_claim(n):
+            raise OverBudget(f"{what}: would grow past the bytes reserved for it in the cache budget")
+
+
 class ObjectSink:
     """The destination of one object transfer (one attempt).
 
     ``write`` is blocking (call it from a worker thread: S3's boto3 loop does); async providers
     use ``awrite``, which runs the write on the puller's executor. Size and MD5, when known
     (from the listing or through ``expect`` before the first byte), are verified by ``finish``;
-    a mismatch raises ``IntegrityError``, which the puller retries.
+    a mismatch raises ``IntegrityError``, which the puller retries. A body that would run past
+    its declared size is cut off before the excess is written.
+
+    With a ``budget``, every byte is claimed from the pull's cache reservation before it is
+    written — the whole declared size at the first write — so a download that cannot fit in
+    the cache budget fails with ``OverBudget`` before its first byte (size known) or as soon as
+    it outgrows what the budget can give (size unknown).
     """
 
     def __init__(
@@ -115,6 +171,7 @@ class ObjectSink:
         executor: Executor,
         *,
         what: str,
+        budget: PullBudget | None = None,
     ) -> None:
         self.path = path
         self.what = what
@@ -127,6 +184,8 @@ class ObjectSink:
         self._md5: hashlib._Hash | None = None
         self._rel_path = obj.rel_path
         self._cancelled = False
+        self._budget = budget
+        self._claimed = 0
         self.expect(obj.size_bytes, obj.md5_hex)
 
     def expect(self, size_bytes: int | None = None, md5_hex: str | None = None) -> None:
@@ -138,23 +197,44 @@ class ObjectSink:
             self.expected_md5 = md5_hex.lower()
             self._md5 = hashlib.md5(usedforsecurity=False)
 
+    def _unclaimed(self, n: int) -> int:
+        """Bytes still to claim before writing ``n`` more."""
+        return max(self.expected_size or 0, self.bytes_written + n) - self._claimed
+
     def write(self, data: bytes | memoryview) -> None:
         if self._cancelled:
             raise PullCancelled(f"{self.what}: transfer cancelled")
         n = len(data)
         if not n:
             return
+        if self.expected_size is not None and self.bytes_written + n > self.expected_size:
+            raise IntegrityError(
+                f"{self.what}: received more than the expected {self.expected_size} bytes (cut off)"
+            )
+        need = self._unclaimed(n)
+        if need > 0 and self._budget is not None:
+            if not self._budget.try_claim(need):
+                raise OverBudget(f"{self.what}: would grow past the bytes reserved for it in the cache budget")
+            self._claimed += need
         self._file.write(data)
         if self._md5 is not None:
             self._md5.update(data)
         self.bytes_written += n
-        if self.expected_size is not None and self.bytes_written > self.expected_size:
-            raise IntegrityError(
-                f"{self.what}: received more than the expected {self.expected_size} bytes"
-            )
         self._meter.add(n)
 
+    async def areserve(self) -> None:
+        """Claim the declared size from the budget now (async providers call it once the
+        response headers are in, before reading the body): too big fails before any byte."""
+        need = self._unclaimed(0)
+        if need > 0 and self._budget is not None:
+            await self._budget.claim(need, what=self.what)
+            self._claimed += need
+
     async def awrite(self, data: bytes | memoryview) -> None:
+        need = self._unclaimed(len(data))
+        if need > 0 and self._budget is not None:
+            await self._budget.claim(need, what=self.what)  # may evict: on the loop, before the write
+            self._claimed += need
         await asyncio.get_running_loop().run_in_executor(self._executor, self.write, data)
 
     def finish(self) -> None:
@@ -179,3 +259,6 @@ class ObjectSink:
             self._file.close()
         self._meter.add(-self.bytes_written)
         self.bytes_written = 0
+        if self._budget is not None:
+            self._budget.release(self._claimed)
+        self._claimed = 0

@@ -31,6 +31,24 @@ only moment the artifact becomes visible. The cache key is a hash of the source 
 (type, endpoint, bucket and path, or URL), so models that share a source share one copy;
 artifacts are treated as immutable (a changed object under the same name is not re-fetched
 while cached).
+
+Limits
+------
+The cache budget is reserved before a download (the listing's sizes; for HTTP the
+``Content-Length``, claimed before the first byte is written) and enforced while it runs: a
+body longer than it declared is cut off (``IntegrityError``), one with no declared length is
+cut off once it outgrows what the budget can give (``OverBudget``); the partial download is
+removed with its staging directory. Unpacking is bounded by the smaller of
+``max_unpacked_bytes`` and the cache budget. A pull holds a download slot (one of
+``max_concurrent_pulls``) only after it got one of its source's ``max_pulls_per_source``, and
+for at most ``pull_deadline_s`` (``PullTimeout``, deadline_exceeded, staging removed).
+
+Tenants
+-------
+``stage(ref, tenant=...)`` resolves the reference as that tenant: storage keys and PVC claims
+bound to other tenants are refused (see ``_resolve``). Cached artifacts are shared by source
+identity, which includes a fingerprint of the credentials used, so a tenant never gets a copy
+made with credentials it could not use.
 """
 
 from __future__ import annotations
@@ -38,11 +56,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import stat
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -61,14 +77,24 @@ from ._errors import (
     LocalDiskError,
     PullerClosed,
     PullerError,
+    PullTimeout,
     UnsafeArchive,
     UnsupportedStorage,
 )
+from ._flight import Flight, ProgressCallback, SourceSlots, source_host
 from ._gcs import GcsProvider
 from ._http import HttpProvider
 from ._local import LocalProvider, walk
-from ._provider import Listing, Meter, ObjectSink, Provider, ProviderContext, RemoteObject
-from ._resolve import Resolver, Source, cache_key, check_local, local_roots
+from ._provider import (
+    Listing,
+    Meter,
+    ObjectSink,
+    Provider,
+    ProviderContext,
+    PullBudget,
+    RemoteObject,
+)
+from ._resolve import Resolver, Source, cache_key, check_lexically, check_local, local_roots
 from ._s3 import S3Provider
 from ._settings import PullerSettings
 from ._types import CachedArtifactInfo, CacheUsage, PullProgress, StagedArtifact, StorageRef
@@ -76,7 +102,6 @@ from ._types import CachedArtifactInfo, CacheUsage, PullProgress, StagedArtifact
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ProgressCallback = Callable[[PullProgress], None]
 
 _FACTORIES: dict[str, Callable[[ProviderContext], Provider]] = {
     "s3": S3Provider,
@@ -85,74 +110,6 @@ _FACTORIES: dict[str, Callable[[ProviderContext], Provider]] = {
     "http": HttpProvider,
     "local": LocalProvider,
 }
-
-
-class _Flight:
-    """One in-flight pull of one key, shared by every caller staging that key."""
-
-    def __init__(
-        self,
-        key: str,
-        source: str,
-        clock: Callable[[], float],
-        interval_s: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.key = key
-        self.source = source
-        self.task: asyncio.Task[Entry] | None = None
-        self.waiters = 0
-        self.callbacks: list[ProgressCallback] = []
-        self.meter: Meter | None = None
-        self.started: float = 0.0
-        self._clock = clock
-        self._interval = interval_s
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._last_emit = -math.inf
-        self._pending = False
-
-    def begin(self, meter: Meter) -> None:
-        self.meter = meter
-        self.started = self._clock()
-
-    def tick(self) -> None:
-        """Called by writers (any thread): schedule a report if the interval has passed."""
-        now = self._clock()
-        with self._lock:
-            if self._pending or now - self._last_emit < self._interval:
-                return
-            self._pending = True
-            self._last_emit = now
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody to tell
-            self._loop.call_soon_threadsafe(self.emit)
-
-    def snapshot(self) -> PullProgress:
-        done = self.meter.bytes_done if self.meter else 0
-        total = self.meter.bytes_total if self.meter else None
-        elapsed = max(self._clock() - self.started, 1e-9) if self.meter else 0.0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = max(total - done, 0) / rate if total is not None and rate > 0 else None
-        return PullProgress(
-            key=self.key,
-            source=self.source,
-            bytes_done=done,
-            bytes_total=total,
-            bytes_per_s=rate,
-            eta_s=eta,
-        )
-
-    def emit(self) -> None:
-        with self._lock:
-            self._pending = False
-        if not self.callbacks or self.meter is None:
-            return
-        progress = self.snapshot()
-        for callback in list(self.callbacks):
-            try:
-                callback(progress)
-            except Exception:
-                log.exception("progress callback for %s failed", self.key)
 
 
 @dataclass
@@ -180,7 +137,9 @@ class Puller:
     ) -> None:
         self.settings = settings
         self._config = storage_config if storage_config is not None else StorageConfig()
-        self._resolver = Resolver(self._config, list(settings.allowed_roots), settings.pvc_root)
+        self._resolver = Resolver(
+            self._config, list(settings.allowed_roots), settings.pvc_root, settings.pvc_claim_tenants
+        )
         self._clock = clock
         self._cache = Cache(settings.cache_dir, settings.cache_budget_bytes)
         workers = min(64, max(4, settings.max_concurrent_pulls * settings.object_concurrency))
@@ -188,10 +147,11 @@ class Puller:
         self._ctx = ProviderContext(settings=settings, executor=self._executor, scratch_dir=self._cache.scratch)
         self._providers: dict[str, Provider] = dict(providers or {})
         self._owned: set[str] = set()
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         self._in_place: dict[str, _InPlace] = {}
         self._tasks: set[asyncio.Task[Entry]] = set()  # every pull task, detached ones included
         self._slots = asyncio.Semaphore(settings.max_concurrent_pulls)
+        self._source_slots = SourceSlots(settings.max_pulls_per_source)
         self._start_lock = asyncio.Lock()
         self._started = False
         self._closed = False
@@ -237,17 +197,46 @@ class Puller:
 
     # -- public API ----------------------------------------------------------------------
 
-    async def stage(self, ref: StorageRef, *, on_progress: ProgressCallback | None = None) -> StagedArtifact:
-        """A verified local copy of ``ref``'s artifact, held (pinned) until ``release(key)``."""
+    async def stage(
+        self, ref: StorageRef, *, tenant: str | None = None, on_progress: ProgressCallback | None = None
+    ) -> StagedArtifact:
+        """A verified local copy of ``ref``'s artifact, held (pinned) until ``release(key)``.
+
+        ``tenant`` is the requesting tenant (the model's owner; ``None`` or ``""``: none):
+        storage keys and PVC claims bound to other tenants are refused."""
         if self._closed:
             raise PullerClosed("the puller is closed")
         if not self._started:
             await self.start()
-        source = self._resolver.resolve(ref)
+        source = self._resolver.resolve(ref, tenant)
         if source.type == "local":
             return await self._stage_local(source, on_progress)
         key = cache_key(source.type, source.basename, source.identity())
         return await self._stage_cached(key, source, on_progress)
+
+    async def local_size(self, ref: StorageRef, *, tenant: str | None = None) -> int:
+        """Bytes of ``ref``'s artifact when it is local (a file or directory under the allowed
+        roots or its PVC claim), 0 when it is remote (nothing is contacted).
+
+        For registration: resolves ``ref`` as ``tenant`` (so bound keys and claims are refused),
+        refuses a path outside the roots before any file-system access (lexically; then on
+        the real path, with the same message whether it exists or not), and walks the tree
+        on the puller's executor, never on the event loop. A missing path inside the roots is
+        0 (the load reports it)."""
+        source = self._resolver.resolve(ref, tenant)
+        if source.type != "local":
+            return 0
+        check_lexically(source, list(self.settings.allowed_roots))
+        return await self._run(self._local_size, source)
+
+    def _local_size(self, source: Source) -> int:
+        roots = local_roots(source, list(self.settings.allowed_roots))
+        real = check_local(source, roots, list(self.settings.allowed_roots))
+        try:
+            files = walk(real, roots, what=source.display)
+        except ArtifactNotFound:
+            return 0
+        return sum(size for _, _, size in files)
 
     def hold(self, key: str) -> None:
         """Add one hold on a staged artifact (cached or in place)."""
@@ -298,8 +287,10 @@ class Puller:
     # -- staging -------------------------------------------------------------------------
 
     async def _stage_local(self, source: Source, on_progress: ProgressCallback | None) -> StagedArtifact:
-        roots = local_roots(source, list(self.settings.allowed_roots))
-        real = await self._run(check_local, source, roots)
+        allowed = list(self.settings.allowed_roots)
+        check_lexically(source, allowed)  # before any file-system access
+        roots = local_roots(source, allowed)  # realpath: blocking, so below on the executor
+        real = await self._run(check_local, source, roots, allowed)
         try:
             st = await self._run(os.stat, real)
         except FileNotFoundError:
@@ -341,7 +332,7 @@ class Puller:
         flight = self._flights.get(key)
         if flight is None:
             loop = asyncio.get_running_loop()
-            flight = _Flight(key, source.display, self._clock, self.settings.progress_interval_s, loop)
+            flight = Flight(key, source.display, self._clock, self.settings.progress_interval_s, loop)
             flight.task = loop.create_task(self._fly(flight, source), name=f"pull {key}")
             self._tasks.add(flight.task)
             flight.task.add_done_callback(self._tasks.discard)
@@ -372,15 +363,36 @@ class Puller:
             if on_progress is not None and on_progress in flight.callbacks:
                 flight.callbacks.remove(on_progress)
 
-    async def _fly(self, flight: _Flight, source: Source) -> Entry:
+    async def _fly(self, flight: Flight, source: Source) -> Entry:
         try:
-            async with self._slots:
+            async with self._source_slots.slot(source_host(source)), self._slots:
                 return await self._pull(flight, source)
         finally:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
 
-    async def _pull(self, flight: _Flight, source: Source) -> Entry:
+    async def _pull(self, flight: Flight, source: Source) -> Entry:
+        what = source.display
+
+        async def grow(n: int) -> None:
+            victims = self._cache.make_room(n, what=what)  # reserves, or raises OverBudget
+            budget.add_reserved(n)
+            await self._discard(victims)
+
+        budget = PullBudget(grow)
+        box: list[Path] = []
+        deadline = self.settings.pull_deadline_s
+        try:
+            async with asyncio.timeout(deadline):
+                size = await self._prepare(flight, source, budget, box)
+        except TimeoutError:
+            raise PullTimeout(f"{what}: the pull ran past its deadline of {deadline:g}s; its partial download was removed") from None
+        # from here the publish owns the staging dir and the reservation, even if cancelled
+        return await asyncio.shield(self._publish(flight, box[0], what, size, budget.reserved))
+
+    async def _prepare(self, flight: Flight, source: Source, budget: PullBudget, box: list[Path]) -> int:
+        """List, reserve, download, unpack and check into a staging dir (``box[0]``); its size.
+        On any failure (cancellation included) the staging dir and the reservation go."""
         provider = self._provider(source.type)
         what = source.display
         listing = await self._retry(lambda: provider.list_objects(source), what=what)
@@ -388,13 +400,12 @@ class Puller:
         archive = archive_kind(objects[0].rel_path) if listing.single else None
         meter = Meter(objects, on_change=flight.tick)
         flight.begin(meter)
-        reserved = 0
         staging: Path | None = None
         try:
             total = meter.bytes_total
             if total is not None:
                 victims = self._cache.make_room(total, what=what)  # reserves, or raises OverBudget
-                reserved = total
+                budget.add_reserved(total)
                 await self._discard(victims)
             staging = self._cache.staging_path(flight.key)
             await self._run(self._cache.make_staging, staging)
@@ -403,7 +414,7 @@ class Puller:
                 archive_file = source.local_path  # unpack straight from the source, no copy
             else:
                 dest = staging / "download" if archive else data
-                await self._download(provider, source, objects, dest, meter)
+                await self._download(provider, source, objects, dest, meter, budget)
                 archive_file = dest / objects[0].rel_path
             flight.emit()
             if archive:
@@ -413,7 +424,7 @@ class Puller:
                         archive_file,
                         data,
                         kind=archive,
-                        max_bytes=self.settings.max_unpacked_bytes,
+                        max_bytes=min(self.settings.max_unpacked_bytes, self._cache.budget_bytes),
                         max_entries=self.settings.max_archive_entries,
                         chunk_bytes=self.settings.chunk_bytes,
                         what=f"archive {what}",
@@ -422,20 +433,18 @@ class Puller:
                 if archive_file.is_relative_to(staging):
                     await self._run(archive_file.unlink)
             size = await self._run(tree_size, data)
-            if size > reserved:
-                victims = self._cache.make_room(size - reserved, what=what)
-                reserved = size
-                await self._discard(victims)
+            if size > budget.reserved:
+                await budget.extend(size - budget.reserved)
         except OSError as exc:
-            self._cleanup(staging, reserved)
+            self._cleanup(staging, budget.reserved)
             raise LocalDiskError(f"{what}: cache directory error: {exc}") from exc
         except BaseException:
-            self._cleanup(staging, reserved)
+            self._cleanup(staging, budget.reserved)
             raise
-        # from here the publish owns the staging dir and the reservation, even if cancelled
-        return await asyncio.shield(self._publish(flight, staging, what, size, reserved))
+        box.append(staging)
+        return size
 
-    async def _publish(self, flight: _Flight, staging: Path, what: str, size: int, reserved: int) -> Entry:
+    async def _publish(self, flight: Flight, staging: Path, what: str, size: int, reserved: int) -> Entry:
         try:
             entry = await self._run(self._cache.publish, staging, flight.key, what, size)
         except BaseException:
@@ -501,6 +510,7 @@ class Puller:
         objects: tuple[RemoteObject, ...],
         dest: Path,
         meter: Meter,
+        budget: PullBudget,
     ) -> None:
         parents = sorted({(dest / o.rel_path).parent for o in objects})
         await self._run(_mkdirs, parents)
@@ -510,7 +520,7 @@ class Puller:
             async with slots:
                 what = source.display if len(objects) == 1 else f"{source.display} [{obj.rel_path}]"
                 await self._retry(
-                    lambda: self._attempt(provider, source, obj, dest / obj.rel_path, meter, what),
+                    lambda: self._attempt(provider, source, obj, dest / obj.rel_path, meter, budget, what),
                     what=what,
                 )
 
@@ -533,9 +543,10 @@ class Puller:
         obj: RemoteObject,
         path: Path,
         meter: Meter,
+        budget: PullBudget,
         what: str,
     ) -> None:
-        sink = await self._run(partial(ObjectSink, path, obj, meter, self._executor, what=what))
+        sink = await self._run(partial(ObjectSink, path, obj, meter, self._executor, what=what, budget=budget))
         try:
             await provider.fetch(source, obj, sink)
             await self._run(sink.finish)

@@ -14,7 +14,22 @@ Resolution rules (ModelMesh's):
 
 Local paths (``file://``, bare) must resolve — symlinks followed — inside ``allowed_roots``;
 ``pvc://name/path`` must resolve inside ``pvc_root/name``. Anything else is rejected with
-``InvalidStorageRef`` before a byte is read.
+``InvalidStorageRef`` before a byte is read: the path is first judged lexically (made absolute
+and normalised, no file-system access), and only a path that lies inside a root is then
+resolved. The error is the same whether the path outside exists or not, and names neither it
+nor the roots.
+
+Tenancy and credentials (every ``resolve`` takes the requesting tenant, None for none):
+
+* an entry bound to tenants (``tenants`` in the storage config) is refused to every other
+  tenant with the same ``UnknownStorageKey`` as a key that does not exist (the message lists
+  only the keys the tenant may use); a bound ``default``/``default_<type>`` is ignored for them;
+* a ``pvc://`` claim listed in ``pvc_claim_tenants`` is refused to other tenants;
+* an http key's headers go only to its own origin: a ``storage_uri`` with a key must have
+  the key's ``url``'s scheme, host and port (a key without a ``url`` cannot be used with a
+  URI); an http default applies only to URIs on its ``url``'s origin, other URIs are fetched
+  with no credentials; a key's path is appended to its ``url`` and must stay on that origin;
+* ``parameters`` may not change where credentials go (``StorageSpec.with_parameters``).
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._config import StorageConfig, StorageSpec, normalize_type
-from ._errors import InvalidStorageRef, MalformedStorageConfig, UnknownStorageKey
+from ._errors import AccessDenied, InvalidStorageRef, MalformedStorageConfig, UnknownStorageKey
 from ._types import StorageRef
 
 REMOTE_TYPES = ("s3", "gcs", "azure", "http")
@@ -92,21 +107,45 @@ def cache_key(kind: str, basename: str, identity: str) -> str:
     return f"{kind}-{slug}-{digest}"
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidStorageRef(f"URL {_display_url(url)!r} has an invalid port") from exc
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
 def _display_url(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port:
+        host = f"{host}:{port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class Resolver:
-    def __init__(self, config: StorageConfig, allowed_roots: list[Path], pvc_root: Path) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        allowed_roots: list[Path],
+        pvc_root: Path,
+        pvc_claim_tenants: dict[str, list[str]] | None = None,
+    ) -> None:
         self.config = config
         self.allowed_roots = allowed_roots
         self.pvc_root = pvc_root
+        self.pvc_claim_tenants = {k: frozenset(v) for k, v in (pvc_claim_tenants or {}).items()}
+        self._tenant: str | None = None
 
-    def resolve(self, ref: StorageRef) -> Source:
+    def resolve(self, ref: StorageRef, tenant: str | None = None) -> Source:
+        """``ref`` as a ``Source``, as seen by ``tenant`` (see the module docstring)."""
+        self._tenant = tenant or None
         params = dict(ref.parameters)
         if ref.storage_uri:
             if ref.path:
@@ -129,13 +168,14 @@ class Resolver:
     # -- helpers -----------------------------------------------------------------
 
     def _lookup(self, key: str) -> StorageSpec:
-        try:
-            return self.config[key]
-        except KeyError:
-            known = ", ".join(sorted(self.config)) or "none"
+        spec = self.config.get(key)
+        if spec is None or not spec.serves(self._tenant):
+            known = ", ".join(self.config.keys_for(self._tenant)) or "none"
+            who = f"tenant {self._tenant!r}" if self._tenant else "a reference with no tenant"
             raise UnknownStorageKey(
-                f"storage key {key!r} is not in the storage config (keys: {known})"
-            ) from None
+                f"storage key {key!r} is not in the storage config or not available to {who} (keys available: {known})"
+            )
+        return spec
 
     def _keyed_spec(self, key: str | None, params: dict[str, str]) -> StorageSpec | None:
         if key:
@@ -143,10 +183,12 @@ class Resolver:
         kind = params.get("type")
         if kind:
             kind = normalize_type(kind, where="storage parameters")
-            spec = self.config.default_for(kind) or StorageSpec(key=None, type=kind)
+            spec = self.config.default_for(kind, self._tenant) or StorageSpec(key=None, type=kind)
             return spec.with_parameters(params)
         default = self.config.get("default")
-        return default.with_parameters(params) if default is not None else None
+        if default is None or not default.serves(self._tenant):
+            return None
+        return default.with_parameters(params)
 
     def _from_spec(self, spec: StorageSpec, path: str) -> Source:
         where = f"storage key {spec.key!r}" if spec.key else "storage parameters"
@@ -158,6 +200,8 @@ class Resolver:
             if not spec.url:
                 raise InvalidStorageRef(f"{where}: type http needs a base 'url'")
             url = spec.url.rstrip("/") + "/" + path.lstrip("/")
+            if _origin(url) != _origin(spec.url):
+                raise InvalidStorageRef(f"{where}: path {path!r} leaves the key's host")
             return self._http(url, spec)
         if spec.type == "pvc":
             name = spec.extra.get("name") or spec.extra.get("pvc_name")
@@ -188,8 +232,15 @@ class Resolver:
                 raise InvalidStorageRef(
                     f"storage key {key!r} is of type {spec.type!r} but storage_uri {uri!r} is {kind!r}"
                 )
+            if kind == "http" and (not spec.url or _origin(spec.url) != _origin(uri)):
+                raise InvalidStorageRef(
+                    f"storage key {key!r} may only be used for its own host: storage_uri "
+                    f"{_display_url(uri)!r} names another (its credentials never leave it)"
+                )
         else:
-            spec = self.config.default_for(kind) or StorageSpec(key=None, type=kind)
+            spec = self.config.default_for(kind, self._tenant) or StorageSpec(key=None, type=kind)
+            if kind == "http" and spec.key is not None and (not spec.url or _origin(spec.url) != _origin(uri)):
+                spec = StorageSpec(key=None, type=kind)  # default credentials stay on their own host
         try:
             spec = spec.with_parameters(params)
         except MalformedStorageConfig as exc:
@@ -213,6 +264,10 @@ class Resolver:
     def _pvc(self, name: str, rest: str, *, display: str) -> Source:
         if not name or name in (".", "..") or "/" in name:
             raise InvalidStorageRef(f"pvc reference {display!r} has no valid claim name")
+        bound = self.pvc_claim_tenants.get(name)
+        if bound is not None and (not self._tenant or self._tenant not in bound):
+            who = f"tenant {self._tenant!r}" if self._tenant else "a reference with no tenant"
+            raise AccessDenied(f"pvc claim {name!r} is not available to {who}")
         claim_root = self.pvc_root / name
         path = claim_root / rest if rest else claim_root
         return Source(
@@ -229,9 +284,13 @@ class Resolver:
         return Source(type="local", display=raw, spec=StorageSpec(key=None, type="file"), local_path=Path(raw))
 
 
-def local_roots(source: Source, allowed_roots: list[Path]) -> list[Path]:
-    """The real roots a local source must stay under: its PVC claim, or the allowed roots."""
+def local_roots(source: Source, allowed_roots: list[Path], *, resolved: bool = True) -> list[Path]:
+    """The roots a local source must stay under: its PVC claim, or the allowed roots — real
+    (symlinks followed, blocking) or, with ``resolved=False``, only made absolute and
+    normalised (pure)."""
     roots = [Path(source.path)] if source.spec.type == "pvc" else list(allowed_roots)
+    if not resolved:
+        return [Path(os.path.normpath(os.path.abspath(r))) for r in roots]
     return [Path(os.path.realpath(os.path.abspath(r))) for r in roots]
 
 
@@ -239,13 +298,32 @@ def within(path: Path, roots: list[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
-def check_local(source: Source, roots: list[Path]) -> Path:
-    """The real path (symlinks followed) of a local source, if it lies under ``roots`` (blocking)."""
+def _outside(source: Source) -> InvalidStorageRef:
+    if source.spec.type == "pvc":
+        return InvalidStorageRef(f"pvc reference {source.display!r} resolves outside its claim")
+    return InvalidStorageRef(f"local path {source.display!r} is outside the allowed roots")
+
+
+def check_lexically(source: Source, allowed_roots: list[Path]) -> None:
+    """Refuse a local source whose path, made absolute and normalised without touching the
+    file system, is not under its roots (as configured, or resolved) (pure)."""
     assert source.local_path is not None
+    lexical = Path(os.path.normpath(os.path.abspath(source.local_path)))
+    configured = local_roots(source, allowed_roots, resolved=False)
+    if not within(lexical, configured):
+        raise _outside(source)
+
+
+def check_local(source: Source, roots: list[Path], allowed_roots: list[Path]) -> Path:
+    """The real path (symlinks followed) of a local source, if it lies under ``roots`` (the
+    real roots, blocking).
+
+    The path is judged lexically first (against ``allowed_roots`` as configured): only one
+    inside a root is resolved, and a resolved path outside gives the same error whether it
+    exists or not."""
+    assert source.local_path is not None
+    check_lexically(source, allowed_roots)
     real = Path(os.path.realpath(os.path.abspath(source.local_path)))
     if within(real, roots):
         return real
-    if source.spec.type == "pvc":
-        raise InvalidStorageRef(f"pvc reference {source.display!r} resolves outside its claim {source.path!r}")
-    listed = ", ".join(str(r) for r in roots) or "none configured"
-    raise InvalidStorageRef(f"local path {source.display!r} is outside the allowed roots ({listed})")
+    raise _outside(source)

@@ -9,7 +9,32 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class PullerSettings(BaseSettings):
-    """Settings of one puller; environment prefix ``MODELMUX_PULLER_``."""
+    """Settings of one puller; environment prefix ``MODELMUX_PULLER_``.
+
+    Security knobs (what each guarantees is in the module docstrings of ``_netguard``,
+    ``_resolve`` and ``_puller``):
+
+    * ``http_allow_private``: HTTP(S) sources and their redirects never reach loopback,
+      link-local (cloud metadata), private, shared or unique-local addresses — checked on the
+      resolved addresses of every connection — unless listed here (CIDRs such as
+      ``10.0.0.0/8`` or ``127.0.0.1/32``, or exact host names). Empty by default. The origin a
+      storage-config entry names itself (an http key's ``url``, a GCS ``endpoint_url``) is
+      always reachable with that entry.
+    * ``max_redirects``: redirect hops an HTTP(S) source may take (each one re-checked; the
+      entry's headers are sent only to the origin the reference named).
+    * ``pvc_claim_tenants``: ``{claim: [tenant, ...]}``; a listed ``pvc://`` claim serves only
+      those tenants (as a storage key's ``tenants`` does); unlisted claims serve anyone.
+    * ``pull_deadline_s``: the overall deadline of one pull (listing, download, unpacking,
+      checks), from when it gets a download slot; past it the pull fails with
+      ``PullTimeout`` (deadline_exceeded) and its partial download is removed.
+    * ``max_pulls_per_source``: pulls from one source host (HTTP origin, or object-store
+      endpoint) that may hold download slots at once, so that a slow host cannot hold every
+      one of ``max_concurrent_pulls``.
+    * ``cache_budget_bytes`` is reserved before a download (from the listing's sizes, or an
+      object's ``Content-Length`` before its first byte is written) and enforced while it runs:
+      a body longer than its declared length, or one without a length that grows past what
+      the budget can give, is cut off and its partial file removed.
+    """
 
     model_config = SettingsConfigDict(env_prefix="MODELMUX_PULLER_", extra="forbid")
 
@@ -32,3 +57,13 @@ class PullerSettings(BaseSettings):
     object_concurrency: int = Field(default=8, gt=0, description="objects of one prefix downloaded at once")
     chunk_bytes: int = Field(default=256 << 10, gt=0, description="read / write chunk size of a stream")
     progress_interval_s: float = Field(default=1.0, ge=0, description="minimum time between progress reports")
+    http_allow_private: list[str] = Field(
+        default_factory=list,
+        description="CIDRs or host names HTTP(S) sources may reach although not public (loopback, private...)",
+    )
+    max_redirects: int = Field(default=5, ge=0, description="redirect hops an HTTP(S) source may take")
+    pvc_claim_tenants: dict[str, list[str]] = Field(
+        default_factory=dict, description="pvc claim -> the only tenants that may read it"
+    )
+    pull_deadline_s: float = Field(default=3600.0, gt=0, description="overall deadline of one pull, from its slot")
+    max_pulls_per_source: int = Field(default=2, gt=0, description="pulls from one source host at once")

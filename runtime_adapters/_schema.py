@@ -7,13 +7,20 @@
 when read). A schema names and types the tensors of models that cannot describe
 themselves (TorchScript, XGBoost); ONNX and torch.export models describe themselves and
 their schema file is ignored.
+
+``schema_path`` is confined to the model's directory (the artifact's directory, or the
+directory holding a single-file artifact): it must be relative, without ``..``, and its real
+path (symlinks followed, chains included) must stay inside; otherwise the load fails with
+the same message whether the file outside exists or not. Messages name the schema only as
+the caller wrote it (never a path of the host).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ._errors import ModelLoadError
@@ -31,18 +38,37 @@ class Schema:
     shapeless: frozenset[str] = frozenset()
 
 
+def _inside(path: Path, base: Path) -> Path | None:
+    """``path``'s real path when it lies inside ``base``'s real path, else None (blocking)."""
+    real, real_base = Path(os.path.realpath(path)), Path(os.path.realpath(base))
+    return real if real == real_base or real.is_relative_to(real_base) else None
+
+
 def schema_file(spec: ModelSpec, model_file: Path) -> Path | None:
-    """The schema file for a model: ``spec.schema_path`` (relative to the model's directory),
-    else ``schema.json`` beside the model file; ``None`` when there is none."""
+    """The schema file for a model: ``spec.schema_path`` (relative, inside the model's
+    directory), else ``schema.json`` beside the model file; ``None`` when there is none."""
     base = model_file.parent
     if spec.schema_path:
-        p = Path(spec.schema_path)
-        p = p if p.is_absolute() else base / p
-        if not p.is_file():
-            raise ModelLoadError(f"model '{spec.model_id}': schema file {p} does not exist")
-        return p
+        given = spec.schema_path
+        rel = PurePosixPath(given.replace("\\", "/"))
+        outside = ModelLoadError(
+            f"model '{spec.model_id}': schema_path {given!r} must name a file inside the model's own directory"
+        )
+        if "\x00" in given or rel.is_absolute() or ".." in rel.parts or given[1:2] == ":":
+            raise outside  # judged before any file-system access
+        real = _inside(base / rel, base)
+        if real is None:
+            raise outside
+        if not real.is_file():
+            raise ModelLoadError(f"model '{spec.model_id}': schema file {given!r} does not exist in the model's directory")
+        return real
     p = base / SCHEMA_FILE
-    return p if p.is_file() else None
+    if not p.is_file():
+        return None
+    real = _inside(p, base)
+    if real is None:
+        raise ModelLoadError(f"model '{spec.model_id}': {SCHEMA_FILE} resolves outside the model's directory")
+    return real
 
 
 def _tensors(doc: Any, key: str, path: Path, shapeless: set[str]) -> tuple[TensorMetadata, ...]:
@@ -73,11 +99,16 @@ def _tensors(doc: Any, key: str, path: Path, shapeless: set[str]) -> tuple[Tenso
     return tuple(out)
 
 
-def read_schema(path: Path) -> Schema:
+def read_schema(path: Path, display: str | None = None) -> Schema:
+    """Parse a schema file; messages name it ``display`` (default: its file name)."""
+    shown = Path(display or path.name)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read schema {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read schema {shown}: {type(exc).__name__}") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"cannot read schema {shown}: {exc}") from exc
+    path = shown
     if not isinstance(doc, dict):
         raise ModelLoadError(f"schema {path}: must be a JSON object with 'inputs' and 'outputs'")
     shapeless: set[str] = set()
@@ -88,4 +119,4 @@ def read_schema(path: Path) -> Schema:
 
 def load_schema(spec: ModelSpec, model_file: Path) -> Schema | None:
     path = schema_file(spec, model_file)
-    return None if path is None else read_schema(path)
+    return None if path is None else read_schema(path, spec.schema_path or SCHEMA_FILE)

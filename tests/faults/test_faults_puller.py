@@ -40,7 +40,8 @@ async def test_source_down_mid_download_then_warm_restart(make_cluster: Any, tmp
     big_file = add_model(tmp_path / "served" / "model.onnx", 42.0, table_bytes=4 << 20)
     server = FileServer({BIG: big_file})
     server.stall_after[BIG] = 1 << 20
-    env = {**NO_RATE_COPIES, "MODELMUX_PULLER_RETRIES": "1", "MODELMUX_PULLER_BACKOFF_BASE_S": "0.2"}
+    env = {**NO_RATE_COPIES, "MODELMUX_PULLER_RETRIES": "1", "MODELMUX_PULLER_BACKOFF_BASE_S": "0.2",
+           "MODELMUX_PULLER_HTTP_ALLOW_PRIVATE": '["127.0.0.1/32"]'}  # the file server is on loopback
     # a lease long enough that the killed instance is back before it runs out
     cluster = await make_cluster(2, env=env, failure_ttl_s=FAILURE_TTL_S, lease_ttl_s=15)
     mgmt = Mgmt(cluster.grpc)

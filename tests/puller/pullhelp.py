@@ -366,6 +366,8 @@ def settings(cache: Path, **overrides: Any) -> PullerSettings:
         "backoff_max_s": 0.05,
         "request_timeout_s": 10,
         "progress_interval_s": 0,
+        # the test servers are on loopback, which HTTP(S) sources may not reach unless allowed
+        "http_allow_private": ["127.0.0.1/32"],
     }
     values.update(overrides)
     return PullerSettings(**values)

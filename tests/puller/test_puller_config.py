@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from puller import (
+    ForbiddenStorageParameter,
     InvalidStorageRef,
     MalformedStorageConfig,
     Puller,
@@ -87,8 +88,12 @@ def test_uri_resolution_and_defaults() -> None:
     h = r.resolve(StorageRef(storage_uri="https://user:pw@host:8443/m/model.bin?sig=SECRET"))
     assert h.type == "http" and h.display == "https://host:8443/m/model.bin"
     assert "SECRET" not in h.display and "pw" not in h.display
-    k = r.resolve(StorageRef(storage_key="other", path="/a/b", parameters={"bucket": "override"}))
-    assert (k.type, k.bucket, k.path) == ("s3", "override", "a/b")
+    # a key's bucket is where its credentials go: parameters may not change it (only name it
+    # when the key has none)
+    with pytest.raises(ForbiddenStorageParameter, match="may not change storage key 'other''s bucket"):
+        r.resolve(StorageRef(storage_key="other", path="/a/b", parameters={"bucket": "override"}))
+    k = r.resolve(StorageRef(storage_key="other", path="/a/b", parameters={"bucket": "b2"}))
+    assert (k.type, k.bucket, k.path) == ("s3", "b2", "a/b")
     d = r.resolve(StorageRef(path="x/y"))  # path only: the default entry applies
     assert (d.type, d.bucket, d.path) == ("s3", "models", "x/y")
     # the same source through different references is one cache identity
@@ -98,7 +103,7 @@ def test_uri_resolution_and_defaults() -> None:
 def test_bad_references_are_rejected() -> None:
     cfg = StorageConfig.from_mapping({"gcs": '{"type": "gcs"}', "nobucket": '{"type": "s3"}'})
     r = resolver(cfg)
-    with pytest.raises(UnknownStorageKey, match=r"'missing'.*keys: gcs, nobucket"):
+    with pytest.raises(UnknownStorageKey, match=r"'missing'.*keys available: gcs, nobucket"):
         r.resolve(StorageRef(storage_key="missing", path="m"))
     with pytest.raises(InvalidStorageRef, match="type 'gcs' but storage_uri"):
         r.resolve(StorageRef(storage_uri="s3://b/k", storage_key="gcs"))
@@ -128,7 +133,7 @@ def test_local_paths_must_stay_inside_roots(tmp_path: Path) -> None:
 
     def check(ref: StorageRef) -> Path:
         source = r.resolve(ref)
-        return check_local(source, local_roots(source, [root]))
+        return check_local(source, local_roots(source, [root]), [root])
 
     assert check(StorageRef(storage_uri=f"file://{root}/m")) == (root / "m").resolve()
     assert check(StorageRef(storage_uri=str(root / "m"))) == (root / "m").resolve()

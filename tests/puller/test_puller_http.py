@@ -214,7 +214,7 @@ CRASHER = textwrap.dedent(
     from puller import Puller, PullerSettings, StorageRef
 
     async def main() -> None:
-        puller = Puller(PullerSettings(cache_dir=Path(sys.argv[1])))
+        puller = Puller(PullerSettings(cache_dir=Path(sys.argv[1]), http_allow_private=["127.0.0.1/32"]))
         await puller.start()
         await puller.stage(StorageRef(storage_uri=sys.argv[2]))
 

@@ -67,7 +67,7 @@ async def s3_puller(
 
 
 def ref(bucket: str, path: str) -> StorageRef:
-    return StorageRef(storage_key="s3", path=path, parameters={"bucket": bucket})
+    return StorageRef(storage_key="s3", storage_uri=f"s3://{bucket}/{path}")
 
 
 async def test_single_object_and_prefix_with_many_files(tmp_path: Path, moto: MotoProcess, bucket: str) -> None:
