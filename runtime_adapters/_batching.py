@@ -335,6 +335,15 @@ class BatchingModel(LoadedModel):
         if key is None or rows_of(request) >= self.policy.max_batch_size:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)
+        if not self._queue and self._running < self.policy.max_concurrent_batches and not self.policy.max_batch_delay_s:
+            # idle: run it now, in this task (no queue, no future); requests arriving meanwhile queue
+            self._running += 1
+            self._observe(1, (0.0,))
+            try:
+                return await self.inner.infer(request)
+            finally:
+                self._running -= 1
+                self._dispatch()
         loop = asyncio.get_running_loop()
         item = _Pending(request, key, rows_of(request), loop.create_future(), time.monotonic())
         self._queue.append(item)
