@@ -157,7 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--write", action="store_true", help="write RESULTS.md and plots even with --quick")
-    ap.add_argument("--only", nargs="*", default=["routing", "peer", "density", "coldstart", "control"])
+    ap.add_argument("--only", nargs="*", default=["routing", "peer", "density", "memory", "coldstart", "control"])
     a = ap.parse_args()
     q = a.quick
     info = _tools.machine()
@@ -169,7 +169,7 @@ def main() -> None:
     print(f"  load average at start: {load_start}")
 
     md: list[str] = []
-    routing = density = cold = control = None
+    routing = density = cold = control = memory = None
     peer: dict[int, Any] | None = None
     peer_out: dict[str, Any] = {}
     if "routing" in a.only:
@@ -189,6 +189,10 @@ def main() -> None:
         from bench import bench_density
 
         density = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40)
+    if "memory" in a.only:
+        from bench import bench_memory
+
+        memory = bench_memory.run(models=20 if q else 60, cycles=1 if q else 2)
     if "coldstart" in a.only:
         from bench import bench_coldstart
 
@@ -257,6 +261,20 @@ def main() -> None:
                   "baseline in the same run: the 20 hottest models only, loaded (\"hits only\"). RSS growth: the mesh "
                   "process's RSS after the run minus after registration, per copy loaded at the end (it also holds "
                   "what evicted copies left behind).\n")
+        md.append(_fmt_rows(rows, header) + "\n")
+    if memory:
+        header = ["setting", "cycle", "sum of measured sizes MiB", "RSS growth MiB", "RSS / size", "left after unload MiB"]
+        rows = [[name, str(i), f"{c['sizes'] / 2**20:.1f}", f"{c['rss_growth'] / 2**20:.1f}",
+                 f"{c['rss_growth'] / c['sizes']:.2f}" if c["sizes"] else "-", f"{c['left_after_unload'] / 2**20:.1f}"]
+                for name, r in memory.items() for i, c in enumerate(r["rounds"])]
+        _print_table("memory vs accounting", header, rows)
+        md.append("### Memory vs accounting\n")
+        md.append("bench/bench_memory.py: in one child process per setting, ONNX MLPs (16 -> 3072 -> 4) loaded two at a "
+                  "time (as a busy instance's load pool does), one request each, then unloaded; RSS growth over the "
+                  "process's RSS after the adapter's warm-up vs the sum of measured sizes. `before`: ONNX Runtime arena "
+                  "and memory pattern on, no run at load, overlapping loads sized by their file bytes; `after`: the "
+                  "defaults (overlapping loads sized by what trusted loads of the format cost per file byte, one RSS "
+                  "meter per process, arena and memory pattern off, one run at load).\n")
         md.append(_fmt_rows(rows, header) + "\n")
     if cold:
         c = cold
