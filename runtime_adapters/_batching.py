@@ -26,8 +26,8 @@ values as a whole, so they run alone), ask for the same outputs, and carry no pa
 (request, input or output). The inputs are
 concatenated along the leading dimension and the merged request runs through the wrapped
 model (its validation and bounded executor); each output is split back by rows. A request
-that cannot merge with any other (parameters, a bad shape) runs alone through the wrapped
-model. When a merged call fails, or its outputs do not have the batch's rows as leading
+that cannot merge with any other (parameters, a bad shape, at least ``max_batch_size`` rows,
+more than half ``max_batch_bytes`` of input) runs alone through the wrapped model. When a merged call fails, or its outputs do not have the batch's rows as leading
 dimension, each request of the batch runs again alone, so an invalid request fails alone
 with its own error and the others get their own answers.
 
@@ -87,6 +87,9 @@ class BatchingSettings(BaseSettings):
     max_batch_delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
     # merged calls of one model running at once (each holds one worker of the infer pool)
     max_concurrent_batches: int = Field(default=1, ge=1)
+    # input bytes of one merged call: big requests gain nothing from merging and a merged call
+    # must stay under the adapters' max_request_bytes
+    max_batch_bytes: int = Field(default=64 << 20, ge=1)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class BatchPolicy:
     max_batch_size: int
     max_batch_delay_s: float
     max_concurrent_batches: int = 1
+    max_batch_bytes: int = 64 << 20
 
 
 class BatchObserver(Protocol):
@@ -161,6 +165,7 @@ def batch_policy(spec: ModelSpec, metadata: ModelMetadata, settings: BatchingSet
         max_batch_size=size if size is not None else settings.max_batch_size,
         max_batch_delay_s=delay if delay is not None else settings.max_batch_delay_s,
         max_concurrent_batches=settings.max_concurrent_batches,
+        max_batch_bytes=settings.max_batch_bytes,
     )
     return policy if policy.max_batch_size > 1 else None
 
@@ -288,6 +293,7 @@ class _Pending:
     request: InferRequest
     key: tuple[Any, ...]
     rows: int
+    nbytes: int
     future: asyncio.Future[InferResponse]
     queued_at: float
 
@@ -332,7 +338,8 @@ class BatchingModel(LoadedModel):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         key = merge_key(request)
-        if key is None or rows_of(request) >= self.policy.max_batch_size:
+        nbytes = sum(len(i.raw or b"") for i in request.inputs)
+        if key is None or rows_of(request) >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)
         if not self._queue and self._running < self.policy.max_concurrent_batches and not self.policy.max_batch_delay_s:
@@ -345,7 +352,7 @@ class BatchingModel(LoadedModel):
                 self._running -= 1
                 self._dispatch()
         loop = asyncio.get_running_loop()
-        item = _Pending(request, key, rows_of(request), loop.create_future(), time.monotonic())
+        item = _Pending(request, key, rows_of(request), nbytes, loop.create_future(), time.monotonic())
         self._queue.append(item)
         self._dispatch()
         return await item.future
@@ -387,15 +394,20 @@ class BatchingModel(LoadedModel):
             self._timer = None
         head = self._queue.popleft()
         batch = [head]
-        rows = head.rows
+        rows, nbytes = head.rows, head.nbytes
         keep: collections.deque[_Pending] = collections.deque()
         while self._queue:
             p = self._queue.popleft()
             if p.future.done():
                 continue
-            if p.key == head.key and rows + p.rows <= self.policy.max_batch_size:
+            if (
+                p.key == head.key
+                and rows + p.rows <= self.policy.max_batch_size
+                and nbytes + p.nbytes <= self.policy.max_batch_bytes
+            ):
                 batch.append(p)
                 rows += p.rows
+                nbytes += p.nbytes
             else:
                 keep.append(p)
         self._queue = keep

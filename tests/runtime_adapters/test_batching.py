@@ -265,12 +265,12 @@ async def test_policy_from_settings_and_model_options(registry: AdapterRegistry,
     strings = await onnx.load(ModelSpec("s", "onnx"), built("make_onnx_model", kind="strings"))
     on = BatchingSettings(enabled=True, max_batch_size=8, max_batch_delay_s=0.001)
     off = BatchingSettings()
-    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 1)
+    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 1, 64 << 20)
     assert batch_policy(linear.spec, linear.metadata, off) is None
     # an output without a batch dimension ("length" [1]): never batched
     assert batch_policy(strings.spec, strings.metadata, on) is None
     forced = ModelSpec("m", "onnx", options={"batching": "true", "max_batch_size": "32", "max_batch_delay_s": "0"})
-    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 1)
+    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 1, 64 << 20)
     assert batch_policy(ModelSpec("m", "onnx", options={"batching": "off"}), linear.metadata, on) is None
     assert batch_policy(ModelSpec("m", "onnx", options={"max_batch_size": "1"}), linear.metadata, on) is None
     for bad in ({"batching": "maybe"}, {"max_batch_size": "0"}, {"max_batch_size": "x"}, {"max_batch_delay_s": "nan"}):
@@ -280,3 +280,17 @@ async def test_policy_from_settings_and_model_options(registry: AdapterRegistry,
     wrapped = with_batching(linear, on)
     assert isinstance(wrapped, BatchingModel) and wrapped.inner is linear
     assert (wrapped.spec, wrapped.size_bytes, wrapped.metadata) == (linear.spec, linear.size_bytes, linear.metadata)
+
+
+async def test_a_batch_stays_under_its_byte_limit(registry: AdapterRegistry, built: Built) -> None:
+    inner = await registry.for_type("xgboost").load(ModelSpec("m", "xgboost"), built("make_xgboost_model", kind="binary"))
+    gated = Gated(inner)
+    # 4 rows x 8 FP32 = 128 bytes per request: two fit in 300 bytes, a third does not;
+    # a request over half the limit (5 rows = 160 bytes) runs alone at once
+    model = BatchingModel(gated, BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_batch_bytes=300))
+    reqs = [request("input", rows(i, 4, 8)) for i in range(4)] + [request("input", rows(9, 5, 8))]
+    got = await held_behind_first(model, gated, reqs[0], reqs[1:], queued=3)
+    assert gated.calls == [4, 5, 8, 4]
+    for req, resp in zip(reqs, got, strict=True):
+        assert isinstance(resp, InferResponse), resp
+        assert resp.outputs[0].raw == (await inner.infer(req)).outputs[0].raw
