@@ -123,6 +123,22 @@ def plot(routing: dict[str, Any] | None, peer: dict[str, Any] | None, density: d
     return written
 
 
+def _peer_panel(peer: dict[int, Any] | None) -> dict[str, Any] | None:
+    """The peer results at the highest concurrency, with the fastest MLServer setting as "MLServer" (the plot's base)."""
+    if not peer:
+        return None
+    from bench.bench_peer import fastest_mlserver
+
+    by_setup = peer[max(peer)]
+    panel: dict[str, Any] = {"MLServer": {}}
+    for proto in ("grpc", "rest"):
+        best = fastest_mlserver(by_setup, proto)
+        if best is not None:
+            panel["MLServer"][proto] = best[1]
+    panel.update({s: r for s, r in by_setup.items() if not s.startswith("MLServer")})
+    return panel
+
+
 def write_results(section: str) -> None:
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -141,7 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--write", action="store_true", help="write RESULTS.md and plots even with --quick")
-    ap.add_argument("--only", nargs="*", default=["routing", "peer", "density", "coldstart", "control"])
+    ap.add_argument("--only", nargs="*", default=["routing", "peer", "density", "memory", "coldstart", "control"])
     a = ap.parse_args()
     q = a.quick
     info = _tools.machine()
@@ -153,7 +169,9 @@ def main() -> None:
     print(f"  load average at start: {load_start}")
 
     md: list[str] = []
-    routing = peer = density = cold = control = None
+    routing = density = cold = control = memory = None
+    peer: dict[int, Any] | None = None
+    peer_out: dict[str, Any] = {}
     if "routing" in a.only:
         from bench import bench_routing
 
@@ -171,6 +189,10 @@ def main() -> None:
         from bench import bench_density
 
         density = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40)
+    if "memory" in a.only:
+        from bench import bench_memory
+
+        memory = bench_memory.run(models=20 if q else 60, cycles=1 if q else 2)
     if "coldstart" in a.only:
         from bench import bench_coldstart
 
@@ -204,16 +226,21 @@ def main() -> None:
     if peer is not None or "peer" in a.only:
         md.append("### Peer: MLServer\n")
         if peer:
-            header = ["protocol", "server", "req/s", "p50 ms", "p99 ms", "x MLServer", "target", "errors"]
-            rows = routing_rows(peer, "MLServer", {"modelmux (local hit)": 1.5})
-            _print_table(f"peer: MLServer {peer_out['mlserver']}", header, rows)
+            from bench.bench_peer import HEADER as PEER_HEADER
+            from bench.bench_peer import rows as peer_rows
+
+            rows = peer_rows(peer)
+            _print_table(f"peer: MLServer {peer_out['mlserver']}", PEER_HEADER, rows)
             md.append(f"MLServer {peer_out['mlserver']} with mlserver-xgboost from PyPI in its own venv (var/mlserver-venv; "
-                      "uvloop < 0.22 there, see bench/bench_peer.py), default settings (parallel_workers 1), ports "
-                      "picked at run time and read back from its settings.json. Same XGBoost booster (multi:softprob, "
-                      "8 features, 10 rounds; tests/model_factory.py), same request bytes (one FP32 [1, 8] row), same "
-                      "load generators and concurrency as above; OMP_NUM_THREADS=1 for both (modelmux's default "
-                      "xgboost_threads=1). modelmux: one instance, local hit. 3 rounds of 5 s, median.\n")
-            md.append(_fmt_rows(rows, header) + "\n")
+                      "uvloop < 0.22 there, see bench/bench_peer.py) in three settings side by side: its defaults "
+                      "(parallel_workers 1), parallel_workers 0, and adaptive batching (max_batch_size 16, "
+                      "max_batch_time 0.002, parallel_workers 0); ports picked at run time and read back from its "
+                      "settings.json. Same XGBoost booster (multi:softprob, 8 features, 10 rounds; tests/model_factory.py), "
+                      f"same request bytes (one FP32 [1, 8] row), load from {peer_out['load']} at 1 and 16 requests in "
+                      "flight; OMP_NUM_THREADS=1 for all (modelmux's default xgboost_threads=1). modelmux: one instance, "
+                      "local hit. Each ratio is against the fastest MLServer setting at that concurrency and protocol "
+                      "(target at 16 in flight: >= 1.5x). 3 rounds of 5 s, median.\n")
+            md.append(_fmt_rows(rows, PEER_HEADER) + "\n")
         else:
             md.append(f"MLServer could not be measured in this run: {peer_out.get('error', 'not run')}\n")
     if density:
@@ -234,6 +261,20 @@ def main() -> None:
                   "baseline in the same run: the 20 hottest models only, loaded (\"hits only\"). RSS growth: the mesh "
                   "process's RSS after the run minus after registration, per copy loaded at the end (it also holds "
                   "what evicted copies left behind).\n")
+        md.append(_fmt_rows(rows, header) + "\n")
+    if memory:
+        header = ["setting", "cycle", "sum of measured sizes MiB", "RSS growth MiB", "RSS / size", "left after unload MiB"]
+        rows = [[name, str(i), f"{c['sizes'] / 2**20:.1f}", f"{c['rss_growth'] / 2**20:.1f}",
+                 f"{c['rss_growth'] / c['sizes']:.2f}" if c["sizes"] else "-", f"{c['left_after_unload'] / 2**20:.1f}"]
+                for name, r in memory.items() for i, c in enumerate(r["rounds"])]
+        _print_table("memory vs accounting", header, rows)
+        md.append("### Memory vs accounting\n")
+        md.append("bench/bench_memory.py: in one child process per setting, ONNX MLPs (16 -> 3072 -> 4) loaded two at a "
+                  "time (as a busy instance's load pool does), one request each, then unloaded; RSS growth over the "
+                  "process's RSS after the adapter's warm-up vs the sum of measured sizes. `before`: ONNX Runtime arena "
+                  "and memory pattern on, no run at load, overlapping loads sized by their file bytes; `after`: the "
+                  "defaults (overlapping loads sized by what trusted loads of the format cost per file byte, one RSS "
+                  "meter per process, arena and memory pattern off, one run at load).\n")
         md.append(_fmt_rows(rows, header) + "\n")
     if cold:
         c = cold
@@ -262,7 +303,7 @@ def main() -> None:
                   "record and the placement leader's view.\n")
         md.append(_fmt_rows(rows, header) + "\n")
     if (routing or peer or density) and (not q or a.write):
-        written = plot(routing, peer, density)
+        written = plot(routing, _peer_panel(peer), density)
         md.append("Plots: " + ", ".join(f"`{w}`" for w in written) + ".\n")
     print(f"\nload average at end: {load_end}; {elapsed / 60:.1f} min")
     if not q or a.write:

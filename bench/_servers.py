@@ -3,6 +3,7 @@
 ``python -m bench._servers bare --type T --model P --ready F``: the model's adapter behind a bare
 grpc.aio ModelInfer handler and a bare FastAPI ``/v2/models/{name}/infer`` route (parse, convert,
 infer, serialize: the baseline, with the same codec modelmux uses and no routing).
+``--batching`` wraps the model in the adaptive batcher (``runtime_adapters.with_batching``, defaults).
 ``python -m bench._servers mesh --type T --model P --ready F --instances N``: a local mesh of N
 instances over the memory store, one process; the model is loaded on one instance, which is
 listed first (a local hit); the others are remote hits (forwarded bytes).
@@ -24,16 +25,23 @@ import grpc
 from fastapi import Request  # module level: FastAPI resolves the handler's annotations here
 
 
-async def bare(model_type: str, model: Path, ready: Path, name: str) -> None:
+async def bare(model_type: str, model: Path, ready: Path, name: str, batching: bool = False) -> None:
     import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     from mesh import _codec
-    from runtime_adapters import AdapterSettings, ModelSpec, build_registry
+    from runtime_adapters import (
+        AdapterSettings,
+        BatchingSettings,
+        ModelSpec,
+        build_registry,
+        with_batching,
+    )
 
     registry = build_registry(AdapterSettings())
     loaded = await registry.for_type(model_type).load(ModelSpec(model_id=name, model_type=model_type), model)
+    loaded = with_batching(loaded, BatchingSettings(enabled=batching))
 
     async def infer(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         msg = _codec.parse_infer_request(payload)
@@ -133,13 +141,14 @@ def main() -> None:
     ap.add_argument("--ready", type=Path, required=True)
     ap.add_argument("--instances", type=int, default=2)
     ap.add_argument("--name", default="bench")
+    ap.add_argument("--batching", action="store_true", help="bare: adaptive batching on")
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--capacity-bytes", type=int, default=32 << 20)
     a = ap.parse_args()
     if a.kind == "density":
         asyncio.run(density(a.model, a.ready, a.instances, a.models, a.capacity_bytes))
     elif a.kind == "bare":
-        asyncio.run(bare(a.type, a.model, a.ready, a.name))
+        asyncio.run(bare(a.type, a.model, a.ready, a.name, a.batching))
     else:
         asyncio.run(mesh(a.type, a.model, a.ready, a.instances, a.name))
 

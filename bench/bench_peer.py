@@ -1,12 +1,24 @@
-"""Peer: the same tiny XGBoost model served by MLServer and by modelmux, same load generator, same run.
+"""Peer: the same tiny XGBoost model served by MLServer (in three settings) and by modelmux, same load, same run.
 
-Run: ``python -m bench.bench_peer [--duration 5]``. MLServer (``mlserver`` + ``mlserver-xgboost``
-from PyPI) lives in its own virtual environment, ``var/mlserver-venv`` (made on first use; never
-the project's), and serves the booster with its own XGBoost runtime and default settings
-(``parallel_workers`` 1: inference in a worker process) on free loopback ports written to its
-``settings.json`` and read back from it. modelmux serves the same file as a local hit. Both get
-the same request bytes (gRPC: one FP32 [1, 8] row in raw contents; REST: the same as JSON) from
-h2load / wrk, measured in turn over ``rounds`` rounds (median). Target: modelmux >= 1.5x MLServer.
+Run: ``python -m bench.bench_peer [--duration 5] [--rounds 3] [--concurrency 1 16]``. MLServer
+(``mlserver`` + ``mlserver-xgboost`` from PyPI) lives in its own virtual environment,
+``var/mlserver-venv`` (made on first use; never the project's), and serves the booster with its
+own XGBoost runtime in each of these settings, all started side by side on free loopback ports
+written to their ``settings.json`` and read back:
+
+* ``MLServer default`` -- its defaults (``parallel_workers`` 1: inference in a worker process);
+* ``MLServer parallel_workers 0`` -- inference in the server process (faster on a small box);
+* ``MLServer batching`` -- adaptive batching on (``max_batch_size`` 16, ``max_batch_time``
+  0.002 s) with ``parallel_workers`` 0.
+
+modelmux serves the same file as a local hit; the bare servicer (bench._servers bare: the adapter
+behind a bare grpc.aio handler / FastAPI route) serves it without and with modelmux's adaptive
+batcher (``runtime_adapters.with_batching``, max 16 rows, no delay), which shows what batching
+gives before the mesh wires it in. Every server gets the same request bytes (gRPC:
+one FP32 [1, 8] row in raw contents; REST: the same as JSON) from h2load / wrk (the Python
+gRPC load generator when they are missing), at each concurrency (requests in flight), measured
+in turn over ``rounds`` rounds (median). Ratios are against the fastest MLServer setting at that
+concurrency and protocol (a peer is measured in its best setting). Target: modelmux >= 1.5x.
 """
 
 from __future__ import annotations
@@ -52,17 +64,27 @@ def mlserver_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def start_mlserver(model: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+MLSERVER_SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # name: (extra server settings.json fields, extra model-settings.json fields)
+    "MLServer default": ({}, {}),
+    "MLServer parallel_workers 0": ({"parallel_workers": 0}, {}),
+    "MLServer batching": ({"parallel_workers": 0}, {"max_batch_size": 16, "max_batch_time": 0.002}),
+}
+
+
+def start_mlserver(model: Path, workdir: Path, server: dict[str, Any] | None = None,
+                   model_settings: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     exe = ensure_mlserver()
     mdir = workdir / "models" / NAME
     mdir.mkdir(parents=True)
     (mdir / "model.json").write_bytes(model.read_bytes())
     (mdir / "model-settings.json").write_text(json.dumps({
         "name": NAME, "implementation": "mlserver_xgboost.XGBoostModel", "parameters": {"uri": "./model.json"},
+        **(model_settings or {}),
     }))
     (workdir / "models" / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": _tools.free_port(), "grpc_port": _tools.free_port(),
-        "metrics_port": _tools.free_port(), "debug": False,
+        "metrics_port": _tools.free_port(), "debug": False, **(server or {}),
     }))
     settings = json.loads((workdir / "models" / "settings.json").read_text())  # the ports it will use
     log = open(workdir / "mlserver.log", "wb")
@@ -82,7 +104,7 @@ def start_mlserver(model: Path, workdir: Path) -> tuple[subprocess.Popen[bytes],
             raise RuntimeError("mlserver did not become ready in 180 s")
         time.sleep(0.2)
     return proc, {"grpc": [f"127.0.0.1:{settings['grpc_port']}"], "rest": [f"127.0.0.1:{settings['http_port']}"],
-                  "settings": settings}
+                  "settings": settings, "model_settings": model_settings or {}}
 
 
 def requests() -> tuple[bytes, bytes]:
@@ -96,48 +118,90 @@ def requests() -> tuple[bytes, bytes]:
     return msg.SerializeToString(), json.dumps(body).encode()
 
 
-def run(duration: float = 5.0, rounds: int = 3, streams: int = 4, connections: int = 4) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from model_factory import make_xgboost_model
+def shape(concurrency: int) -> tuple[int, int]:
+    """(connections, streams per connection) for a number of requests in flight."""
+    connections = min(4, concurrency)
+    return connections, max(1, concurrency // connections)
+
+
+def fastest_mlserver(by_setup: dict[str, dict[str, dict[str, float]]], proto: str) -> tuple[str, dict[str, float]] | None:
+    best = [(s, r[proto]) for s, r in by_setup.items() if s.startswith("MLServer") and proto in r]
+    return max(best, key=lambda t: t[1]["rps"]) if best else None
+
+
+def run(duration: float = 5.0, rounds: int = 3, concurrency: tuple[int, ...] = (1, 16)) -> dict[str, Any]:
+    """{"results": {concurrency: {setup: {proto: {rps, p50_ms, p99_ms, errors, n}}}}, "mlserver", "settings"}."""
+    from tests.model_factory import make_xgboost_model
 
     message, body = requests()
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    runs: dict[int, dict[str, dict[str, list[dict[str, float]]]]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    settings: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = make_xgboost_model(Path(tmp) / "xgb", kind="classifier")
-        ml, ml_eps = start_mlserver(model, Path(tmp) / "mlserver")
         try:
+            targets: dict[str, dict[str, Any]] = {}
+            for i, (setup, (server, model_settings)) in enumerate(MLSERVER_SETUPS.items()):
+                proc, eps = start_mlserver(model, Path(tmp) / f"mlserver{i}", server, model_settings)
+                procs.append(proc)
+                targets[setup] = eps
+                settings[setup] = {"server": server, "model": model_settings}
+            for setup, extra in (("bare servicer", []), ("bare servicer + batching", ["--batching"])):
+                proc, eps = start_server(["bare", "--type", "xgboost", "--model", str(model), "--name", NAME, *extra],
+                                         Path(tmp) / f"{setup}.json")
+                procs.append(proc)
+                targets[setup] = eps
             mm, mm_eps = start_server(["mesh", "--type", "xgboost", "--model", str(model), "--instances", "1", "--name", NAME],
                                       Path(tmp) / "mesh.json")
-            try:
-                targets = {"MLServer": ml_eps, "modelmux (local hit)": mm_eps}
-                for _ in range(rounds):
+            procs.append(mm)
+            targets["modelmux (local hit)"] = mm_eps
+            for _ in range(rounds):
+                for conc in concurrency:
+                    connections, streams = shape(conc)
                     for setup, eps in targets.items():
                         got = drive(eps["grpc"][0], eps["rest"][0], NAME, message, body, duration=duration,
                                     streams=streams, connections=connections)
                         for proto, res in got.items():
-                            runs.setdefault(setup, {}).setdefault(proto, []).append(res)
-            finally:
-                stop_server(mm)
+                            runs.setdefault(conc, {}).setdefault(setup, {}).setdefault(proto, []).append(res)
         finally:
-            stop_server(ml)
-    results = {setup: {proto: _tools.median_of(rs) for proto, rs in by.items()} for setup, by in runs.items()}
-    return {"results": results, "mlserver": mlserver_version(), "settings": ml_eps["settings"]}
+            for proc in reversed(procs):
+                stop_server(proc)
+    results = {conc: {setup: {proto: _tools.median_of(rs) for proto, rs in by.items()} for setup, by in per.items()}
+               for conc, per in runs.items()}
+    return {"results": results, "mlserver": mlserver_version(), "settings": settings,
+            "load": "h2load/wrk" if _tools.have("h2load") else "python gRPC load generator (bench/_load.py)"}
+
+
+def rows(results: dict[int, dict[str, dict[str, dict[str, float]]]]) -> list[list[str]]:
+    """Table rows: concurrency, protocol, setup, req/s, p50, p99, ratio vs the fastest MLServer there, errors."""
+    out = []
+    for conc, by_setup in results.items():
+        for proto in ("grpc", "rest"):
+            best = fastest_mlserver(by_setup, proto)
+            if best is None:
+                continue
+            for setup, by in by_setup.items():
+                r = by[proto]
+                ratio = r["rps"] / best[1]["rps"] if best[1]["rps"] else 0.0
+                out.append([str(conc), proto, setup + (" (fastest)" if setup == best[0] else ""), f"{r['rps']:.0f}",
+                            f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{ratio:.2f}", str(int(r["errors"]))])
+    return out
+
+
+HEADER = ["in flight", "protocol", "server", "req/s", "p50 ms", "p99 ms", "x fastest MLServer", "errors"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     a = ap.parse_args()
-    out = run(a.duration, a.rounds)
-    res = out["results"]
-    print(f"MLServer {out['mlserver']}")
-    for proto in ("grpc", "rest"):
-        base = res["MLServer"][proto]["rps"]
-        for setup, by in res.items():
-            r = by[proto]
-            print(f"{proto:<5}{setup:<22}{r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                  f"x{r['rps'] / base:.2f} vs MLServer")
+    out = run(a.duration, a.rounds, tuple(a.concurrency))
+    print(f"MLServer {out['mlserver']}; load: {out['load']}")
+    print("  ".join(HEADER))
+    for row in rows(out["results"]):
+        print("  ".join(row))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ gRPC service that lets another process drive these runtimes.
 
 Entry points: :func:`build_registry` (every installed framework) -> :class:`AdapterRegistry`
 -> ``for_type(model_type).load(spec, local_path)`` -> :class:`LoadedModel` (``infer``,
-``unload``, measured ``size_bytes``, ``metadata``). Framework imports happen on first load,
+``unload``, measured ``size_bytes``, ``metadata``); :func:`with_batching` wraps a loaded
+model so that concurrent requests are merged into one framework call (adaptive batching). Framework imports happen on first load,
 in the load pool; importing this package imports no framework.
 
 External runtime: :class:`RuntimeService` + :func:`start_runtime_server` serve
@@ -12,6 +13,14 @@ External runtime: :class:`RuntimeService` + :func:`start_runtime_server` serve
 """
 
 from ._base import LoadedModel, RuntimeAdapter, WorkerPools
+from ._batching import (
+    BatchingModel,
+    BatchingSettings,
+    BatchObserver,
+    BatchPolicy,
+    batch_policy,
+    with_batching,
+)
 from ._errors import (
     AdapterError,
     DeviceUnavailable,
@@ -52,6 +61,10 @@ __all__ = [
     "AdapterError",
     "AdapterRegistry",
     "AdapterSettings",
+    "BatchObserver",
+    "BatchPolicy",
+    "BatchingModel",
+    "BatchingSettings",
     "DeviceUnavailable",
     "InferInput",
     "InferOutput",
@@ -77,6 +90,7 @@ __all__ = [
     "UnsupportedModelType",
     "WorkerPools",
     "XGBoostAdapter",
+    "batch_policy",
     "build_registry",
     "decode_bytes",
     "default_status_for",
@@ -88,4 +102,5 @@ __all__ = [
     "v2_params_from_pb",
     "v2_request_from_pb",
     "v2_response_to_pb",
+    "with_batching",
 ]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 
+from ._batching import BatchingSettings
 from ._registry import build_registry
 from ._runtime_server import RuntimeService, start_runtime_server
 from ._settings import AdapterSettings, RuntimeServerSettings
@@ -22,7 +23,7 @@ log = logging.getLogger("runtime_adapters")
 
 async def serve(address: str) -> None:
     registry = build_registry(AdapterSettings())
-    service = RuntimeService(registry, RuntimeServerSettings())
+    service = RuntimeService(registry, RuntimeServerSettings(), batching=BatchingSettings())
     server, port = await start_runtime_server(service, address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ from ._errors import (
     RequestTooLarge,
     UnsupportedModelType,
 )
-from ._memory import LoadMeter
+from ._memory import process_meter
 from ._schema import SCHEMA_FILE
 from ._settings import AdapterSettings
 from ._tensors import Decoded, InputSpec, decode_inputs, input_nbytes
@@ -95,12 +95,12 @@ class RuntimeAdapter(ABC):
 
 
 class WorkerPools:
-    """The bounded executors and the load meter shared by the adapters of one registry."""
+    """The bounded executors of one registry, and the process's load meter and size calibration."""
 
     def __init__(self, settings: AdapterSettings) -> None:
         self.infer = ThreadPoolExecutor(max_workers=settings.infer_workers, thread_name_prefix="mm-infer")
         self.load = ThreadPoolExecutor(max_workers=settings.load_workers, thread_name_prefix="mm-load")
-        self.meter = LoadMeter()
+        self.meter, self.calibration = process_meter()
         self.closed = False
 
     async def close(self) -> None:
@@ -395,7 +395,15 @@ class FrameworkAdapter(RuntimeAdapter):
             meter.end(token, measure=False)
             raise
         delta = meter.end(token)
-        size = max(result.framework_bytes, delta or 0, 1)
+        floor = max(result.framework_bytes, 1)
+        calibration = self.pools.calibration
+        if delta is not None:
+            size = max(floor, delta)
+            calibration.learn(key, floor, size)
+        elif self.settings.size_calibration:  # overlapped another load: scaled by what trusted loads cost
+            size = calibration.estimate(key, floor)
+        else:
+            size = floor
         log.debug(
             "model %s: framework %d bytes, rss delta %s -> %d bytes",
             spec.model_id,

@@ -12,10 +12,12 @@ How a size is measured (see also each adapter's docstring):
   It also catches what the framework does not report (ONNX Runtime's arena and pre-packed
   weights, torch.export's graph module, external data files).
 
-The reported size is ``max(framework_bytes, rss_delta)`` when the delta is trustworthy,
-else ``framework_bytes``. It is not trustworthy when another load overlapped this one in the
-same meter (their allocations mix; the meter counts loads in flight and an epoch of load
-starts): such loads report the framework floor only. Inference running meanwhile can add a
+The reported size is ``max(framework_bytes, rss_delta)`` when the delta is trustworthy.
+It is not trustworthy when another load overlapped this one in the same meter (their
+allocations mix; the meter counts loads in flight and an epoch of load starts). Such a load
+reports the framework floor scaled by what trusted loads of the same format really cost per
+floor byte (:class:`SizeCalibration`: over the last trusted loads big enough to measure), so that a busy instance, whose loads overlap, does not under-count: ONNX
+Runtime's pre-packed weights alone double an MLP's floor (bench/bench_memory.py). Inference running meanwhile can add a
 little temporary memory to a delta; unloads meanwhile can only make it smaller, which the
 floor bounds. One-time framework initialisation (imports, thread pools, kernel registries)
 is paid by each adapter's warm-up before its first measured load, so the first model is
@@ -29,6 +31,7 @@ import ctypes.util
 import gc
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,3 +99,53 @@ class LoadMeter:
         if not (measure and trusted):
             return None
         return max(0, after - token.rss_before)
+
+
+class SizeCalibration:
+    """Real bytes per floor byte, learned per format from trusted loads (thread-safe).
+
+    One load's RSS delta is noisy (the allocator reuses what earlier loads freed, or keeps
+    what they left), but over several loads the over- and under-counts cancel: the ratio is
+    the sum of the last ``window`` trusted sizes over the sum of their floors. Only loads whose
+    floor is at least ``min_floor_bytes`` teach it (smaller ones are lost in page granularity);
+    an untrusted load's estimate is ``floor x ratio``, never below the floor.
+    """
+
+    def __init__(self, window: int = 16, min_floor_bytes: int = 64 << 10) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[tuple[int, int]]] = {}
+        self._window = window
+        self._min_floor = min_floor_bytes
+
+    def learn(self, key: str, floor: int, measured: int) -> None:
+        if floor < self._min_floor or measured <= 0:
+            return
+        with self._lock:
+            self._seen.setdefault(key, deque(maxlen=self._window)).append((floor, measured))
+
+    def ratio(self, key: str) -> float:
+        with self._lock:
+            seen = list(self._seen.get(key, ()))
+        floors = sum(f for f, _ in seen)
+        return max(1.0, sum(m for _, m in seen) / floors) if floors else 1.0
+
+    def estimate(self, key: str, floor: int) -> int:
+        return max(floor, int(floor * self.ratio(key)))
+
+
+_process_lock = threading.Lock()
+_process_meter: tuple[LoadMeter, SizeCalibration] | None = None
+
+
+def process_meter() -> tuple[LoadMeter, SizeCalibration]:
+    """The one load meter and size calibration of this process, shared by every registry in it.
+
+    RSS is one number per process: registries that measured it apart (several in-process
+    instances, as the local mesh runs them) would each take the others' overlapping loads for
+    their own. Created on first use, so importing this module has no side effect.
+    """
+    global _process_meter
+    with _process_lock:
+        if _process_meter is None:
+            _process_meter = (LoadMeter(), SizeCalibration())
+        return _process_meter

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._base import FrameworkAdapter, FrameworkModel, LoadResult, cuda_index, requested_device
 from ._errors import DeviceUnavailable, InferenceFailed, InvalidInput, ModelLoadError
-from ._tensors import Decoded, InputSpec, encode_output
+from ._tensors import Decoded, InputSpec, encode_output, numpy_dtype
 from ._types import InferOutput, ModelMetadata, ModelSpec, TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,23 @@ def _to_str_array(name: str, arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _first_run(spec: ModelSpec, session: Any, inputs: dict[str, InputSpec]) -> None:
+    """One run on zeros (dynamic dimensions = 1), so that what a first request allocates for good
+    (kernels' caches, an arena's first chunk) is measured with the load; a model that refuses
+    such an input is simply not warmed."""
+    feeds: dict[str, np.ndarray] = {}
+    for name, s in inputs.items():
+        shape = tuple(1 if d < 0 else d for d in s.meta.shape)
+        if s.meta.datatype == "BYTES":
+            feeds[name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[name] = np.zeros(shape, dtype=numpy_dtype(s.meta.datatype))
+    try:
+        session.run(None, feeds)
+    except Exception as exc:  # the model's own business: requests will tell
+        log.debug("model %s: first run at load skipped: %s", spec.model_id, exc)
+
+
 class OnnxAdapter(FrameworkAdapter):
     name = "onnx"
     model_types = ("onnx",)
@@ -120,6 +137,8 @@ class OnnxAdapter(FrameworkAdapter):
         so = self._ort.SessionOptions()
         so.intra_op_num_threads = self.settings.onnx_intra_op_threads
         so.inter_op_num_threads = self.settings.onnx_inter_op_threads
+        so.enable_cpu_mem_arena = self.settings.onnx_cpu_mem_arena
+        so.enable_mem_pattern = self.settings.onnx_mem_pattern
         so.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
         return so
 
@@ -181,6 +200,8 @@ class OnnxAdapter(FrameworkAdapter):
             inputs=tuple(s.meta for s in inputs.values()),
             outputs=tuple(outputs),
         )
+        if self.settings.onnx_first_run_at_load:
+            _first_run(spec, session, inputs)
         return LoadResult(
             handle=session,
             metadata=metadata,

@@ -47,6 +47,7 @@ from protos import model_runtime_pb2 as mr
 from protos import model_runtime_pb2_grpc as mr_grpc
 
 from ._base import LoadedModel
+from ._batching import BatchingSettings, with_batching
 from ._errors import AdapterError, InvalidInput, ModelLoadError, ModelNotLoaded
 from ._registry import AdapterRegistry
 from ._settings import RuntimeServerSettings
@@ -94,9 +95,12 @@ class RuntimeService:
         settings: RuntimeServerSettings,
         *,
         status_for: StatusFor | None = None,
+        batching: BatchingSettings | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
+        # adaptive batching of the loaded models (off unless enabled here or by a model's options)
+        self.batching = batching or BatchingSettings()
         self._status_for = status_for or default_status_for
         self._models: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
@@ -148,11 +152,16 @@ class RuntimeService:
     ) -> LoadedModel:
         async with self._load_slots:
             try:
-                return await asyncio.wait_for(load(spec, path), timeout=self.settings.model_loading_timeout_s)
+                model = await asyncio.wait_for(load(spec, path), timeout=self.settings.model_loading_timeout_s)
             except TimeoutError as exc:
                 raise ModelLoadError(
                     f"model '{spec.model_id}': load did not finish in {self.settings.model_loading_timeout_s}s"
                 ) from exc
+            try:
+                return with_batching(model, self.batching)
+            except BaseException:
+                await model.unload()
+                raise
 
     def _loaded(self, model_id: str, task: asyncio.Task[LoadedModel]) -> None:
         if self._loading.get(model_id) is task:

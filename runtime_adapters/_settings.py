@@ -17,6 +17,15 @@ class AdapterSettings(BaseSettings):
 
     onnx_intra_op_threads: int = Field(default=1, ge=0)
     onnx_inter_op_threads: int = Field(default=1, ge=0)
+    # ONNX Runtime memory (see runtime_adapters._onnx and bench/bench_memory.py): its CPU arena keeps
+    # the peak of every run's activations per session and the memory pattern pre-plans one block per
+    # input shape, neither of which a load measures; off, a session's memory is its weights and
+    # freed activations go back to malloc (and, trimmed, to the OS).
+    onnx_cpu_mem_arena: bool = False
+    onnx_mem_pattern: bool = False
+    # run each ONNX model once at load (zeros, batch 1) so what its first request allocates for
+    # good is part of its measured size
+    onnx_first_run_at_load: bool = True
     torch_threads: int = Field(default=1, ge=1)
     xgboost_threads: int = Field(default=1, ge=1)
     infer_workers: int = Field(default=4, ge=1)
@@ -26,6 +35,9 @@ class AdapterSettings(BaseSettings):
     # Load the first model of each format twice and measure the second, so one-time framework
     # start-up costs are not charged to that model's size (see runtime_adapters._memory).
     warm_up_first_load: bool = True
+    # A load that overlapped another (its RSS delta mixes both) reports its framework floor scaled
+    # by the real cost per floor byte of trusted loads of its format; off: the floor alone.
+    size_calibration: bool = True
     # Upper bound of one request's input tensor bytes; 0 = no limit.
     max_request_bytes: int = Field(default=1 << 30, ge=0)
 

@@ -247,3 +247,24 @@ def test_python_m_runtime_adapters_serves(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=30) == 0
+
+
+async def test_a_model_option_turns_adaptive_batching_on(runtime: Runtime, built: Built) -> None:
+    from runtime_adapters import BatchingModel
+
+    path = built("make_onnx_model")
+    key = json.dumps({"model_type": {"name": "onnx"}, "options": {"batching": "true", "max_batch_size": "8"}})
+    await runtime.mgmt.loadModel(mr.LoadModelRequest(modelId="b1", modelPath=str(path), modelKey=onnx_key()))
+    await runtime.mgmt.loadModel(mr.LoadModelRequest(modelId="b2", modelPath=str(path), modelKey=key))
+    assert not isinstance(runtime.service.models["b1"], BatchingModel)  # off by default
+    batched = runtime.service.models["b2"]
+    assert isinstance(batched, BatchingModel) and batched.policy.max_batch_size == 8
+    xs = [np.random.RandomState(i).rand(1 + i % 2, 4).astype(np.float32) for i in range(12)]
+    got = await asyncio.gather(*(runtime.infer.ModelInfer(infer_msg("b2", x)) for x in xs))
+    for x, resp in zip(xs, got, strict=True):
+        np.testing.assert_allclose(answer(resp), mf.onnx_reference(path, {"x": x})["y"], rtol=1e-6)
+    bad = json.dumps({"model_type": {"name": "onnx"}, "options": {"max_batch_size": "zero"}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await runtime.mgmt.loadModel(mr.LoadModelRequest(modelId="b3", modelPath=str(path), modelKey=bad))
+    assert "max_batch_size" in (err.value.details() or "")
+    assert "b3" not in runtime.service.models
