@@ -78,7 +78,7 @@ def parse_document(text: str) -> dict[str, list[Any]]:
         if not isinstance(entries, list):
             raise InvalidRequest(f"{section}: expected a list")
         names = {f.name for f in fields(cls)}
-        adapter = pydantic.TypeAdapter(cls)
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(cls)
         records: list[Any] = []
         seen: set[str] = set()
         for n, entry in enumerate(entries):
