@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 DB_FILE = "store.sqlite"
 LOCK_FILE = "store.lock"
 SCHEMA = 1
+_MAX_GROUP = 512  # writes per group commit
 T = TypeVar("T")
 
 # (key, value, create_revision, mod_revision, version, lease)
@@ -53,6 +55,14 @@ def _consume(task: asyncio.Future[Any]) -> None:
     """Retrieve a write task's outcome so an abandoned failure is not reported as unhandled."""
     if not task.cancelled():
         task.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    compares: Sequence[Compare]
+    success: Sequence[Put | Delete]
+    failure: Sequence[Put | Delete]
+    future: asyncio.Future[tuple[bool, int, bool]]
 
 
 class StoreLocked(StoreError):
@@ -175,6 +185,8 @@ class SqliteStore(MemoryStore):
         self._write_lock = asyncio.Lock()
         self.dropped_lease_keys = 0  # keys of dead leases deleted when the store opened
         self._broken: StoreUnavailable | None = None
+        self._queue: list[_Request] = []
+        self._committer: asyncio.Future[None] | None = None
 
     def _check(self) -> None:
         super()._check()
@@ -253,8 +265,10 @@ class SqliteStore(MemoryStore):
 
     async def _persist(self, ops: Sequence[Put | Delete]) -> None:
         rev, puts, deletes = self._rows(ops)
-        if not (puts or deletes):
-            return
+        if puts or deletes:
+            await self._commit_rows(rev, puts, deletes)
+
+    async def _commit_rows(self, rev: int, puts: list[_Row], deletes: list[str]) -> None:
         try:
             await self._io(self._db.commit, rev, puts, deletes)
         except StoreResourceExhausted:
@@ -279,21 +293,112 @@ class SqliteStore(MemoryStore):
         task.add_done_callback(_consume)
         return await asyncio.shield(task)
 
-    async def _write(self, ops: Sequence[Put | Delete]) -> int:
-        """Commit ``ops`` to disk, then apply them in memory (under the write lock)."""
-        await self._persist(ops)
-        return self._apply(ops)
+    async def _submit(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Put | Delete],
+        failure: Sequence[Put | Delete],
+    ) -> tuple[bool, int, bool]:
+        """Queue one write for the group committer; returns (compares held, revision, changed).
+
+        The answer comes once the write is on disk and applied in memory. A caller that is
+        cancelled stops waiting; the write still completes."""
+        await self._enter()
+        fut: asyncio.Future[tuple[bool, int, bool]] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_consume)
+        self._queue.append(_Request(compares, success, failure, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_queued())
+        return await asyncio.shield(fut)
+
+    async def _commit_queued(self) -> None:
+        """Group commit: every write queued meanwhile goes into one SQLite transaction (one
+        fsync); each keeps its own revision, and is applied in memory after the commit."""
+        while self._queue:
+            async with self._write_lock:  # lease revocations take it too
+                batch, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
+                try:
+                    self._check()
+                    await self._commit_batch(batch)
+                except BaseException as exc:
+                    for req in batch:
+                        if not req.future.done():
+                            req.future.set_exception(
+                                exc if isinstance(exc, Exception) else StoreUnavailable(repr(exc))
+                            )
+                    if not isinstance(exc, Exception):
+                        raise
+
+    async def _commit_batch(self, batch: list[_Request]) -> None:
+        overlay: dict[str, KeyValue | None] = {}  # the batch's effect so far, per key
+
+        def current(key: str) -> KeyValue | None:
+            return overlay[key] if key in overlay else self._data.get(key)
+
+        rev = self._revision
+        plans: list[tuple[_Request, Sequence[Put | Delete], tuple[bool, int, bool]]] = []
+        for req in batch:
+            ok = all(
+                (kv.mod_revision if (kv := current(c.key)) is not None else 0) == c.mod_revision
+                for c in req.compares
+            )
+            ops = req.success if ok else req.failure
+            bad = next(
+                (
+                    op
+                    for op in ops
+                    if isinstance(op, Put) and op.lease and op.lease not in self._leases
+                ),
+                None,
+            )
+            if bad is not None:
+                assert isinstance(bad, Put)
+                req.future.set_exception(
+                    LeaseExpired(
+                        f"lease {bad.lease:x} for key {bad.key!r} not found (expired or revoked)"
+                    )
+                )
+                continue
+            r = rev + 1
+            changed = False
+            for op in ops:
+                old = current(op.key)
+                if isinstance(op, Put):
+                    if old is None:
+                        overlay[op.key] = KeyValue(op.key, op.value, r, r, 1, op.lease)
+                    else:
+                        overlay[op.key] = KeyValue(
+                            op.key, op.value, old.create_revision, r, old.version + 1, op.lease
+                        )
+                    changed = True
+                elif old is not None:
+                    overlay[op.key] = None
+                    changed = True
+            if changed:
+                rev = r
+            plans.append((req, ops, (ok, rev, changed)))
+        if overlay:
+            puts = [
+                (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+                for kv in overlay.values()
+                if kv is not None
+            ]
+            deletes = [k for k, kv in overlay.items() if kv is None]
+            await self._commit_rows(rev, puts, deletes)
+        for req, ops, result in plans:
+            if result[2]:
+                applied = self._apply(ops)
+                assert applied == result[1], (applied, result)
+            if not req.future.done():
+                req.future.set_result(result)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        return await self._serialized(lambda: self._write([Put(key, value, lease)]))
+        _, rev, _ = await self._submit((), [Put(key, value, lease)], ())
+        return rev
 
     async def delete(self, key: str) -> bool:
-        async def body() -> bool:
-            existed = key in self._data
-            await self._write([Delete(key)])
-            return existed
-
-        return await self._serialized(body)
+        _, _, existed = await self._submit((), [Delete(key)], ())
+        return existed
 
     async def txn(
         self,
@@ -309,16 +414,8 @@ class SqliteStore(MemoryStore):
                 if op.key in seen:
                     raise StoreInvalidArgument(f"key {op.key!r} appears twice in one transaction")
                 seen.add(op.key)
-
-        async def body() -> tuple[bool, int]:
-            ok = all(
-                (kv.mod_revision if (kv := self._data.get(c.key)) is not None else 0)
-                == c.mod_revision
-                for c in compares
-            )
-            return ok, await self._write(success if ok else failure)
-
-        return await self._serialized(body)
+        ok, rev, _ = await self._submit(compares, success, failure)
+        return ok, rev
 
     # ------------------------------------------------------------------ leases
 

@@ -263,3 +263,45 @@ async def test_kill_9_during_registrations_keeps_every_acknowledged_one(tmp_path
         assert live == []  # the lease-bound key did not come back
         first = max(present) + 1
     assert len(acked) >= 20
+
+
+async def test_group_commit_keeps_each_write_its_own_revision_and_cas_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    real_commit = _Db.commit
+
+    def commit(self: _Db, revision: int, puts: list, deletes: list) -> None:  # type: ignore[type-arg]
+        commits.append(len(puts) + len(deletes))
+        real_commit(self, revision, puts, deletes)
+
+    monkeypatch.setattr(_Db, "commit", commit)
+    s = SqliteStore(tmp_path)
+    try:
+        r0 = await s.put("warm", b"0")
+        n = 64
+        # 64 concurrent writes: creates that race on 8 keys (one winner each), and puts
+        results = await asyncio.gather(
+            *(
+                s.txn([Compare(f"race/{i % 8}", 0)], [Put(f"race/{i % 8}", str(i).encode())])
+                for i in range(n)
+            ),
+            *(s.put(f"p/{i}", b"x") for i in range(n)),
+        )
+        txn_results, put_revs = results[:n], results[n:]
+        winners = [i for i, (ok, _) in enumerate(txn_results) if ok]  # type: ignore[misc]
+        assert len(winners) == 8 and sorted(i % 8 for i in winners) == list(range(8))
+        revs = sorted([r for ok, r in txn_results if ok] + list(put_revs))  # type: ignore[misc]
+        assert revs == list(range(r0 + 1, r0 + 1 + 8 + n))  # one revision per change, no gaps
+        assert len(commits) < 1 + 8 + n  # and fewer fsyncs than writes
+        for i in winners:
+            kv = await s.get(f"race/{i % 8}")
+            assert kv is not None and kv.value == str(i).encode()
+        before = await s.get_prefix("")
+    finally:
+        await s.close()
+    s2 = SqliteStore(tmp_path)
+    try:
+        assert await s2.get_prefix("") == before  # on disk exactly as acknowledged
+    finally:
+        await s2.close()
