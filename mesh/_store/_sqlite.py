@@ -6,8 +6,10 @@ memory exactly as in :class:`MemoryStore` (reads, prefix ranges, watches and lea
 are the memory store's code); a write is applied there only after SQLite committed it
 (WAL journal, ``synchronous=FULL``: the commit is fsynced before it returns), so nothing a
 caller or a reader ever saw is lost to kill -9 or a power cut, and a failed commit changes
-nothing. Writes are serialised by one lock; every SQLite call runs on one dedicated thread,
-never on the event loop.
+nothing. Writes are group-committed: those queued while one commit runs go into the next
+SQLite transaction together (one fsync for all; each keeps its own revision, compares are
+evaluated in queue order). Every SQLite call runs on one dedicated thread, never on the
+event loop.
 
 Leases are not persisted: whoever held them lived in this process, so on open every key
 that was bound to a lease (instances, copies, the leader) is deleted in one revision, and
