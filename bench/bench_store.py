@@ -39,7 +39,9 @@ from bench.bench_routing import onnx_request, stop_server
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def control_plane(kind: str, tmp: Path, models: int, etcd_endpoint: str = "") -> dict[str, float]:
+async def control_plane(
+    kind: str, tmp: Path, models: int, etcd_endpoint: str = ""
+) -> dict[str, float]:
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
     from mesh._store import StoreSettings, build_store
 
@@ -50,7 +52,10 @@ async def control_plane(kind: str, tmp: Path, models: int, etcd_endpoint: str = 
     art = tmp / "model.onnx"
     art.write_bytes(b"\x00" * 1024)
     store = build_store(settings)
-    mesh = LocalMesh(LocalMeshConfig(instances=1, data_dir=tmp / "var", allowed_roots=[tmp], store=settings), store=store)
+    mesh = LocalMesh(
+        LocalMeshConfig(instances=1, data_dir=tmp / "var", allowed_roots=[tmp], store=settings),
+        store=store,
+    )
     proc = psutil.Process()
     await mesh.start()
     try:
@@ -61,7 +66,9 @@ async def control_plane(kind: str, tmp: Path, models: int, etcd_endpoint: str = 
 
         async def reg(i: int) -> None:
             async with sem:
-                await inst.management.register_model(f"model-{i:06d}", ModelInfoSpec(type="onnx", path=str(art)))
+                await inst.management.register_model(
+                    f"model-{i:06d}", ModelInfoSpec(type="onnx", path=str(art))
+                )
 
         t0 = time.perf_counter()
         await asyncio.gather(*(reg(i) for i in range(models)))
@@ -72,7 +79,11 @@ async def control_plane(kind: str, tmp: Path, models: int, etcd_endpoint: str = 
     finally:
         await mesh.stop()
         await store.close()
-    return {"rate": models / elapsed, "view_b": (view - base_view) / models, "rss_b": (rss - base_rss) / models}
+    return {
+        "rate": models / elapsed,
+        "view_b": (view - base_view) / models,
+        "rss_b": (rss - base_rss) / models,
+    }
 
 
 def _serve(kind: str, tmp: Path, model: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -142,7 +153,9 @@ def report(r: dict[str, Any]) -> str:
     ]
     base = r["control"]["memory"]["rate"]
     for kind, c in r["control"].items():
-        lines.append(f"| {kind} | {c['rate']:.0f} | {c['rate'] / base:.2f}x | {c['view_b']:.0f} | {c['rss_b']:.0f} |")
+        lines.append(
+            f"| {kind} | {c['rate']:.0f} | {c['rate'] / base:.2f}x | {c['view_b']:.0f} | {c['rss_b']:.0f} |"
+        )
     hp = r["hot"]
     lines += [
         "",

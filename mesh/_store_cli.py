@@ -20,11 +20,15 @@ store_app = typer.Typer(
 _err = Console(stderr=True)
 
 StoreOpt = Annotated[str, typer.Option(help="sqlite (default) | etcd | memory")]
-EtcdOpt = Annotated[str, typer.Option(help="etcd endpoints, comma separated host:port (implies --store etcd)")]
+EtcdOpt = Annotated[
+    str, typer.Option(help="etcd endpoints, comma separated host:port (implies --store etcd)")
+]
 DataDirOpt = Annotated[Path, typer.Option(help="data directory of the sqlite store")]
 
 
-def command_store_settings(store: str, etcd: str, data_dir: Path, *, default: str = "sqlite") -> StoreSettings:
+def command_store_settings(
+    store: str, etcd: str, data_dir: Path, *, default: str = "sqlite"
+) -> StoreSettings:
     """The store a command runs on: ``--store``/``--etcd``, else MODELMUX_STORE_KIND, else ``default``.
 
     The sqlite store lives in the command's data directory unless MODELMUX_STORE_DATA_DIR says otherwise.
@@ -76,7 +80,9 @@ def export_cmd(
     store: StoreOpt = "",
     etcd: EtcdOpt = "",
     data_dir: DataDirOpt = Path("var/modelmux"),
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write here instead of stdout")
+    ] = None,
 ) -> None:
     """Print every model, vModel and tenant quota as sorted YAML (stop a sqlite instance first)."""
     from ._store_transfer import dump_yaml, export_records
@@ -102,4 +108,6 @@ def import_cmd(
     text = sys.stdin.read() if str(file) == "-" else file.read_text()
     settings = command_store_settings(store, etcd, data_dir)
     result = _run(settings, lambda st, keys: import_records(st, keys, text))
-    _err.print(f"imported: {result.created} created, {result.updated} updated, {result.unchanged} unchanged")
+    _err.print(
+        f"imported: {result.created} created, {result.updated} updated, {result.unchanged} unchanged"
+    )

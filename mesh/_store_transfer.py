@@ -91,7 +91,9 @@ def parse_document(text: str) -> dict[str, list[Any]]:
             try:
                 record = adapter.validate_python(entry, strict=False)
             except pydantic.ValidationError as exc:
-                raise InvalidRequest(f"{where}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+                raise InvalidRequest(
+                    f"{where}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+                ) from exc
             ident = validate_id(what, getattr(record, id_field))
             if ident in seen:
                 raise InvalidRequest(f"{where}: {what} '{ident}' appears twice")

@@ -64,7 +64,9 @@ async def _infer(rest: str, model: str) -> list[float]:
 
 
 async def _cli(*args: str) -> Any:
-    r = await asyncio.to_thread(CliRunner().invoke, app, list(args), env={"MODELMUX_STORE_KIND": None})
+    r = await asyncio.to_thread(
+        CliRunner().invoke, app, list(args), env={"MODELMUX_STORE_KIND": None}
+    )
     assert r.exit_code == 0, r.output
     return r
 
@@ -76,12 +78,20 @@ async def test_serve_keeps_registrations_across_sigterm_and_restart(tmp_path: Pa
     add_model(tmp_path / "m" / "other.onnx", 7.0)
     first = await Serve(tmp_path, data, "first").started()
     try:
-        assert "store: sqlite" in first.log.read_text() and "survive restarts" in first.log.read_text()
+        assert (
+            "store: sqlite" in first.log.read_text() and "survive restarts" in first.log.read_text()
+        )
         async with httpx.AsyncClient(base_url=first.rest, timeout=60) as c:
             for mid, path in (("keep-me", "keep.onnx"), ("other", "other.onnx")):
-                body = {"modelInfo": {"type": "onnx", "path": str(tmp_path / "m" / path)}, "loadNow": True, "sync": True}
+                body = {
+                    "modelInfo": {"type": "onnx", "path": str(tmp_path / "m" / path)},
+                    "loadNow": True,
+                    "sync": True,
+                }
                 assert (await c.post(f"/v1/models/{mid}", json=body)).status_code == 200
-            assert (await c.put("/v1/vmodels/prod", json={"targetModelId": "keep-me"})).status_code == 200
+            assert (
+                await c.put("/v1/vmodels/prod", json={"targetModelId": "keep-me"})
+            ).status_code == 200
             assert (await c.put("/v1/tenants/team-a", json={"maxBytes": "8Gi"})).status_code == 200
         assert await _infer(first.rest, "keep-me") == [6.0] * 4
 

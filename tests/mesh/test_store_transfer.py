@@ -42,7 +42,9 @@ async def _populate(store: Store, keys: Keys) -> None:
     # runtime state: never exported
     lease = await store.grant_lease(30)
     await store.put(keys.instance("i-1"), encode(InstanceRecord("i-1", "x:1")), lease=lease)
-    await store.put(keys.copy("alpha", "i-1"), encode(CopyRecord("alpha", "i-1", "loaded", 1.0)), lease=lease)
+    await store.put(
+        keys.copy("alpha", "i-1"), encode(CopyRecord("alpha", "i-1", "loaded", 1.0)), lease=lease
+    )
     await store.put(keys.assignment("alpha"), encode(AssignmentRecord("alpha", ("i-1",))))
 
 
@@ -95,13 +97,17 @@ async def test_cli_moves_one_machine_to_etcd(
         return r.stdout
 
     out = tmp_path / "registrations.yaml"
-    text = (await asyncio.to_thread(cli, "store", "export", "--data-dir", str(tmp_path / "one")))
+    text = await asyncio.to_thread(cli, "store", "export", "--data-dir", str(tmp_path / "one"))
     assert text == yaml.safe_dump(yaml.safe_load(text), sort_keys=True)  # stable form
     assert len(yaml.safe_load(text)["models"]) == 3
-    await asyncio.to_thread(cli, "store", "export", "--data-dir", str(tmp_path / "one"), "-o", str(out))
+    await asyncio.to_thread(
+        cli, "store", "export", "--data-dir", str(tmp_path / "one"), "-o", str(out)
+    )
     assert out.read_text() == text
     etcd = f"127.0.0.1:{etcd_server.client_port}"
-    await asyncio.to_thread(cli, "store", "import", "-f", str(out), "--store", "etcd", "--etcd", etcd)
+    await asyncio.to_thread(
+        cli, "store", "import", "-f", str(out), "--store", "etcd", "--etcd", etcd
+    )
     again = await asyncio.to_thread(cli, "store", "export", "--store", "etcd", "--etcd", etcd)
     assert again == text
     st = EtcdStore([("127.0.0.1", etcd_server.client_port)])
