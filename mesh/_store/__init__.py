@@ -1,4 +1,4 @@
-"""The store layer: one interface over etcd (production) and memory (embedded).
+"""The store layer: one interface over etcd (a cluster), SQLite (one machine, durable) and memory.
 
 ``build_store(StoreSettings())`` gives the configured store; :class:`PrefixMirror` keeps a
 live in-memory copy of a key prefix for hot-path reads. Semantics are documented in
@@ -21,6 +21,7 @@ from ._etcd import EtcdStore
 from ._memory import MemoryStore
 from ._mirror import MirrorChange, PrefixMirror
 from ._settings import StoreSettings, build_store
+from ._sqlite import SqliteStore, StoreLocked
 from ._types import Compare, Delete, KeyValue, Op, Put, WatchEvent
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "Op",
     "PrefixMirror",
     "Put",
+    "SqliteStore",
     "Store",
     "StoreConflict",
     "StoreError",
     "StoreInvalidArgument",
+    "StoreLocked",
     "StorePermissionDenied",
     "StoreResourceExhausted",
     "StoreSettings",

@@ -37,7 +37,10 @@ class StoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELMUX_STORE_", extra="ignore")
 
-    kind: Literal["memory", "etcd"] = "memory"
+    # memory: nothing survives the process (tests, demo); sqlite: durable, one process owns
+    # ``data_dir`` (the CLI's default for serve and up); etcd: a cluster
+    kind: Literal["memory", "sqlite", "etcd"] = "memory"
+    data_dir: Path = Path("var/modelmux")  # sqlite: store.sqlite and store.lock live here
     endpoints: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1:2379"])
     prefix: str = "/modelmux"  # root of every key modelmux writes (used to build the key layout)
     op_timeout_s: float = Field(default=2.0, gt=0)  # bound on every store operation
@@ -73,11 +76,18 @@ class StoreSettings(BaseSettings):
 
 
 def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.monotonic) -> Store:
-    """The store the settings describe. Connects lazily (nothing happens until first use)."""
+    """The store the settings describe. Connects lazily (sqlite: locks its directory now)."""
     if settings.kind == "memory":
         from ._memory import MemoryStore
 
         return MemoryStore(clock=clock, history_revisions=settings.memory_history_revisions)
+    if settings.kind == "sqlite":
+        from ._sqlite import SqliteStore
+
+        # takes the data directory's lock now (raises StoreLocked); loads on first use
+        return SqliteStore(
+            settings.data_dir, clock=clock, history_revisions=settings.memory_history_revisions
+        )
     from ._etcd import EtcdStore
 
     return EtcdStore(

@@ -15,7 +15,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from ._output import BAR, Column, console, rich_table, setup_logging
+from ._output import BAR, Column, console, err_console, rich_table, setup_logging
 
 app = typer.Typer()
 
@@ -30,10 +30,10 @@ def serve(
     rest_port: Annotated[int, typer.Option(help="REST port (V2 JSON + management); 0 = any, -1 = off")] = 8008,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus metrics port (ModelMesh: 2112); 0 = any, -1 = off (default: MODELMUX_INSTANCE_METRICS_PORT, else off)")] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    store: Annotated[str, typer.Option(help="memory | etcd")] = "",
+    store: Annotated[str, typer.Option(help="sqlite (default: kept in --data-dir) | etcd | memory (nothing kept)")] = "",
     etcd: Annotated[str, typer.Option(help="etcd endpoints, comma separated host:port")] = "",
     capacity: Annotated[int, typer.Option(help="capacity in MiB (0 = from MODELMUX_INSTANCE_CAPACITY_BYTES)")] = 0,
-    data_dir: Annotated[Path | None, typer.Option(help="data directory (puller cache)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="data directory (store, puller cache)")] = None,
     instance_id: Annotated[str, typer.Option(help="instance id (default: host-pid-random)")] = "",
     allowed_root: Annotated[list[Path] | None, typer.Option(help="local roots models may be read from (repeatable)")] = None,
     ready_file: Annotated[Path | None, typer.Option(help="write {instance_id, grpc, rest} as JSON here once serving")] = None,
@@ -46,8 +46,9 @@ def serve(
 
     from .._instance import assemble_instance
     from .._settings import InstanceSettings
-    from .._store import StoreSettings, build_store
+    from .._store import build_store
     from .._store_schema import Keys
+    from ._store import command_store_settings, describe_store
 
     overrides: dict[str, Any] = {"host": host, "grpc_port": grpc_port, "rest_port": rest_port}
     if metrics_port is not None:
@@ -59,13 +60,7 @@ def serve(
     if instance_id:
         overrides["instance_id"] = instance_id
     settings = InstanceSettings(**overrides)
-    store_overrides: dict[str, Any] = {}
-    if store:
-        store_overrides["kind"] = store
-    if etcd:
-        store_overrides["kind"] = "etcd"
-        store_overrides["endpoints"] = [e.strip() for e in etcd.split(",") if e.strip()]
-    store_settings = StoreSettings(**store_overrides)
+    store_settings = command_store_settings(store, etcd, settings.data_dir)
 
     async def main() -> None:
         st = build_store(store_settings)
@@ -83,6 +78,7 @@ def serve(
             f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}  metrics {ep.metrics or '-'}"
             + (f"  dashboard http://{ep.rest}/dashboard/" if ep.rest else "")
         )
+        console.print(describe_store(store_settings))
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"instance_id": inst.instance_id, "grpc": ep.grpc, "rest": ep.rest, "metrics": ep.metrics, "pid": os.getpid()}))
@@ -96,13 +92,26 @@ def serve(
         await inst.stop(graceful=True)
         await st.close()
 
-    asyncio.run(main())
+    _run_owning_store(main())
 
 
-def _mesh_config(instances: int, capacity_mib: int, data_dir: Path, grpc_port: int, rest_port: int) -> Any:
+def _run_owning_store(main: Any) -> None:
+    """Run a command's main; a data directory whose store another process owns exits 2 with why."""
+    from .._store import StoreLocked
+
+    try:
+        asyncio.run(main)
+    except StoreLocked as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
+
+def _mesh_config(instances: int, capacity_mib: int, data_dir: Path, grpc_port: int, rest_port: int, store: Any = None) -> Any:
     from .._local import LocalMeshConfig
+    from .._store import StoreSettings
 
     return LocalMeshConfig(
+        store=store or StoreSettings(kind="memory"),
         instances=instances,
         capacity_bytes=capacity_mib << 20,
         data_dir=data_dir,
@@ -121,21 +130,24 @@ def up(
     data_dir: Annotated[Path, typer.Option(help="data directory")] = Path("var/modelmux"),
     demo: Annotated[bool, typer.Option(help="create and register demo models, drive traffic, print a summary")] = False,
     duration: Annotated[float, typer.Option(help="demo traffic seconds")] = 20.0,
-    store: Annotated[str, typer.Option(help="memory: one process; etcd: one process per instance")] = "memory",
+    store: Annotated[str, typer.Option(help="sqlite (default, kept in --data-dir) or memory: one process; etcd: one process per instance")] = "",
     etcd: Annotated[str, typer.Option(help="etcd endpoint (default with --store etcd: start a local etcd)")] = "",
     log_level: Annotated[str, typer.Option()] = "warning",
 ) -> None:
     """Start a local mesh of N instances: in this process over the memory store, or as processes over etcd."""
     setup_logging(log_level)
     from .._local import LocalMesh
+    from ._store import command_store_settings, describe_store
 
-    if store == "etcd":
+    store_settings = command_store_settings(store, etcd, data_dir)
+    if store_settings.kind == "etcd":
         _up_processes(instances, capacity, grpc_port, rest_port, data_dir, etcd)
         return
 
     async def main() -> None:
-        mesh = LocalMesh(_mesh_config(instances, capacity, data_dir, grpc_port, rest_port))
+        mesh = LocalMesh(_mesh_config(instances, capacity, data_dir, grpc_port, rest_port, store_settings))
         await mesh.start()
+        console.print(describe_store(store_settings))
         for inst in mesh.instances:
             assert inst.endpoints is not None
             console.print(f"instance {inst.instance_id}: gRPC {inst.endpoints.grpc}  REST http://{inst.endpoints.rest}")
@@ -151,7 +163,7 @@ def up(
         finally:
             await mesh.stop()
 
-    asyncio.run(main())
+    _run_owning_store(main())
 
 
 def _up_processes(instances: int, capacity_mib: int, grpc_port: int, rest_port: int, data_dir: Path, etcd: str) -> None:
@@ -197,6 +209,7 @@ def demo_cmd(
     async def main(root: Path) -> dict[str, Any]:
         mesh = LocalMesh(_mesh_config(instances, capacity, root, 0, 0))
         await mesh.start()
+        console.print("store: memory (a demo: nothing is kept)")
         try:
             return await _run_demo(mesh, root / "demo-models", count=models, duration_s=duration)
         finally:

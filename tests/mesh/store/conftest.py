@@ -1,6 +1,7 @@
-"""Fixtures for the store tests: every test taking ``store`` runs against memory and etcd.
+"""Fixtures for the store tests: every test taking ``store`` runs against memory, the durable
+SQLite store and etcd.
 
-The memory variant here runs on a manual clock (``clock`` fixture) so lease expiry is
+The memory and sqlite variants here runs on a manual clock (``clock`` fixture) so lease expiry is
 driven by the test; ``expire_lease`` makes a lease lapse on either kind (etcd: real time).
 """
 
@@ -9,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from mesh._store import EtcdStore, MemoryStore, Store, WatchEvent
+from mesh._store import EtcdStore, MemoryStore, SqliteStore, Store, WatchEvent
 from tests.etcd_server import (  # noqa: F401
     EtcdServer,
     check_etcd_marker,
@@ -42,11 +44,15 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
-async def store(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Store]:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def store(
+    request: pytest.FixtureRequest, clock: ManualClock, tmp_path: Path
+) -> AsyncIterator[Store]:
     s: Store
     if request.param == "memory":
         s = MemoryStore(clock=clock)
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "store", clock=clock)
     else:
         server: EtcdServer = request.getfixturevalue("etcd_server")
         s = EtcdStore([("127.0.0.1", server.client_port)], op_timeout_s=2.0)
@@ -63,7 +69,10 @@ def expire_lease(clock: ManualClock) -> Callable[[Store, int], Awaitable[None]]:
     (the caller then waits for the resulting delete events with a deadline)."""
 
     async def expire(store: Store, ttl_s: int) -> None:
-        if isinstance(store, MemoryStore):
+        if isinstance(store, SqliteStore):
+            clock.advance(ttl_s + 1)
+            await store.expire_leases()
+        elif isinstance(store, MemoryStore):
             clock.advance(ttl_s + 1)
             store.expire_leases_now()
 

@@ -1,0 +1,180 @@
+"""The store kinds side by side: what durability costs the control plane, and that serving does not notice.
+
+Run: ``python -m bench.bench_store [--models 2000] [--duration 5]``. In one run:
+
+1. Control plane, per store kind (memory, sqlite, etcd — a local etcd is started when the
+   binary is on PATH): one instance in this process over that store; ``--models`` models
+   registered through the management code (32 in flight); registrations/s, the routing view
+   per model (deep size of the instance's model / vModel / copy mirrors, as bench_control) and
+   the process RSS growth per model (it includes the store's own copy of every record, and for
+   sqlite its page cache).
+2. Hot path: a loaded model served over gRPC (ModelInfer, tiny ONNX model, 8 callers, the
+   Python load generator) by a one-instance mesh in its own process, over memory and over
+   sqlite, alternated memory/sqlite/sqlite/memory/memory/sqlite; the ratio of the medians, sqlite / memory.
+   Target (issue 17): >= 0.98 (the hot path never touches the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import _tools
+from bench.bench_control import view_size
+from bench.bench_routing import onnx_request, stop_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def control_plane(
+    kind: str, tmp: Path, models: int, etcd_endpoint: str = ""
+) -> dict[str, float]:
+    from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
+    from mesh._store import StoreSettings, build_store
+
+    overrides: dict[str, Any] = {"kind": kind, "data_dir": tmp / "store"}
+    if kind == "etcd":
+        overrides.update(endpoints=[etcd_endpoint], prefix=f"/bench-{os.getpid()}-{time.time_ns()}")
+    settings = StoreSettings(**overrides)
+    art = tmp / "model.onnx"
+    art.write_bytes(b"\x00" * 1024)
+    store = build_store(settings)
+    mesh = LocalMesh(
+        LocalMeshConfig(instances=1, data_dir=tmp / "var", allowed_roots=[tmp], store=settings),
+        store=store,
+    )
+    proc = psutil.Process()
+    await mesh.start()
+    try:
+        inst = mesh.instances[0]
+        gc.collect()
+        base_view, base_rss = view_size(inst.state), proc.memory_info().rss
+        sem = asyncio.Semaphore(32)
+
+        async def reg(i: int) -> None:
+            async with sem:
+                await inst.management.register_model(
+                    f"model-{i:06d}", ModelInfoSpec(type="onnx", path=str(art))
+                )
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(reg(i) for i in range(models)))
+        elapsed = time.perf_counter() - t0
+        await inst.state.wait_for(lambda: len(inst.state.models.items) == models, 30.0)
+        gc.collect()
+        view, rss = view_size(inst.state), proc.memory_info().rss
+    finally:
+        await mesh.stop()
+        await store.close()
+    return {
+        "rate": models / elapsed,
+        "view_b": (view - base_view) / models,
+        "rss_b": (rss - base_rss) / models,
+    }
+
+
+def _serve(kind: str, tmp: Path, model: Path) -> tuple[subprocess.Popen[bytes], str]:
+    ready = tmp / f"{kind}-{time.time_ns()}.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MODELMUX_STORE_KIND=kind,
+               MODELMUX_STORE_DATA_DIR=str(tmp / f"store-{time.time_ns()}"))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._servers", "mesh", "--type", "onnx", "--model", str(model),
+         "--instances", "1", "--ready", str(ready)],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    _tools.wait_file(ready, proc, 120, f"mesh over {kind}")
+    return proc, json.loads(ready.read_text())["grpc"][0]
+
+
+def hot_path(tmp: Path, duration_s: float) -> dict[str, list[float]]:
+    from bench._load import run_load
+    from mesh._demo import make_onnx
+
+    model = make_onnx(tmp / "m" / "model.onnx", 64, seed=1)
+    message, _ = onnx_request()
+    out: dict[str, list[float]] = {"memory": [], "sqlite": []}
+    for kind in ("memory", "sqlite", "sqlite", "memory", "memory", "sqlite"):
+        proc, addr = _serve(kind, tmp, model)
+        try:
+            r = asyncio.run(run_load(addr, message, concurrency=8, duration_s=duration_s))
+            assert r["errors"] == 0, r
+            out[kind].append(r["rps"])
+        finally:
+            stop_server(proc)
+    return out
+
+
+def run(models: int = 2000, duration_s: float = 5.0) -> dict[str, Any]:
+    from mesh._launcher import LocalEtcd
+
+    result: dict[str, Any] = {"models": models, "load_start": _tools.loadavg(), "control": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_s:
+        tmp = Path(tmp_s)
+        etcd = LocalEtcd(tmp / "etcd").start() if shutil.which("etcd") else None
+        try:
+            for kind in ("memory", "sqlite", "etcd"):
+                if kind == "etcd" and etcd is None:
+                    continue
+                d = tmp / f"control-{kind}"
+                d.mkdir()
+                result["control"][kind] = asyncio.run(
+                    control_plane(kind, d, models, etcd.endpoint if etcd else "")
+                )
+        finally:
+            if etcd is not None:
+                etcd.stop()
+        hp = hot_path(tmp, duration_s)
+    result["hot"] = hp
+    result["hot_ratio"] = statistics.median(hp["sqlite"]) / statistics.median(hp["memory"])
+    result["load_end"] = _tools.loadavg()
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['models']} registrations per store (in process, 32 in flight); load average "
+        f"{r['load_start']} at start, {r['load_end']} at end.",
+        "",
+        "| store | registrations/s | vs memory | routing view B / model | process RSS B / model |",
+        "|---|---|---|---|---|",
+    ]
+    base = r["control"]["memory"]["rate"]
+    for kind, c in r["control"].items():
+        lines.append(
+            f"| {kind} | {c['rate']:.0f} | {c['rate'] / base:.2f}x | {c['view_b']:.0f} | {c['rss_b']:.0f} |"
+        )
+    hp = r["hot"]
+    lines += [
+        "",
+        "| hot path (loaded model, gRPC ModelInfer, 8 callers) | memory req/s | sqlite req/s | sqlite / memory | target |",
+        "|---|---|---|---|---|",
+        f"| runs (in order m s s m m s; ratio of medians) | {' / '.join(f'{x:.0f}' for x in hp['memory'])} | "
+        f"{' / '.join(f'{x:.0f}' for x in hp['sqlite'])} | {r['hot_ratio']:.3f} | >= 0.98: "
+        f"{'met' if r['hot_ratio'] >= 0.98 else 'not met'} |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", type=int, default=2000)
+    ap.add_argument("--duration", type=float, default=5.0)
+    a = ap.parse_args()
+    print(report(run(a.models, a.duration)))
+
+
+if __name__ == "__main__":
+    main()
