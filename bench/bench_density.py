@@ -64,7 +64,7 @@ end
 
 
 def _counters(rest: list[str]) -> list[dict[str, Any]]:
-    return [httpx.get(f"http://{r}/v1/cluster", timeout=30).json()["self"] for r in rest]
+    return [httpx.get(f"http://{r}/api/v1/cluster", timeout=30).json()["self"] for r in rest]
 
 
 def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 24,

@@ -1,7 +1,7 @@
 """``modelmux apply -f``: the same Predictor / InferenceService YAML, without a cluster.
 
 Each document is mapped with the controller's pure code (:func:`desired_state`) and
-registered through the REST management API of a running mesh (``PUT /v1/vmodels/{name}``
+registered through the REST management API of a running mesh (``PUT /api/v1/vmodels/{name}``
 with the target model's ModelInfo, auto-delete on, the controller's owner string). So a
 file applied here and the same file applied to a cluster give the same vModel, the same
 model id and the same transition when the spec changes. ServingRuntime documents in the
@@ -179,7 +179,7 @@ def _apply_one(
     assert desired is not None
     try:
         if delete:
-            resp = client.delete(f"/v1/vmodels/{desired.vmodel}", params={"owner": desired.owner})
+            resp = client.delete(f"/api/v1/vmodels/{desired.vmodel}", params={"owner": desired.owner})
             if resp.status_code >= 400:
                 return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", _error_message(resp), desired.vmodel)
             return ApplyResult(source, ref.kind, ref.namespace, ref.name, "deleted", "", desired.vmodel)
@@ -194,11 +194,11 @@ def _apply_one(
 
 
 def _register(client: httpx.Client, source: str, ref: ObjectRef, desired: Registration, load_now: bool) -> ApplyResult:
-    before = client.get(f"/v1/vmodels/{desired.vmodel}")
+    before = client.get(f"/api/v1/vmodels/{desired.vmodel}")
     previous = before.json().get("targetModelId", "") if before.status_code == 200 else ""
     info = desired.info
     resp = client.put(
-        f"/v1/vmodels/{desired.vmodel}",
+        f"/api/v1/vmodels/{desired.vmodel}",
         json={
             "targetModelId": desired.model_id,
             "modelInfo": {"type": info.type, "path": info.path, "key": info.key},
@@ -222,18 +222,18 @@ def _register(client: httpx.Client, source: str, ref: ObjectRef, desired: Regist
 def _apply_quota(
     client: httpx.Client, source: str, ref: ObjectRef, obj: dict[str, Any], naming: VModelNaming, *, delete: bool
 ) -> ApplyResult:
-    """A TenantQuota: the tenant's quota through ``/v1/tenants/{tenant}``."""
+    """A TenantQuota: the tenant's quota through ``/api/v1/tenants/{tenant}``."""
     desired = quota_spec(obj, naming)
     if isinstance(desired, QuotaRejection):
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "invalid", f"{ref}: {desired.reason}: {desired.message}")
     if delete:
-        resp = client.delete(f"/v1/tenants/{desired.tenant}")
+        resp = client.delete(f"/api/v1/tenants/{desired.tenant}")
         if resp.status_code >= 400 and resp.status_code != 404:
             return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", _error_message(resp))
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "deleted")
-    before = client.get(f"/v1/tenants/{desired.tenant}")
+    before = client.get(f"/api/v1/tenants/{desired.tenant}")
     previous = before.json().get("max_bytes", 0) if before.status_code == 200 else 0
-    resp = client.put(f"/v1/tenants/{desired.tenant}", json={"maxBytes": desired.max_bytes})
+    resp = client.put(f"/api/v1/tenants/{desired.tenant}", json={"maxBytes": desired.max_bytes})
     if resp.status_code >= 400:
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", f"{ref}: {_error_message(resp)}")
     action = "created" if not previous else ("unchanged" if previous == desired.max_bytes else "configured")

@@ -46,7 +46,7 @@ async def main(tmp: Path) -> None:
             await asyncio.sleep(40.0)  # pictures taken while the traffic runs (a picture, not a test)
             await page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
             async with httpx.AsyncClient(base_url=rest) as c:
-                o = (await c.get("/v1/cluster/overview")).json()
+                o = (await c.get("/api/v1/cluster/overview")).json()
             await traffic
             console = Console(record=True, width=150, file=io.StringIO())
             console.print(_render.top(o, limit=8))

@@ -181,7 +181,7 @@ class ClusterMirror:
 
     def referencing_vmodels(self, model_id: str) -> list[str]:
         return sorted(
-            name for name, vm in self.vmodels.items.items() if model_id in (vm.active, vm.target)
+            name for name, vm in self.vmodels.items.items() if model_id in vm.referenced()
         )
 
     # ------------------------------------------------------------ index upkeep

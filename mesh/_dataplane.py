@@ -18,9 +18,10 @@ from . import _codec
 from ._errors import ModelNotFound
 from ._request_metrics import RequestMetrics, RequestTimer
 from ._router import Router
+from ._traffic_split import SESSION_HEADER
 
 SERVER_NAME = "modelmux"
-EXTENSIONS = ("model_repository",)
+EXTENSIONS = ("model_repository", "binary_tensor_data")
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,14 @@ class DataPlane:
         """
         if ctx.forwarded:
             return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
+        session = ctx.metadata.get(SESSION_HEADER)
         with self.measure(name, ctx) as timer:
             timer.request_bytes = len(payload)
-            out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s)
+            out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, session=session)
             timer.response_bytes = len(out)
             return out
 
     async def infer(self, name: str, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """A decoded request in, a decoded answer out (the REST edge times the call with :meth:`measure`,
         since only it knows the sizes on its wire)."""
-        return await self.router.infer(name, request, timeout_s=ctx.timeout_s)
+        return await self.router.infer(name, request, timeout_s=ctx.timeout_s, session=ctx.metadata.get(SESSION_HEADER))

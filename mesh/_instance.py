@@ -28,6 +28,7 @@ from ._cluster_mirror import ClusterMirror
 from ._dashboard import ClusterOverview, TrafficSeries
 from ._dataplane import DataPlane
 from ._grpc_edge import build_grpc_server
+from ._grpc_health import Health
 from ._leader import Leader
 from ._loaded_copies import LoadedCopies
 from ._management import Management
@@ -145,6 +146,8 @@ class Instance:
         )  # campaigns only with enable_scheduler
         self.endpoints: Endpoints | None = None
         self._grpc: grpc.aio.Server | None = None
+        # grpc.health.v1.Health of the serving port (also served by a plaintext health port when one is set)
+        self.health: Health | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._rest_sock: socket.socket | None = None
@@ -172,6 +175,8 @@ class Instance:
         s = self.settings
         await self._join_store()
         self._grpc, _ = build_grpc_server(self.dataplane, self.management, max_message_bytes=s.max_message_bytes)
+        self.health = Health(self._grpc, reflection_on=s.grpc_reflection)
+        await self.health.set_not_serving()  # until joined (the servicer starts with the server SERVING)
         port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if port == 0:
             raise RuntimeError(f"could not bind gRPC to {s.host}:{s.grpc_port}")
@@ -221,11 +226,12 @@ class Instance:
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
             await self.leader.start()
+        await self.health.set_serving()
         log.info("instance %s serving gRPC on %s, REST on %s", self.instance_id, grpc_addr, rest_addr or "-")
         return self.endpoints
 
     def describe(self) -> dict[str, object]:
-        """This instance's own counters and copies (served at /v1/cluster as "self")."""
+        """This instance's own counters and copies (served at /api/v1/cluster as "self")."""
         agent = self.agent
         return {
             "instance_id": self.instance_id,
@@ -252,6 +258,8 @@ class Instance:
                     await self.puller.close()
 
     async def _stop(self, graceful: bool) -> None:
+        if self.health is not None:  # first: probes and Watch streams see it while the instance drains
+            await self.health.set_not_serving()
         if graceful and self.agent.lease:  # joined the mesh: move models away first
             with contextlib.suppress(Exception):
                 await self.agent.drain(self.settings.shutdown_grace_s)

@@ -138,7 +138,7 @@ def auto_delete_ops(
 ) -> list[Delete]:
     """The deletes that remove each candidate model registered with ``auto_delete`` once no other
     vModel (``other_vmodels``) refers to it (the one rule, used by vModel deletion and promotion)."""
-    still = {m for v in other_vmodels for m in (v.active, v.target)}
+    still = {m for v in other_vmodels for m in v.referenced()}
     ops: list[Delete] = []
     for mid in dict.fromkeys(candidates):
         rec = models.get(mid)
@@ -207,7 +207,7 @@ class Management:
         try:
             vms, _ = await self.store.get_prefix(self.keys.vmodels)
             refs = [decode(VModelRecord, kv.value) for kv in vms]
-            users = sorted(v.name for v in refs if model_id in (v.active, v.target))
+            users = sorted(v.name for v in refs if model_id in v.referenced())
             if users:
                 raise PreconditionFailed(f"model '{model_id}' is still referenced by vmodel(s) {', '.join(users)}")
             await self.store.txn(
@@ -279,11 +279,14 @@ class Management:
                         raise PreconditionFailed(
                             f"vmodel '{name}' targets '{cur.target}', not the expected '{expected_target}'"
                         )
-                    if cur.target == target and not force:
+                    if cur.target == target and not force and not cur.split:
                         new = cur
                     else:
                         active = target if (force or cur.active == target) else cur.active
-                        new = replace(cur, target=target, active=active, failed=False, failure="", updated_at=self.clock())
+                        # setVModel keeps its meaning: one target (a traffic split, if any, is replaced)
+                        new = replace(
+                            cur, target=target, active=active, failed=False, failure="", updated_at=self.clock(), split=None
+                        )
                     rev = kv.mod_revision if kv else 0
                 if new is cur:
                     break

@@ -137,6 +137,14 @@ class Metrics:
         )
         self.puller_bytes = Counter("modelmux_puller_bytes", "Artifact bytes downloaded (staged) by the puller", registry=r)
         self.puller_pulls = Counter("modelmux_puller_pulls", "Artifacts staged by a download", registry=r)
+        # traffic split on vModels: labelled by vModel and target, only for vModels that have a split (few)
+        self.split_requests = Counter(
+            "modelmux_vmodel_split_requests", "Requests to a split vModel, by the target that served them", ("vmodel", "target"), registry=r
+        )
+        self.shadow_requests = Counter(
+            "modelmux_vmodel_shadow_requests", "Shadow copies of split-vModel requests, by outcome (ok, error, dropped)",
+            ("vmodel", "result"), registry=r,
+        )
         self.puller_hits = Counter("modelmux_puller_cache_hits", "Artifacts staged from the local cache (no download)", registry=r)
 
     # ------------------------------------------------------------ helpers

@@ -1,4 +1,5 @@
-"""The REST edge: V2 inference over HTTP/JSON and a JSON management API (FastAPI).
+"""The REST edge: V2 inference over HTTP (JSON and the binary tensor extension), KServe V1
+(:mod:`mesh._rest_protocols`) and a JSON management API under ``/api/v1`` (FastAPI).
 
 It only translates: V2 routes call the :class:`~mesh._dataplane.DataPlane` (the same one the
 gRPC edge calls), management routes :class:`~mesh._management.Management`. Built per instance
@@ -34,6 +35,10 @@ from ._errors import (
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, parse_bytes
 from ._metrics import Metrics
 from ._model_status import ModelState
+from ._rest_binary import HEADER_LENGTH
+from ._rest_protocols import install_v1, v2_infer
+from ._traffic_split import SESSION_HEADER
+from ._vmodel_split import install_split_routes
 
 _JSON_INLINE_LIMIT = 64 << 10  # parse bigger bodies off the event loop
 
@@ -57,7 +62,8 @@ def _vmodel_status_json(st: VModelStatus) -> dict[str, Any]:
     }
 
 
-async def _read_json(request: Request, limit: int, sizes: list[int] | None = None) -> Any:
+async def _read_body(request: Request, limit: int, sizes: list[int] | None = None) -> bytes:
+    """The whole body, refused past ``limit`` bytes (the declared length first, then as it streams)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
@@ -73,6 +79,11 @@ async def _read_json(request: Request, limit: int, sizes: list[int] | None = Non
         sizes.append(len(body))
     if not body:
         raise InvalidRequest("empty request body")
+    return body
+
+
+async def _read_json(request: Request, limit: int, sizes: list[int] | None = None) -> Any:
+    body = await _read_body(request, limit, sizes)
     try:
         if len(body) > _JSON_INLINE_LIMIT:
             return await asyncio.to_thread(json.loads, body)
@@ -156,7 +167,10 @@ def build_rest_app(
 
     # ---------------------------------------------------------------- V2
     def context(request: Request | None = None) -> RequestContext:
-        return RequestContext(timeout_s=_timeout(request) if request is not None else None)
+        if request is None:
+            return RequestContext()
+        session = request.headers.get(SESSION_HEADER)
+        return RequestContext(timeout_s=_timeout(request), metadata={SESSION_HEADER: session} if session else {})
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
@@ -185,33 +199,29 @@ def build_rest_app(
         return JSONResponse({"name": name, "ready": ready}, status_code=200)
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request) -> JSONResponse:
+    async def infer(name: str, request: Request) -> Response:
         with dataplane.measure(name, RequestContext()) as timer:
             sizes: list[int] = []
             try:
-                body = await _read_json(request, max_message_bytes, sizes)
+                body = await _read_body(request, max_message_bytes, sizes)
             finally:
                 timer.request_bytes = sizes[0] if sizes else -1
-            req = _codec.infer_request_from_json(name, body)
-            result = await dataplane.infer(name, req, context(request))
-            out = _codec.infer_response_to_json(result)
-            out["model_name"] = name
-            if req.id:
-                out["id"] = req.id
-            response = JSONResponse(out)
-            timer.response_bytes = len(response.body)
-            return response
+            content, headers = await v2_infer(dataplane, name, body, request.headers.get(HEADER_LENGTH), context(request))
+            timer.response_bytes = len(content)
+            return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/versions/{version_id}/infer")
-    async def infer_v(name: str, version_id: str, request: Request) -> JSONResponse:
+    async def infer_v(name: str, version_id: str, request: Request) -> Response:
         return await infer(name, request)
 
-    # ---------------------------------------------------------------- management
-    @app.get("/v1/models")
+    install_v1(app, dataplane, read_json=lambda r: _read_json(r, max_message_bytes), context=context)
+
+    # ---------------------------------------------------------------- management (moved off KServe V1's /v1 paths)
+    @app.get("/api/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"models": management.list_models()}
 
-    @app.post("/v1/models/{model_id}")
+    @app.post("/api/v1/models/{model_id}")
     async def register(model_id: str, request: Request) -> dict[str, Any]:
         body = await _read_json(request, 1 << 20)
         if not isinstance(body, dict):
@@ -230,23 +240,23 @@ def build_rest_app(
         )
         return _model_status_json(st)
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/api/v1/models/{model_id}")
     async def model_status(model_id: str) -> dict[str, Any]:
         st = management.model_status(model_id)
         if st.status == ModelState.NOT_FOUND:
             raise ModelNotFound(f"model '{model_id}' is not registered")
         return _model_status_json(st)
 
-    @app.delete("/v1/models/{model_id}")
+    @app.delete("/api/v1/models/{model_id}")
     async def unregister(model_id: str) -> dict[str, Any]:
         await management.unregister_model(model_id)
         return {}
 
-    @app.post("/v1/models/{model_id}/load")
+    @app.post("/api/v1/models/{model_id}/load")
     async def ensure_loaded(model_id: str, sync: bool = False) -> dict[str, Any]:
         return _model_status_json(await management.ensure_loaded(model_id, sync=sync))
 
-    @app.put("/v1/vmodels/{name}")
+    @app.put("/api/v1/vmodels/{name}")
     async def set_vmodel(name: str, request: Request) -> dict[str, Any]:
         body = await _read_json(request, 1 << 20)
         if not isinstance(body, dict) or not isinstance(body.get("targetModelId"), str):
@@ -271,41 +281,43 @@ def build_rest_app(
         )
         return _vmodel_status_json(st)
 
-    @app.get("/v1/vmodels/{name}")
+    @app.get("/api/v1/vmodels/{name}")
     async def vmodel_status(name: str, owner: str = "") -> dict[str, Any]:
         return _vmodel_status_json(management.vmodel_status(name, owner))
 
-    @app.delete("/v1/vmodels/{name}")
+    @app.delete("/api/v1/vmodels/{name}")
     async def delete_vmodel(name: str, owner: str = "") -> dict[str, Any]:
         await management.delete_vmodel(name, owner)
         return {}
 
-    @app.get("/v1/instances")
+    install_split_routes(app, management, lambda r: _read_json(r, 1 << 20))
+
+    @app.get("/api/v1/instances")
     async def instances() -> dict[str, Any]:
         return {"instances": management.list_instances()}
 
-    @app.get("/v1/tenants")
+    @app.get("/api/v1/tenants")
     async def tenants() -> dict[str, Any]:
         return {"tenants": management.list_tenants()}
 
-    @app.get("/v1/tenants/{name}")
+    @app.get("/api/v1/tenants/{name}")
     async def tenant(name: str) -> dict[str, Any]:
         return management.tenant(name)
 
-    @app.put("/v1/tenants/{name}")
+    @app.put("/api/v1/tenants/{name}")
     async def set_tenant(name: str, request: Request) -> dict[str, Any]:
         body = await _read_json(request, 1 << 16)
         if not isinstance(body, dict) or "maxBytes" not in body:
             raise InvalidRequest("body must be an object with maxBytes (bytes, or a quantity like 8Gi)")
         return await management.set_tenant_quota(name, parse_bytes(body["maxBytes"], "maxBytes"))
 
-    @app.delete("/v1/tenants/{name}")
+    @app.delete("/api/v1/tenants/{name}")
     async def delete_tenant(name: str) -> dict[str, Any]:
         if not await management.delete_tenant_quota(name):
             raise TenantNotFound(f"tenant '{name}' has no quota")
         return {}
 
-    @app.get("/v1/cluster")
+    @app.get("/api/v1/cluster")
     async def cluster() -> dict[str, Any]:
         info = {
             "time": time.time(),

@@ -27,6 +27,7 @@ from ._load_request import request_load
 from ._loaded_copies import LoadedCopiesView
 from ._metrics import Metrics
 from ._request_metrics import RequestMetrics
+from ._split_routing import SplitRouting
 from ._store import Store
 from ._store_schema import Keys
 from ._validation import valid_id
@@ -123,6 +124,7 @@ class Router:
         self._misses: dict[str, asyncio.Future[None]] = {}
         self._unknown: dict[str, float] = {}  # negative cache of names unknown to the store
         self.max_message_bytes = 64 << 20
+        self.splits = SplitRouting(mirror, self.metrics)  # weighted targets and shadow of split vModels
 
     # ------------------------------------------------------------ names
 
@@ -176,13 +178,17 @@ class Router:
     # ------------------------------------------------------------ entry points
 
     async def infer_bytes(
-        self, name: str, payload: bytes, *, timeout_s: float | None, forwarded: bool = False
+        self, name: str, payload: bytes, *, timeout_s: float | None, forwarded: bool = False, session: str | None = None
     ) -> bytes:
         """Serve a serialized ModelInferRequest; returns a serialized ModelInferResponse."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
         if not forwarded:
             self.counters.requests += 1
         mid = self.mirror.resolve(name) or await self.resolve_fresh(name)
+        if not forwarded and (pick := self.splits.pick(name, session)) is not None:
+            mid, shadow = pick
+            if shadow:
+                self.splits.shadow(name, lambda: self._shadow_bytes(shadow, payload))
         model = self.loaded.get(mid)
         if model is not None:
             try:
@@ -195,12 +201,18 @@ class Router:
             raise ModelNotFound(f"model '{mid}' is not loaded on instance {self.instance_id}")
         return await self._route(mid, name, payload, deadline)
 
-    async def infer(self, name: str, request: InferRequest, *, timeout_s: float | None) -> InferResponse:
+    async def infer(
+        self, name: str, request: InferRequest, *, timeout_s: float | None, session: str | None = None
+    ) -> InferResponse:
         """Serve a decoded request (REST): local in process, remote as a forwarded gRPC call whose
         answer is decoded once, here, at the end of the forward."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.default_deadline_s)
         self.counters.requests += 1
         mid = self.mirror.resolve(name) or await self.resolve_fresh(name)
+        if (pick := self.splits.pick(name, session)) is not None:
+            mid, shadow = pick
+            if shadow:
+                self.splits.shadow(name, lambda: self._shadow_bytes(shadow, _codec.infer_request_to_pb(request).SerializeToString()))
         model = self.loaded.get(mid)
         if model is not None:
             try:
@@ -210,6 +222,15 @@ class Router:
         payload = _codec.infer_request_to_pb(request).SerializeToString()
         raw = await self._route(mid, name, payload, deadline)
         return _codec.infer_response_from_pb(_codec.parse_infer_response(raw))
+
+    async def _shadow_bytes(self, mid: str, payload: bytes) -> None:
+        """A split vModel's shadow copy of a request (answer discarded; run by :class:`SplitRouting`)."""
+        deadline = time.monotonic() + self.default_deadline_s
+        model = self.loaded.get(mid)
+        if model is not None:
+            await self._local_bytes(mid, model, mid, payload)
+        else:
+            await self._route(mid, mid, payload, deadline)
 
     # ------------------------------------------------------------ local
 
@@ -257,8 +278,10 @@ class Router:
                 if last_error is not None:
                     raise DeadlineExceeded(f"deadline exceeded while routing model '{name}': {_reason(last_error)}") from last_error
                 raise DeadlineExceeded(f"deadline exceeded while routing model '{name}'")
-            # a vModel may have moved to a new target meanwhile: follow it
-            mid = self.mirror.resolve(name) or mid
+            # a vModel may have moved to a new target meanwhile: follow it (a split vModel's target
+            # was picked for this request: keep it)
+            if self.splits.split_of(name) is None:
+                mid = self.mirror.resolve(name) or mid
             model = self.loaded.get(mid)
             if model is not None:
                 try:
@@ -462,6 +485,7 @@ class Router:
         return None
 
     async def close(self) -> None:
+        await self.splits.close()
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()

@@ -32,6 +32,7 @@ class InstanceSettings(BaseSettings):
     rate_window_s: float = Field(default=60.0, gt=0)  # request rates (rpm, for copies by rate) are over this sliding window
     failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long
     max_message_bytes: int = 64 * MiB  # larger requests: RESOURCE_EXHAUSTED / 413
+    grpc_reflection: bool = True  # gRPC server reflection on the serving port (grpcurl list / describe)
     forward_attempts: int = 3  # forwards answered NOT_FOUND (copy gone) before a request gives up
     # a forward not answered in this long is abandoned for another holder (only when one exists;
     # 0: the request's whole deadline). Guards against a hung (e.g. SIGSTOPped) holder.

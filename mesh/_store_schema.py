@@ -166,6 +166,20 @@ class VModelRecord:
     failed: bool = False
     failure: str = ""
     updated_at: float = 0.0
+    # weighted targets and shadow (TrafficSplit.to_json()); None: the vModel serves ``active``.
+    # Optional, so records written before splits existed decode unchanged.
+    split: dict[str, Any] | None = None
+
+    def referenced(self) -> set[str]:
+        """Every model this vModel points at (active, target, split targets and shadow)."""
+        out = {self.active, self.target}
+        if self.split:
+            out |= {t.get("model_id", "") for t in self.split.get("targets") or () if isinstance(t, dict)}
+            shadow = self.split.get("shadow")
+            if isinstance(shadow, dict) and shadow.get("model_id"):
+                out.add(shadow["model_id"])
+        out.discard("")
+        return out
 
 
 @dataclass(frozen=True)

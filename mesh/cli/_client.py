@@ -42,7 +42,7 @@ def model_pages(c: Any, params: dict[str, Any], limit: int) -> list[dict[str, An
     """Model rows page by page (limit 0: all of them), with a progress bar for long listings."""
     rows: list[dict[str, Any]] = []
     page = 500 if not limit else min(limit, 500)
-    first = check(c.get("/v1/cluster/models", params={**params, "offset": 0, "limit": page}))
+    first = check(c.get("/api/v1/cluster/models", params={**params, "offset": 0, "limit": page}))
     rows += first["models"]
     total = first["total"] if not limit else min(first["total"], limit)
     if len(rows) >= total:
@@ -50,7 +50,7 @@ def model_pages(c: Any, params: dict[str, Any], limit: int) -> list[dict[str, An
     with Progress(*BAR, console=err_console, transient=True) as prog:
         t = prog.add_task("listing models", total=total, completed=len(rows))
         while len(rows) < total:
-            more = check(c.get("/v1/cluster/models", params={**params, "offset": len(rows), "limit": min(page, total - len(rows))}))
+            more = check(c.get("/api/v1/cluster/models", params={**params, "offset": len(rows), "limit": min(page, total - len(rows))}))
             if not more["models"]:
                 break
             rows += more["models"]

@@ -38,7 +38,7 @@ def get_models(
 def get_vmodels(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
     """vModels: the model each one serves now and the one it is moving to."""
     with client(address) as c:
-        rows = check(c.get("/v1/vmodels"))["vmodels"]
+        rows = check(c.get("/api/v1/vmodels"))["vmodels"]
     emit(rows, output, _render.VMODEL_COLUMNS, what="vmodels")
 
 
@@ -46,7 +46,7 @@ def get_vmodels(address: AddressOpt = None, output: TableOutputOpt = TableOutput
 def get_vmodel(name: str, address: AddressOpt = None, output: OutputOpt = DocOutput.json) -> None:
     """One vModel's status (ModelMesh's VModelStatusInfo)."""
     with client(address) as c:
-        data = check(c.get(f"/v1/vmodels/{name}"))
+        data = check(c.get(f"/api/v1/vmodels/{name}"))
     emit_doc(data, output)
 
 
@@ -54,7 +54,7 @@ def get_vmodel(name: str, address: AddressOpt = None, output: OutputOpt = DocOut
 def get_instances(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
     """Instances: memory used of capacity, models, loading, rate, the models each one holds (-o json)."""
     with client(address) as c:
-        o = check(c.get("/v1/cluster/overview"))
+        o = check(c.get("/api/v1/cluster/overview"))
     emit(o["instances"], output, _render.instance_columns(o["leader"]), what="instances")
 
 
@@ -67,7 +67,7 @@ def describe_model(
 ) -> None:
     """A model's spec, copies (and why each is where it is), history of loads / evictions, last failure."""
     with client(address) as c:
-        d = check(c.get(f"/v1/models/{model_id}/describe", params={"history": history}))
+        d = check(c.get(f"/api/v1/models/{model_id}/describe", params={"history": history}))
     if output == "table":
         console.print(_render.describe(d))
     else:
@@ -88,7 +88,7 @@ def logs(
     """The placement decision log (loads, evictions, rejections, with reasons), oldest first."""
     params: dict[str, Any] = {"model": model, "instance": instance, "kind": kind}
     with client(address) as c:
-        out = check(c.get("/v1/decisions", params={**params, "limit": limit}))
+        out = check(c.get("/api/v1/decisions", params={**params, "limit": limit}))
         rows = list(reversed(out["decisions"]))
         if output != "table":
             emit_doc(rows, output)
@@ -98,7 +98,7 @@ def logs(
         last = out["last_seq"]
         while follow:
             time.sleep(interval)
-            out = check(c.get("/v1/decisions", params={**params, "limit": 5000, "after": last}))
+            out = check(c.get("/api/v1/decisions", params={**params, "limit": 5000, "after": last}))
             for d in reversed(out["decisions"]):
                 if output == "table":
                     console.print(_render.decision_line(d), soft_wrap=True)
@@ -120,7 +120,7 @@ def top(
     from rich.live import Live
 
     with client(address) as c:
-        o = check(c.get("/v1/cluster/overview"))
+        o = check(c.get("/api/v1/cluster/overview"))
         if once or output != "table":
             if output == "table":
                 console.print(_render.top(o, limit=limit))
@@ -130,4 +130,4 @@ def top(
         with Live(_render.top(o, limit=limit), console=console, screen=False, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(_render.top(check(c.get("/v1/cluster/overview")), limit=limit), refresh=True)
+                live.update(_render.top(check(c.get("/api/v1/cluster/overview")), limit=limit), refresh=True)

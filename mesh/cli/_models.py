@@ -28,13 +28,13 @@ def register(
     import time
 
     with client(address) as c:
-        out = check(c.post(f"/v1/models/{model_id}", json={"modelInfo": {"type": type, "path": path, "key": key}, "loadNow": load_now}))
+        out = check(c.post(f"/api/v1/models/{model_id}", json={"modelInfo": {"type": type, "path": path, "key": key}, "loadNow": load_now}))
         if load_now:
             with err_console.status(f"loading {model_id} ...") as status:
                 deadline = time.monotonic() + 600
                 while out["status"] in ("LOADING", "NOT_LOADED") and time.monotonic() < deadline:
                     time.sleep(0.2)
-                    out = check(c.get(f"/v1/models/{model_id}"))
+                    out = check(c.get(f"/api/v1/models/{model_id}"))
                     status.update(f"loading {model_id} ... {out['status'].lower()}")
     colour = {"LOADED": "green", "LOADING_FAILED": "red"}.get(out["status"], "yellow")
     console.print(f"{model_id}: [{colour}]{out['status']}[/]" + (f" ({'; '.join(out['errors'])})" if out.get("errors") else ""), soft_wrap=True)
@@ -46,7 +46,7 @@ def register(
 def unregister(model_id: str, address: AddressOpt = None) -> None:
     """Unregister a model."""
     with client(address) as c:
-        check(c.delete(f"/v1/models/{model_id}"))
+        check(c.delete(f"/api/v1/models/{model_id}"))
     console.print(f"{model_id}: unregistered", soft_wrap=True)
 
 

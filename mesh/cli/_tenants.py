@@ -23,7 +23,7 @@ def tenant_set(
     """Create or change a tenant's quota (enforced from the next placement decision)."""
     with client(address) as c:
         value: int | str = int(max_bytes) if max_bytes.isdigit() else max_bytes
-        row = check(c.put(f"/v1/tenants/{name}", json={"maxBytes": value}))
+        row = check(c.put(f"/api/v1/tenants/{name}", json={"maxBytes": value}))
     emit(row, output, TENANT_COLUMNS, [row], what="tenants")
 
 
@@ -31,7 +31,7 @@ def tenant_set(
 def tenant_get(name: str, address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
     """A tenant's quota and what its models hold now."""
     with client(address) as c:
-        row = check(c.get(f"/v1/tenants/{name}"))
+        row = check(c.get(f"/api/v1/tenants/{name}"))
     emit(row, output, TENANT_COLUMNS, [row], what="tenants")
 
 
@@ -39,7 +39,7 @@ def tenant_get(name: str, address: AddressOpt = None, output: TableOutputOpt = T
 def tenant_list(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
     """Every tenant with a quota or a registered model."""
     with client(address) as c:
-        rows = check(c.get("/v1/tenants"))["tenants"]
+        rows = check(c.get("/api/v1/tenants"))["tenants"]
     emit(rows, output, TENANT_COLUMNS, what="tenants")
 
 
@@ -47,5 +47,5 @@ def tenant_list(address: AddressOpt = None, output: TableOutputOpt = TableOutput
 def tenant_delete(name: str, address: AddressOpt = None) -> None:
     """Remove a tenant's quota (its models stay registered)."""
     with client(address) as c:
-        check(c.delete(f"/v1/tenants/{name}"))
+        check(c.delete(f"/api/v1/tenants/{name}"))
     console.print(f"quota of tenant {name} removed", soft_wrap=True)

@@ -40,12 +40,12 @@ async def test_examples_from_modelmesh_docs_apply(make_cluster: Any) -> None:
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
         for r in results:
             if r.kind == "TenantQuota":  # a tenant's quota, not a vModel
-                assert (await client.get(f"/v1/tenants/{r.namespace}")).json()["max_bytes"] == 8 << 30
+                assert (await client.get(f"/api/v1/tenants/{r.namespace}")).json()["max_bytes"] == 8 << 30
                 continue
-            st = (await client.get(f"/v1/vmodels/{r.vmodel}")).json()
+            st = (await client.get(f"/api/v1/vmodels/{r.vmodel}")).json()
             assert st["status"] == "DEFINED" and st["targetModelId"] == r.model_id, st
             assert st["owner"] == ("ksp/default" if r.kind == "Predictor" else "isvc/default")
-        models = {m["model_id"]: m for m in (await client.get("/v1/models")).json()["models"]}
+        models = {m["model_id"]: m for m in (await client.get("/api/v1/models")).json()["models"]}
     by = _by_name(results)
     assert models[by["example-onnx-mnist"].model_id]["type"] == "onnx"
     assert models[by["example-xgboost-mushroom"].model_id]["type"] == "xgboost"
@@ -87,7 +87,7 @@ async def test_apply_loads_serves_transitions_and_deletes(make_cluster: Any, tmp
 
     async def switched() -> bool:
         async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-            st = (await client.get("/v1/vmodels/tour")).json()
+            st = (await client.get("/api/v1/vmodels/tour")).json()
         return bool(st["status"] == "DEFINED" and st["activeModelId"] == r2.model_id)
 
     await wait_until(switched, 30, "the vModel to move to the new model")
@@ -95,7 +95,7 @@ async def test_apply_loads_serves_transitions_and_deletes(make_cluster: Any, tmp
     [d] = await _apply([f], cluster.rest[0], delete=True)
     assert d.action == "deleted"
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        assert (await client.get("/v1/vmodels/tour")).json()["status"] == "NOT_FOUND"
+        assert (await client.get("/api/v1/vmodels/tour")).json()["status"] == "NOT_FOUND"
 
 
 async def test_mixed_documents_are_reported_one_by_one(make_cluster: Any, tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ async def test_mesh_refusal_and_unreachable_mesh(make_cluster: Any, tmp_path: Pa
     f.write_text(json.dumps(doc))
     # someone else owns the vModel name: the mesh refuses, the result says why
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        resp = await client.put("/v1/vmodels/taken", json={"targetModelId": "x", "owner": "someone", "modelInfo": {"type": "onnx", "path": "/models/x.onnx"}})
+        resp = await client.put("/api/v1/vmodels/taken", json={"targetModelId": "x", "owner": "someone", "modelInfo": {"type": "onnx", "path": "/models/x.onnx"}})
         assert resp.status_code == 200, resp.text
     [r] = await _apply([f], cluster.rest[0], load_now=False)
     assert r.action == "failed" and "someone" in r.message
@@ -163,15 +163,15 @@ async def test_apply_tenant_quota(make_cluster: Any, tmp_path: Path) -> None:
     (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
     assert (r.kind, r.namespace, r.action) == ("TenantQuota", "team-z", "created")
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        assert (await client.get("/v1/tenants/team-z")).json()["max_bytes"] == 2 << 30
+        assert (await client.get("/api/v1/tenants/team-z")).json()["max_bytes"] == 2 << 30
         doc["spec"] = {"maxBytes": "3Gi", "tenant": "shared"}
         f.write_text(yaml.safe_dump(doc))
         (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
-        assert r.action == "created" and (await client.get("/v1/tenants/shared")).json()["max_bytes"] == 3 << 30
+        assert r.action == "created" and (await client.get("/api/v1/tenants/shared")).json()["max_bytes"] == 3 << 30
         (r,) = await _apply([f], cluster.rest[0], namespace="team-z")
         assert r.action == "unchanged"
         (r,) = await _apply([f], cluster.rest[0], namespace="team-z", delete=True)
-        assert r.action == "deleted" and (await client.get("/v1/tenants/shared")).status_code == 404
+        assert r.action == "deleted" and (await client.get("/api/v1/tenants/shared")).status_code == 404
         doc["spec"] = {"maxBytes": "lots"}
         f.write_text(yaml.safe_dump(doc))
         (r,) = await _apply([f], cluster.rest[0], namespace="team-z")

@@ -77,7 +77,7 @@ async def test_apply_command_registers_and_deletes(make_cluster: Any, tmp_path: 
     assert out.exit_code == 0, out.output
     assert "predictor/cli-model created" in out.output
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        st = (await client.get("/v1/vmodels/cli-model")).json()
+        st = (await client.get("/api/v1/vmodels/cli-model")).json()
         assert st["status"] == "DEFINED" and st["owner"] == "ksp/default", st
         assert st["targetModelId"] in out.output
     # the address from the environment, as the other modelmux commands read it
@@ -86,7 +86,7 @@ async def test_apply_command_registers_and_deletes(make_cluster: Any, tmp_path: 
     assert out.exit_code == 0, out.output
     assert "predictor/cli-model deleted" in out.output
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        assert (await client.get("/v1/vmodels/cli-model")).json()["status"] == "NOT_FOUND"
+        assert (await client.get("/api/v1/vmodels/cli-model")).json()["status"] == "NOT_FOUND"
 
 
 @memory_only
@@ -98,7 +98,7 @@ async def test_apply_command_fails_on_a_bad_document_and_an_unreachable_mesh(mak
     out = await asyncio.to_thread(CliRunner().invoke, app, ["apply", "-f", str(bad), "-a", cluster.rest[0]])
     assert out.exit_code == 1 and "predictor/broken" in out.output and "storage is missing" in out.output, out.output
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        assert (await client.get("/v1/vmodels/broken")).json()["status"] == "NOT_FOUND"
+        assert (await client.get("/api/v1/vmodels/broken")).json()["status"] == "NOT_FOUND"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

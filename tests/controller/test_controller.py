@@ -59,7 +59,7 @@ def event_reasons(env: ControllerEnv, name: str) -> list[str]:
 
 async def _instance_view(rest: str, vmodel: str, model_id: str) -> bool:
     async with httpx.AsyncClient(base_url=rest, timeout=10) as client:
-        st = (await client.get(f"/v1/vmodels/{vmodel}")).json()
+        st = (await client.get(f"/api/v1/vmodels/{vmodel}")).json()
     return bool(st.get("activeModelId") == model_id == st.get("targetModelId"))
 
 

@@ -157,7 +157,7 @@ def _quota_is(env: ControllerEnv, name: str, ns: str, max_bytes: int) -> Any:
 
 async def _max_bytes_is(rest: str, tenant: str, value: int) -> bool:
     async with httpx.AsyncClient(base_url=rest, timeout=10) as c:
-        r = await c.get(f"/v1/tenants/{tenant}")
+        r = await c.get(f"/api/v1/tenants/{tenant}")
         return r.status_code == 200 and r.json().get("max_bytes") == value
 
 

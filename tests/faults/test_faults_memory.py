@@ -77,7 +77,7 @@ async def _cycle(cluster: ProcessCluster, mgmt: Mgmt, models: dict[str, float], 
                 out = answer(await call(request_bytes(name), timeout=60))
                 assert np.allclose(out, models[name]), (name, out)
                 if k % 10 == 0:
-                    me = (await http.get(f"{cluster.rest[0]}/v1/cluster")).json()["self"]
+                    me = (await http.get(f"{cluster.rest[0]}/api/v1/cluster")).json()["self"]
                     used_max = max(used_max, me["used_bytes"])
 
         await asyncio.gather(*(one(k, n) for k, n in enumerate(names)))

@@ -126,9 +126,9 @@ def _segments() -> st.SearchStrategy[str]:
 
 PATH_CALLS = [
     ("GET", "/v2/models/{}"), ("GET", "/v2/models/{}/ready"), ("GET", "/v2/models/{}/versions/1"),
-    ("POST", "/v2/models/{}/infer"), ("GET", "/v1/models/{}"), ("POST", "/v1/models/{}"), ("DELETE", "/v1/models/{}"),
-    ("POST", "/v1/models/{}/load"), ("GET", "/v1/vmodels/{}"), ("PUT", "/v1/vmodels/{}"), ("DELETE", "/v1/vmodels/{}"),
-    ("GET", "/v1/tenants/{}"), ("PUT", "/v1/tenants/{}"), ("DELETE", "/v1/tenants/{}"),
+    ("POST", "/v2/models/{}/infer"), ("GET", "/api/v1/models/{}"), ("POST", "/api/v1/models/{}"), ("DELETE", "/api/v1/models/{}"),
+    ("POST", "/api/v1/models/{}/load"), ("GET", "/api/v1/vmodels/{}"), ("PUT", "/api/v1/vmodels/{}"), ("DELETE", "/api/v1/vmodels/{}"),
+    ("GET", "/api/v1/tenants/{}"), ("PUT", "/api/v1/tenants/{}"), ("DELETE", "/api/v1/tenants/{}"),
 ]
 
 
@@ -137,15 +137,15 @@ PATH_CALLS = [
 def test_weird_ids_in_paths(mesh: Mesh, canary: Canary, http: httpx.Client, segment: str, call: tuple[str, str], instance: int) -> None:
     assume(segment not in (GOOD_MODEL, ".", ".."))
     method, template = call
-    bodies = {"POST /v2": GOOD_BODY, "POST /v1": {"modelInfo": {"type": "onnx", "path": "/nonexistent.onnx"}},
-              "PUT /v1/vmodels": {"targetModelId": GOOD_MODEL}, "PUT /v1/tenants": {"maxBytes": "1Gi"}}
+    bodies = {"POST /v2": GOOD_BODY, "POST /api/v1": {"modelInfo": {"type": "onnx", "path": "/nonexistent.onnx"}},
+              "PUT /api/v1/vmodels": {"targetModelId": GOOD_MODEL}, "PUT /api/v1/tenants": {"maxBytes": "1Gi"}}
     body = next((b for k, b in bodies.items() if f"{method} {template}".startswith(k)), None)
     if template.endswith("/load"):
         body = None
     url = mesh.rest[instance] + template.format(segment)
     r = _send(http, method, url, json.dumps(body).encode() if body else None)
     _assert_client_fault(r, (method, template, segment))
-    if r.status_code == 200 and method in ("POST", "PUT") and template.startswith("/v1/"):
+    if r.status_code == 200 and method in ("POST", "PUT") and template.startswith("/api/v1/"):
         # registered: remove it, or a later example's metadata call would try to load a missing artifact
         # (a load failure is a 500 by design, not a decoding fault)
         _assert_client_fault(_send(http, "DELETE", url), (method, template, segment))
@@ -177,7 +177,7 @@ def test_weird_ids_in_paths(mesh: Mesh, canary: Canary, http: httpx.Client, segm
 def test_management_bodies(mesh: Mesh, canary: Canary, http: httpx.Client, which: str, name: str, body: Any) -> None:
     if isinstance(body, dict):
         body.pop("loadNow", None)  # loading a nonexistent artifact would fail as it should (500), not a fuzz finding
-    url = {"model": f"/v1/models/{name}", "vmodel": f"/v1/vmodels/{name}", "tenant": f"/v1/tenants/{name}"}[which]
+    url = {"model": f"/api/v1/models/{name}", "vmodel": f"/api/v1/vmodels/{name}", "tenant": f"/api/v1/tenants/{name}"}[which]
     method = "POST" if which == "model" else "PUT"
     r = _send(http, method, mesh.rest[0] + url, json.dumps(body).encode())
     _assert_client_fault(r, body)

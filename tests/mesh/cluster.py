@@ -1,7 +1,7 @@
 """Test clusters: N instances over one store, in process (memory store) or as processes (real etcd).
 
 Both kinds offer the same surface, so a cluster test runs unchanged against both:
-``grpc`` / ``rest`` endpoint lists, ``counters()`` (per instance, from /v1/cluster),
+``grpc`` / ``rest`` endpoint lists, ``counters()`` (per instance, from /api/v1/cluster),
 ``stop()`` / ``start()`` of all instances (registrations must survive), and ``close()``.
 
 :class:`ProcessCluster` also injects faults into one instance (``kill`` = SIGKILL, ``pause`` /
@@ -285,5 +285,5 @@ class ProcessCluster:
                 if i < len(self.procs) and not self.alive(i):
                     out.append({})
                     continue
-                out.append((await client.get(f"{base}/v1/cluster")).json()["self"])
+                out.append((await client.get(f"{base}/api/v1/cluster")).json()["self"])
         return out

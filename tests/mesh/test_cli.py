@@ -110,7 +110,7 @@ async def test_cli_shows_a_known_cluster(mesh2: MemoryCluster, tmp_path: Path) -
 
     # vModels, as YAML
     async with __import__("httpx").AsyncClient(base_url=mesh2.rest[0]) as rest:
-        assert (await rest.put("/v1/vmodels/prod", json={"targetModelId": "alpha"})).status_code == 200
+        assert (await rest.put("/api/v1/vmodels/prod", json={"targetModelId": "alpha"})).status_code == 200
     [vm] = yaml.safe_load(await cli("get", "vmodels", "-o", "yaml"))
     assert vm["name"] == "prod" and vm["active_model_id"] == "alpha" and vm["status"] == "DEFINED"
 
@@ -171,7 +171,7 @@ async def test_decision_log_is_bounded_and_continues_across_records(mesh2: Memor
         p = add_model(tmp_path / f"m{k}" / "model.onnx", float(k), table_bytes=TABLE)
         names.append(f"m{k}")
         async with __import__("httpx").AsyncClient(base_url=mesh2.rest[0]) as rest:
-            r = await rest.post(f"/v1/models/m{k}", json={"modelInfo": {"type": "onnx", "path": str(p)}})
+            r = await rest.post(f"/api/v1/models/m{k}", json={"modelInfo": {"type": "onnx", "path": str(p)}})
             assert r.status_code == 200
     for name in names * 2:  # 3 models over room for 2: evictions on every round
         await _infer(mesh2, name)

@@ -49,12 +49,12 @@ async def cluster(tmp_path: Path) -> Any:
                 path = add_model(tmp_path / f"m{k}" / "model.onnx", float(k), table_bytes=TABLE)
                 key = json.dumps({"tenant": TENANT}) if k == 0 else ""
                 body = {"modelInfo": {"type": "onnx", "path": str(path), "key": key}, "loadNow": k == 0}
-                assert (await rest.post(f"/v1/models/{mid}", json=body)).status_code == 200
-            assert (await rest.put(f"/v1/vmodels/{VMODEL}", json={"targetModelId": MODELS[0]})).status_code == 200
-            assert (await rest.put(f"/v1/tenants/{TENANT}", json={"maxBytes": "32Mi"})).status_code == 200
+                assert (await rest.post(f"/api/v1/models/{mid}", json=body)).status_code == 200
+            assert (await rest.put(f"/api/v1/vmodels/{VMODEL}", json={"targetModelId": MODELS[0]})).status_code == 200
+            assert (await rest.put(f"/api/v1/tenants/{TENANT}", json={"maxBytes": "32Mi"})).status_code == 200
 
             async def loaded() -> bool:
-                rows = (await rest.get("/v1/cluster/models", params={"limit": 10})).json()["models"]
+                rows = (await rest.get("/api/v1/cluster/models", params={"limit": 10})).json()["models"]
                 return any(r["model_id"] == MODELS[0] and r["state"] == "LOADED" for r in rows)
 
             await wait_until(loaded, 30, "the first model loaded")
@@ -120,7 +120,7 @@ async def test_piped_get_models_prints_plain_aligned_columns_with_full_ids(clust
 
     # json and yaml: the API's rows, as before
     async with httpx.AsyncClient(base_url=addr) as rest:
-        api = (await rest.get("/v1/cluster/models", params={"limit": 500})).json()["models"]
+        api = (await rest.get("/api/v1/cluster/models", params={"limit": 500})).json()["models"]
     as_json = json.loads(await run_cli("get", "models", "-a", addr, "-o", "json"))
     assert as_json == api
     assert yaml.safe_load(await run_cli("get", "models", "-a", addr, "-o", "yaml")) == as_json

@@ -70,7 +70,7 @@ async def test_dashboard_shows_instances_models_and_an_eviction(browser: Any, tm
         async with httpx.AsyncClient(base_url=c.rest[0]) as rest:
             for k, name in enumerate(("alpha", "beta", "gamma")):
                 p = add_model(tmp_path / name / "model.onnx", float(k), table_bytes=TABLE)
-                r = await rest.post(f"/v1/models/{name}", json={"modelInfo": {"type": "onnx", "path": str(p)}})
+                r = await rest.post(f"/api/v1/models/{name}", json={"modelInfo": {"type": "onnx", "path": str(p)}})
                 assert r.status_code == 200, r.text
             await _infer(c.grpc[0], "alpha")
 
@@ -79,7 +79,7 @@ async def test_dashboard_shows_instances_models_and_an_eviction(browser: Any, tm
             # the instances, and the model this test loaded, where it is
             for iid in ("local-0", "local-1"):
                 await page.locator(f'.instance[data-instance-id="{iid}"]').wait_for(timeout=15_000)
-            [holder] = [i["instance_id"] for i in (await rest.get("/v1/cluster/overview")).json()["instances"] if i["models"]]
+            [holder] = [i["instance_id"] for i in (await rest.get("/api/v1/cluster/overview")).json()["instances"] if i["models"]]
             await page.locator(f'.instance[data-instance-id="{holder}"] .chip[data-model-id="alpha"]').wait_for(timeout=15_000)
             await page.locator('#models tr[data-model-id="alpha"] td.state-LOADED').wait_for(timeout=15_000)
             await page.locator('#decisions tr[data-decision^="load:alpha:"]').wait_for(timeout=15_000)
@@ -91,7 +91,7 @@ async def test_dashboard_shows_instances_models_and_an_eviction(browser: Any, tm
             await _infer(c.grpc[0], "gamma")
 
             async def evicted() -> str | None:
-                rows = {m["model_id"]: m["state"] for m in (await rest.get("/v1/cluster/models")).json()["models"]}
+                rows = {m["model_id"]: m["state"] for m in (await rest.get("/api/v1/cluster/models")).json()["models"]}
                 gone = [m for m in ("alpha", "beta") if rows[m] == "NOT_LOADED"]
                 return gone[0] if rows["gamma"] == "LOADED" and len(gone) == 1 else None
 

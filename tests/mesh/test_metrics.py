@@ -201,9 +201,9 @@ async def test_forwarded_requests_count_once_and_per_model_labels(tmp_path: Path
         assert c.mesh is not None
         a = add_model(tmp_path / "a" / "model.onnx", 1.0, table_bytes=TABLE)
         async with httpx.AsyncClient(base_url=c.rest[0]) as rest:
-            r = await rest.post("/v1/models/a", json={"modelInfo": {"type": "onnx", "path": str(a)}, "loadNow": True, "sync": True})
+            r = await rest.post("/api/v1/models/a", json={"modelInfo": {"type": "onnx", "path": str(a)}, "loadNow": True, "sync": True})
             assert r.status_code == 200, r.text
-            r = await rest.put("/v1/vmodels/v", json={"targetModelId": "a"})
+            r = await rest.put("/api/v1/vmodels/v", json={"targetModelId": "a"})
             assert r.status_code == 200, r.text
         holder = next(i for i in c.mesh.instances if i.agent and "a" in i.agent.copies)
         other = next(i for i in c.mesh.instances if i is not holder)

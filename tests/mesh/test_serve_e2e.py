@@ -206,7 +206,7 @@ async def test_bad_inputs(served: Served, tmp_path: Path) -> None:
         # corrupt artifact: a load failure with the framework's reason; the instance stays healthy
         bad = tmp_path / "corrupt.onnx"
         bad.write_bytes(b"\x08\x01garbage")
-        r = await http.post(f"{served.rest}/v1/models/corrupt", json={"modelInfo": {"type": "onnx", "path": str(bad)}})
+        r = await http.post(f"{served.rest}/api/v1/models/corrupt", json={"modelInfo": {"type": "onnx", "path": str(bad)}})
         assert r.status_code == 200
         r = await http.post(f"{served.rest}/v2/models/corrupt/infer", json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
         assert r.status_code == 500 and "corrupt" in r.json()["error"]

@@ -88,11 +88,11 @@ async def test_serve_keeps_registrations_across_sigterm_and_restart(tmp_path: Pa
                     "loadNow": True,
                     "sync": True,
                 }
-                assert (await c.post(f"/v1/models/{mid}", json=body)).status_code == 200
+                assert (await c.post(f"/api/v1/models/{mid}", json=body)).status_code == 200
             assert (
-                await c.put("/v1/vmodels/prod", json={"targetModelId": "keep-me"})
+                await c.put("/api/v1/vmodels/prod", json={"targetModelId": "keep-me"})
             ).status_code == 200
-            assert (await c.put("/v1/tenants/team-a", json={"maxBytes": "8Gi"})).status_code == 200
+            assert (await c.put("/api/v1/tenants/team-a", json={"maxBytes": "8Gi"})).status_code == 200
         assert await _infer(first.rest, "keep-me") == [6.0] * 4
 
         # one owner: a second server on the same data directory refuses, and says why
@@ -109,12 +109,12 @@ async def test_serve_keeps_registrations_across_sigterm_and_restart(tmp_path: Pa
     again = await Serve(tmp_path, data, "again").started()
     try:
         async with httpx.AsyncClient(base_url=again.rest, timeout=60) as c:
-            models = sorted(m["model_id"] for m in (await c.get("/v1/models")).json()["models"])
+            models = sorted(m["model_id"] for m in (await c.get("/api/v1/models")).json()["models"])
             assert models == ["keep-me", "other"]
-            vm = (await c.get("/v1/vmodels/prod")).json()
+            vm = (await c.get("/api/v1/vmodels/prod")).json()
             assert vm["activeModelId"] == "keep-me" and vm["status"] == "DEFINED"
-            assert (await c.get("/v1/tenants/team-a")).json()["max_bytes"] == 8 << 30
-            insts = (await c.get("/v1/instances")).json()["instances"]
+            assert (await c.get("/api/v1/tenants/team-a")).json()["max_bytes"] == 8 << 30
+            insts = (await c.get("/api/v1/instances")).json()["instances"]
             assert len(insts) == 1  # the dead instance's lease-bound record did not come back
         assert await _infer(again.rest, "keep-me") == [6.0] * 4  # and it serves them
         assert await _infer(again.rest, "prod") == [6.0] * 4

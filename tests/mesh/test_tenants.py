@@ -27,25 +27,25 @@ SLOT = TABLE + (16 << 10)  # about what one test model holds once loaded
 
 async def _register(rest: str, model_id: str, path: Path, tenant: str) -> None:
     async with httpx.AsyncClient(base_url=rest, timeout=30) as c:
-        r = await c.post(f"/v1/models/{model_id}", json={"modelInfo": {"type": "onnx", "path": str(path), "key": {"tenant": tenant}}})
+        r = await c.post(f"/api/v1/models/{model_id}", json={"modelInfo": {"type": "onnx", "path": str(path), "key": {"tenant": tenant}}})
         assert r.status_code == 200, r.text
 
 
 async def _tenants(rest: str) -> dict[str, dict[str, Any]]:
     async with httpx.AsyncClient(base_url=rest, timeout=30) as c:
-        r = await c.get("/v1/tenants")
+        r = await c.get("/api/v1/tenants")
         assert r.status_code == 200, r.text
         return {t["tenant"]: t for t in r.json()["tenants"]}
 
 
 async def _set_quota(rest: str, tenant: str, max_bytes: int | str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=rest, timeout=30) as c:
-        return await c.put(f"/v1/tenants/{tenant}", json={"maxBytes": max_bytes})
+        return await c.put(f"/api/v1/tenants/{tenant}", json={"maxBytes": max_bytes})
 
 
 async def _model_sizes(rest: str) -> dict[str, int]:
     async with httpx.AsyncClient(base_url=rest, timeout=30) as c:
-        return {m["model_id"]: m["size_bytes"] for m in (await c.get("/v1/models")).json()["models"]}
+        return {m["model_id"]: m["size_bytes"] for m in (await c.get("/api/v1/models")).json()["models"]}
 
 
 async def test_a_tenants_scan_stays_within_its_quota_and_spares_the_others(make_cluster: Any, tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def _has_quota(cluster: Any, tenant: str) -> Any:
 
 async def _copy_since(rest: str, model_id: str) -> tuple[tuple[str, int], ...]:
     async with httpx.AsyncClient(base_url=rest, timeout=30) as c:
-        st = (await c.get(f"/v1/models/{model_id}")).json()
+        st = (await c.get(f"/api/v1/models/{model_id}")).json()
     return tuple(sorted((c["location"], c["time"]) for c in st["copies"] if c["status"] == "LOADED"))
 
 
@@ -141,8 +141,8 @@ async def test_quota_change_takes_effect_and_a_model_over_quota_fails_clearly(ma
         assert "quota" in (err.value.details() or "")
         # removing the quota lets it load
         async with httpx.AsyncClient(base_url=rest, timeout=30) as c:
-            assert (await c.delete("/v1/tenants/acme")).status_code == 200
-            assert (await c.delete("/v1/tenants/acme")).status_code == 404
+            assert (await c.delete("/api/v1/tenants/acme")).status_code == 200
+            assert (await c.delete("/api/v1/tenants/acme")).status_code == 404
         await wait_until(lambda: _no_quota(rest, "acme"), 10, "quota gone")
         # the remembered placement failure goes with the quota change: served well before its
         # TTL (failure_ttl_s, 30 s) would have ended
@@ -194,14 +194,14 @@ async def memory_cluster(tmp_path: Path) -> AsyncIterator[MemoryCluster]:
 async def test_quota_validation(memory_cluster: MemoryCluster, body: dict[str, Any], status: int) -> None:
     cluster = memory_cluster
     async with httpx.AsyncClient(base_url=cluster.rest[0], timeout=30) as c:
-        r = await c.put("/v1/tenants/t1", json=body)
+        r = await c.put("/api/v1/tenants/t1", json=body)
         assert r.status_code == status, r.text
         if status == 200:
             assert r.json()["max_bytes"] == {"8Gi": 8 << 30, "1.5G": 1_500_000_000}[body["maxBytes"]]
         else:
             assert "error" in r.json()
-        assert (await c.put("/v1/tenants/bad%20name", json={"maxBytes": 1})).status_code == 400
-        assert (await c.get("/v1/tenants/nobody")).status_code == 404
+        assert (await c.put("/api/v1/tenants/bad%20name", json={"maxBytes": 1})).status_code == 400
+        assert (await c.get("/api/v1/tenants/nobody")).status_code == 404
 
 
 async def test_tenant_cli(memory_cluster: MemoryCluster) -> None:

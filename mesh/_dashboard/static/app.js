@@ -121,7 +121,7 @@ function renderDecisions(list) {
 
 async function refreshModels() {
   const q = new URLSearchParams({ q: ui.q, state: ui.state, offset: ui.offset, limit: PAGE });
-  const page = await getJSON(`/v1/cluster/models?${q}`);
+  const page = await getJSON(`/api/v1/cluster/models?${q}`);
   ui.total = page.total;
   $("models").tBodies[0].replaceChildren(...page.models.map((m) =>
     el("tr", { "data-model-id": m.model_id },
@@ -140,7 +140,7 @@ async function refreshModels() {
 
 async function tick() {
   try {
-    const o = await getJSON("/v1/cluster/overview");
+    const o = await getJSON("/api/v1/cluster/overview");
     $("served-by").textContent = o.served_by;
     $("leader").textContent = o.leader || "-";
     $("updated").textContent = clock(o.time);

@@ -1,0 +1,102 @@
+"""The REST edge's inference protocols besides plain V2 JSON: the V2 binary tensor extension and KServe V1.
+
+Both only translate, with the pure converters of :mod:`mesh._rest_binary` and :mod:`mesh._v1`,
+and call the same :class:`~mesh._dataplane.DataPlane` as every other route. A binary request
+keeps its tensors as bytes (``InferInput.raw``): served locally they go to the runtime as they
+are, for a model held elsewhere they become ``raw_input_contents`` of the forwarded gRPC call
+with no JSON round trip. Big bodies are decoded and encoded off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from runtime_adapters import InferInput, InferRequest, InferResponse, list_to_raw
+
+from ._dataplane import DataPlane, RequestContext
+from ._errors import InvalidRequest
+from ._rest_binary import RestInferRequest, decode_request, encode_response
+from ._v1 import request_from_v1, response_to_v1
+
+INLINE_LIMIT = 64 << 10  # decode / encode bigger bodies off the event loop
+
+
+def _decode(name: str, body: bytes, header_length: str | None) -> RestInferRequest:
+    try:
+        rr = decode_request(name, body, header_length)
+    except RecursionError as exc:
+        raise InvalidRequest("request body is nested too deeply") from exc
+    return RestInferRequest(all_raw_if_mixed(rr.request), rr.binary_outputs, rr.json_outputs, rr.binary_by_default)
+
+
+def all_raw_if_mixed(request: InferRequest) -> InferRequest:
+    """A request mixing binary and JSON inputs, with every input as raw bytes (the gRPC wire has
+    either ``raw_input_contents`` for all inputs or typed contents for all)."""
+    raws = [i.raw is not None for i in request.inputs]
+    if all(raws) or not any(raws):
+        return request
+    inputs = tuple(
+        i if i.raw is not None
+        else InferInput(name=i.name, datatype=i.datatype, shape=i.shape, raw=list_to_raw(i.datatype, list(i.contents or ())),
+                        parameters=i.parameters)
+        for i in request.inputs
+    )
+    return InferRequest(model_name=request.model_name, inputs=inputs, outputs=request.outputs, id=request.id,
+                        model_version=request.model_version, parameters=request.parameters)
+
+
+def _encode(rr: RestInferRequest, resp: InferResponse) -> tuple[bytes, dict[str, str]]:
+    return encode_response(resp, rr.wants_binary)
+
+
+async def v2_infer(
+    dataplane: DataPlane, name: str, body: bytes, header_length: str | None, ctx: RequestContext
+) -> tuple[bytes, dict[str, str]]:
+    """One V2 REST inference (JSON or binary, either way): body in, (body, headers) out."""
+    if len(body) > INLINE_LIMIT:
+        rr = await asyncio.to_thread(_decode, name, body, header_length)
+    else:
+        rr = _decode(name, body, header_length)
+    result = await dataplane.infer(name, rr.request, ctx)
+    resp = InferResponse(model_name=name, outputs=result.outputs, id=rr.request.id, model_version=result.model_version)
+    if sum(len(o.raw) for o in resp.outputs) > INLINE_LIMIT:
+        return await asyncio.to_thread(_encode, rr, resp)
+    return _encode(rr, resp)
+
+
+def install_v1(
+    app: FastAPI,
+    dataplane: DataPlane,
+    *,
+    read_json: Callable[[Request], Awaitable[Any]],
+    context: Callable[[Request], RequestContext],
+) -> None:
+    """KServe V1: ``POST /v1/models/{name}:predict``, readiness ``GET /v1/models/{name}``, the list
+    ``GET /v1/models``. Errors are KServe's ``{"error": message}`` (the edge's one error handler)."""
+    mirror = dataplane.router.mirror
+
+    @app.get("/v1/models")
+    async def v1_models() -> dict[str, Any]:
+        return {"models": sorted({*mirror.models.items, *mirror.vmodels.items})}
+
+    @app.get("/v1/models/{name}")
+    async def v1_ready(name: str, request: Request) -> JSONResponse:
+        ready = await dataplane.model_ready(name, context(request))  # NOT_FOUND: 404 {"error"}
+        # KServe answers a model that is not ready with 503 (its SDK reads that as "not ready")
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.post("/v1/models/{name}:predict")
+    async def v1_predict(name: str, request: Request) -> JSONResponse:
+        with dataplane.measure(name, RequestContext()) as timer:
+            body = await read_json(request)
+            ctx = context(request)
+            meta = await dataplane.model_metadata(name, ctx)  # decides how instances map to tensors
+            resp = await dataplane.infer(name, request_from_v1(name, body, meta), ctx)
+            out = JSONResponse(response_to_v1(resp))
+            timer.response_bytes = len(out.body)
+            return out
