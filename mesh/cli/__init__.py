@@ -6,6 +6,7 @@
 ``_inspect``         get models|vmodels|vmodel|instances, describe model, logs, top
 ``_tenants``         tenant set|get|list|delete
 ``_store``           store export|import (registrations as YAML, any store)
+``_vmodels``         vmodel split|promote|rollback (canary and shadow traffic)
 ``_client``          the REST address, the HTTP client, errors as exit code 1
 ``_output``          stdout / stderr, ``-o table|plain|wide|json|yaml``, tables
 ``_render``          the columns of each table; describe and top renderings
@@ -26,7 +27,7 @@ from importlib import metadata
 
 import typer
 
-from . import _inspect, _models, _serve, _store, _tenants
+from . import _inspect, _models, _serve, _store, _tenants, _vmodels
 
 __all__ = ["PLUGIN_GROUP", "add_plugin_commands", "app", "main"]
 
@@ -38,6 +39,7 @@ app.add_typer(_inspect.get_app, name="get")
 app.add_typer(_inspect.describe_app, name="describe")
 app.add_typer(_tenants.tenant_app, name="tenant")
 app.add_typer(_store.store_app, name="store")
+app.add_typer(_vmodels.vmodel_app, name="vmodel")
 
 
 PLUGIN_GROUP = "modelmux.cli"
