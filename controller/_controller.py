@@ -41,6 +41,9 @@ from mesh import (
     MirrorChange,
     ModelNotFound,
     PreconditionFailed,
+    TrafficSplit,
+    canary,
+    set_traffic_split,
 )
 
 from ._events import EventSpec, event_object, events_between
@@ -64,6 +67,7 @@ from ._mapping import (
     Registration,
     Rejection,
     Runtime,
+    canary_targets,
     desired_state,
     runtimes_by_namespace,
 )
@@ -327,7 +331,14 @@ class Controller:
         if isinstance(desired, Registration):
             if vm.status != "NOT_FOUND" and vm.owner and vm.owner != owner:
                 conflict = f"vmodel '{vmodel}' already exists with owner '{vm.owner}' (an object of the same name from another kind or namespace)"
-            elif vm.status == "NOT_FOUND" or vm.target_model_id != desired.model_id:
+            elif (rollout := self._canary(vmodel, desired)) is not None:
+                try:
+                    if rollout.to_json() != self._split_json(vmodel):  # else in place already
+                        await self._apply_canary(vmodel, owner, desired, rollout)
+                except (InvalidRequest, ModelNotFound, PreconditionFailed) as exc:
+                    desired = Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, exc.message, desired.model_id, desired.generation)
+                vm = self.management.vmodel_status(vmodel)
+            elif vm.status == "NOT_FOUND" or vm.target_model_id != desired.model_id or self._has_split(vmodel):
                 try:
                     await self.management.set_vmodel(
                         vmodel,
@@ -344,6 +355,29 @@ class Controller:
                     desired = Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, exc.message, desired.model_id, desired.generation)
                 vm = self.management.vmodel_status(vmodel)
         await self._write_status(ref, obj, desired, vm, conflict)
+
+    def _split_json(self, vmodel: str) -> dict[str, Any] | None:
+        rec = self.management.state.vmodels.items.get(vmodel)
+        return rec.split if rec is not None else None
+
+    def _has_split(self, vmodel: str) -> bool:
+        return bool(self._split_json(vmodel))
+
+    def _canary(self, vmodel: str, desired: Registration) -> TrafficSplit | None:
+        """The split ``canaryTrafficPercent`` asks for (None: no canary rollout)."""
+        rec = self.management.state.vmodels.items.get(vmodel)
+        if rec is None:
+            return None
+        targets = tuple(t.get("model_id", "") for t in (rec.split or {}).get("targets") or ())
+        rollout = canary_targets(desired, rec.active, targets)
+        if rollout is None:
+            return None
+        return canary(*rollout)
+
+    async def _apply_canary(self, vmodel: str, owner: str, desired: Registration, split: TrafficSplit) -> None:
+        await self.management.register_model(desired.model_id, desired.info, auto_delete=True)
+        await set_traffic_split(self.management, vmodel, split, owner=owner)
+        log.info("%s: vmodel %s split %s", desired.ref, vmodel, split.to_json())
 
     async def _reconcile_quota(self, ref: ObjectRef) -> None:
         """TenantQuota -> the tenant's quota in the store; status: the quota in force and the usage."""

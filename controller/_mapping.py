@@ -113,6 +113,9 @@ class Registration:
     info: ModelInfoSpec
     spec_hash: str
     generation: int = 0
+    # KServe's canaryTrafficPercent: this share of the traffic to the new model, the rest to the
+    # model the vModel served before (None: all of it, at once, as before)
+    canary_percent: int | None = None
 
 
 
@@ -472,6 +475,8 @@ def desired_state(obj: Mapping[str, Any], ctx: ReconcileContext, *, default_name
         model = _predictor_model(spec) if kind is PREDICTOR else _isvc_model(spec, annotations)
         extras = _extras(spec if kind is PREDICTOR else {}, annotations, ref.namespace, ctx.naming)
         info = _build(model, extras, ctx.runtimes_in(ref.namespace))
+        canary_percent = _canary_percent(spec if kind is PREDICTOR else _obj(spec.get("predictor"), "spec.predictor"),
+                                         "spec" if kind is PREDICTOR else "spec.predictor")
     except _Invalid as exc:
         return Rejection(ref, vmodel, owner, exc.reason, exc.message, generation=generation)
     except Exception as exc:
@@ -483,7 +488,30 @@ def desired_state(obj: Mapping[str, Any], ctx: ReconcileContext, *, default_name
         validate_id("model id", model_id)
     except Exception as exc:
         return Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, str(exc), generation=generation)
-    return Registration(ref, vmodel, owner, model_id, info, digest, generation)
+    return Registration(ref, vmodel, owner, model_id, info, digest, generation, canary_percent)
+
+
+def _canary_percent(spec: Mapping[str, Any], where: str) -> int | None:
+    value = spec.get("canaryTrafficPercent")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+        raise _Invalid(f"{where}.canaryTrafficPercent must be a whole number from 0 to 100, got {value!r}")
+    return value
+
+
+def canary_targets(desired: Registration, active: str, split_targets: tuple[str, ...] = ()) -> tuple[str, str, int] | None:
+    """(stable, candidate, percent) when ``desired`` rolls out as a canary beside the model the vModel
+    serves now (``active``, or the stable model of the split it has, ``split_targets[0]``); None:
+    point the vModel at the new model as usual (no canary percent, 100, nothing served before, or
+    the new model is the stable one: a rollback)."""
+    pct = desired.canary_percent
+    if pct is None or pct >= 100 or not active:
+        return None
+    stable = split_targets[0] if split_targets else active
+    if stable == desired.model_id:
+        return None
+    return stable, desired.model_id, pct
 
 
 # ---------------------------------------------------------------- runtimes

@@ -35,6 +35,8 @@ from ._management import (
 from ._settings import InstanceSettings
 from ._store import MirrorChange, PrefixMirror, Store, StoreError, StoreSettings, build_store
 from ._store_schema import Keys
+from ._traffic_split import TrafficSplit, canary
+from ._vmodel_split import set_split as set_traffic_split
 
 __all__ = [
     "STATUS_TABLE",
@@ -64,12 +66,15 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreSettings",
+    "TrafficSplit",
     "Unavailable",
     "VModelNotFound",
     "VModelStatus",
     "build_store",
+    "canary",
     "parse_bytes",
     "serve_http",
+    "set_traffic_split",
     "status_for",
     "validate_id",
 ]

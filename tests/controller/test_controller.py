@@ -334,3 +334,52 @@ async def test_isvc_that_leaves_modelmesh_mode_is_unregistered(k8s_env: Controll
     await env.wait(lambda: not (env.obj("inferenceservices", "moving") or {}).get("metadata", {}).get("finalizers"), what="finalizer removed")
     await wait_until(lambda: "moving" not in ctl.state.vmodels.items, 20, "vmodel removed")
     assert env.api.get("inferenceservices", "default", "moving") is not None
+
+
+@memory_only
+async def test_canary_traffic_percent_splits_then_promotes(k8s_env: ControllerEnv, tmp_path: Path) -> None:
+    env = k8s_env
+    ctl = await env.start_controller()
+    m1 = add_model(tmp_path / "m1" / "model.onnx", 1.0, table_bytes=TABLE)
+    m2 = add_model(tmp_path / "m2" / "model.onnx", 2.0, table_bytes=TABLE)
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "canary", "namespace": "default", "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "storageUri": f"file://{m1}"}}},
+    }
+    env.api.create(isvc)
+    await env.wait(loaded(env, "canary", plural="inferenceservices"), what="isvc Loaded")
+    first = ctl.management.vmodel_status("canary").active_model_id
+    # a new model with canaryTrafficPercent: 30% to it, the rest to the model served so far
+    obj = env.api.get("inferenceservices", "default", "canary")
+    assert obj is not None
+    changed = copy.deepcopy(obj)
+    changed["spec"]["predictor"] = {"canaryTrafficPercent": 30, "model": {"modelFormat": {"name": "onnx"}, "storageUri": f"file://{m2}"}}
+    env.api.update(changed)
+    await wait_until(lambda: (ctl.state.vmodels.items.get("canary") or None) is not None and ctl.state.vmodels.items["canary"].split, 20, "split")
+    split = ctl.state.vmodels.items["canary"].split
+    assert split is not None
+    [(stable, w1), (candidate, w2)] = [(t["model_id"], t["weight"]) for t in split["targets"]]
+    assert (stable, w1, w2) == (first, 70, 30) and candidate != first
+    for inst in env.cluster.mesh.instances:  # type: ignore[union-attr]
+        await wait_until(lambda i=inst: bool((i.state.vmodels.items.get("canary") or None) and i.state.vmodels.items["canary"].split), 20, "split seen")
+    answers: list[float] = []
+    async with grpc.aio.insecure_channel(env.cluster.grpc[0]) as channel:
+        await wait_until(lambda: bool(env.cluster.mesh and all(candidate in i.state.models.items for i in env.cluster.mesh.instances)), 20)
+        for _ in range(200):
+            answers.append(await infer(channel, "canary"))
+    assert set(answers) == {1.0, 2.0} and 0.15 <= answers.count(2.0) / 200 <= 0.45
+    # the canary percent removed: the new model takes all the traffic (the split ends)
+    obj = env.api.get("inferenceservices", "default", "canary")
+    assert obj is not None
+    done = copy.deepcopy(obj)
+    del done["spec"]["predictor"]["canaryTrafficPercent"]
+    env.api.update(done)
+    await wait_until(lambda: (vm := ctl.state.vmodels.items.get("canary")) is not None and not vm.split and vm.active == candidate, 30, "promoted")
+    for inst in env.cluster.mesh.instances:  # type: ignore[union-attr]
+        await wait_until(lambda i=inst: (vm := i.state.vmodels.items.get("canary")) is not None and vm.active == candidate, 20, "promotion seen")
+    async with grpc.aio.insecure_channel(env.cluster.grpc[1]) as channel:
+        assert {await infer(channel, "canary") for _ in range(20)} == {2.0}
+    # the stable model was registered with auto-delete: gone once nothing refers to it
+    await wait_until(lambda: first not in ctl.state.models.items, 20, "old model auto-deleted")

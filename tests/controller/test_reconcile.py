@@ -551,3 +551,30 @@ def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]
     patch = merge_patch(old, new)
     assert apply_merge_patch(old, patch) == new
     assert merge_patch(new, new) == {}
+
+
+# ---------------------------------------------------------------- canaryTrafficPercent
+
+
+def test_canary_traffic_percent_is_read_from_both_kinds_and_checked() -> None:
+    from controller._mapping import canary_targets
+
+    p = desired_state(predictor({"modelType": {"name": "onnx"}, "path": "m.onnx", "canaryTrafficPercent": 10}), CTX)
+    i = desired_state(isvc({"canaryTrafficPercent": 25, "model": {"modelFormat": {"name": "onnx"}, "storageUri": "s3://b/m.onnx"}}), CTX)
+    assert isinstance(p, Registration) and p.canary_percent == 10
+    assert isinstance(i, Registration) and i.canary_percent == 25
+    plain = desired_state(predictor({"modelType": {"name": "onnx"}, "path": "m.onnx"}), CTX)
+    assert isinstance(plain, Registration) and plain.canary_percent is None
+    # the percent is not part of the model's identity: changing it keeps the model id
+    assert plain.model_id == p.model_id
+    for bad in (-1, 101, "10", True, 2.5):
+        r = desired_state(predictor({"modelType": {"name": "onnx"}, "path": "m.onnx", "canaryTrafficPercent": bad}), CTX)
+        assert isinstance(r, Rejection) and "canaryTrafficPercent" in r.message, bad
+    # the rollout: the new model beside the one served now (or the split's stable model)
+    assert canary_targets(p, "old") == ("old", p.model_id, 10)
+    assert canary_targets(p, "old", ("stable", "other")) == ("stable", p.model_id, 10)
+    assert canary_targets(p, "") is None  # nothing served before: straight to the new model
+    assert canary_targets(p, p.model_id) is None  # the new model is the stable one (rollback)
+    assert canary_targets(plain, "old") is None
+    full = desired_state(predictor({"modelType": {"name": "onnx"}, "path": "m.onnx", "canaryTrafficPercent": 100}), CTX)
+    assert isinstance(full, Registration) and canary_targets(full, "old") is None
