@@ -29,6 +29,7 @@ from ._dashboard import ClusterOverview, TrafficSeries
 from ._dataplane import DataPlane
 from ._grpc_edge import build_grpc_server
 from ._leader import Leader
+from ._limits import admission_limits
 from ._loaded_copies import LoadedCopies
 from ._management import Management
 from ._metrics import Metrics
@@ -117,6 +118,7 @@ class Instance:
         )
         self.router.max_message_bytes = settings.max_message_bytes
         self.dataplane = DataPlane(self.router, version=self.version)
+        self.dataplane.admission.configure(admission_limits(settings))
         self.management = Management(self.state, self.instance_id, store=store, clock=clock, puller=puller)
         self.agent = Agent(
             settings,
