@@ -24,6 +24,7 @@ from puller import Puller, PullerSettings, StorageConfig
 from runtime_adapters import AdapterRegistry, AdapterSettings, build_registry
 
 from ._agent import Agent
+from ._caps import RegistrationCaps
 from ._cluster_mirror import ClusterMirror
 from ._dashboard import ClusterOverview, TrafficSeries
 from ._dataplane import DataPlane
@@ -120,6 +121,7 @@ class Instance:
         self.dataplane = DataPlane(self.router, version=self.version)
         self.dataplane.admission.configure(admission_limits(settings))
         self.management = Management(self.state, self.instance_id, store=store, clock=clock, puller=puller)
+        self.management.caps = RegistrationCaps(settings.max_key_bytes, settings.max_record_bytes, settings.max_models_per_tenant)
         self.agent = Agent(
             settings,
             self.instance_id,
