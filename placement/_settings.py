@@ -58,6 +58,19 @@ class PolicySettings(BaseSettings):
         gt=0,
         description="a model idle this long is cold: extra copies go, its tenant stops counting as active",
     )
+    # adaptive policy (placement.AdaptivePolicy)
+    adapt_tau_min_s: float = Field(
+        default=60.0, gt=0, description="shortest recency horizon the adaptive policy may learn (near LRU)"
+    )
+    adapt_tau_max_s: float = Field(
+        default=2 * 86400.0, gt=0, description="longest recency horizon the adaptive policy may learn (near LFU)"
+    )
+    adapt_learning_rate: float = Field(
+        default=0.3, gt=0, description="steps of the horizon grid (x1.5 each) one ghost hit of average cost moves"
+    )
+    adapt_ghost_bytes_factor: float = Field(
+        default=1.0, gt=0, description="ghost lists remember evicted models up to this many times the capacity in bytes"
+    )
     # copies
     scale_out_rpm_per_copy: float = Field(default=600.0, gt=0, description="add a copy above this rate per copy")
     scale_out_inflight_per_copy: float = Field(
