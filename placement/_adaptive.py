@@ -153,7 +153,7 @@ class AdaptivePolicy(Policy):
         # ARC's step: a hit on the smaller ghost list is stronger evidence (hits per ghost entry balance)
         same = self._sides[g.side]
         other = len(self._ghosts) - same
-        balance = min(max(other / same if same else 1.0, 0.1), 10.0)
+        balance = min(max(other / same if same else 1.0, 1.0), 10.0)
         step = self.settings.adapt_learning_rate * min(g.cost_s / mean if mean > 0 else 1.0, 4.0) * balance
         del self._ghosts[model_id]
         self._forget(g)
