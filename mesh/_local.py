@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from placement import Policy, PolicySettings
+from placement import PolicySettings, build_policy
 from puller import Puller, PullerSettings
 from runtime_adapters import AdapterSettings, build_registry
 
@@ -77,7 +77,7 @@ class LocalMesh:
                 build_registry(c.adapter),
                 puller,
                 keys=self.keys,
-                policy=Policy(c.policy),
+                policy=build_policy(c.policy),
             )
             await inst.start()
             self.instances.append(inst)

@@ -11,7 +11,7 @@ Nothing here imports ``mesh``, ``puller`` or ``runtime_adapters``: the mesh buil
 :class:`ClusterView` snapshots from its store and applies the :class:`Action` lists.
 """
 
-from ._adaptive import AdaptivePolicy, AdaptiveState, Ghost
+from ._adaptive import AdaptivePolicy, AdaptiveState, Ghost, build_policy
 from ._compare import Row, compare, markdown_table, plot_comparison
 from ._errors import (
     InvalidTrace,
@@ -78,6 +78,7 @@ __all__ = [
     "Trace",
     "TraceSpec",
     "VirtualCluster",
+    "build_policy",
     "compare",
     "family",
     "family_spec",

@@ -227,3 +227,8 @@ class AdaptivePolicy(Policy):
         for m in gone[start:]:  # oldest first, so the order matches eviction order
             self._remember(m, m.last_used, limit)
         return len(self._ghosts)
+
+
+def build_policy(settings: PolicySettings, seed: int = 0) -> Policy:
+    """The policy ``settings.kind`` names (what the mesh runs)."""
+    return AdaptivePolicy(settings, seed) if settings.kind == "adaptive" else Policy(settings, seed)

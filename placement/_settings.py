@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -11,6 +13,10 @@ class PolicySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELMUX_PLACEMENT_", extra="forbid")
 
+    kind: Literal["ours", "adaptive"] = Field(
+        default="ours",
+        description="which policy the mesh runs: ours (fixed recency horizon) or adaptive (learned; placement.AdaptivePolicy)",
+    )
     # eviction
     rate_tau_s: float = Field(
         default=7200.0,
