@@ -174,3 +174,18 @@ def test_adaptive_is_not_worse_than_lru_on_small_families(name: str) -> None:
         ad = simulate(tr, "adaptive", instances=4, capacity_bytes=c, time_decisions=False)
         assert ad.load_time_s <= lru.load_time_s * 1.0, (name, cap)
         assert ad.quick_reloads <= lru.quick_reloads, (name, cap)
+
+
+def test_cli_simulates_a_family_with_the_adaptive_policy() -> None:
+    from typer.testing import CliRunner
+
+    from placement._cli import app
+
+    r = CliRunner().invoke(
+        app, ["simulate", "--family", "batch", "--scale", "0.01", "--policies", "lru,adaptive", "--capacity", "0.1",
+              "--instances", "2", "--markdown"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "| batch | 10% | adaptive |" in r.output and "| batch | 10% | lru |" in r.output
+    bad = CliRunner().invoke(app, ["simulate", "--family", "nope"])
+    assert bad.exit_code == 2 and "unknown trace family" in bad.output
