@@ -137,6 +137,15 @@ class WorkerProcess:
         if ids is not None:
             os.chown(self.dir, *ids)
         os.chmod(self.dir, 0o700)
+        limit = self._limit
+
+        def in_child() -> None:
+            # between fork and exec, after the switch to the runtime user: lowering one's own
+            # limits needs no privilege (setting another user's process's limits would)
+            if limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
         self.proc = await asyncio.create_subprocess_exec(
             worker_python(self._python, ids),
             "-m",
@@ -150,21 +159,13 @@ class WorkerProcess:
             stderr=asyncio.subprocess.PIPE,
             env=worker_env(self._extra_env, self.dir),
             cwd=str(self.dir),
+            preexec_fn=in_child,
             start_new_session=True,
             user=ids[0] if ids else None,
             group=ids[1] if ids else None,
             extra_groups=[] if ids else None,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        # limits set from here (no Python between fork and exec), before the worker has even
-        # finished importing: nothing a model does runs without them
-        try:
-            if self._limit:
-                resource.prlimit(self.proc.pid, resource.RLIMIT_AS, (self._limit, self._limit))
-            resource.prlimit(self.proc.pid, resource.RLIMIT_CORE, (0, 0))
-        except OSError:
-            await self.kill()
-            raise
         self._readers.append(asyncio.create_task(self._drain_stderr(self.proc.stderr)))
         try:
             await asyncio.wait_for(self._wait_listening(self.proc.stdout), self._start_timeout_s)
