@@ -43,8 +43,9 @@ class RuntimeSettings(BaseSettings):
     call_timeout_s: float = Field(default=10.0, gt=0)  # unload / size / metadata calls
     load_timeout_s: float = Field(default=90.0, gt=0)
     health_interval_s: float = Field(default=0.5, gt=0)
-    health_timeout_s: float = Field(default=1.0, gt=0)
-    health_failures: int = Field(default=2, ge=1)  # consecutive unanswered probes = hung
+    health_timeout_s: float = Field(default=1.5, gt=0)
+    # consecutive unanswered probes = hung (a first torch import can hold the GIL for a while)
+    health_failures: int = Field(default=3, ge=1)
     restart_backoff_s: float = Field(default=0.1, ge=0)
     restart_backoff_max_s: float = Field(default=10.0, ge=0)
     stable_after_s: float = Field(default=30.0, ge=0)  # a worker up this long resets the backoff
