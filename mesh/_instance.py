@@ -30,6 +30,7 @@ from ._metrics import Metrics
 from ._metrics_http import serve_metrics
 from ._rest_edge import build_rest_app
 from ._router import Router
+from ._runtimes import RuntimeSupervisor
 from ._settings import InstanceSettings
 from ._store import Store, StoreError
 from ._store_schema import Keys
@@ -70,8 +71,10 @@ class Instance:
         keys: Keys | None = None,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
+        runtimes: RuntimeSupervisor | None = None,
     ) -> None:
         self.settings = settings
+        self.runtimes = runtimes  # started here, its lost copies reported to the agent
         self.store = store
         self.adapters = adapters
         self.puller = puller
@@ -189,7 +192,11 @@ class Instance:
             version=self.version,
             clock=self.clock,
             metrics=self.metrics,
+            runtimes=self.runtimes,
         )
+        if self.runtimes is not None:
+            self.runtimes.on_lost = self.agent.copies_lost
+            await self.runtimes.start()
         await self.agent.start()
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
@@ -234,6 +241,8 @@ class Instance:
             await self.leader.stop()
         if self.agent is not None:
             await self.agent.stop()
+        if self.runtimes is not None:
+            await self.runtimes.close()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if self._rest_task is not None:

@@ -24,6 +24,7 @@ from ._cluster_mirror import ClusterMirror
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
 from ._management import valid_id
 from ._metrics import Metrics, code_name
+from ._runtimes import RuntimeCopy
 from ._store_schema import Keys, MissRecord, encode
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,11 @@ class Router:
         return resp
 
     async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
+        if isinstance(model, RuntimeCopy):  # the copy lives in a runtime process: forward the bytes unparsed
+            self.counters.local += 1
+            self.metrics.local_hits.inc()
+            self.touch(mid)
+            return await model.infer_bytes(payload)
         msg = _codec.parse_infer_request(payload)
         request = _codec.infer_request_from_pb(msg)
         resp = await self._local(mid, model, name, request)
