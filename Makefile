@@ -23,7 +23,8 @@ demo: install
 test: install-test
 	$(BIN)/python -m protos.generate --check
 	$(BIN)/ruff check .
-	$(BIN)/mypy mesh placement puller runtime_adapters
+	$(BIN)/lint-imports
+	$(BIN)/mypy mesh placement puller runtime_adapters controller
 	$(BIN)/python -m pytest -q
 
 protos:

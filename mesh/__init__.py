@@ -3,6 +3,7 @@
 The store key layout is documented in :mod:`mesh._store_schema`.
 """
 
+from ._cluster_mirror import ClusterMirror
 from ._errors import (
     STATUS_TABLE,
     AlreadyExists,
@@ -19,17 +20,28 @@ from ._errors import (
     VModelNotFound,
     status_for,
 )
+from ._http_tiny import serve_http
 from ._instance import Endpoints, Instance
 from ._local import LocalMesh, LocalMeshConfig
-from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
+from ._management import (
+    CopyStatus,
+    Management,
+    ModelInfoSpec,
+    ModelStatus,
+    VModelStatus,
+    parse_bytes,
+    validate_id,
+)
 from ._settings import InstanceSettings
-from ._store import PrefixMirror, Store, StoreSettings, build_store
+from ._store import MirrorChange, PrefixMirror, Store, StoreError, StoreSettings, build_store
 from ._store_schema import Keys
 
 __all__ = [
     "STATUS_TABLE",
     "AlreadyExists",
+    "ClusterMirror",
     "Conflict",
+    "CopyStatus",
     "DeadlineExceeded",
     "Endpoints",
     "Instance",
@@ -40,6 +52,7 @@ __all__ = [
     "LocalMeshConfig",
     "Management",
     "MeshError",
+    "MirrorChange",
     "ModelInfoSpec",
     "ModelLoadFailed",
     "ModelNotFound",
@@ -49,10 +62,14 @@ __all__ = [
     "PreconditionFailed",
     "PrefixMirror",
     "Store",
+    "StoreError",
     "StoreSettings",
     "Unavailable",
     "VModelNotFound",
     "VModelStatus",
     "build_store",
+    "parse_bytes",
+    "serve_http",
     "status_for",
+    "validate_id",
 ]

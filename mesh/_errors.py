@@ -73,6 +73,28 @@ class Conflict(MeshError):
     code = "aborted"
 
 
+class Unauthenticated(MeshError):
+    """No credentials, or credentials that name no principal."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(MeshError):
+    """An authenticated caller whose role does not allow the call."""
+
+    code = "permission_denied"
+
+
+class TooManyRequests(MeshError):
+    """A concurrency limit (instance or tenant) is full; ``retry_after_s`` is a hint for the client."""
+
+    code = "resource_exhausted"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True)
 class Status:
     grpc: grpc.StatusCode

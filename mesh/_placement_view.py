@@ -164,10 +164,11 @@ class PlacementViewBuilder:
             load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
             last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
             rate = sum(c.rpm for c in copies.values())
-            seen = self._history.get(mid)
-            if rate > 0 or (seen is not None and last_used > seen[0]):
+            if copies:
+                # copies report the model's traffic, decayed to 0 when it stops: they are the truth
+                # (falling back to an older, higher rate here kept idle copies from scaling in)
                 self._history[mid] = (last_used, rate)
-            elif seen is not None:
+            elif (seen := self._history.get(mid)) is not None:
                 last_used, rate = max(last_used, seen[0]), seen[1]
             mv = ModelView(
                 model_id=mid,

@@ -10,6 +10,8 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -523,46 +525,6 @@ def top(
                 live.update(_render.top(_check(c.get("/v1/cluster/overview")), limit=limit), refresh=True)
 
 
-@app.command()
-def controller(log_level: Annotated[str, typer.Option()] = "info") -> None:
-    """Run the Kubernetes controller (Predictor / InferenceService -> registrations, status back)."""
-    _logging(log_level)
-    from ._k8s import ControllerSettings, run_controller
-
-    asyncio.run(run_controller(ControllerSettings()))
-
-
-@app.command("apply")
-def apply_cmd(
-    filename: Annotated[list[Path], typer.Option("--filename", "-f", help="YAML/JSON file or directory (repeatable)")],
-    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
-    load_now: Annotated[bool, typer.Option(help="load the models right away")] = True,
-    delete: Annotated[bool, typer.Option("--delete", help="unregister instead")] = False,
-    address: AddressOpt = None,
-) -> None:
-    """Register Predictor / InferenceService YAML against a running mesh (no cluster needed)."""
-    from ._errors import Unavailable
-    from ._k8s import apply_files
-
-    try:
-        with Progress(*_BAR, console=err_console, transient=True) as prog:
-            task = prog.add_task("applying", total=None)
-            results = apply_files(
-                filename, _address(address), namespace=namespace, load_now=load_now, delete=delete,
-                progress=lambda done, total: prog.update(task, completed=done, total=total),
-            )
-    except Unavailable as exc:
-        console.print(f"[red]error[/]: {exc.message}")
-        raise typer.Exit(1) from exc
-    for r in results:
-        what = f"{r.kind.lower() or 'document'}/{r.name}" if r.name else r.source
-        colour = "green" if r.ok and r.action != "skipped" else ("yellow" if r.ok else "red")
-        detail = f" ({r.model_id})" if r.model_id and r.ok else (f": {r.message}" if r.message else "")
-        console.print(f"{what} [{colour}]{r.action}[/]{detail}")
-    if not all(r.ok for r in results):
-        raise typer.Exit(1)
-
-
 # ---------------------------------------------------------------- tenants
 
 tenant_app = typer.Typer(help="Tenant byte quotas: a tenant's models together may hold at most its quota.", no_args_is_help=True)
@@ -615,6 +577,25 @@ def tenant_delete(name: str, address: AddressOpt = None) -> None:
     with _client(address) as c:
         _check(c.delete(f"/v1/tenants/{name}"))
     console.print(f"quota of tenant {name} removed")
+
+
+# ---------------------------------------------------------------- commands of other packages
+
+PLUGIN_GROUP = "modelmux.cli"
+
+
+def add_plugin_commands(target: typer.Typer, found: Iterable[metadata.EntryPoint] | None = None) -> None:
+    """Let installed packages add commands: each entry point of the ``modelmux.cli`` group is a
+    function called with the app (the controller package adds ``controller`` and ``apply``).
+    mesh never imports them; a plugin that fails to load is reported and skipped."""
+    for ep in metadata.entry_points(group=PLUGIN_GROUP) if found is None else found:
+        try:
+            ep.load()(target)
+        except Exception as exc:
+            logging.getLogger(__name__).warning("commands from %s (%s) not loaded: %s", ep.name, ep.value, exc)
+
+
+add_plugin_commands(app)
 
 
 def main() -> None:

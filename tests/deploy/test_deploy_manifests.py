@@ -15,8 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mesh import InstanceSettings, StoreSettings
-from mesh._k8s import (
+from controller import (
     ControllerSettings,
     CRStatus,
     FailureInfo,
@@ -25,6 +24,7 @@ from mesh._k8s import (
     desired_state,
     status_json,
 )
+from mesh import InstanceSettings, StoreSettings
 from puller import PullerSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -219,7 +219,7 @@ def test_every_setting_in_the_manifests_exists() -> None:
 def test_controller_rbac_is_least_privilege_and_sufficient() -> None:
     role = _one("Role", "modelmux-controller")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    # exactly what mesh._k8s calls: list/watch/get + patch (finalizers), status patch, events
+    # exactly what the controller calls: list/watch/get + patch (finalizers), status patch, events
     needed = {
         *{("serving.kserve.io", r, v) for r in ("predictors", "inferenceservices") for v in ("get", "list", "watch", "patch")},
         *{("serving.kserve.io", f"{r}/status", v) for r in ("predictors", "inferenceservices") for v in ("get", "patch")},
@@ -300,7 +300,7 @@ def test_controller_status_fits_the_crds(status: CRStatus) -> None:
 
 
 def test_tenant_quota_status_fits_the_crd() -> None:
-    from mesh._k8s._tenants import QuotaRejection, QuotaSpec, quota_spec, quota_status
+    from controller._tenants import QuotaRejection, QuotaSpec, quota_spec, quota_status
 
     example = _one("TenantQuota", "quota")
     desired = quota_spec(example)
@@ -308,3 +308,23 @@ def test_tenant_quota_status_fits_the_crd() -> None:
     for d, conflict in ((desired, ""), (desired, "tenant 'team-a' already has its quota from TenantQuota/x/y"), (QuotaRejection("t", "InvalidSpec", "bad"), "")):
         status = quota_status(d, {"used_bytes": 5, "models": 2, "copies": 3}, generation=2, previous={}, now=1_800_000_000.0, conflict=conflict)
         validate_custom({**example, "status": status})
+
+
+def test_image_holds_every_package_and_runs_the_controller_command() -> None:
+    """The Dockerfile copies every package pyproject installs (the controller is one of its own),
+    and the controller Deployment's args name a command the controller adds to ``modelmux``."""
+    import tomllib
+
+    import typer
+
+    from controller import register_commands
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, re.M))
+    include = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {p.rstrip("*") for p in include} <= copied
+    assert re.search(r'^ENTRYPOINT \["modelmux"\]$', dockerfile, re.M)
+    app = typer.Typer()
+    register_commands(app)
+    args = _one("Deployment", "modelmux-controller")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] in {c.name for c in app.registered_commands}

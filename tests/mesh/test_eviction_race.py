@@ -43,9 +43,9 @@ async def test_request_during_own_unload_waits_and_reloads(tmp_path: Path) -> No
         assert inst.state.holders("m") == (inst.instance_id,)  # the store still says loaded
 
         request = asyncio.create_task(inst.router.infer_bytes("m", request_bytes("m"), timeout_s=10))
-        # the event loop stays free while the request waits: this coroutine gets to run
-        for _ in range(20):  # let the request run into the race (each pass yields to the loop)
-            await asyncio.sleep(0)
+        # the request runs into the race and asks for a load; the event loop stays free while it
+        # waits (a spinning request would starve this poll and the unload with it)
+        await wait_until(lambda: inst.router.counters.misses >= 1, 10, "the request to ask for a load")
         assert not request.done()
         release.set()
         out = answer(await asyncio.wait_for(request, 20))

@@ -186,3 +186,37 @@ async def test_traffic_history_outlives_eviction() -> None:
     finally:
         b.stop()
         await state.stop()
+
+
+async def test_rate_falls_to_what_the_copies_report() -> None:
+    """Copies whose traffic stopped report a rate decayed to 0: the view says 0, not the last rate
+    it saw above 0 (that stale rate kept an idle model's extra copies from ever scaling in)."""
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    now = time.time()
+    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
+    await store.put(keys.model("m"), encode(ModelRecord(model_id="m", model_type="onnx", predicted_size_bytes=MiB)))
+    state = ClusterMirror(store, keys)
+    await state.start()
+    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
+    b.start()
+
+    async def report(rpm: float) -> None:
+        rev = await store.put(
+            keys.copy("m", "i0"),
+            encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=now, size_bytes=MiB, size_measured=True, last_used=now, rpm=rpm)),
+        )
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+
+    try:
+        await report(45.0)
+        assert b.view().models["m"].rate_rpm == 45.0
+        await report(0.0)  # traffic stopped two rate windows ago
+        assert (b.view().models["m"].rate_rpm, b.view().models["m"].last_used) == (0.0, now)
+        await store.delete(keys.copy("m", "i0"))  # evicted: the last reported traffic is remembered
+        rev = store.revision
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+        assert b.view().models["m"].rate_rpm == 0.0
+    finally:
+        b.stop()
+        await state.stop()

@@ -71,19 +71,30 @@ async def test_store_outage_and_recovery(make_cluster: Any, cluster_kind: str, t
 async def test_instance_waits_for_a_store_that_is_not_up_yet(tmp_path: Path) -> None:
     """An instance started before its store (etcd starting beside it) retries, then joins."""
     from mesh import LocalMesh, LocalMeshConfig, StoreSettings
-    from mesh._store import MemoryStore
+    from mesh._store import MemoryStore, StoreUnavailable
 
     store = MemoryStore()
     store.set_available(False)
+    refused = 0
+    real_get_prefix = store.get_prefix
+
+    async def counting_get_prefix(prefix: str) -> Any:
+        nonlocal refused
+        try:
+            return await real_get_prefix(prefix)
+        except StoreUnavailable:
+            refused += 1
+            raise
+
+    store.get_prefix = counting_get_prefix  # type: ignore[method-assign]
     mesh = LocalMesh(
         LocalMeshConfig(instances=1, capacity_bytes=64 << 20, data_dir=tmp_path, store=StoreSettings(kind="memory"), allowed_roots=[tmp_path]),
         store=store,
     )
     starting = asyncio.create_task(mesh.start())
     try:
-        # it keeps trying while the store is down (nothing to wait on but the attempts)
-        for _ in range(50):
-            await asyncio.sleep(0)
+        # it keeps trying while the store is down: two refused attempts (one retry after backoff)
+        await wait_until(lambda: refused >= 2, 10, "a second attempt to reach the store")
         assert not starting.done()
         store.set_available(True)
         instances = await asyncio.wait_for(starting, 30)

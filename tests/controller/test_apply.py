@@ -12,12 +12,12 @@ import httpx
 import pytest
 import yaml
 
+from controller import ApplyResult, ReconcileContext, Registration, apply_files, desired_state
 from mesh import Unavailable
-from mesh._k8s import ApplyResult, ReconcileContext, Registration, apply_files, desired_state
 from tests.mesh.cluster import wait_until
 from tests.mesh.models import add_model
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 pytestmark = pytest.mark.parametrize("cluster_kind", ["memory"])
 
 

@@ -11,6 +11,8 @@ when the server answers 410 Gone (the version was compacted away); on other erro
 backs off exponentially. The blocking watch stream runs in its own thread and hands each
 event to the loop. Re-listing diffs the new list against the cache, so consumers see
 deletions that happened while the watch was down.
+
+:func:`merge_patch` computes the JSON merge patch (RFC 7386) sent to the API server.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ._reconcile import Kind, ObjectRef
+from ._kinds import Kind, ObjectRef
 from ._settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,30 @@ def _api_error(exc: BaseException, what: str) -> KubeApiError:
         except (ValueError, AttributeError, TypeError):
             detail = str(body)[:200]
     return KubeApiError(f"{what}: {status or ''} {reason}{': ' + detail if detail else ''}".strip(), status)
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (``{}``: nothing to do).
+
+    Keys of ``old`` missing from ``new`` become ``None`` (removed): the controller owns the
+    whole status of the objects it manages.
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif isinstance(v, dict) and isinstance(old[k], dict):
+            sub = merge_patch(old[k], v)
+            if sub != {}:
+                patch[k] = sub
+        elif old[k] != v:
+            patch[k] = v
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    return patch
 
 
 class KubeClient:

@@ -1,14 +1,16 @@
-"""The controller: Predictor / InferenceService objects <-> mesh registrations, status written back.
+"""The reconcile loop: Predictor / InferenceService / TenantQuota objects <-> mesh registrations,
+status written back. The pure parts live beside it (``_mapping``, ``_status``, ``_events``,
+``_tenants``); leader election, health probes and the process entry point in ``_runner``.
 
-One process, two sides:
+Two sides:
 
 - Kubernetes: one :class:`Informer` per kind (list + watch); every change queues the
   object's key in a :class:`WorkQueue`; ``workers`` tasks reconcile keys.
 - Mesh: a :class:`ClusterMirror` over the store and an in-process :class:`Management` (the
   code the instances run). Store watches, not polling, drive status: a change to a vModel,
   model, copy or miss record queues the object that owns it. The owning object is found
-  from the record alone: a vModel's owner is ``<source>/<namespace>`` and a model id is
-  ``<vmodel>__<source>-<hash>``.
+  from the record alone (``_kinds``): a vModel's owner is ``<source>/<namespace>`` and a
+  model id is ``<vmodel>__<source>-<hash>``.
 
 Reconciling one key (idempotent; any error re-queues it with backoff):
 
@@ -26,47 +28,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._cluster_mirror import ClusterMirror
-from .._errors import AlreadyExists, InvalidRequest, MeshError, ModelNotFound, PreconditionFailed
-from .._http_tiny import Answer, serve_http
-from .._management import Management
-from .._store import MirrorChange, StoreError, StoreSettings, build_store
-from .._store_schema import Keys
-from ._client import Informer, KubeApiError, KubeClient, ObjectEvent, build_api_client
-from ._election import LeaderElector
-from ._queue import WorkQueue
-from ._reconcile import (
+from mesh import (
+    AlreadyExists,
+    ClusterMirror,
+    InvalidRequest,
+    Management,
+    MeshError,
+    MirrorChange,
+    ModelNotFound,
+    PreconditionFailed,
+)
+
+from ._events import EventSpec, event_object, events_between
+from ._kinds import (
     FINALIZER,
     INFERENCE_SERVICE,
+    INVALID_PREDICTOR_SPEC,
     MODEL_KINDS,
     PREDICTOR,
     SERVING_RUNTIME,
-    CRStatus,
     Kind,
     ObjectRef,
+    owner_for,
+    ref_for_vmodel,
+    vmodel_name,
+    vmodel_of_model,
+)
+from ._kube_client import Informer, KubeApiError, KubeClient, ObjectEvent, merge_patch
+from ._mapping import (
     ReconcileContext,
     Registration,
     Rejection,
     Runtime,
-    compute_status,
     desired_state,
-    events_between,
-    owner_for,
-    rfc3339,
     runtimes_by_namespace,
-    status_from_json,
-    status_json,
-    vmodel_name,
 )
 from ._settings import ControllerSettings
+from ._status import CRStatus, compute_status, status_from_json, status_json
 from ._tenants import (
     TENANT_FINALIZER,
     TENANT_QUOTA,
@@ -76,65 +78,16 @@ from ._tenants import (
     quota_status,
     source_of,
 )
+from ._work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-_SOURCES = {k.source: k for k in MODEL_KINDS.values()}
 _KINDS = {**MODEL_KINDS, TENANT_QUOTA.kind: TENANT_QUOTA}
-
-
-def merge_patch(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch that turns ``old`` into ``new`` (``{}``: nothing to do).
-
-    Keys of ``old`` missing from ``new`` become ``None`` (removed): the controller owns the
-    whole status of the objects it manages.
-    """
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    patch: dict[str, Any] = {}
-    for k, v in new.items():
-        if k not in old:
-            patch[k] = v
-        elif isinstance(v, dict) and isinstance(old[k], dict):
-            sub = merge_patch(old[k], v)
-            if sub != {}:
-                patch[k] = sub
-        elif old[k] != v:
-            patch[k] = v
-    for k in old:
-        if k not in new:
-            patch[k] = None
-    return patch
 
 
 def _rv_at_least(rv: str, than: str) -> bool:
     """Whether resourceVersion ``rv`` is not older than ``than`` (numeric ones only; opaque: no)."""
     return rv.isdigit() and than.isdigit() and int(rv) >= int(than)
-
-
-def ref_for_vmodel(vmodel: str, owner: str, settings: ControllerSettings) -> ObjectRef | None:
-    """The object that owns a vModel, from its owner string (None: not the controller's)."""
-    source, sep, namespace = owner.partition("/")
-    kind = _SOURCES.get(source)
-    if not sep or kind is None or not namespace:
-        return None
-    if settings.vmodel_names == "name":
-        name = vmodel
-    else:
-        prefix = f"{namespace}."
-        if not vmodel.startswith(prefix):
-            return None
-        name = vmodel[len(prefix) :]
-    return ObjectRef(kind.kind, namespace, name)
-
-
-def vmodel_of_model(model_id: str) -> str | None:
-    """``<vmodel>__<source>-<hash>`` -> vmodel (None for ids of another shape)."""
-    head, sep, tail = model_id.rpartition("__")
-    source, dash, _digest = tail.partition("-")
-    if not sep or not dash or source not in _SOURCES:
-        return None
-    return head
 
 
 class Controller:
@@ -277,14 +230,14 @@ class Controller:
         vm = self.state.vmodels.items.get(name)
         if vm is None:
             return
-        ref = ref_for_vmodel(name, vm.owner, self.settings)
+        ref = ref_for_vmodel(name, vm.owner, self.settings.vmodel_names)
         if ref is not None and self._watched(ref):
             self.queue.add(ref)
 
     def _on_vmodels(self, changes: list[MirrorChange[Any]]) -> None:
         for ch in changes:
             rec = ch.new or ch.old
-            ref = ref_for_vmodel(ch.key, rec.owner if rec is not None else "", self.settings)
+            ref = ref_for_vmodel(ch.key, rec.owner if rec is not None else "", self.settings.vmodel_names)
             if ref is not None and self._watched(ref):
                 self.queue.add(ref)
 
@@ -319,7 +272,7 @@ class Controller:
     def _collect_orphans(self) -> None:
         """Queue vModels we own whose object no longer exists (deleted while we were down)."""
         for name, vm in self.state.vmodels.items.items():
-            ref = ref_for_vmodel(name, vm.owner, self.settings)
+            ref = ref_for_vmodel(name, vm.owner, self.settings.vmodel_names)
             if ref is None or not self._watched(ref):
                 continue
             inf = self.informers[ref.kind]
@@ -388,7 +341,7 @@ class Controller:
                 except AlreadyExists as exc:
                     conflict = exc.message
                 except (InvalidRequest, ModelNotFound, PreconditionFailed) as exc:
-                    desired = Rejection(ref, vmodel, owner, "InvalidPredictorSpec", exc.message, desired.model_id, desired.generation)
+                    desired = Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, exc.message, desired.model_id, desired.generation)
                 vm = self.management.vmodel_status(vmodel)
         await self._write_status(ref, obj, desired, vm, conflict)
 
@@ -451,7 +404,7 @@ class Controller:
         now_cond = status["conditions"][0]
         if self.settings.events and (was.get("status"), was.get("reason")) != (now_cond["status"], now_cond["reason"]):
             etype = "Normal" if now_cond["status"] == "True" else "Warning"
-            await self._emit(ref, obj, etype, now_cond["reason"], now_cond["message"])
+            await self._emit(ref, obj, EventSpec(etype, now_cond["reason"], now_cond["message"]))
 
     async def _drop_quotas_from(self, ref: ObjectRef, keep: str | None = None) -> None:
         """Remove the quotas this object set (all, or all but tenant ``keep``)."""
@@ -519,175 +472,12 @@ class Controller:
         self._cache_newer(ref, out)
         if self.settings.events:
             for ev in events_between(prev, st):
-                await self._emit(ref, obj, ev.type, ev.reason, ev.message)
+                await self._emit(ref, obj, ev)
 
-    async def _emit(self, ref: ObjectRef, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
-        meta = obj.get("metadata") or {}
-        stamp = rfc3339(self.clock())
-        event = {
-            "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace},
-            "involvedObject": {
-                "apiVersion": _KINDS[ref.kind].api_version,
-                "kind": ref.kind,
-                "name": ref.name,
-                "namespace": ref.namespace,
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": etype,
-            "source": {"component": "modelmux-controller"},
-            "reportingComponent": "modelmux.io/controller",
-            "reportingInstance": self.management.instance_id,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+    async def _emit(self, ref: ObjectRef, obj: dict[str, Any], spec: EventSpec) -> None:
+        event = event_object(_KINDS[ref.kind], ref, obj, spec, now=self.clock(), instance=self.management.instance_id)
         try:
             await self.kube.create_event(ref.namespace, event)
             self.events_emitted += 1
         except KubeApiError as exc:
-            log.warning("%s: could not emit event %s: %s", ref, reason, exc)
-
-
-# ---------------------------------------------------------------- health + entry point
-
-
-class ElectedController:
-    """Runs a :class:`Controller` only while this replica leads (or always, with election off).
-
-    Each term gets a fresh controller from ``make`` (informers list again, so a new leader
-    starts from what the API server says). Losing the Lease stops the controller at once and
-    the replica campaigns again; a clean stop releases the Lease for a fast takeover.
-    """
-
-    def __init__(self, settings: ControllerSettings, kube: KubeClient, make: Callable[[], Controller]) -> None:
-        self.settings = settings
-        self.make = make
-        self.controller: Controller | None = None
-        self.terms = 0
-        self.elector: LeaderElector | None = None
-        if settings.leader_election:
-            identity = settings.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-            namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
-            self.elector = LeaderElector(
-                kube, namespace, settings.lease_name, identity,
-                lease_duration_s=settings.lease_duration_s,
-                renew_deadline_s=settings.renew_deadline_s,
-                retry_period_s=settings.retry_period_s,
-            )
-
-    @property
-    def leading(self) -> bool:
-        return self.controller is not None
-
-    @property
-    def ready(self) -> bool:
-        """A standby replica is ready (healthy, waiting); a leader once its controller has synced."""
-        return self.controller.ready if self.controller is not None else self.elector is not None
-
-    async def run(self, stop: asyncio.Event, on_started: Callable[[Controller], None] | None = None) -> None:
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            while not stop.is_set():
-                if self.elector is not None and not await self.elector.acquire(stop):
-                    break
-                ctl = self.make()
-                self.controller = ctl
-                self.terms += 1
-                lost = self.elector.lost if self.elector is not None else asyncio.Event()
-                losing = asyncio.create_task(lost.wait())
-                try:
-                    await ctl.start()
-                    if on_started is not None and not lost.is_set():
-                        on_started(ctl)
-                    await asyncio.wait({stopping, losing}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    losing.cancel()
-                    self.controller = None
-                    await ctl.stop()
-                if lost.is_set():
-                    log.warning("controller lost its lease: reconciling stopped; campaigning again")
-        finally:
-            stopping.cancel()
-            if self.elector is not None:
-                await self.elector.release()
-
-
-async def _serve_health(host: str, port: int, ready: Callable[[], bool]) -> asyncio.Server:
-    """``/healthz`` (always 200 while the loop runs) and ``/readyz`` (200 once synced)."""
-
-    def route(_method: str, path: str) -> Answer:
-        ok = path.startswith("/healthz") or (path.startswith("/readyz") and ready())
-        return ("200 OK", "text/plain", b"ok\n") if ok else ("503 Service Unavailable", "text/plain", b"not ready\n")
-
-    return await serve_http(host, port, route, read_timeout_s=5.0)
-
-
-async def run_controller(
-    settings: ControllerSettings,
-    store_settings: StoreSettings | None = None,
-    *,
-    stop: asyncio.Event | None = None,
-    on_started: Callable[[Controller], None] | None = None,
-) -> None:
-    """Run the controller until SIGINT / SIGTERM (or until ``stop`` is set).
-
-    Builds everything it needs: the store client (``MODELMUX_STORE_*`` unless given), the
-    cluster view, an in-process Management and the Kubernetes client. ``on_started`` is
-    called once the controller has synced (``controller.health_port`` is the bound port).
-    """
-    store_settings = store_settings or StoreSettings()
-    store = build_store(store_settings)
-    state = ClusterMirror(store, Keys(store_settings.prefix))
-    instance_id = settings.instance_id or f"controller-{socket.gethostname()}"
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    own_signals = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            own_signals.append(sig)
-    kube: KubeClient | None = None
-    health: asyncio.Server | None = None
-    try:
-        delay = settings.retry_initial_s
-        while True:  # the store may come up after us: wait for it rather than exit
-            try:
-                await state.start()
-                break
-            except StoreError as exc:
-                await state.stop()
-                log.warning("store not reachable (%s); retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    return
-                delay = min(delay * 2, settings.retry_max_s)
-        api = await asyncio.to_thread(build_api_client, settings)
-        kube = KubeClient(api, settings)
-        k = kube
-        runner = ElectedController(settings, kube, lambda: Controller(settings, k, state, Management(state, instance_id)))
-        health_port = 0
-        if settings.health_port >= 0:
-            health = await _serve_health(settings.health_host, settings.health_port, lambda: runner.ready)
-            health_port = int(health.sockets[0].getsockname()[1])
-
-        def started(ctl: Controller) -> None:
-            ctl.health_port = health_port
-            log.info("controller %s started (namespace: %s)", instance_id, settings.namespace or "all")
-            if on_started is not None:
-                on_started(ctl)
-
-        await runner.run(stop, started)
-    finally:
-        for sig in own_signals:
-            loop.remove_signal_handler(sig)
-        if health is not None:
-            health.close()
-            await health.wait_closed()
-        if kube is not None:
-            await kube.close()
-        await state.stop()
-        await store.close()
+            log.warning("%s: could not emit event %s: %s", ref, spec.reason, exc)

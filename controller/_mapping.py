@@ -1,36 +1,19 @@
-"""Pure reconcile logic: Kubernetes objects -> desired registrations, mesh state -> CR status.
+"""Kubernetes objects -> desired registrations (pure: no I/O, no clock, never raises).
 
-Nothing here does I/O, reads the clock or raises: the controller (``_controller``) and
-``modelmux apply`` (``_apply``) feed it plain JSON objects and mesh status values.
+The controller (``_controller``) and ``modelmux apply`` (``_apply``) feed it plain JSON objects.
+Names (vModel id, owner, model id) follow :mod:`controller._kinds`. The model id's hash is
+the first 10 hex digits of SHA-1 over the canonical JSON (sorted keys) of the normalised
+registration (type, path and the key object with storage and modelmux extras). A changed
+spec gives a new model id, which the mesh loads before it moves the vModel (zero-downtime
+transition); a cosmetic change that normalises to the same registration (key order,
+``storage.path`` vs ``path``) keeps the id.
 
-Mapping (modelmesh-serving's scheme, facts taken from its controller):
-
-- vModel id: the object's name (``vmodel_names="name"``, ModelMesh-compatible: one mesh per
-  namespace, clients send ``mm-vmodel-id: <name>``) or ``<namespace>.<name>``
-  (``vmodel_names="namespace.name"``, one mesh for several namespaces; namespaces are DNS
-  labels, so the first dot splits them unambiguously).
-- owner: ``<source>/<namespace>``, where source is ``ksp`` (Predictor) or ``isvc``
-  (InferenceService), so a Predictor and an InferenceService (or two namespaces) never take
-  over each other's vModel: the second one gets an ``InvalidSpec`` status.
-- target model id: ``<vmodel>__<source>-<hash>``, hash = the first 10 hex digits of SHA-1
-  over the canonical JSON (sorted keys) of the normalised registration (type, path and the
-  key object with storage and modelmux extras). A changed spec gives a new model id, which
-  the mesh loads before it moves the vModel (zero-downtime transition); a cosmetic change
-  that normalises to the same registration (key order, ``storage.path`` vs ``path``) keeps
-  the id.
-- ModelInfo: ``type`` = the model format name (lower case), ``path`` = the storage path or
-  URI, ``key`` = JSON with ``storage_key``, ``storage_params``, ``schema_path``,
-  ``model_type`` {name, version} (as modelmesh-serving sends) plus ours: ``tenant`` (the
-  namespace, or ``spec.tenant`` / the ``modelmux.io/tenant-quota`` annotation, resolved by
-  :func:`tenant_id`), ``min_copies``,
-  ``max_copies``, ``pinned``, ``runtime``, ``protocol_version`` and ``options.device``
-  (``gpu: required`` -> ``cuda``).
-
-Status follows modelmesh-serving's Predictor status (available, activeModelState,
-targetModelState, transitionStatus, lastFailureInfo, totalCopies, failedCopies, endpoints)
-with ours added: loadedCopies, loadingCopies, holders, activeModelId, targetModelId,
-observedGeneration. One deliberate difference: ``available`` is false while the model is
-``Pending`` (not registered yet); modelmesh-serving reports true there.
+ModelInfo: ``type`` = the model format name (lower case), ``path`` = the storage path or
+URI, ``key`` = JSON with ``storage_key``, ``storage_params``, ``schema_path``,
+``model_type`` {name, version} (as modelmesh-serving sends) plus ours: ``tenant`` (the
+namespace, or ``spec.tenant`` / the ``modelmux.io/tenant-quota`` annotation, resolved by
+:func:`controller._kinds.tenant_id`), ``min_copies``, ``max_copies``, ``pinned``,
+``runtime``, ``protocol_version`` and ``options.device`` (``gpu: required`` -> ``cuda``).
 """
 
 from __future__ import annotations
@@ -38,18 +21,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-from .._errors import InvalidRequest
-from .._management import ModelInfoSpec, ModelStatus, VModelStatus, validate_id
+from mesh import InvalidRequest, ModelInfoSpec, validate_id
 
-# ---------------------------------------------------------------- kinds and names
+from ._kinds import (
+    INFERENCE_SERVICE,
+    INVALID_PREDICTOR_SPEC,
+    MODEL_KINDS,
+    NO_SUPPORTING_RUNTIME,
+    PREDICTOR,
+    RUNTIME_NOT_RECOGNIZED,
+    ObjectRef,
+    VModelNaming,
+    model_id_for,
+    owner_for,
+    tenant_id,
+    vmodel_name,
+)
 
-GROUP = "serving.kserve.io"
-FINALIZER = "modelmux.io/finalizer"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 MODELMESH_MODE = "ModelMesh"
 SECRET_KEY_ANNOTATION = "serving.kserve.io/secretKey"
@@ -59,69 +51,6 @@ MIN_COPIES_ANNOTATION = "modelmux.io/min-copies"
 MAX_COPIES_ANNOTATION = "modelmux.io/max-copies"
 PINNED_ANNOTATION = "modelmux.io/pinned"
 TENANT_ANNOTATION = "modelmux.io/tenant-quota"
-
-VModelNaming = Literal["name", "namespace.name"]
-
-
-@dataclass(frozen=True)
-class Kind:
-    kind: str
-    group: str
-    version: str
-    plural: str
-    source: str  # modelmesh-serving's source id ("" for kinds that are not registered)
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
-
-
-PREDICTOR = Kind("Predictor", GROUP, "v1alpha1", "predictors", "ksp")
-INFERENCE_SERVICE = Kind("InferenceService", GROUP, "v1beta1", "inferenceservices", "isvc")
-SERVING_RUNTIME = Kind("ServingRuntime", GROUP, "v1alpha1", "servingruntimes", "")
-MODEL_KINDS: dict[str, Kind] = {k.kind: k for k in (PREDICTOR, INFERENCE_SERVICE)}
-
-
-@dataclass(frozen=True, order=True)
-class ObjectRef:
-    """One Kubernetes object: the work-queue key (``Predictor/default/mnist``)."""
-
-    kind: str
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}/{self.namespace}/{self.name}"
-
-    @staticmethod
-    def of(obj: Mapping[str, Any], default_namespace: str = "default") -> ObjectRef:
-        meta = obj.get("metadata") or {}
-        return ObjectRef(str(obj.get("kind", "")), str(meta.get("namespace") or default_namespace), str(meta.get("name", "")))
-
-
-def vmodel_name(ref: ObjectRef, naming: VModelNaming) -> str:
-    return ref.name if naming == "name" else f"{ref.namespace}.{ref.name}"
-
-
-def tenant_id(namespace: str, name: str, naming: VModelNaming) -> str:
-    """The mesh tenant that tenant name ``name`` (a TenantQuota's ``spec.tenant``, or a
-    model's tenant reference) written in ``namespace`` stands for.
-
-    ``name`` naming (one mesh per namespace): ``name`` itself. ``namespace.name`` naming (one
-    mesh for every namespace): ``<namespace>`` for the namespace's own quota (``name`` equal
-    to the namespace, every model's default) and ``<namespace>.<name>`` otherwise, so an
-    object can only ever count against a quota of its own namespace (namespaces are DNS
-    labels, without dots: the ids never collide).
-    """
-    if naming == "name" or name == namespace:
-        return name
-    return f"{namespace}.{name}"
-
-
-def owner_for(ref: ObjectRef) -> str:
-    kind = MODEL_KINDS.get(ref.kind)
-    return f"{kind.source if kind else ref.kind.lower()}/{ref.namespace}"
-
 
 # ---------------------------------------------------------------- context
 
@@ -185,13 +114,6 @@ class Registration:
     spec_hash: str
     generation: int = 0
 
-
-# failure reasons (modelmesh-serving's FailureReason values)
-MODEL_LOAD_FAILED = "ModelLoadFailed"
-RUNTIME_UNHEALTHY = "RuntimeUnhealthy"
-NO_SUPPORTING_RUNTIME = "NoSupportingRuntime"
-RUNTIME_NOT_RECOGNIZED = "RuntimeNotRecognized"
-INVALID_PREDICTOR_SPEC = "InvalidPredictorSpec"
 
 
 @dataclass(frozen=True)
@@ -491,10 +413,6 @@ def spec_hash(info: ModelInfoSpec) -> str:
     return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()[:10]
 
 
-def model_id_for(vmodel: str, source: str, digest: str) -> str:
-    return f"{vmodel}__{source}-{digest}"
-
-
 def _build(model: _Model, extras: dict[str, Any], runtimes: Mapping[str, Runtime]) -> ModelInfoSpec:
     mtype = _check_runtime(model, runtimes)
     if model.protocol and model.protocol.lower() not in _PROTOCOLS:
@@ -599,321 +517,4 @@ def runtimes_by_namespace(objects: Iterable[Mapping[str, Any]], default_namespac
         if rt is not None:
             ns = str((obj.get("metadata") or {}).get("namespace") or default_namespace)
             out.setdefault(ns, {})[rt.name] = rt
-    return out
-
-
-# ---------------------------------------------------------------- status
-
-PENDING, STANDBY, LOADING, LOADED, FAILED_TO_LOAD = "Pending", "Standby", "Loading", "Loaded", "FailedToLoad"
-UP_TO_DATE, IN_PROGRESS, BLOCKED, INVALID_SPEC = "UpToDate", "InProgress", "BlockedByFailedLoad", "InvalidSpec"
-
-_MODEL_STATE = {"NOT_LOADED": STANDBY, "LOADING": LOADING, "LOADED": LOADED, "LOADING_FAILED": FAILED_TO_LOAD}
-_TRANSITION = {"DEFINED": UP_TO_DATE, "TRANSITIONING": IN_PROGRESS, "TRANSITION_FAILED": BLOCKED}
-
-
-@dataclass(frozen=True)
-class FailureInfo:
-    reason: str
-    message: str
-    model_id: str = ""
-    location: str = ""
-    time: str = ""  # RFC 3339, "" when not applicable
-
-
-@dataclass(frozen=True)
-class CRStatus:
-    available: bool = False
-    active_model_state: str = PENDING
-    target_model_state: str = ""
-    transition_status: str = UP_TO_DATE
-    last_failure: FailureInfo | None = None
-    total_copies: int = 0
-    failed_copies: int = 0
-    loaded_copies: int = 0
-    loading_copies: int = 0
-    holders: tuple[str, ...] = ()
-    grpc_endpoint: str = ""
-    http_endpoint: str = ""
-    active_model_id: str = ""
-    target_model_id: str = ""
-    observed_generation: int = 0
-
-
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _decode_state(st: ModelStatus | None) -> str:
-    if st is None:
-        return PENDING
-    return _MODEL_STATE.get(st.status, PENDING)
-
-
-def _load_failure(st: ModelStatus | None, model_id: str, previous: FailureInfo | None, now: float) -> FailureInfo | None:
-    if st is None or st.status == "LOADED" or not st.errors:
-        return None
-    info = FailureInfo(MODEL_LOAD_FAILED, st.errors[0], model_id)
-    for c in st.copies:
-        if c.status == "LOADING_FAILED":
-            return replace(info, location=c.location, time=rfc3339(c.time_ms / 1000.0) if c.time_ms else "")
-    # a failure that is not tied to a copy (the model could not be placed): keep the first time seen
-    if previous is not None and replace(previous, time="") == info:
-        return previous
-    return replace(info, time=rfc3339(now))
-
-
-def _count(st: ModelStatus | None, counts: list[int]) -> None:
-    if st is None:
-        return
-    for c in st.copies:
-        if c.status == "LOADING":
-            counts[0] += 1
-        elif c.status == "LOADED":
-            counts[1] += 1
-        elif c.status == "LOADING_FAILED":
-            counts[2] += 1
-        counts[3] += 1
-
-
-def compute_status(
-    desired: Desired,
-    vm: VModelStatus | None,
-    ctx: ReconcileContext,
-    *,
-    previous: CRStatus | None = None,
-    now: float = 0.0,
-    conflict: str = "",
-) -> CRStatus:
-    """The CR status for ``desired`` given the mesh's view of its vModel.
-
-    ``vm`` is the vModel's status (None or NOT_FOUND: not registered yet); ``conflict`` is a
-    registration error to report as ``InvalidSpec`` (e.g. the vModel belongs to another
-    owner). ``previous`` keeps failure times stable so that an unchanged state gives an equal
-    status (and no status write).
-    """
-    grpc_ep, http_ep = ctx.endpoints(desired.ref.namespace)
-    prev_failure = previous.last_failure if previous is not None else None
-    ours = vm is not None and vm.status != "NOT_FOUND" and (not vm.owner or vm.owner == desired.owner)
-    counts = [0, 0, 0, 0]  # loading, loaded, failed, total
-    active_state, target_state, transition = PENDING, "", UP_TO_DATE
-    failure: FailureInfo | None = None
-    holders: tuple[str, ...] = ()
-    active_id = target_id = ""
-    if ours:
-        assert vm is not None
-        active_id, target_id = vm.active_model_id, vm.target_model_id
-        active_state = _decode_state(vm.active_status)
-        _count(vm.active_status, counts)
-        if vm.active_status is not None:
-            holders = tuple(sorted(c.location for c in vm.active_status.copies if c.status == "LOADED"))
-        target_status = vm.active_status
-        if vm.target_model_id != vm.active_model_id:
-            target_status = vm.target_status
-            target_state = _decode_state(target_status)
-            _count(target_status, counts)
-        transition = _TRANSITION.get(vm.status, UP_TO_DATE)
-        if transition == BLOCKED and target_status is not None and target_status.status == "LOADING":
-            transition = IN_PROGRESS  # retrying elsewhere
-        failure = _load_failure(target_status, vm.target_model_id, prev_failure, now)
-        if isinstance(desired, Registration) and vm.target_model_id != desired.model_id:
-            # the spec changed and the new target is not registered yet
-            transition, target_state, target_id = IN_PROGRESS, PENDING, desired.model_id
-    if isinstance(desired, Rejection):
-        transition = INVALID_SPEC
-        failure = FailureInfo(desired.reason, desired.message, desired.model_id)
-        if not ours:
-            target_state = ""
-    elif conflict:
-        transition = INVALID_SPEC
-        failure = FailureInfo(INVALID_PREDICTOR_SPEC, conflict, desired.model_id)
-    available = active_state in (STANDBY, LOADING, LOADED)
-    return CRStatus(
-        available=available,
-        active_model_state=active_state,
-        target_model_state=target_state,
-        transition_status=transition,
-        last_failure=failure,
-        total_copies=counts[3],
-        failed_copies=counts[2],
-        loaded_copies=counts[1],
-        loading_copies=counts[0],
-        holders=holders,
-        grpc_endpoint=grpc_ep,
-        http_endpoint=http_ep,
-        active_model_id=active_id,
-        target_model_id=target_id,
-        observed_generation=desired.generation,
-    )
-
-
-# ---------------------------------------------------------------- status <-> JSON
-
-
-def _failure_json(f: FailureInfo, id_field: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"reason": f.reason, "message": f.message}
-    if f.model_id:
-        out[id_field] = f.model_id
-    if f.location:
-        out["location"] = f.location
-    if f.time:
-        out["time"] = f.time
-    return out
-
-
-def predictor_status_json(st: CRStatus) -> dict[str, Any]:
-    """A Predictor's ``.status`` (modelmesh-serving's fields, then ours)."""
-    out: dict[str, Any] = {
-        "available": st.available,
-        "activeModelState": st.active_model_state,
-        "targetModelState": st.target_model_state,
-        "transitionStatus": st.transition_status,
-        "grpcEndpoint": st.grpc_endpoint,
-        "httpEndpoint": st.http_endpoint,
-        "totalCopies": st.total_copies,
-        "failedCopies": st.failed_copies,
-        "loadedCopies": st.loaded_copies,
-        "loadingCopies": st.loading_copies,
-        "holders": list(st.holders),
-        "activeModelId": st.active_model_id,
-        "targetModelId": st.target_model_id,
-        "observedGeneration": st.observed_generation,
-    }
-    if st.last_failure is not None:
-        out["lastFailureInfo"] = _failure_json(st.last_failure, "modelId")
-    return out
-
-
-def _condition(ctype: str, ok: bool, previous: Mapping[str, Any], now: float) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    for c in previous.get("conditions") or ():
-        if isinstance(c, Mapping) and c.get("type") == ctype and c.get("status") == status and c.get("lastTransitionTime"):
-            return {"type": ctype, "status": status, "lastTransitionTime": c["lastTransitionTime"]}
-    return {"type": ctype, "status": status, "lastTransitionTime": rfc3339(now)}
-
-
-def isvc_status_json(st: CRStatus, previous: Mapping[str, Any] | None = None, now: float = 0.0) -> dict[str, Any]:
-    """An InferenceService's ``.status`` in KServe's ModelMesh layout (``modelStatus``,
-    ``components.predictor``, ``PredictorReady`` / ``Ready`` conditions)."""
-    prev = previous or {}
-    model_status: dict[str, Any] = {
-        "transitionStatus": st.transition_status,
-        "states": {"activeModelState": st.active_model_state, "targetModelState": st.target_model_state},
-        "copies": {
-            "failedCopies": st.failed_copies,
-            "totalCopies": st.total_copies,
-            "loadedCopies": st.loaded_copies,
-            "loadingCopies": st.loading_copies,
-            "holders": list(st.holders),
-        },
-    }
-    if st.last_failure is not None:
-        model_status["lastFailureInfo"] = _failure_json(st.last_failure, "modelRevisionName")
-    out: dict[str, Any] = {
-        "modelStatus": model_status,
-        "observedGeneration": st.observed_generation,
-        "conditions": [_condition("PredictorReady", st.available, prev, now), _condition("Ready", st.available, prev, now)],
-    }
-    if st.available:
-        out["url"] = st.grpc_endpoint
-        out["components"] = {"predictor": {"url": st.grpc_endpoint, "grpcUrl": st.grpc_endpoint, "restUrl": st.http_endpoint}}
-    return out
-
-
-def status_json(kind: str, st: CRStatus, previous: Mapping[str, Any] | None = None, now: float = 0.0) -> dict[str, Any]:
-    if kind == INFERENCE_SERVICE.kind:
-        return isvc_status_json(st, previous, now)
-    return predictor_status_json(st)
-
-
-def _failure_from(raw: Any, id_field: str) -> FailureInfo | None:
-    if not isinstance(raw, Mapping):
-        return None
-    return FailureInfo(
-        str(raw.get("reason", "")),
-        str(raw.get("message", "")),
-        str(raw.get(id_field, "")),
-        str(raw.get("location", "")),
-        str(raw.get("time", "")),
-    )
-
-
-def status_from_json(kind: str, raw: Mapping[str, Any] | None) -> CRStatus | None:
-    """Parse a status this module wrote (to diff against, for events); None when absent."""
-    if not isinstance(raw, Mapping) or not raw:
-        return None
-    try:
-        if kind == INFERENCE_SERVICE.kind:
-            ms = raw.get("modelStatus") or {}
-            states = ms.get("states") or {}
-            copies = ms.get("copies") or {}
-            conds = {c.get("type"): c.get("status") for c in raw.get("conditions") or () if isinstance(c, Mapping)}
-            preds = (raw.get("components") or {}).get("predictor") or {}
-            return CRStatus(
-                available=conds.get("PredictorReady") == "True",
-                active_model_state=str(states.get("activeModelState", PENDING)),
-                target_model_state=str(states.get("targetModelState", "")),
-                transition_status=str(ms.get("transitionStatus", UP_TO_DATE)),
-                last_failure=_failure_from(ms.get("lastFailureInfo"), "modelRevisionName"),
-                total_copies=int(copies.get("totalCopies", 0)),
-                failed_copies=int(copies.get("failedCopies", 0)),
-                loaded_copies=int(copies.get("loadedCopies", 0)),
-                loading_copies=int(copies.get("loadingCopies", 0)),
-                holders=tuple(copies.get("holders") or ()),
-                grpc_endpoint=str(preds.get("grpcUrl", "")),
-                http_endpoint=str(preds.get("restUrl", "")),
-                observed_generation=int(raw.get("observedGeneration", 0)),
-            )
-        return CRStatus(
-            available=bool(raw.get("available", False)),
-            active_model_state=str(raw.get("activeModelState", PENDING)),
-            target_model_state=str(raw.get("targetModelState", "")),
-            transition_status=str(raw.get("transitionStatus", UP_TO_DATE)),
-            last_failure=_failure_from(raw.get("lastFailureInfo"), "modelId"),
-            total_copies=int(raw.get("totalCopies", 0)),
-            failed_copies=int(raw.get("failedCopies", 0)),
-            loaded_copies=int(raw.get("loadedCopies", 0)),
-            loading_copies=int(raw.get("loadingCopies", 0)),
-            holders=tuple(raw.get("holders") or ()),
-            grpc_endpoint=str(raw.get("grpcEndpoint", "")),
-            http_endpoint=str(raw.get("httpEndpoint", "")),
-            active_model_id=str(raw.get("activeModelId", "")),
-            target_model_id=str(raw.get("targetModelId", "")),
-            observed_generation=int(raw.get("observedGeneration", 0)),
-        )
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    """A Kubernetes Event to emit for the object (``type`` Normal or Warning)."""
-
-    type: str
-    reason: str
-    message: str
-
-
-def events_between(old: CRStatus | None, new: CRStatus) -> list[EventSpec]:
-    """Events for a status change: load failures and transitions (pure)."""
-    out: list[EventSpec] = []
-    old_t = old.transition_status if old is not None else UP_TO_DATE
-    old_f = old.last_failure if old is not None else None
-    f = new.last_failure
-    if new.transition_status != old_t or (new.transition_status == INVALID_SPEC and f != old_f):
-        t = new.transition_status
-        if t == IN_PROGRESS:
-            out.append(EventSpec("Normal", "TransitionStarted", f"loading model {new.target_model_id} to replace {new.active_model_id or 'nothing'}"))
-        elif t == UP_TO_DATE and old_t in (IN_PROGRESS, BLOCKED, INVALID_SPEC) and new.active_model_id:
-            out.append(EventSpec("Normal", "TransitionComplete", f"serving model {new.active_model_id}"))
-        elif t == BLOCKED:
-            msg = f.message if f is not None else "the target model failed to load"
-            out.append(EventSpec("Warning", "TransitionBlocked", f"model {new.target_model_id} failed to load: {msg}"))
-        elif t == INVALID_SPEC and f is not None:
-            out.append(EventSpec("Warning", "InvalidSpec", f"{f.reason}: {f.message}"))
-    if f is not None and f.reason == MODEL_LOAD_FAILED and f != old_f:
-        where = f" on {f.location}" if f.location else ""
-        out.append(EventSpec("Warning", "ModelLoadFailed", f"model {f.model_id} failed to load{where}: {f.message}"))
     return out

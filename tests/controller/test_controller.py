@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from mesh._k8s import FINALIZER
+from controller import FINALIZER
+from tests.controller.k8s_env import ControllerEnv
 from tests.mesh.cluster import wait_until
-from tests.mesh.k8s.k8s_env import ControllerEnv
 from tests.mesh.models import add_model, answer, request_bytes
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from tests.mesh.k8s.k8s_env import ControllerEnv
+from tests.controller.k8s_env import ControllerEnv
 from tests.mesh.models import add_model, answer, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"

@@ -7,11 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh import Keys, Management
-from mesh._cluster_mirror import ClusterMirror
-from mesh._k8s import Controller, ControllerSettings, KubeClient, build_api_client
-from mesh._store import Store
-from tests.mesh.k8s.apiserver import FakeApiServer
+from controller import Controller, ControllerSettings, KubeClient, build_api_client
+from mesh import ClusterMirror, Keys, Management, Store
+from tests.controller.apiserver import FakeApiServer
 
 
 @dataclass

@@ -10,11 +10,11 @@ import grpc
 import httpx
 import pytest
 
-from mesh._k8s import ReconcileContext, Registration, Rejection, desired_state
-from mesh._k8s._tenants import QuotaRejection, QuotaSpec, owner_of, quota_spec, quota_status
+from controller import ReconcileContext, Registration, Rejection, desired_state
+from controller._tenants import QuotaRejection, QuotaSpec, owner_of, quota_spec, quota_status
+from tests.controller.k8s_env import ControllerEnv
+from tests.controller.test_controller import TABLE, infer, loaded, predictor
 from tests.mesh.cluster import wait_until
-from tests.mesh.k8s.k8s_env import ControllerEnv
-from tests.mesh.k8s.test_k8s_controller import TABLE, infer, loaded, predictor
 from tests.mesh.models import add_model
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ._client import KubeApiError, KubeClient
-from ._reconcile import Kind
+from ._kinds import Kind
+from ._kube_client import KubeApiError, KubeClient
 
 log = logging.getLogger(__name__)
 

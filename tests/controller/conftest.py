@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from mesh import StoreSettings, build_store
-from mesh._store import Store
-from tests.mesh.k8s.apiserver import FakeApiServer
-from tests.mesh.k8s.k8s_env import ControllerEnv, stop_controller_parts
+from mesh import Store, StoreSettings, build_store
+from tests.controller.apiserver import FakeApiServer
+from tests.controller.k8s_env import ControllerEnv, stop_controller_parts
+from tests.mesh.conftest import cluster_kind, make_cluster  # noqa: F401  (the local mesh fixtures)
 
 
 @pytest.fixture
-async def k8s_env(make_cluster: Any, cluster_kind: str, tmp_path: Path) -> AsyncIterator[ControllerEnv]:
+async def k8s_env(make_cluster: Any, cluster_kind: str, tmp_path: Path) -> AsyncIterator[ControllerEnv]:  # noqa: F811
     cluster = await make_cluster(2, capacity_bytes=512 << 20)
     own_store = None
     if cluster_kind == "memory":

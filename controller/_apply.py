@@ -19,15 +19,13 @@ from typing import Any
 import httpx
 import yaml
 
-from .._errors import Unavailable
-from ._reconcile import (
-    MODEL_KINDS,
-    SERVING_RUNTIME,
-    ObjectRef,
+from mesh import Unavailable
+
+from ._kinds import MODEL_KINDS, SERVING_RUNTIME, ObjectRef, VModelNaming
+from ._mapping import (
     ReconcileContext,
     Registration,
     Rejection,
-    VModelNaming,
     desired_state,
     is_managed,
     runtimes_by_namespace,

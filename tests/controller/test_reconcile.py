@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from mesh._k8s import (
+from controller import (
+    ControllerSettings,
     CRStatus,
     FailureInfo,
+    ObjectRef,
     ReconcileContext,
     Registration,
     Rejection,
@@ -20,13 +22,14 @@ from mesh._k8s import (
     compute_status,
     desired_state,
     events_between,
+    merge_patch,
+    ref_for_vmodel,
+    spec_hash,
     status_from_json,
     status_json,
+    vmodel_of_model,
 )
-from mesh._k8s._controller import merge_patch, ref_for_vmodel, vmodel_of_model
-from mesh._k8s._reconcile import ObjectRef, spec_hash
-from mesh._k8s._settings import ControllerSettings
-from mesh._management import CopyStatus, ModelStatus, VModelStatus
+from mesh import CopyStatus, ModelStatus, VModelStatus
 
 CTX = ReconcileContext()
 
@@ -312,15 +315,15 @@ def test_namespaced_vmodel_names() -> None:
     assert d.vmodel == "team-a.m"
     assert d.model_id.startswith("team-a.m__ksp-")
     settings = ControllerSettings(vmodel_names="namespace.name")
-    assert ref_for_vmodel("team-a.m", "ksp/team-a", settings) == ObjectRef("Predictor", "team-a", "m")
-    assert ref_for_vmodel("team-b.m", "ksp/team-a", settings) is None
+    assert ref_for_vmodel("team-a.m", "ksp/team-a", settings.vmodel_names) == ObjectRef("Predictor", "team-a", "m")
+    assert ref_for_vmodel("team-b.m", "ksp/team-a", settings.vmodel_names) is None
 
 
 def test_owner_and_model_id_lead_back_to_the_object() -> None:
     s = ControllerSettings()
-    assert ref_for_vmodel("mnist", "isvc/prod", s) == ObjectRef("InferenceService", "prod", "mnist")
-    assert ref_for_vmodel("mnist", "someone-else", s) is None
-    assert ref_for_vmodel("mnist", "", s) is None
+    assert ref_for_vmodel("mnist", "isvc/prod", s.vmodel_names) == ObjectRef("InferenceService", "prod", "mnist")
+    assert ref_for_vmodel("mnist", "someone-else", s.vmodel_names) is None
+    assert ref_for_vmodel("mnist", "", s.vmodel_names) is None
     assert vmodel_of_model("my__model__ksp-0123456789") == "my__model"
     assert vmodel_of_model("plain-model") is None
     assert vmodel_of_model("x__other-0123") is None
@@ -543,7 +546,7 @@ def test_events_for_transitions_and_failures() -> None:
     ],
 )
 def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]) -> None:
-    from tests.mesh.k8s.apiserver import merge_patch as apply_merge_patch
+    from tests.controller.apiserver import merge_patch as apply_merge_patch
 
     patch = merge_patch(old, new)
     assert apply_merge_patch(old, patch) == new

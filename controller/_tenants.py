@@ -22,9 +22,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import InvalidRequest
-from .._management import parse_bytes, validate_id
-from ._reconcile import Kind, ObjectRef, VModelNaming, rfc3339, tenant_id
+from mesh import InvalidRequest, parse_bytes, validate_id
+
+from ._kinds import Kind, ObjectRef, VModelNaming, tenant_id
+from ._status import rfc3339
 
 TENANT_QUOTA = Kind("TenantQuota", "modelmux.io", "v1alpha1", "tenantquotas", "")
 TENANT_FINALIZER = "modelmux.io/tenant-quota"

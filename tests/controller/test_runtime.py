@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
+from controller import Controller, ControllerSettings, WorkQueue, run_controller
 from mesh import StoreSettings
-from mesh._k8s import Controller, ControllerSettings, WorkQueue, run_controller
-from tests.mesh.k8s.apiserver import DEFAULT_RESOURCES, FakeApiServer
+from tests.controller.apiserver import DEFAULT_RESOURCES, FakeApiServer
 
 
 async def test_queue_dedups_and_requeues_dirty_keys() -> None:

@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from mesh import Keys, Management
-from mesh._cluster_mirror import ClusterMirror
-from mesh._k8s import (
+from controller import (
     LEASE,
     Controller,
     ControllerSettings,
@@ -20,9 +18,10 @@ from mesh._k8s import (
     LeaderElector,
     build_api_client,
 )
+from mesh import ClusterMirror, Keys, Management
+from tests.controller.k8s_env import ControllerEnv
+from tests.controller.test_controller import TABLE, loaded, predictor
 from tests.mesh.cluster import wait_until
-from tests.mesh.k8s.k8s_env import ControllerEnv
-from tests.mesh.k8s.test_k8s_controller import TABLE, loaded, predictor
 from tests.mesh.models import add_model
 
 memory_only = pytest.mark.parametrize("cluster_kind", ["memory"])

@@ -1,0 +1,3 @@
+from controller._cli import main
+
+main()

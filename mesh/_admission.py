@@ -1,0 +1,122 @@
+"""Admission: bounded requests in flight and queued, per instance and per tenant, served fairly.
+
+Every data-plane request takes a slot before it runs and gives it back when it ends. A request
+runs at once while its tenant is under ``tenant_inflight`` and the instance under
+``instance_inflight``; otherwise it queues in its tenant's FIFO, if that tenant has fewer than
+``tenant_queued`` waiting and the instance fewer than ``instance_queued``; otherwise it is
+refused at once with RESOURCE_EXHAUSTED / 429 and a ``Retry-After`` hint. A freed slot goes to
+the next tenant in round-robin order that may run, so one tenant's flood waits in its own queue
+and cannot hold the slots every other tenant needs. A queued request waits at most until its
+deadline.
+
+No locks: the event loop is the only thread that touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ._errors import DeadlineExceeded, TooManyRequests
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    instance_inflight: int = 512
+    instance_queued: int = 2048
+    tenant_inflight: int = 128
+    tenant_queued: int = 512
+    retry_after_s: float = 1.0
+
+
+class Admission:
+    def __init__(self, limits: AdmissionLimits | None = None) -> None:
+        self.limits = limits or AdmissionLimits()
+        self.inflight = 0
+        self.queued = 0
+        self._tenant_inflight: dict[str, int] = {}
+        # tenants with waiters, in round-robin order; each with its FIFO of futures
+        self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
+        self.refused = 0
+
+    def tenant_inflight(self, tenant: str) -> int:
+        return self._tenant_inflight.get(tenant, 0)
+
+    def _may_run(self, tenant: str) -> bool:
+        lim = self.limits
+        return self.inflight < lim.instance_inflight and self._tenant_inflight.get(tenant, 0) < lim.tenant_inflight
+
+    def _take(self, tenant: str) -> None:
+        self.inflight += 1
+        self._tenant_inflight[tenant] = self._tenant_inflight.get(tenant, 0) + 1
+
+    def _give_back(self, tenant: str) -> None:
+        self.inflight -= 1
+        left = self._tenant_inflight[tenant] - 1
+        if left:
+            self._tenant_inflight[tenant] = left
+        else:
+            del self._tenant_inflight[tenant]
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand free slots to waiting requests: each to the waiting tenant with the fewest requests
+        in flight that may run (ties in round-robin order)."""
+        while self._waiting and self.inflight < self.limits.instance_inflight:
+            best: str | None = None
+            for tenant, queue in list(self._waiting.items()):
+                while queue and queue[0].done():  # cancelled or timed out while waiting
+                    queue.popleft()
+                if not queue:
+                    del self._waiting[tenant]
+                    continue
+                if self._may_run(tenant) and (best is None or self.tenant_inflight(tenant) < self.tenant_inflight(best)):
+                    best = tenant
+            if best is None:
+                return
+            queue = self._waiting[best]
+            fut = queue.popleft()
+            if queue:
+                self._waiting.move_to_end(best)
+            else:
+                del self._waiting[best]
+            self.queued -= 1
+            self._take(best)
+            fut.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tenant: str, *, timeout_s: float | None) -> AsyncIterator[None]:
+        """Hold a slot for one request of ``tenant`` (see the module doc)."""
+        if self._may_run(tenant) and tenant not in self._waiting:
+            self._take(tenant)
+        else:
+            lim = self.limits
+            queue = self._waiting.get(tenant)
+            if self.queued >= lim.instance_queued or (queue is not None and len(queue) >= lim.tenant_queued):
+                self.refused += 1
+                who = "this instance" if self.queued >= lim.instance_queued else f"tenant '{tenant}'"
+                raise TooManyRequests(f"too many requests in flight for {who}; retry later", retry_after_s=lim.retry_after_s)
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if queue is None:
+                queue = self._waiting[tenant] = deque()
+            queue.append(fut)
+            self.queued += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                if fut.done() and not fut.cancelled():
+                    self._give_back(tenant)  # granted just as we gave up: pass it on
+                else:
+                    fut.cancel()
+                    self.queued -= 1
+                    self._wake()
+                if isinstance(exc, TimeoutError):
+                    raise DeadlineExceeded(f"deadline exceeded while queued behind tenant '{tenant}' requests") from None
+                raise
+        try:
+            yield
+        finally:
+            self._give_back(tenant)

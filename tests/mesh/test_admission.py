@@ -1,0 +1,92 @@
+"""Admission limits: immediate runs, per-tenant queues, fair hand-over, refusals, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mesh._admission import Admission, AdmissionLimits
+from mesh._errors import DeadlineExceeded, TooManyRequests, status_for
+
+
+async def _hold(adm: Admission, tenant: str, started: list[str], release: asyncio.Event, timeout_s: float | None = 10) -> None:
+    async with adm.slot(tenant, timeout_s=timeout_s):
+        started.append(tenant)
+        await release.wait()
+
+
+async def _until(cond, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(10_000):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_flooding_tenant_waits_in_its_own_queue_and_others_go_first() -> None:
+    adm = Admission(AdmissionLimits(instance_inflight=4, instance_queued=100, tenant_inflight=3, tenant_queued=50))
+    started: list[str] = []
+    release_a = asyncio.Event()
+    release_b = asyncio.Event()
+    flood = [asyncio.create_task(_hold(adm, "a", started, release_a)) for _ in range(20)]
+    await _until(lambda: adm.queued == 17, "a's flood queued")
+    assert started == ["a"] * 3 and adm.tenant_inflight("a") == 3  # its own cap, one instance slot left
+    b = asyncio.create_task(_hold(adm, "b", started, release_b))
+    await _until(lambda: "b" in started, "b runs at once in the free slot")
+    assert adm.queued == 17
+    # a full instance: b's next request queues, and gets the next free slot before a's queue
+    b2 = asyncio.create_task(_hold(adm, "b", started, release_b))
+    await _until(lambda: adm.queued == 18, "b2 queued")
+    release_a.set()
+    await _until(lambda: started.count("b") == 2, "b2 ran")
+    release_b.set()
+    await asyncio.gather(*flood, b, b2)
+    assert started.count("a") == 20 and adm.inflight == 0 and adm.queued == 0
+
+
+async def test_full_queues_are_refused_at_once_with_a_retry_hint() -> None:
+    adm = Admission(AdmissionLimits(instance_inflight=1, instance_queued=2, tenant_inflight=1, tenant_queued=1, retry_after_s=2.5))
+    started: list[str] = []
+    release = asyncio.Event()
+    t1 = asyncio.create_task(_hold(adm, "a", started, release))
+    t2 = asyncio.create_task(_hold(adm, "a", started, release))
+    await _until(lambda: adm.queued == 1, "one queued")
+    with pytest.raises(TooManyRequests, match="tenant 'a'") as err:
+        async with adm.slot("a", timeout_s=5):
+            pass
+    assert err.value.retry_after_s == 2.5
+    status, _ = status_for(err.value)
+    assert (status.http, status.grpc.name) == (429, "RESOURCE_EXHAUSTED")
+    t3 = asyncio.create_task(_hold(adm, "b", started, release))
+    await _until(lambda: adm.queued == 2, "b queued")
+    with pytest.raises(TooManyRequests, match="this instance"):
+        async with adm.slot("c", timeout_s=5):
+            pass
+    assert adm.refused == 2
+    release.set()
+    await asyncio.gather(t1, t2, t3)
+    assert adm.inflight == 0 and adm.queued == 0
+
+
+async def test_a_queued_request_gives_up_at_its_deadline_and_frees_its_place() -> None:
+    adm = Admission(AdmissionLimits(instance_inflight=1, instance_queued=5, tenant_inflight=1, tenant_queued=5))
+    started: list[str] = []
+    release = asyncio.Event()
+    holder = asyncio.create_task(_hold(adm, "a", started, release))
+    await _until(lambda: adm.inflight == 1, "holder runs")
+    with pytest.raises(DeadlineExceeded):
+        async with adm.slot("a", timeout_s=0.01):
+            pass
+    assert adm.queued == 0
+    waiter = asyncio.create_task(_hold(adm, "a", started, release))
+    await _until(lambda: adm.queued == 1, "waiter queued")
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert adm.queued == 0
+    release.set()
+    await holder
+    async with adm.slot("a", timeout_s=1):
+        assert adm.inflight == 1
+    assert adm.inflight == 0
