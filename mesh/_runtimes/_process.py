@@ -114,6 +114,7 @@ class WorkerProcess:
         user: str,
         start_timeout_s: float,
         python: str = "",
+        frames: bool = True,
     ) -> None:
         self._python = python
         self.name = name
@@ -124,6 +125,7 @@ class WorkerProcess:
         self._start_timeout_s = start_timeout_s
         self.dir = Path(tempfile.mkdtemp(prefix=f"mm-{name}-"))
         self.address = f"unix:{self.dir / 'runtime.sock'}"
+        self.frames_path = str(self.dir / "frames.sock") if frames else ""
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._readers: list[asyncio.Task[None]] = []
@@ -154,6 +156,7 @@ class WorkerProcess:
             self.address,
             "--log-level",
             "WARNING",
+            *(("--frames", self.frames_path) if self.frames_path else ()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

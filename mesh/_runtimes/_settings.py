@@ -38,7 +38,10 @@ class RuntimeSettings(BaseSettings):
     # when the instance runs as root, workers run as this user (and its group)
     user: str = "nobody"
     python: str = ""  # the worker's interpreter; empty = this one (or a same-version one the user can run)
-    worker_module: str = "runtime_adapters"  # ``python -m <worker_module> --address unix:...``
+    worker_module: str = "runtime_adapters"  # ``python -m <worker_module> --address unix:... [--frames PATH]``
+    # inference to workers in frames on a second socket (see runtime_adapters._frame_server);
+    # off: V2 gRPC, as to an external runtime
+    frames: bool = True
     start_timeout_s: float = Field(default=60.0, gt=0)
     call_timeout_s: float = Field(default=10.0, gt=0)  # unload / size / metadata calls
     load_timeout_s: float = Field(default=90.0, gt=0)

@@ -179,6 +179,7 @@ class RuntimeSupervisor:
                 user=st.user,
                 start_timeout_s=st.start_timeout_s,
                 python=st.python,
+                frames=st.frames,
             )
             try:
                 await proc.start()
@@ -191,7 +192,7 @@ class RuntimeSupervisor:
                 log.warning("runtime %s: %s", rt.name, rt.last_reason)
                 backoff = min(max(backoff * 2, st.restart_backoff_s, 0.05), st.restart_backoff_max_s)
                 continue
-            rt.process, rt.client = proc, RuntimeClient(proc.address)
+            rt.process, rt.client = proc, RuntimeClient(proc.address, frames_path=proc.frames_path)
             rt.suspects.clear()
             rt.recycle_reason = ""
             rt.unloaded = False

@@ -32,6 +32,7 @@ from runtime_adapters import (
     RuntimeService,
     RuntimeStatus,
     TensorMetadata,
+    start_frame_server,
     start_runtime_server,
 )
 from runtime_adapters._registry import FRAMEWORK_ADAPTERS
@@ -98,12 +99,14 @@ class HostileAdapter(RuntimeAdapter):
         return RuntimeStatus(name=self.name, ready=True, loaded_models=0, used_bytes=0)
 
 
-async def serve(address: str) -> None:
+async def serve(address: str, frames: str) -> None:
     settings = AdapterSettings()
     adapters: list[Any] = [cls(settings) for cls in FRAMEWORK_ADAPTERS if cls.available()]
     registry = AdapterRegistry(settings, [*adapters, HostileAdapter()])
     service = RuntimeService(registry, RuntimeServerSettings())
     server, port = await start_runtime_server(service, address)
+    if frames:  # the instance's inference path to its workers
+        await start_frame_server(service, frames, inline_below_s=0.001)
     print(f"listening on {port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -114,8 +117,10 @@ async def serve(address: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)
+    parser.add_argument("--frames", default="")
     parser.add_argument("--log-level", default="WARNING")
-    asyncio.run(serve(parser.parse_args().address))
+    args = parser.parse_args()
+    asyncio.run(serve(args.address, args.frames))
 
 
 if __name__ == "__main__":
