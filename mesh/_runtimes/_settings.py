@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import psutil
 from pydantic import BaseModel, Field
@@ -17,11 +18,21 @@ DEFAULT_ISOLATED = ("pytorch", "torchscript", "torch_export")
 
 
 class ExternalRuntime(BaseModel):
-    """A server that speaks ``mmesh.ModelRuntime`` + V2 gRPC, started by someone else."""
+    """A server started by someone else: one that speaks ``mmesh.ModelRuntime`` + V2 gRPC
+    (``kind="model_runtime"``), or an MLServer (``kind="mlserver"``, driven through its
+    model-repository API; see ``_mlserver``)."""
 
     name: str
     address: str  # a gRPC target: host:port or unix:/path
     model_types: tuple[str, ...]
+    kind: Literal["model_runtime", "mlserver"] = "model_runtime"
+    # mlserver: its REST host:port, the model repository it was started on (writable by this
+    # instance, readable by MLServer), model type -> implementation beyond the built-in ones,
+    # and its pid to size models by RSS growth (0: sized by artifact bytes)
+    rest_address: str = ""
+    model_repository: str = ""
+    implementations: dict[str, str] = Field(default_factory=dict)
+    pid: int = Field(default=0, ge=0)
 
 
 class RuntimeSettings(BaseSettings):

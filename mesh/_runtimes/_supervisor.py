@@ -33,6 +33,7 @@ from runtime_adapters import AdapterSettings, ModelLoadError, ModelSpec, Unsuppo
 
 from .._tasks import cancel_and_wait
 from ._client import LOST_CODES, RuntimeClient, RuntimeCopy
+from ._mlserver import MLServerClient
 from ._process import WorkerProcess, describe_exit
 from ._settings import ExternalRuntime, RuntimeSettings
 
@@ -311,7 +312,7 @@ class RuntimeSupervisor:
     async def _run_external(self, rt: Runtime) -> None:
         st = self.settings
         assert rt.external is not None
-        rt.client = RuntimeClient(rt.external.address)
+        rt.client = MLServerClient(rt.external) if rt.external.kind == "mlserver" else RuntimeClient(rt.external.address)
         failures = 0
         try:
             while not self._closing:
