@@ -10,7 +10,8 @@ own APIs (it does not speak ``mmesh.ModelRuntime``).
   artifact's bytes. Loads are serialised so that growths are not mixed up.
 * inference: the request bytes go unparsed to MLServer's gRPC port; MLServer routes by the
   request's ``model_name``, so the MLServer name is appended as field 1 (protobuf keeps the last
-  value of a singular field: no parse, ModelMesh's id injection).
+  value of a singular field: no parse, ModelMesh's id injection); the answer gets the caller's
+  name back the same way.
 * unload: ``POST .../unload``, then the staged folder is removed.
 
 ``<name>`` is the model id made safe for a folder and a URL, with a hash of the id.
@@ -58,6 +59,22 @@ def inject_name(payload: bytes, name: str) -> bytes:
     """``payload`` with ``model_name`` (field 1) set to ``name``, without parsing it."""
     raw = name.encode()
     return payload + b"\x0a" + _varint(len(raw)) + raw
+
+
+def leading_name(payload: bytes) -> bytes | None:
+    """``model_name`` when it is the message's first field (as protobuf writers put it), else None.
+    Reads a tag and a length: O(1), not a parse."""
+    if payload[:1] != b"\x0a":
+        return None
+    size, shift, i = 0, 0, 1
+    while i < len(payload) and i < 6:
+        byte = payload[i]
+        size |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return payload[i : i + size] if i + size <= len(payload) else None
+        shift += 7
+    return None
 
 
 def _varint(n: int) -> bytes:
@@ -164,6 +181,9 @@ class MLServerClient(RuntimeClient):
     async def infer(self, model_id: str, payload: bytes, timeout_s: float) -> bytes:
         name = self._names.get(model_id) or mlserver_name(model_id)
         result: bytes = await self.infer_raw(inject_name(payload, name), timeout=timeout_s)
+        asked = leading_name(payload)
+        if asked is not None:  # answer under the name the caller used (a vModel's, say), not MLServer's
+            result = result + b"\x0a" + _varint(len(asked)) + asked
         return result
 
     async def close(self) -> None:

@@ -173,7 +173,9 @@ async def test_sklearn_model_served_by_mlserver_through_the_mesh(setup: tuple[In
         assert got == pytest.approx([9.0, 1.0])
         vst = await mesh.setVModel(mm.SetVModelRequest(vModelId="lin-v", targetModelId="sk:lin@1"), timeout=10)
         assert vst.activeModelId == "sk:lin@1", vst
-        assert _predictions(await infer(_request("lin-v", [[2.0, 1.0]]), timeout=30)) == pytest.approx([8.0])
+        answer = await infer(_request("lin-v", [[2.0, 1.0]]), timeout=30)
+        assert _predictions(answer) == pytest.approx([8.0])
+        assert pb.ModelInferResponse.FromString(answer).model_name == "lin-v"  # the name asked for, not MLServer's
 
         # a second model, loaded on demand with ensureLoaded
         st = await mesh.registerModel(

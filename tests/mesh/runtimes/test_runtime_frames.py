@@ -64,3 +64,4 @@ async def test_frames_and_grpc_answer_alike() -> None:
     assert framed["malformed"] == grpc.StatusCode.INVALID_ARGUMENT
     assert framed["ok"] == grpc_path["ok"]
     assert framed["many"] == grpc_path["many"]
+
