@@ -49,6 +49,9 @@ ANSWER_HEAD = struct.Struct("<IIB")  # length, call id, status
 _LENGTH = struct.Struct("<I")
 _CALL = struct.Struct("<IH")
 MAX_FRAME_BYTES = 1 << 31
+# a fast model's large request (a big batch) goes to the pool: an inline call must stay short,
+# the loop also answers the supervisor's health probes
+INLINE_MAX_BYTES = 64 << 10
 
 
 def answer_frame(call_id: int, status: int, body: bytes) -> bytes:
@@ -89,7 +92,7 @@ class FrameServer:
                 mid = body[6 : 6 + mid_len].decode("utf-8", errors="replace")
                 payload = body[6 + mid_len :]
                 speed = self._speed.get(mid)
-                if speed is not None and speed.avg_s < self.inline_below_s:
+                if speed is not None and speed.avg_s < self.inline_below_s and len(payload) <= INLINE_MAX_BYTES:
                     # this loop serves only this runtime: a call of well under a millisecond is
                     # cheaper here than a task and the two thread hand-offs of the pool
                     answer = self._inline(call_id, mid, payload)
@@ -131,10 +134,10 @@ class FrameServer:
     async def _answer(self, writer: asyncio.StreamWriter, call_id: int, mid: str, payload: bytes) -> None:
         try:
             msg, model, request = self._prepare(mid, payload)
-            t0 = time.perf_counter()
             resp = await model.infer(request)
             if getattr(model, "infer_blocking", None) is not None:
-                self._speed.setdefault(mid, _Speed()).add(time.perf_counter() - t0)
+                # the call's own time (``last_infer_s``), not the wait for a pool thread
+                self._speed.setdefault(mid, _Speed()).add(float(getattr(model, "last_infer_s", 1.0)))
             frame = answer_frame(call_id, 0, _finish(msg, resp))
         except Exception as exc:
             frame = self._error(call_id, mid, exc)

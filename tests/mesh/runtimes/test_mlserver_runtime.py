@@ -115,7 +115,11 @@ async def setup() -> AsyncIterator[tuple[Instance, Path, dict[str, int]]]:
                 name="mlserver", kind="mlserver", model_types=("sklearn",), address=f"127.0.0.1:{ports['grpc_port']}",
                 rest_address=f"127.0.0.1:{ports['http_port']}", model_repository=str(repo), pid=proc.pid,
             )
-            sup = RuntimeSupervisor(RuntimeSettings(isolated_types=(), external=(ext,), health_interval_s=0.2))
+            # with parallel_workers 0 MLServer imports scikit-learn on its event loop at the first
+            # load: on a busy host its health answers pause for seconds
+            sup = RuntimeSupervisor(
+                RuntimeSettings(isolated_types=(), external=(ext,), health_interval_s=0.2, health_timeout_s=5.0, health_failures=4)
+            )
             settings = InstanceSettings(instance_id="mls-i0", grpc_port=0, rest_port=-1, data_dir=d / "data", publish_interval_s=0.2)
             inst = Instance(settings, store, build_registry(AdapterSettings()), puller, runtimes=sup)
             await inst.start()
