@@ -38,6 +38,7 @@ from ._metrics_http import serve_metrics
 from ._request_metrics import RequestMetrics
 from ._rest_edge import build_rest_app
 from ._router import Router
+from ._runtimes import RuntimeSupervisor
 from ._settings import InstanceSettings
 from ._store import Store, StoreError
 from ._store_schema import Keys
@@ -84,9 +85,11 @@ class Instance:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         owns_parts: bool = False,
+        runtimes: RuntimeSupervisor | None = None,
     ) -> None:
         self.settings = settings
         self.owns_parts = owns_parts  # close the puller and the adapters on stop
+        self.runtimes = runtimes  # started here, its lost copies reported to the agent
         self.store = store
         self.adapters = adapters
         self.puller = puller
@@ -132,6 +135,7 @@ class Instance:
             adapters,
             puller,
             loaded=self.loaded,
+            runtimes=self.runtimes,
             version=self.version,
             clock=clock,
             metrics=self.metrics,
@@ -221,6 +225,9 @@ class Instance:
         self.series.start(s.dashboard_sample_s)
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr)
         self.agent.address, self.agent.rest_address = grpc_addr, rest_addr
+        if self.runtimes is not None:
+            self.runtimes.on_lost = self.agent.copies_lost
+            await self.runtimes.start()
         await self.agent.start()
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
@@ -261,6 +268,8 @@ class Instance:
                 await self.agent.drain(self.settings.shutdown_grace_s)
         await self.leader.stop()
         await self.agent.stop()
+        if self.runtimes is not None:
+            await self.runtimes.close()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if self._rest_task is not None:
