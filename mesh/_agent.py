@@ -130,14 +130,19 @@ class Agent:
         self._dirty.set()
 
     async def drain(self, timeout_s: float) -> bool:
-        """Graceful shutdown, step 1: announce it and wait until models have moved away."""
+        """Graceful shutdown, step 1: announce it and wait until models have moved away, or until no
+        other live instance is left to take them (a lone instance has nowhere to move them: waiting
+        the whole grace period would only delay its stop)."""
         self.shutting_down = True
         with contextlib.suppress(StoreError):
             await self._publish_instance(force=True)
-        return await self.state.wait_for(
-            lambda: not any(self.instance_id in rec.instances for rec in self.state.assignments.items.values()),
-            timeout_s,
-        )
+
+        def done() -> bool:
+            if not any(self.instance_id in rec.instances for rec in self.state.assignments.items.values()):
+                return True
+            return not any(iid != self.instance_id and not rec.shutting_down for iid, rec in self.state.instances.items.items())
+
+        return await self.state.wait_for(done, timeout_s)
 
     async def stop(self) -> None:
         if self._unsub:
