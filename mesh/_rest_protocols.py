@@ -20,18 +20,56 @@ from runtime_adapters import InferInput, InferRequest, InferResponse, list_to_ra
 
 from ._dataplane import DataPlane, RequestContext
 from ._errors import InvalidRequest
-from ._rest_binary import RestInferRequest, decode_request, encode_response
+from ._json_tensors import loads_infer_request
+from ._rest_binary import (
+    BINARY_DATA,
+    BINARY_OUTPUT,
+    RestInferRequest,
+    decode_request,
+    encode_response,
+)
 from ._v1 import request_from_v1, response_to_v1
 
 INLINE_LIMIT = 64 << 10  # decode / encode bigger bodies off the event loop
 
 
-def _decode(name: str, body: bytes, header_length: str | None) -> RestInferRequest:
+def _decode(name: str, body: bytes | bytearray, header_length: str | None) -> RestInferRequest:
+    if header_length is None:  # all JSON: the bounded decoder (tensors straight into arrays)
+        return _transport_flags(loads_infer_request(name, body))
     try:
-        rr = decode_request(name, body, header_length)
+        rr = decode_request(name, bytes(body), header_length)
     except RecursionError as exc:
         raise InvalidRequest("request body is nested too deeply") from exc
     return RestInferRequest(all_raw_if_mixed(rr.request), rr.binary_outputs, rr.json_outputs, rr.binary_by_default)
+
+
+def _flag(params: Any, key: str, where: str) -> bool | None:
+    if key not in params:
+        return None
+    if not isinstance(params[key], bool):
+        raise InvalidRequest(f"{where}: parameter '{key}' must be true or false")
+    return bool(params[key])
+
+
+def _transport_flags(request: InferRequest) -> RestInferRequest:
+    """An all-JSON request may still ask for binary outputs (``binary_data`` per output,
+    ``binary_data_output`` for the rest): read them, and take them off what the model sees."""
+    binary: set[str] = set()
+    as_json: set[str] = set()
+    outputs = []
+    for k, o in enumerate(request.outputs):
+        flag = _flag(o.parameters, BINARY_DATA, f"outputs[{k}]")
+        if flag is not None:
+            (binary if flag else as_json).add(o.name)
+            o = type(o)(name=o.name, parameters={p: v for p, v in o.parameters.items() if p != BINARY_DATA})
+        outputs.append(o)
+    default = _flag(request.parameters, BINARY_OUTPUT, "request") or False
+    if binary or as_json or BINARY_OUTPUT in request.parameters:
+        request = InferRequest(
+            model_name=request.model_name, inputs=request.inputs, outputs=tuple(outputs), id=request.id,
+            model_version=request.model_version, parameters={k: v for k, v in request.parameters.items() if k != BINARY_OUTPUT},
+        )
+    return RestInferRequest(request, frozenset(binary), frozenset(as_json), default)
 
 
 def all_raw_if_mixed(request: InferRequest) -> InferRequest:
@@ -55,7 +93,7 @@ def _encode(rr: RestInferRequest, resp: InferResponse) -> tuple[bytes, dict[str,
 
 
 async def v2_infer(
-    dataplane: DataPlane, name: str, body: bytes, header_length: str | None, ctx: RequestContext
+    dataplane: DataPlane, name: str, body: bytes | bytearray, header_length: str | None, ctx: RequestContext
 ) -> tuple[bytes, dict[str, str]]:
     """One V2 REST inference (JSON or binary, either way): body in, (body, headers) out."""
     if len(body) > INLINE_LIMIT:
