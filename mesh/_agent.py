@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from puller import Puller, StagedArtifact, StorageRef
-from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
+from runtime_adapters import (
+    AdapterRegistry,
+    BatchingSettings,
+    LoadedModel,
+    ModelSpec,
+    with_batching,
+)
 
 from ._cluster_mirror import ClusterMirror
 from ._loaded_copies import LoadedCopies
@@ -84,8 +90,11 @@ class Agent:
         version: str = "",
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        batching: BatchingSettings | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # adaptive batching of loaded copies (built once by the instance; model options override it)
+        self.batching = batching or BatchingSettings()
         self.settings = settings
         self.instance_id = instance_id
         self.address = address
@@ -333,6 +342,11 @@ class Agent:
                 copy.size_bytes = rec.predicted_size_bytes or adapter.predict_size(self._spec(rec), local_path)
                 await self._wait_for_room(copy)
                 loaded = await adapter.load(self._spec(rec), local_path)
+                try:
+                    loaded = with_batching(loaded, self.batching, self.metrics)
+                except Exception:  # bad batching options: the load fails, the model is not kept
+                    await loaded.unload()
+                    raise
             if self.copies.get(mid) is not copy:  # unassigned while loading
                 await loaded.unload()
                 return

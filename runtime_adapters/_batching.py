@@ -79,8 +79,9 @@ class BatchingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELMUX_BATCHING_", extra="ignore")
 
-    # on for every model whose metadata has a variable leading (batch) dimension
-    enabled: bool = False
+    # on for every model whose metadata has a variable leading (batch) dimension; with the default
+    # delay of 0 a lone request never waits, so this costs nothing at one request in flight
+    enabled: bool = True
     # rows of one merged call (the sum of the merged requests' leading dimensions)
     max_batch_size: int = Field(default=16, ge=1)
     # how long a batch that is not full waits for more requests; 0 = never wait

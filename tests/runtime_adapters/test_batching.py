@@ -264,7 +264,8 @@ async def test_policy_from_settings_and_model_options(registry: AdapterRegistry,
     linear = await onnx.load(ModelSpec("m", "onnx"), built("make_onnx_model"))
     strings = await onnx.load(ModelSpec("s", "onnx"), built("make_onnx_model", kind="strings"))
     on = BatchingSettings(enabled=True, max_batch_size=8, max_batch_delay_s=0.001)
-    off = BatchingSettings()
+    off = BatchingSettings(enabled=False)
+    assert BatchingSettings().enabled  # on by default for batchable models
     assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 1, 64 << 20)
     assert batch_policy(linear.spec, linear.metadata, off) is None
     # an output without a batch dimension ("length" [1]): never batched
