@@ -23,6 +23,7 @@ from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotL
 from . import _codec
 from ._cluster_mirror import ClusterMirror
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from ._holder import served_by
 from ._load_request import request_load
 from ._loaded_copies import LoadedCopiesView
 from ._metrics import Metrics
@@ -102,6 +103,7 @@ class Router:
         request_metrics: RequestMetrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self._forward_ok = self.metrics.forwards.labels("ok")  # bound once: labels() costs a lock and a dict look-up
         self.request_metrics = request_metrics or RequestMetrics(self.metrics, mirror)
         self.instance_id = instance_id
         self.mirror = mirror
@@ -224,6 +226,7 @@ class Router:
         return resp
 
     async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
+        served_by.set(self.mirror.address(self.instance_id) or "")
         msg = _codec.parse_infer_request(payload)
         request = _codec.infer_request_from_pb(msg)
         resp = await self._local(mid, model, name, request)
@@ -296,7 +299,8 @@ class Router:
                 timeout = self.forward_attempt_timeout_s
             try:
                 result = await self._forward(target, address, mid, payload, timeout)
-                self.metrics.forwards.labels("ok").inc()
+                served_by.set(address)
+                self._forward_ok.inc()
                 if self._suspect:
                     self._suspect.pop(target, None)
                 return result
