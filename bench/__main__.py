@@ -157,9 +157,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--write", action="store_true", help="write RESULTS.md and plots even with --quick")
-    ap.add_argument("--only", nargs="*", default=["routing", "peer", "density", "memory", "coldstart", "control"])
+    ap.add_argument("--only", nargs="*", default=["routing", "peer", "remote", "density", "memory", "coldstart", "control"])
+    ap.add_argument("--duration", type=float, default=None, help="seconds per measurement (routing, peer, remote)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (routing, peer, remote)")
     a = ap.parse_args()
     q = a.quick
+    dur = a.duration or (2 if q else 5)
+    rounds = a.rounds or (1 if q else 3)
     info = _tools.machine()
     load_start = _tools.loadavg()
     started = time.monotonic()
@@ -175,16 +179,21 @@ def main() -> None:
     if "routing" in a.only:
         from bench import bench_routing
 
-        routing = bench_routing.run(duration=2 if q else 5, rounds=1 if q else 3)
+        routing = bench_routing.run(duration=dur, rounds=rounds)
     if "peer" in a.only:
         from bench import bench_peer
 
         try:
-            peer_out = bench_peer.run(duration=2 if q else 5, rounds=1 if q else 3)
+            peer_out = bench_peer.run(duration=dur, rounds=rounds)
             peer = peer_out["results"]
         except Exception as exc:  # report why, keep the rest of the run
             peer_out = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             print(f"\npeer: MLServer could not be measured: {peer_out['error']}")
+    remote: dict[str, Any] | None = None
+    if "remote" in a.only:
+        from bench import bench_remote
+
+        remote = bench_remote.run(duration=dur, rounds=rounds)
     if "density" in a.only:
         from bench import bench_density
 
@@ -239,10 +248,34 @@ def main() -> None:
                       f"same request bytes (one FP32 [1, 8] row), load from {peer_out['load']} at 1 and 16 requests in "
                       "flight; OMP_NUM_THREADS=1 for all (modelmux's default xgboost_threads=1). modelmux: one instance, "
                       "local hit. Each ratio is against the fastest MLServer setting at that concurrency and protocol "
-                      "(target at 16 in flight: >= 1.5x). 3 rounds of 5 s, median.\n")
+                      f"(target at 16 in flight: >= 1.5x). {rounds} interleaved rounds of {dur:g} s, median.\n")
             md.append(_fmt_rows(rows, PEER_HEADER) + "\n")
+            one = peer.get(1, {})
+            for proto in ("grpc", "rest"):
+                mm, bare = one.get("modelmux (local hit)", {}).get(proto), one.get("bare servicer", {}).get(proto)
+                if mm and bare and bare["rps"]:
+                    ratio = mm["rps"] / bare["rps"]
+                    line = (f"Local hit at 1 in flight, {proto}: {ratio:.2f}x the bare servicer "
+                            f"(target >= 0.95: {'met' if ratio >= 0.95 else 'missed'}).")
+                    print(line)
+                    md.append(line + "\n")
         else:
             md.append(f"MLServer could not be measured in this run: {peer_out.get('error', 'not run')}\n")
+    if remote:
+        from bench.bench_remote import HEADER as REMOTE_HEADER
+        from bench.bench_remote import rows as remote_rows
+
+        rows = remote_rows(remote["results"])
+        _print_table("remote hit, two processes over etcd", REMOTE_HEADER, rows)
+        md.append("### Remote hit across processes, direct routing\n")
+        md.append("bench/bench_remote.py: a local etcd, two `python -m mesh serve` processes (store kind etcd) and the bare "
+                  "adapter, the tiny ONNX MLP of the routing section registered with `max_copies: 1` (one holder). "
+                  "Remote hit: requests enter the instance without the copy and are forwarded. Direct routing: requests "
+                  "go to the address the first answer named in its `mm-holder` trailer, which is what "
+                  "`mesh.client.DirectRouter` does (checked in the run: a DirectRouter given only the other instance "
+                  f"learnt that address: {remote['holder_check']}). gRPC via h2load, {rounds} interleaved rounds of "
+                  f"{dur:g} s, median. Targets at 16 in flight: remote >= 0.75x bare, direct >= 0.9x.\n")
+        md.append(_fmt_rows(rows, REMOTE_HEADER) + "\n")
     if density:
         d = density
         rows = [[f"{int(d['models']):,}", f"{d['zipf_s']:g}", f"{d['requests']:.0f}", f"{d['rps']:.0f}", f"{d['hit_ratio']:.3f}",

@@ -349,6 +349,9 @@ class Router:
                 options=[
                     ("grpc.max_receive_message_length", self.max_message_bytes),
                     ("grpc.max_send_message_length", self.max_message_bytes),
+                    # the router retries on other holders itself; gRPC's retry machinery would only
+                    # buffer every forwarded payload for a retry that never comes
+                    ("grpc.enable_retries", 0),
                 ],
             )
             self._channels[address] = channel
