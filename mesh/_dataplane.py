@@ -9,6 +9,7 @@ into every call, not checked yet) and batches requests.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 
@@ -16,6 +17,7 @@ from runtime_adapters import InferRequest, InferResponse, ModelMetadata
 
 from . import _codec
 from ._errors import ModelNotFound
+from ._limits import RequestAdmission
 from ._request_metrics import RequestMetrics, RequestTimer
 from ._router import Router
 
@@ -39,6 +41,7 @@ class RequestContext:
 
     timeout_s: float | None = None  # the client's deadline, None: the instance default
     forwarded: bool = False  # sent by a peer that already counted it (serve locally or NOT_FOUND)
+    admitted: bool = False  # already holds an admission slot (mesh._limits)
     principal: Principal = ANONYMOUS
     metadata: dict[str, str] = field(default_factory=dict)  # request headers / gRPC metadata
 
@@ -56,6 +59,7 @@ class DataPlane:
         self.version = version
         self.request_metrics = request_metrics or router.request_metrics
         self.ready = True
+        self.admission = RequestAdmission(router)
 
     # ------------------------------------------------------------ server
 
@@ -104,14 +108,23 @@ class DataPlane:
         A peer's forwarded request is not timed again: it was counted where it entered the mesh.
         """
         if ctx.forwarded:
-            return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
+            async with self.admission.admit(name, ctx):
+                return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
         with self.measure(name, ctx) as timer:
             timer.request_bytes = len(payload)
-            out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s)
+            async with self.admission.admit(name, ctx):
+                out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s)
             timer.response_bytes = len(out)
             return out
 
     async def infer(self, name: str, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """A decoded request in, a decoded answer out (the REST edge times the call with :meth:`measure`,
-        since only it knows the sizes on its wire)."""
-        return await self.router.infer(name, request, timeout_s=ctx.timeout_s)
+        since only it knows the sizes on its wire). An edge that admits the request before reading
+        its body (:meth:`admit`) passes the admitted context."""
+        async with self.admission.admit(name, ctx):
+            return await self.router.infer(name, request, timeout_s=ctx.timeout_s)
+
+    def admit(self, name: str, ctx: RequestContext) -> contextlib.AbstractAsyncContextManager[RequestContext]:
+        """Resolve ``name`` (NOT_FOUND when unknown) and hold an admission slot for one request
+        (RESOURCE_EXHAUSTED when its tenant's or this instance's queue is full)."""
+        return self.admission.admit(name, ctx)
