@@ -230,7 +230,7 @@ def main() -> None:
                   "thread each. Baseline: the same adapter and codec behind a bare grpc.aio handler / FastAPI route "
                   "(bench/_servers.py). Remote hit: the request enters the instance without the copy and is forwarded "
                   "as bytes; both instances share one process and event loop (a worse case than two pods). Setups "
-                  "measured in turn, 3 rounds of 5 s, median.\n")
+                  f"measured in turn, {rounds} rounds of {dur:g} s, median.\n")
         md.append(_fmt_rows(rows, header) + "\n")
     if peer is not None or "peer" in a.only:
         md.append("### Peer: MLServer\n")
@@ -285,16 +285,30 @@ def main() -> None:
         header = ["models", "zipf s", "requests", "req/s", "hit ratio", "loads/s", "p50 ms", "p99 ms", "p99 ms hits only",
                   "copies at end", "measured size / copy", "RSS growth / copy", "RSS / size", "errors"]
         _print_table("density", header, rows)
+        probe = d["probe_p99_ms"] / d["probe_hot_p99_ms"] if d["probe_hot_p99_ms"] else 0.0
+        rss = (d["rss_end"] - d["rss_base"]) / d["used_bytes"] if d["used_bytes"] else 0.0
+        t_rows = [["hits' p99 under misses / hits-only p99 (probe on the 5 hottest models)",
+                   f"{d['probe_p99_ms']:.1f} / {d['probe_hot_p99_ms']:.1f} ms = {probe:.2f}", "<= 2", "met" if probe <= 2 else "missed"],
+                  ["load/evict ping-pong pairs within 60 s (leader's decision log)",
+                   f"{int(d['ping_pongs'])} of {int(d['decisions_seen'])} actions" + (f" (e.g. {d['ping_pong_examples']})" if d["ping_pongs"] else ""),
+                   "0", "met" if not d["ping_pongs"] else "missed"],
+                  ["RSS growth / used capacity (base: RSS after registration)",
+                   f"{rss:.2f} ({(d['rss_end'] - d['rss_base']) / 2**20:.0f} MiB / {d['used_bytes'] / 2**20:.0f} MiB)", "<= 1.3",
+                   "met" if rss <= 1.3 else "missed"],
+                  ["capacity / requested bytes (expected distinct models x mean size)", f"{d['capacity_share']:.2f}", "about 0.25", ""]]
+        _print_table("density targets", ["", "measured", "target", ""], t_rows)
         md.append("### Density\n")
         md.append(f"In-process local mesh (one process, 3 instances over the memory store, {int(d['capacity_mib'])} MiB of "
                   "capacity each; bench._servers density), 10,000 registered models over 200 distinct ONNX files "
                   "(16 -> 3072 -> 4 MLP), Zipf traffic over all models from 3 wrk processes (one per instance, 4 "
-                  f"connections each, model drawn per request by a Lua script) for {d['duration_s']:.0f} s. Hit ratio = "
+                  f"connections each, model drawn per request by a Lua script) for {d['duration_s']:.0f} s, plus a probe "
+                  "(wrk, 2 connections) on the 5 hottest models in both phases. Hit ratio = "
                   "1 - misses / requests (a miss: no copy anywhere when the request arrived). Latency includes misses; "
                   "baseline in the same run: the 20 hottest models only, loaded (\"hits only\"). RSS growth: the mesh "
                   "process's RSS after the run minus after registration, per copy loaded at the end (it also holds "
                   "what evicted copies left behind).\n")
         md.append(_fmt_rows(rows, header) + "\n")
+        md.append(_fmt_rows(t_rows, ["", "measured", "target", ""]) + "\n")
     if memory:
         header = ["setting", "cycle", "sum of measured sizes MiB", "RSS growth MiB", "RSS / size", "left after unload MiB"]
         rows = [[name, str(i), f"{c['sizes'] / 2**20:.1f}", f"{c['rss_growth'] / 2**20:.1f}",
