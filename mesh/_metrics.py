@@ -128,6 +128,7 @@ class Metrics:
         self.lru_time = Gauge(
             "modelmesh_instance_lru_seconds", "Last used time of least recently used model in pod (in secs since epoch)", registry=r
         )
+        self._request_children: dict[tuple[object, ...], tuple[Histogram, Histogram, Histogram]] = {}
         self._cluster = _ClusterGauges()
         r.register(self._cluster)
         # ---- modelmux's
@@ -167,11 +168,19 @@ class Metrics:
     ) -> None:
         """One inference request: from a client (``external``) or into a local runtime; sizes < 0: not recorded."""
         labels = (method, code, model_id, vmodel_id) if self.per_model_labels else (method, code)
-        (self.api_ms if external else self.invoke_ms).labels(*labels).observe(elapsed_ms)
+        key = (external, *labels)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and checks its values: once per label set, not per request
+            children = self._request_children[key] = (
+                (self.api_ms if external else self.invoke_ms).labels(*labels),
+                self.request_bytes.labels(*labels),
+                self.response_bytes.labels(*labels),
+            )
+        children[0].observe(elapsed_ms)
         if request_bytes >= 0:
-            self.request_bytes.labels(*labels).observe(request_bytes)
+            children[1].observe(request_bytes)
         if response_bytes >= 0:
-            self.response_bytes.labels(*labels).observe(response_bytes)
+            children[2].observe(response_bytes)
 
     def batch_ran(self, model_id: str, size: int, queue_times_s: Sequence[float]) -> None:
         """:class:`runtime_adapters.BatchObserver`: one framework call of ``size`` requests."""
