@@ -24,6 +24,7 @@ from protos import model_mesh_pb2_grpc as mm_grpc
 from . import _codec
 from ._dataplane import DataPlane, RequestContext
 from ._errors import InvalidRequest, status_for
+from ._holder import holder_trailer
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
 from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER
 from ._wire import WireError, read_string_field
@@ -104,7 +105,11 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        return await self.dataplane.infer_bytes(name, payload, _context(context, md))
+        out = await self.dataplane.infer_bytes(name, payload, _context(context, md))
+        holder = holder_trailer()  # where the copy that answered lives (direct routing)
+        if holder is not None:
+            context.set_trailing_metadata(holder)
+        return out
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live(_context(context)))
