@@ -20,7 +20,7 @@ while the Zipf traffic loads and evicts all the time vs its p99 in the hits-only
 "hits unharmed by misses" ratio (target <= 2). Requested bytes: the expected number of distinct
 models the Zipf traffic asked for (from the distribution and the request count) times the mean
 measured size; capacity / requested bytes is reported. Ping-pong: the leader's decision log
-(``/v1/decisions``, polled during the run) is searched for a model evicted to make room for
+(``/api/v1/decisions``, polled during the run) is searched for a model evicted to make room for
 another and that other evicted for it within 60 s.
 """
 
@@ -141,7 +141,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
                 while True:
                     for r in rest:
                         try:
-                            got = httpx.get(f"http://{r}/v1/decisions", params={"after": after, "limit": 5000}, timeout=10).json()
+                            got = httpx.get(f"http://{r}/api/v1/decisions", params={"after": after, "limit": 5000}, timeout=10).json()
                         except httpx.HTTPError:
                             continue
                         for d in got["decisions"]:
