@@ -166,6 +166,7 @@ class VModelRecord:
     failed: bool = False
     failure: str = ""
     updated_at: float = 0.0
+    tenant: str = ""  # the tenant of the caller that created it (only that tenant and admins see it)
 
 
 @dataclass(frozen=True)
