@@ -123,6 +123,11 @@ class Router:
         self._misses: dict[str, asyncio.Future[None]] = {}
         self._unknown: dict[str, float] = {}  # negative cache of names unknown to the store
         self.max_message_bytes = 64 << 20
+        # how this instance identifies itself to peers (mesh._security): TLS credentials (None:
+        # plaintext), extra metadata (a peer bearer token) and the name checked in their certificates
+        self.peer_credentials: grpc.ChannelCredentials | None = None
+        self.peer_call_metadata: tuple[tuple[str, str], ...] = ()
+        self.peer_server_name = ""
 
     # ------------------------------------------------------------ names
 
@@ -340,13 +345,16 @@ class Router:
     def _stub(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_receive_message_length", self.max_message_bytes),
-                    ("grpc.max_send_message_length", self.max_message_bytes),
-                ],
-            )
+            options: list[tuple[str, int | str]] = [
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+            ]
+            if self.peer_credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                if self.peer_server_name:
+                    options.append(("grpc.ssl_target_name_override", self.peer_server_name))
+                channel = grpc.aio.secure_channel(address, self.peer_credentials, options=options)
             self._channels[address] = channel
             stub = channel.unary_unary(INFER_METHOD)  # no (de)serializers: bytes in, bytes out
             self._stubs[address] = stub
@@ -359,7 +367,7 @@ class Router:
             result: bytes = await self._stub(address)(
                 payload,
                 timeout=max(timeout, 0.001),
-                metadata=((MODEL_ID_HEADER, mid), (FORWARDED_HEADER, self.instance_id)),
+                metadata=((MODEL_ID_HEADER, mid), (FORWARDED_HEADER, self.instance_id), *self.peer_call_metadata),
             )
             return result
         finally:
@@ -457,7 +465,9 @@ class Router:
             if address is None:
                 continue
             call = self.channel(address).unary_unary(METADATA_METHOD)  # bytes in, bytes out
-            raw: bytes = await call(_codec.metadata_request_bytes(mid), timeout=max(deadline - time.monotonic(), 0.001))
+            raw: bytes = await call(
+                _codec.metadata_request_bytes(mid), timeout=max(deadline - time.monotonic(), 0.001), metadata=self.peer_call_metadata
+            )
             return raw
         return None
 

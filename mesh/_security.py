@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +55,9 @@ class Security:
     def auth_file(self) -> AuthFile | None:
         return self.authenticator.source
 
-    def background_tasks(self) -> list[Callable[[], Awaitable[None]]]:
+    def background_tasks(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Watchers to run while the instance serves (auth file and TLS reloads)."""
-        out: list[Callable[[], Awaitable[None]]] = []
+        out: list[Callable[[], Coroutine[Any, Any, None]]] = []
         if self.auth_file is not None:
             out.append(self.auth_file.watch)
         if self.server_tls is not None:

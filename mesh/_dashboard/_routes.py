@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
+
 from ._overview import MAX_PAGE, STATES, ClusterOverview
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -12,7 +14,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 def install(app: Any, views: ClusterOverview) -> None:
     """The dashboard page and its JSON routes on a FastAPI app (paths under /dashboard and /v1)."""
-    from fastapi import Query, Request
+    from fastapi import Query
     from fastapi.responses import FileResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
