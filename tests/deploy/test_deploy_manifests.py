@@ -195,10 +195,6 @@ ENTRY_POINT_ENV = {"MODELMUX_STORAGE_CONFIG_DIR", "HOME", "POD_NAME", "POD_NAMES
 PENDING_ENV = {
     "MODELMUX_STORE_USER": "etcd user (StoreSettings.user)",
     "MODELMUX_STORE_PASSWORD_FILE": "file holding that user's password (StoreSettings.password_file)",
-    "MODELMUX_CONTROLLER_TOKEN_FILE": "the controller's bearer token for the instances' management API",
-    "MODELMUX_CONTROLLER_TLS_CA_FILE": "CA the controller trusts for the instances' certificates",
-    "MODELMUX_CONTROLLER_TLS_CERT_FILE": "the controller's client certificate (the instances ask every caller for one)",
-    "MODELMUX_CONTROLLER_TLS_KEY_FILE": "its key",
     "MODELMUX_RUNTIMES_EXTERNAL": "RuntimeSettings.external (branch rt2): JSON list of {name, address, model_types}",
     "MODELMUX_RUNTIMES_ISOLATED_TYPES": "RuntimeSettings.isolated_types (branch rt2): [] = no worker processes",
 }
