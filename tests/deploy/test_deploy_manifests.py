@@ -193,8 +193,6 @@ ENTRY_POINT_ENV = {"MODELMUX_STORAGE_CONFIG_DIR", "HOME", "POD_NAME", "POD_NAMES
 # What the manifests assume of code that is being wired (issues 13, 14, 15): remove a name
 # here when the code reads it (test_pending_names_are_not_implemented_yet says when).
 PENDING_ENV = {
-    "MODELMUX_STORE_USER": "etcd user (StoreSettings.user)",
-    "MODELMUX_STORE_PASSWORD_FILE": "file holding that user's password (StoreSettings.password_file)",
     "MODELMUX_RUNTIMES_EXTERNAL": "RuntimeSettings.external (branch rt2): JSON list of {name, address, model_types}",
     "MODELMUX_RUNTIMES_ISOLATED_TYPES": "RuntimeSettings.isolated_types (branch rt2): [] = no worker processes",
 }
