@@ -170,6 +170,7 @@ class Instance:
             tls_client_ca=s.tls_client_ca,
             peer_token_file=s.peer_token_file,
             peer_tls_server_name=s.peer_tls_server_name,
+            peer_tls_ca=s.peer_tls_ca_file,
         )
         self.exposure_warning = exposure_warning([s.host], security, insecure=s.insecure)
         if self.exposure_warning:

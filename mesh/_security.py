@@ -75,6 +75,13 @@ def _read_secret(path: Path, what: str) -> str:
     return value
 
 
+def _read_secret_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"{what} {path}: cannot read it: {exc.strerror}") from exc
+
+
 def build_security(
     *,
     auth_file: Path | None = None,
@@ -83,6 +90,7 @@ def build_security(
     tls_client_ca: Path | None = None,
     peer_token_file: Path | None = None,
     peer_tls_server_name: str = "",
+    peer_tls_ca: Path | None = None,
 ) -> Security:
     """Read the files once at start-up (blocking; an unreadable or invalid file refuses to start)."""
     authenticator = Authenticator()
@@ -100,8 +108,9 @@ def build_security(
         server_tls = ServerTLS(TLSFiles(cert=tls_cert, key=tls_key, client_ca=tls_client_ca))
         if server_tls.files.mutual:
             peer_credentials = server_tls.peer_channel_credentials()
-        else:  # the peers' server certificates checked against the system roots
-            peer_credentials = grpc.ssl_channel_credentials()
+        else:  # the peers' server certificates checked against their CA (default: the system roots)
+            roots = _read_secret_bytes(peer_tls_ca, "peer CA file") if peer_tls_ca is not None else None
+            peer_credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     peer_metadata: tuple[tuple[str, str], ...] = ()
     if peer_token_file is not None:
         peer_metadata = (("authorization", f"Bearer {_read_secret(peer_token_file, 'peer token file')}"),)

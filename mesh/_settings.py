@@ -49,5 +49,6 @@ class InstanceSettings(BaseSettings):
     tls_client_ca: Path | None = None  # mutual TLS: clients (and peers) present a certificate from this CA
     peer_token_file: Path | None = None  # bearer token for forwarding to peers (a principal of role instance)
     peer_tls_server_name: str = ""  # the name checked in a peer's certificate (peers are dialled by pod IP)
+    peer_tls_ca_file: Path | None = None  # CA for peers' certificates without --tls-client-ca (default: system roots)
     insecure: bool = False  # allow binding beyond loopback without auth file and TLS (loudly)
     health_port: int = -1  # plaintext port serving grpc.health.v1.Health only (kubelet probes); 0: any; -1: off

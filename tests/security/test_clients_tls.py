@@ -36,7 +36,8 @@ async def served(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh", "serve", "--grpc-port", "0", "--rest-port", "0", "--store", "memory",
          "--data-dir", str(tmp_path / "d"), "--allowed-root", str(tmp_path), "--ready-file", str(rf),
-         "--auth-file", str(auth), "--tls-cert", str(server.cert), "--tls-key", str(server.key)],
+         "--auth-file", str(auth), "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+         "--health-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -49,7 +50,7 @@ async def served(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             r = await http.post(f"https://{ready['rest']}/v1/models/tls-m",
                                 json={"modelInfo": {"type": "onnx", "path": str(model)}, "loadNow": True, "sync": True})
             assert r.status_code == 200 and r.json()["status"] == "LOADED", r.text
-        yield {"grpc": ready["grpc"], "ca": ca.cert}
+        yield {"grpc": ready["grpc"], "ca": ca.cert, "health": ready["health"]}
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
@@ -112,3 +113,22 @@ async def test_kserve_sdk_over_tls_with_a_bearer_token(served: dict[str, Any], t
     assert ok == "OK [[5.0, 5.0, 5.0, 5.0]]", ok
     refused = await asyncio.to_thread(run)
     assert refused.startswith("ERR") and ("UNAUTHENTICATED" in refused or "authentication" in refused.lower()), refused
+
+
+async def test_the_plaintext_health_port_serves_health_only(served: dict[str, Any]) -> None:
+    """Kubelet gRPC probes cannot speak TLS: the health port answers them in plaintext, and
+    nothing else (no inference, no management) is reachable through it."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.mesh.models import request_bytes
+
+    async with grpc.aio.insecure_channel(served["health"]) as ch:
+        for service in ("", "inference.GRPCInferenceService"):
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as infer:
+            await ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+                request_bytes("tls-m"), metadata=(("authorization", f"Bearer {TOKENS['b']}"),), timeout=10
+            )
+        assert infer.value.code() == grpc.StatusCode.UNIMPLEMENTED
