@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
@@ -29,6 +30,7 @@ from ._cluster_mirror import ClusterMirror
 from ._loaded_copies import LoadedCopies
 from ._metrics import Metrics
 from ._router import Router
+from ._runtimes import RuntimeSupervisor
 from ._settings import InstanceSettings
 from ._store import LeaseExpired, Store, StoreError
 from ._store_schema import CopyRecord, CopyState, InstanceRecord, Keys, ModelRecord, encode
@@ -84,8 +86,10 @@ class Agent:
         version: str = "",
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        runtimes: RuntimeSupervisor | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.runtimes = runtimes  # model types it handles load in runtime processes (issue 14)
         self.settings = settings
         self.instance_id = instance_id
         self.address = address
@@ -126,14 +130,19 @@ class Agent:
         self._dirty.set()
 
     async def drain(self, timeout_s: float) -> bool:
-        """Graceful shutdown, step 1: announce it and wait until models have moved away."""
+        """Graceful shutdown, step 1: announce it and wait until models have moved away, or until no
+        other live instance is left to take them (a lone instance has nowhere to move them: waiting
+        the whole grace period would only delay its stop)."""
         self.shutting_down = True
         with contextlib.suppress(StoreError):
             await self._publish_instance(force=True)
-        return await self.state.wait_for(
-            lambda: not any(self.instance_id in rec.instances for rec in self.state.assignments.items.values()),
-            timeout_s,
-        )
+
+        def done() -> bool:
+            if not any(self.instance_id in rec.instances for rec in self.state.assignments.items.values()):
+                return True
+            return not any(iid != self.instance_id and not rec.shutting_down for iid, rec in self.state.instances.items.items())
+
+        return await self.state.wait_for(done, timeout_s)
 
     async def stop(self) -> None:
         if self._unsub:
@@ -321,7 +330,11 @@ class Agent:
         try:
             async with self._slots:
                 self.metrics.model(self.metrics.loading_queue_ms, mid).observe((time.monotonic() - start) * 1000)
-                adapter = self.adapters.for_type(rec.model_type)
+                adapter: Any = (
+                    self.runtimes
+                    if self.runtimes is not None and self.runtimes.handles(rec.model_type)
+                    else self.adapters.for_type(rec.model_type)
+                )
                 copy.size_bytes = rec.predicted_size_bytes
                 await self._publish_copy_quiet(copy)
                 staged = await self._stage(rec)
@@ -442,3 +455,22 @@ class Agent:
             with contextlib.suppress(StoreError):
                 await self.store.delete(self.keys.copy(mid, self.instance_id))
                 await self._publish_instance()
+
+    def copies_lost(self, model_ids: list[str], reason: str) -> None:
+        """A runtime process died or was recycled: its copies are gone now (not after a lease expiry).
+
+        Their records are deleted and reconciliation loads them again (the supervisor refuses a
+        model that crash-loops, and that load then fails with the reason like any other).
+        """
+        for mid in model_ids:
+            copy = self.copies.get(mid)
+            if copy is None or copy.state != CopyState.LOADED:
+                continue
+            log.warning("copy of %s lost with its runtime: %s", mid, reason)
+            self.loaded.remove(mid)
+            self.copies.pop(mid, None)
+            if copy.artifact_key:
+                self._tasks.append(asyncio.create_task(self.puller.release(copy.artifact_key)))
+            self._tasks.append(asyncio.create_task(self._delete_copy_record(mid)))
+        self._freed.set()
+        self._dirty.set()

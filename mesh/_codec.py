@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from protos import grpc_predict_v2_pb2 as pb
@@ -187,8 +188,11 @@ def infer_request_from_json(model_name: str, body: Any) -> InferRequest:
             raise InvalidRequest(f"input '{name}' needs 'shape' as a list of integers")
         if "data" not in t:
             raise InvalidRequest(f"input '{name}' has no 'data'")
-        flat: list[Any] = []
-        _flatten(t["data"], flat)
+        flat: Any = []
+        if isinstance(t["data"], np.ndarray):  # already read as a flat array (mesh._json_tensors)
+            flat = t["data"]
+        else:
+            _flatten(t["data"], flat)
         if datatype == "BYTES":
             flat = [_json_bytes_item(name, x) for x in flat]
         params = t.get("parameters") or {}

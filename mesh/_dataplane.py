@@ -11,6 +11,7 @@ same NOT_FOUND as a missing one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from . import _codec
 from ._access import require_model
 from ._auth import LOCAL_ADMIN, Action, Authenticator, Principal
 from ._errors import ModelNotFound
+from ._limits import RequestAdmission
 from ._request_metrics import RequestMetrics, RequestTimer
 from ._router import Router
 
@@ -34,6 +36,7 @@ class RequestContext:
 
     timeout_s: float | None = None  # the client's deadline, None: the instance default
     forwarded: bool = False  # sent by a peer that already counted it (serve locally or NOT_FOUND)
+    admitted: bool = False  # already holds an admission slot (mesh._limits)
     principal: Principal = LOCAL_ADMIN  # the edges set the authenticated caller
     metadata: dict[str, str] = field(default_factory=dict)  # request headers / gRPC metadata
 
@@ -51,6 +54,7 @@ class DataPlane:
         self.version = version
         self.request_metrics = request_metrics or router.request_metrics
         self.ready = True
+        self.admission = RequestAdmission(router)
         self.authenticator = Authenticator()  # off: every caller is LOCAL_ADMIN
 
     def authenticate(self, authorization: str | None, cert_names: Sequence[str] = ()) -> Principal:
@@ -123,15 +127,25 @@ class DataPlane:
         """
         await self.authorize(name, ctx)
         if ctx.forwarded:
-            return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
+            async with self.admission.admit(name, ctx):
+                return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
         with self.measure(name, ctx) as timer:
             timer.request_bytes = len(payload)
-            out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s)
+            async with self.admission.admit(name, ctx):
+                out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s)
             timer.response_bytes = len(out)
             return out
 
     async def infer(self, name: str, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """A decoded request in, a decoded answer out (the REST edge times the call with :meth:`measure`,
-        since only it knows the sizes on its wire)."""
+        since only it knows the sizes on its wire). An edge that admits the request before reading
+        its body (:meth:`admit`) passes the admitted context."""
         await self.authorize(name, ctx)
-        return await self.router.infer(name, request, timeout_s=ctx.timeout_s)
+        async with self.admission.admit(name, ctx):
+            return await self.router.infer(name, request, timeout_s=ctx.timeout_s)
+
+    def admit(self, name: str, ctx: RequestContext) -> contextlib.AbstractAsyncContextManager[RequestContext]:
+        """Resolve ``name`` (NOT_FOUND when unknown) and hold an admission slot for one request
+        (RESOURCE_EXHAUSTED when its tenant's or this instance's queue is full). The caller
+        authorizes first (:meth:`authorize`)."""
+        return self.admission.admit(name, ctx)

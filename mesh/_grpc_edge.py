@@ -10,6 +10,7 @@ through :func:`mesh._errors.status_for`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,6 +77,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 status, message = status_for(exc)
                 if status.grpc == grpc.StatusCode.INTERNAL and getattr(exc, "code", None) is None:
                     log.exception("unexpected error in %s", handler_call_details.method)
+                hint = getattr(exc, "retry_after_s", None)
+                if isinstance(hint, int | float):  # RESOURCE_EXHAUSTED by admission: when to retry
+                    context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(hint)))),))
                 await context.abort(status.grpc, message)
 
         return handler._replace(unary_unary=wrapped, request_deserializer=None)

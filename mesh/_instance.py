@@ -24,12 +24,14 @@ from puller import Puller, PullerSettings, StorageConfig
 from runtime_adapters import AdapterRegistry, AdapterSettings, build_registry
 
 from ._agent import Agent
+from ._caps import RegistrationCaps
 from ._cluster_mirror import ClusterMirror
 from ._dashboard import ClusterOverview, TrafficSeries
 from ._dataplane import DataPlane
 from ._grpc_edge import build_grpc_server
 from ._health_port import start_health_port
 from ._leader import Leader
+from ._limits import admission_limits
 from ._loaded_copies import LoadedCopies
 from ._management import Management
 from ._metrics import Metrics
@@ -37,6 +39,7 @@ from ._metrics_http import serve_metrics
 from ._request_metrics import RequestMetrics
 from ._rest_edge import build_rest_app
 from ._router import Router
+from ._runtimes import RuntimeSupervisor
 from ._security import Security, build_security, exposure_warning, peer_cert_protocol
 from ._settings import InstanceSettings
 from ._store import Store, StoreError
@@ -85,9 +88,11 @@ class Instance:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         owns_parts: bool = False,
+        runtimes: RuntimeSupervisor | None = None,
     ) -> None:
         self.settings = settings
         self.owns_parts = owns_parts  # close the puller and the adapters on stop
+        self.runtimes = runtimes  # started here, its lost copies reported to the agent
         self.store = store
         self.adapters = adapters
         self.puller = puller
@@ -120,7 +125,9 @@ class Instance:
         )
         self.router.max_message_bytes = settings.max_message_bytes
         self.dataplane = DataPlane(self.router, version=self.version)
+        self.dataplane.admission.configure(admission_limits(settings))
         self.management = Management(self.state, self.instance_id, store=store, clock=clock, puller=puller)
+        self.management.caps = RegistrationCaps(settings.max_key_bytes, settings.max_record_bytes, settings.max_models_per_tenant)
         self.agent = Agent(
             settings,
             self.instance_id,
@@ -131,6 +138,7 @@ class Instance:
             adapters,
             puller,
             loaded=self.loaded,
+            runtimes=self.runtimes,
             version=self.version,
             clock=clock,
             metrics=self.metrics,
@@ -262,6 +270,9 @@ class Instance:
         self.series.start(s.dashboard_sample_s)
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr, health=health_addr)
         self.agent.address, self.agent.rest_address = grpc_addr, rest_addr
+        if self.runtimes is not None:
+            self.runtimes.on_lost = self.agent.copies_lost
+            await self.runtimes.start()
         await self.agent.start()
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
@@ -302,6 +313,8 @@ class Instance:
                 await self.agent.drain(self.settings.shutdown_grace_s)
         await self.leader.stop()
         await self.agent.stop()
+        if self.runtimes is not None:
+            await self.runtimes.close()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if self._rest_task is not None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from placement import Action, ClusterView, PlacementError, Policy, TenantQuota
+from placement import Action, AdaptivePolicy, ClusterView, PlacementError, Policy, TenantQuota
 
 from ._cluster_mirror import ClusterMirror
 from ._load_request import request_load
@@ -148,6 +148,8 @@ class Leader:
                 await self._campaign()
                 self._next_seq = 0  # continue the decision log where the last leader left it
                 self._views.start()  # followed only while leading: a follower keeps no view
+                if isinstance(self.policy, AdaptivePolicy):  # do not start blind: ghosts from what instances report
+                    self.policy.seed_ghosts(self.view())
                 next_tick = time.monotonic()
                 while True:
                     await self._process_misses()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from placement import Policy, PolicySettings
+from placement import PolicySettings, build_policy
 from puller import PullerSettings
 from runtime_adapters import AdapterSettings
 
@@ -67,7 +67,7 @@ class LocalMesh:
                 ),
                 adapter_settings=c.adapter,
                 keys=self.keys,
-                policy=Policy(c.policy),
+                policy=build_policy(c.policy),
             )
             self.instances.append(inst)
             await inst.start()

@@ -24,6 +24,7 @@ from ._access import (
     visible,
 )
 from ._auth import LOCAL_ADMIN, Action, Principal
+from ._caps import RegistrationCaps, check_key, check_record, check_tenant_count
 from ._cluster_mirror import ClusterMirror
 from ._errors import (
     AlreadyExists,
@@ -173,6 +174,7 @@ class Management:
         puller: Puller | None = None,
     ) -> None:
         self.puller = puller
+        self.caps = RegistrationCaps()
         self.state = state
         self.store = store if store is not None else state.store
         self.keys = state.keys
@@ -201,8 +203,12 @@ class Management:
         self, model_id: str, info: ModelInfoSpec, *, load_now: bool = False, sync: bool = False, last_used_ms: int = 0, timeout_s: float = 60.0, auto_delete: bool = False,
         principal: Principal = LOCAL_ADMIN,
     ) -> ModelStatus:
+        check_key(model_id, info.key, self.caps)
         rec = model_record_from_info(model_id, info, last_used_ms=last_used_ms, clock=self.clock)
         rec = scope_registration(principal, replace(rec, auto_delete=auto_delete))
+        check_record(model_id, encode(rec), self.caps)
+        if model_id not in self.state.models.items:
+            check_tenant_count(model_id, rec.tenant, (m.tenant for m in self.state.models.items.values()), self.caps)
         if self.puller is not None and rec.predicted_size_bytes <= 0 and is_local_path(rec):
             # refuses a path outside the allowed roots (PullerError, invalid_argument) before touching it
             from ._agent import storage_ref  # (the agent's module imports this one)

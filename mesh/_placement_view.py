@@ -226,6 +226,8 @@ class PlacementViewBuilder:
 
     def view(self, quotas: Mapping[str, TenantQuota] | None = None) -> ClusterView:
         self._flush()
+        if self._index.key_id != self.policy.key_id:  # an adaptive policy retuned: its eviction order changed
+            self._index = self.policy.build_index(self._models.values())
         instances = {
             iid: InstanceView(
                 instance_id=iid,

@@ -159,7 +159,7 @@ def encode_request(request: InferRequest, *, binary_outputs: bool = True) -> tup
     inputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for i in request.inputs:
-        raw = i.raw if i.raw is not None else list_to_raw(i.datatype, list(i.contents or ()))
+        raw = i.raw if i.raw is not None else list_to_raw(i.datatype, list(() if i.contents is None else i.contents))
         chunks.append(raw)
         inputs.append({"name": i.name, "datatype": i.datatype, "shape": list(i.shape),
                        "parameters": {**dict(i.parameters), BINARY_SIZE: len(raw)}})

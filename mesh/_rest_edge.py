@@ -32,6 +32,7 @@ from ._errors import (
     TenantNotFound,
     status_for,
 )
+from ._json_tensors import loads_infer_request
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, parse_bytes
 from ._metrics import Metrics
 from ._model_status import ModelState
@@ -59,18 +60,22 @@ def _vmodel_status_json(st: VModelStatus) -> dict[str, Any]:
     }
 
 
-async def _read_json(request: Request, limit: int, sizes: list[int] | None = None) -> Any:
+async def _read_body(request: Request, limit: int) -> bytearray:
+    """The body, read as it streams in and refused (413) the moment it passes ``limit``: a
+    declared length over the limit is refused before reading anything."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
-    chunks = []
-    total = 0
+    body = bytearray()
     async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
+        if len(body) + len(chunk) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        body += chunk
+    return body
+
+
+async def _read_json(request: Request, limit: int, sizes: list[int] | None = None) -> Any:
+    body = await _read_body(request, limit)
     if sizes is not None:
         sizes.append(len(body))
     if not body:
@@ -120,14 +125,26 @@ _GRPC_TO_HTTP = {
 }
 
 
+def _retry_after(exc: BaseException) -> dict[str, str] | None:
+    """A ``Retry-After`` header (whole seconds, at least 1) for an error that carries a hint."""
+    hint = getattr(exc, "retry_after_s", None)
+    if isinstance(hint, int | float) and not isinstance(hint, bool):
+        return {"retry-after": str(max(1, math.ceil(hint)))}
+    return None
+
+
 def install_error_handler(app: FastAPI) -> None:
     """The one REST error handler: every exception becomes its table status and ``{"error": message}``."""
 
     async def _errors(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, grpc.aio.AioRpcError):  # a forwarded call failed on the holder
-            return JSONResponse({"error": exc.details() or str(exc.code())}, status_code=_GRPC_TO_HTTP.get(exc.code(), 500))
+            return JSONResponse(
+                {"error": exc.details() or str(exc.code())},
+                status_code=_GRPC_TO_HTTP.get(exc.code(), 500),
+                headers={"retry-after": "1"} if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None,
+            )
         status, message = status_for(exc)
-        return JSONResponse({"error": message}, status_code=status.http)
+        return JSONResponse({"error": message}, status_code=status.http, headers=_retry_after(exc))
 
     # one handler, registered per error root (a handler for bare Exception would run in
     # Starlette's outermost middleware, which re-raises after answering)
@@ -195,13 +212,17 @@ def build_rest_app(
         ctx = context(request)
         await dataplane.authorize(name, ctx)  # before the body is read: another tenant's model is NOT_FOUND
         with dataplane.measure(name, ctx) as timer:
-            sizes: list[int] = []
-            try:
-                body = await _read_json(request, max_message_bytes, sizes)
-            finally:
-                timer.request_bytes = sizes[0] if sizes else -1
-            req = _codec.infer_request_from_json(name, body)
-            result = await dataplane.infer(name, req, ctx)
+            timer.request_bytes = -1
+            # the name is resolved (404) and a slot held (429) before the body is read
+            async with dataplane.admit(name, ctx) as ctx:
+                body = await _read_body(request, max_message_bytes)
+                timer.request_bytes = len(body)
+                if len(body) > _JSON_INLINE_LIMIT:
+                    req = await asyncio.to_thread(loads_infer_request, name, body)
+                else:
+                    req = loads_infer_request(name, body)
+                del body
+                result = await dataplane.infer(name, req, ctx)
             out = _codec.infer_response_to_json(result)
             out["model_name"] = name
             if req.id:

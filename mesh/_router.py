@@ -27,6 +27,7 @@ from ._load_request import request_load
 from ._loaded_copies import LoadedCopiesView
 from ._metrics import Metrics
 from ._request_metrics import RequestMetrics
+from ._runtimes import RuntimeCopy
 from ._store import Store
 from ._store_schema import Keys
 from ._validation import valid_id
@@ -229,6 +230,12 @@ class Router:
         return resp
 
     async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
+        if isinstance(model, RuntimeCopy):  # the copy lives in a runtime process: forward the bytes unparsed
+            self.counters.local += 1
+            self.metrics.local_hits.inc()
+            self.touch(mid)
+            with self.request_metrics.invoke(mid, name):
+                return await model.infer_bytes(payload)
         msg = _codec.parse_infer_request(payload)
         request = _codec.infer_request_from_pb(msg)
         resp = await self._local(mid, model, name, request)

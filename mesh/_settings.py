@@ -32,6 +32,17 @@ class InstanceSettings(BaseSettings):
     rate_window_s: float = Field(default=60.0, gt=0)  # request rates (rpm, for copies by rate) are over this sliding window
     failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long
     max_message_bytes: int = 64 * MiB  # larger requests: RESOURCE_EXHAUSTED / 413
+    # admission (mesh._admission): inference requests running / waiting, per instance and per tenant;
+    # beyond them RESOURCE_EXHAUSTED / 429 with Retry-After: retry_after_s
+    instance_inflight: int = Field(default=512, ge=1)
+    instance_queued: int = Field(default=2048, ge=0)
+    tenant_inflight: int = Field(default=128, ge=1)
+    tenant_queued: int = Field(default=512, ge=0)
+    retry_after_s: float = Field(default=1.0, gt=0)
+    # registration caps (mesh._caps): modelInfo.key bytes, stored record bytes, models per tenant (0: no cap)
+    max_key_bytes: int = Field(default=64 << 10, ge=1)
+    max_record_bytes: int = Field(default=256 << 10, ge=1)
+    max_models_per_tenant: int = Field(default=10_000, ge=0)
     forward_attempts: int = 3  # forwards answered NOT_FOUND (copy gone) before a request gives up
     # a forward not answered in this long is abandoned for another holder (only when one exists;
     # 0: the request's whole deadline). Guards against a hung (e.g. SIGSTOPped) holder.

@@ -11,6 +11,7 @@ Nothing here imports ``mesh``, ``puller`` or ``runtime_adapters``: the mesh buil
 :class:`ClusterView` snapshots from its store and applies the :class:`Action` lists.
 """
 
+from ._adaptive import AdaptivePolicy, AdaptiveState, Ghost, build_policy
 from ._compare import Row, compare, markdown_table, plot_comparison
 from ._errors import (
     InvalidTrace,
@@ -22,6 +23,7 @@ from ._errors import (
     PlacementError,
     QuotaExceeded,
 )
+from ._families import FAMILIES, FamilySpec, family, family_spec, generate_family
 from ._index import PlacementIndex
 from ._policy import BasePolicy, LruPolicy, Policy
 from ._settings import PolicySettings
@@ -44,10 +46,15 @@ from ._types import (
 )
 
 __all__ = [
+    "FAMILIES",
     "Action",
+    "AdaptivePolicy",
+    "AdaptiveState",
     "BasePolicy",
     "ClusterView",
     "CopyView",
+    "FamilySpec",
+    "Ghost",
     "InstanceView",
     "InvalidTrace",
     "LruPolicy",
@@ -71,8 +78,12 @@ __all__ = [
     "Trace",
     "TraceSpec",
     "VirtualCluster",
+    "build_policy",
     "compare",
+    "family",
+    "family_spec",
     "generate",
+    "generate_family",
     "markdown_table",
     "plot_comparison",
     "read_csv",

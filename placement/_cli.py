@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ._compare import HEADER, Row, compare, markdown_table, plot_comparison, row_cells
 from ._errors import InvalidTrace
+from ._families import FAMILIES, family_spec, generate_family
 from ._settings import PolicySettings
 from ._sim import POLICY_NAMES, simulate
 from ._trace import Trace, TraceSpec, generate, read_csv, write_csv
@@ -50,6 +51,10 @@ def simulate_cmd(
         list[Path] | None, typer.Option(help="CSV trace(s) (time,model,size[,tenant][,load_time_s]); else generated")
     ] = None,
     alpha: Annotated[list[float] | None, typer.Option(help="Zipf alpha(s) of generated traces")] = None,
+    family: Annotated[
+        list[str] | None, typer.Option(help=f"trace famil(y/ies) to generate: {', '.join(FAMILIES)}")
+    ] = None,
+    scale: Annotated[float, typer.Option(help="shrink generated families (models and requests) by this")] = 1.0,
     models: Models = 10_000,
     requests: Requests = 1_000_000,
     tenants: Tenants = 1,
@@ -59,7 +64,7 @@ def simulate_cmd(
     policies: Annotated[
         str,
         typer.Option(
-            help="comma-separated: ours, lru, oracle (furthest next use), rates (knows each model's request count), "
+            help="comma-separated: ours, adaptive (learns its recency horizon online), lru, oracle (furthest next use), rates (knows each model's request count), "
             "wrates (knows each model's request count per --window-s)"
         ),
     ] = "lru,ours,oracle",
@@ -87,6 +92,11 @@ def simulate_cmd(
     except InvalidTrace as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
+    for fam in family or []:
+        if fam not in FAMILIES:
+            console.print(f"[red]unknown trace family {fam!r} ({', '.join(FAMILIES)})[/]")
+            raise typer.Exit(2)
+        traces.append((fam, generate_family(family_spec(fam, scale=scale, seed=seed), fam)))
     if not traces:
         for a in alpha or [0.8, 1.0, 1.2]:
             spec = _spec(models, requests, a, tenants, scan_length, shift_fraction, seed)

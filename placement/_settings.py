@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -11,6 +13,10 @@ class PolicySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELMUX_PLACEMENT_", extra="forbid")
 
+    kind: Literal["ours", "adaptive"] = Field(
+        default="ours",
+        description="which policy the mesh runs: ours (fixed recency horizon) or adaptive (learned; placement.AdaptivePolicy)",
+    )
     # eviction
     rate_tau_s: float = Field(
         default=7200.0,
@@ -57,6 +63,19 @@ class PolicySettings(BaseSettings):
         default=3600.0,
         gt=0,
         description="a model idle this long is cold: extra copies go, its tenant stops counting as active",
+    )
+    # adaptive policy (placement.AdaptivePolicy)
+    adapt_tau_min_s: float = Field(
+        default=60.0, gt=0, description="shortest recency horizon the adaptive policy may learn (near LRU)"
+    )
+    adapt_tau_max_s: float = Field(
+        default=2 * 86400.0, gt=0, description="longest recency horizon the adaptive policy may learn (near LFU)"
+    )
+    adapt_learning_rate: float = Field(
+        default=0.3, gt=0, description="steps of the horizon grid (x1.5 each) one ghost hit of average cost moves"
+    )
+    adapt_ghost_bytes_factor: float = Field(
+        default=1.0, gt=0, description="ghost lists remember evicted models up to this many times the capacity in bytes"
     )
     # copies
     scale_out_rpm_per_copy: float = Field(default=600.0, gt=0, description="add a copy above this rate per copy")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._adaptive import AdaptivePolicy
 from ._errors import PlacementError
 from ._index import PlacementIndex
 from ._policy import BasePolicy, LruPolicy, Policy
@@ -138,6 +139,10 @@ class VirtualCluster:
         self.load_time_s = 0.0
         self.used_total = sum(i.used_bytes for i in instances)
         self.peak_used_bytes = self.used_total
+        self.quick_reloads = 0
+        """loads of a model within ``quick_reload_s`` of its last eviction (load/evict ping-pong)"""
+        self.quick_reload_s = 300.0
+        self._evicted_at: dict[str, float] = {}
 
     def view(self, now: float) -> ClusterView:
         return ClusterView(now=now, instances=self.instances, models=self.models, quotas=self.quotas, index=self.index)
@@ -190,6 +195,9 @@ class VirtualCluster:
                 assigned = m.assigned | {a.instance_id}
                 self.loads += 1
                 self.load_time_s += m.load_time_s
+                ev = self._evicted_at.get(a.model_id)
+                if ev is not None and now - ev < self.quick_reload_s:
+                    self.quick_reloads += 1
             else:
                 if a.instance_id not in m.assigned:
                     raise SimulationError(f"{self.policy.name}: {a.model_id} is not on {a.instance_id}")
@@ -198,6 +206,7 @@ class VirtualCluster:
                 copies = tuple(c for c in m.copies if c.instance_id != a.instance_id)
                 assigned = m.assigned - {a.instance_id}
                 self.unloads += 1
+                self._evicted_at[a.model_id] = now
             self._set(
                 ModelView(
                     m.model_id, m.size_bytes, True, m.tenant, copies, assigned, m.last_used, m.rate_rpm,
@@ -219,6 +228,10 @@ class SimResult:
     load_time_s: float = 0.0
     peak_used_bytes: int = 0
     refused: int = 0
+    quick_reloads: int = 0
+    """loads of a model within 5 min of its eviction (load/evict ping-pong)"""
+    index_rebuilds: int = 0
+    """times the policy's key order changed (an adaptive retune) and the index was rebuilt"""
     wall_s: float = 0.0
     decision_us: list[float] = field(default_factory=list, repr=False)
     tenant_requests: dict[str, int] = field(default_factory=dict, repr=False)
@@ -251,13 +264,15 @@ class SimResult:
             "load_time_s": round(self.load_time_s, 1),
             "peak_used_bytes": self.peak_used_bytes,
             "refused": self.refused,
+            "quick_reloads": self.quick_reloads,
+            "index_rebuilds": self.index_rebuilds,
             "decision_p50_us": round(self.decision_percentile_us(50), 1),
             "decision_p99_us": round(self.decision_percentile_us(99), 1),
             "wall_s": round(self.wall_s, 2),
         }
 
 
-POLICY_NAMES = ("ours", "lru", "oracle", "rates", "wrates")
+POLICY_NAMES = ("ours", "adaptive", "lru", "oracle", "rates", "wrates")
 
 
 def make_policy(
@@ -274,6 +289,8 @@ def make_policy(
         return RateOraclePolicy(settings, trace, seed, window_s=window_s), next_use
     if name == "ours":
         return Policy(settings, seed), next_use
+    if name == "adaptive":
+        return AdaptivePolicy(settings, seed), next_use
     if name == "lru":
         return LruPolicy(settings, seed), next_use
     if name == "oracle":
@@ -355,6 +372,9 @@ def simulate(
                 res.refused += 1
                 actions = []
             cluster.apply(actions, t)
+            if cluster.index.key_id != policy.key_id:  # the adaptive policy retuned: its key order changed
+                cluster.index = policy.build_index(cmodels.values())
+                res.index_rebuilds += 1
         if nxt is not None:
             next_use[mid] = nxt[k]
         cluster.touch(mid, t)
@@ -365,4 +385,5 @@ def simulate(
     res.evictions = cluster.unloads
     res.load_time_s = cluster.load_time_s
     res.peak_used_bytes = cluster.peak_used_bytes
+    res.quick_reloads = cluster.quick_reloads
     return res

@@ -31,6 +31,9 @@ from ._errors import (
     RequestTooLarge,
     UnsupportedModelType,
 )
+from ._frame_server import ANSWER_HEAD as FRAME_ANSWER_HEAD
+from ._frame_server import REQUEST_HEAD as FRAME_REQUEST_HEAD
+from ._frame_server import start_frame_server
 from ._onnx import OnnxAdapter
 from ._registry import AdapterRegistry, build_registry
 from ._runtime_server import RuntimeService, default_status_for, start_runtime_server
@@ -57,6 +60,8 @@ from ._xgboost import XGBoostAdapter
 
 __all__ = [
     "DATATYPES",
+    "FRAME_ANSWER_HEAD",
+    "FRAME_REQUEST_HEAD",
     "V2_CONTENTS_FIELD",
     "AdapterError",
     "AdapterRegistry",
@@ -98,6 +103,7 @@ __all__ = [
     "encode_bytes",
     "list_to_raw",
     "raw_to_list",
+    "start_frame_server",
     "start_runtime_server",
     "v2_params_from_pb",
     "v2_request_from_pb",

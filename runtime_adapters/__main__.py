@@ -14,6 +14,7 @@ import logging
 import signal
 
 from ._batching import BatchingSettings
+from ._frame_server import start_frame_server
 from ._registry import build_registry
 from ._runtime_server import RuntimeService, start_runtime_server
 from ._settings import AdapterSettings, RuntimeServerSettings
@@ -21,10 +22,14 @@ from ._settings import AdapterSettings, RuntimeServerSettings
 log = logging.getLogger("runtime_adapters")
 
 
-async def serve(address: str) -> None:
+async def serve(address: str, frames: str = "") -> None:
     registry = build_registry(AdapterSettings())
-    service = RuntimeService(registry, RuntimeServerSettings(), batching=BatchingSettings())
+    settings = RuntimeServerSettings()
+    service = RuntimeService(registry, settings, batching=BatchingSettings())
     server, port = await start_runtime_server(service, address)
+    frame_server = (
+        await start_frame_server(service, frames, inline_below_s=settings.inline_infer_below_s) if frames else None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -35,6 +40,8 @@ async def serve(address: str) -> None:
     try:
         await stop.wait()
     finally:
+        if frame_server is not None:
+            frame_server.close()
         await server.stop(grace=5)
         await service.unload_all()
         await registry.close()
@@ -43,10 +50,11 @@ async def serve(address: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime_adapters", description=__doc__)
     parser.add_argument("--address", default="127.0.0.1:8085", help="host:port to listen on (port 0 = any)")
+    parser.add_argument("--frames", default="", help="also serve inference frames on this Unix socket path")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.address))
+    asyncio.run(serve(args.address, args.frames))
 
 
 if __name__ == "__main__":

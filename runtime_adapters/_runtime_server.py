@@ -197,6 +197,9 @@ class RuntimeService:
             raise ModelNotLoaded(f"model '{model_id}' is not loaded in this runtime")
         return model
 
+    def status_for(self, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        return self._status_for(exc)
+
     # -- gRPC plumbing
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:

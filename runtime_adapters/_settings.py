@@ -55,3 +55,6 @@ class RuntimeServerSettings(BaseSettings):
     # when the mesh container (re)starts). Turn off for callers that poll it.
     purge_on_status: bool = True
     runtime_version: str = "modelmux"
+    # frames path (``--frames``): a model whose recent calls averaged under this runs on the
+    # event loop instead of the infer pool (0 = always the pool)
+    inline_infer_below_s: float = Field(default=0.001, ge=0)

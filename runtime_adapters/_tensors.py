@@ -382,10 +382,11 @@ def input_nbytes(inp: InferInput) -> int:
     """Approximate payload bytes of an input (raw length, or count x item size)."""
     if inp.raw is not None:
         return len(inp.raw)
-    n = len(inp.contents or ())
+    contents = () if inp.contents is None else inp.contents
+    n = len(contents)
     size = dtype_size(inp.datatype)
     if size is None:
-        return sum(len(v) if isinstance(v, bytes | bytearray | str) else 8 for v in inp.contents or ())
+        return sum(len(v) if isinstance(v, bytes | bytearray | str) else 8 for v in contents)
     return n * size
 
 

@@ -139,12 +139,12 @@ async def test_mixed_documents_are_reported_one_by_one(make_cluster: Any, tmp_pa
 async def test_mesh_refusal_and_unreachable_mesh(make_cluster: Any, tmp_path: Path) -> None:
     cluster = await make_cluster(1)
     doc = {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "Predictor", "metadata": {"name": "taken"},
-           "spec": {"modelType": {"name": "onnx"}, "path": "/models/a.onnx"}}
+           "spec": {"modelType": {"name": "onnx"}, "path": "s3://models/a.onnx"}}
     f = tmp_path / "p.yaml"
     f.write_text(json.dumps(doc))
     # someone else owns the vModel name: the mesh refuses, the result says why
     async with httpx.AsyncClient(base_url=cluster.rest[0]) as client:
-        resp = await client.put("/v1/vmodels/taken", json={"targetModelId": "x", "owner": "someone", "modelInfo": {"type": "onnx", "path": "/models/x.onnx"}})
+        resp = await client.put("/v1/vmodels/taken", json={"targetModelId": "x", "owner": "someone", "modelInfo": {"type": "onnx", "path": "s3://models/x.onnx"}})
         assert resp.status_code == 200, resp.text
     [r] = await _apply([f], cluster.rest[0], load_now=False)
     assert r.action == "failed" and "someone" in r.message

@@ -38,7 +38,7 @@ def _app() -> typer.Typer:
 
 def _predictor(name: str) -> dict[str, Any]:
     return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "Predictor", "metadata": {"name": name},
-            "spec": {"modelType": {"name": "onnx"}, "path": "/models/a.onnx"}}
+            "spec": {"modelType": {"name": "onnx"}, "path": "s3://models/a.onnx"}}
 
 
 def test_register_commands_adds_controller_and_apply() -> None:

@@ -216,11 +216,13 @@ class FakePuller:
 
     def __init__(self) -> None:
         self.staged: list[str] = []
+        self.tenants: list[str | None] = []  # the tenant each stage was asked for
         self.released: list[str] = []
 
-    async def stage(self, ref: Any) -> StagedArtifact:
+    async def stage(self, ref: Any, *, tenant: str | None = None) -> StagedArtifact:
         key = str(ref.storage_uri or ref.path)
         self.staged.append(key)
+        self.tenants.append(tenant)
         return StagedArtifact(key=key, local_path=Path(key), size_bytes=0, in_place=True)
 
     async def release(self, key: str) -> None:

@@ -63,7 +63,7 @@ async def test_start_publishes_the_instance_under_its_lease(rig: Rig) -> None:
 
 async def test_assigned_model_is_loaded_registered_and_published_then_unloaded(rig: Rig) -> None:
     w = rig.w
-    await w.model("m")
+    await w.model("m", tenant="team-a")
     await w.settle(lambda: "m" in w.mirror.models.items)
     gate = rig.adapter.gate = asyncio.Event()
     await w.assign("m", ME)
@@ -90,6 +90,7 @@ async def test_assigned_model_is_loaded_registered_and_published_then_unloaded(r
     assert await rig.copy_record("m") is None
     assert "m" not in rig.router.usage  # forgotten with the copy
     assert rig.puller.released == rig.puller.staged == ["/m/m"]
+    assert rig.puller.tenants == ["team-a"]  # staged as the model's tenant (tenant-bound storage keys)
     assert (rig.agent.counters.loads, rig.agent.counters.unloads) == (1, 1)
 
 
@@ -118,3 +119,23 @@ async def test_a_load_that_does_not_fit_fails_instead_of_overcommitting(rig: Rig
     error = w.mirror.failure("huge")
     assert error is not None and "more than this instance's capacity" in error
     assert "huge" not in rig.adapter.loaded and "huge" not in rig.loaded
+
+
+async def test_drain_waits_for_models_to_move_only_while_another_instance_can_take_them(rig: Rig) -> None:
+    w = rig.w
+    await w.model("m")
+    await w.settle(lambda: "m" in w.mirror.models.items)
+    await w.assign("m", ME)
+    await w.settle(lambda: w.mirror.holders("m") == (ME,), "the copy loaded")
+    # a lone instance: nowhere to move the copy, so the drain does not sit out its grace period
+    assert await asyncio.wait_for(rig.agent.drain(3600), 10) is True
+    # with a live peer the drain waits until the leader moves the assignment away
+    await w.instance("peer", "127.0.0.1:2")
+    await w.settle(lambda: "peer" in w.mirror.instances.items)
+    drain = asyncio.create_task(rig.agent.drain(3600))
+    # the drain re-checks on every mirror change; once its own announcement is mirrored it has
+    # looked at least once more, and the assignment still names this instance
+    await w.settle(lambda: w.mirror.instances.items[ME].shutting_down, "the drain announced")
+    assert not drain.done()
+    await w.assign("m", "peer")
+    assert await asyncio.wait_for(drain, 10) is True

@@ -18,7 +18,7 @@ from mesh._store_schema import (
     ModelRecord,
     encode,
 )
-from placement import Policy, PolicySettings
+from placement import AdaptivePolicy, Policy, PolicySettings
 
 MiB = 1 << 20
 
@@ -217,6 +217,44 @@ async def test_rate_falls_to_what_the_copies_report() -> None:
         rev = store.revision
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
         assert b.view().models["m"].rate_rpm == 0.0
+    finally:
+        b.stop()
+        await state.stop()
+
+
+async def test_adaptive_retune_rebuilds_the_leader_index_in_the_new_order() -> None:
+    """When the adaptive policy learns a new horizon, the leader's next view carries an index in that order."""
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    now = time.time()
+    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
+    for k in range(40):
+        mid = f"m{k}"
+        await store.put(keys.model(mid), encode(ModelRecord(model_id=mid, model_type="onnx", predicted_size_bytes=MiB, last_used=now - k)))
+        if k < 20:  # half held, with traffic; half used and held nowhere (evicted earlier)
+            await store.put(keys.assignment(mid), encode(AssignmentRecord(model_id=mid, instances=("i0",))))
+            await store.put(
+                keys.copy(mid, "i0"),
+                encode(CopyRecord(model_id=mid, instance_id="i0", state="loaded", since=now - 600, size_bytes=MiB,
+                                  size_measured=True, load_time_s=0.5 + k / 10, last_used=now - 30 * k, rpm=k / 5)),
+            )
+    state = ClusterMirror(store, keys)
+    await state.start()
+    policy = AdaptivePolicy(PolicySettings())
+    b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
+    b.start()
+    try:
+        view = b.view()
+        assert policy.seed_ghosts(view) == 20  # the models held nowhere, as a new leader rebuilds them
+        key0 = policy.key_id
+        for k in range(20, 40):  # misses on ghosts that were kept on recency alone: a shorter horizon
+            policy.observe(view, f"m{k}", [])
+        assert policy.key_id != key0 and policy.state().hits_recent == 20
+        got = b.view().index
+        assert got is not None and got.key_id == policy.key_id
+        want = policy.build_index(b.view().models.values())
+        with got.scan() as s1, want.scan() as s2:
+            assert [(c.model_id, c.key) for c in s1] == [(c.model_id, c.key) for c in s2]
     finally:
         b.stop()
         await state.stop()

@@ -1,0 +1,68 @@
+"""Limits on the data plane: admission of inference requests, keyed by tenant.
+
+:class:`RequestAdmission` resolves the model first (an unknown name is NOT_FOUND before any
+body is read or parsed), then holds a slot of :class:`~mesh._admission.Admission` for the
+request. The key is the caller's tenant when its principal is bound to one, else the model's
+tenant (known from the mirror).
+
+Requests forwarded by a peer count at the receiving instance too, in a pool of their own: the
+holder is where the runtime's capacity is spent, so a tenant that enters through many instances
+still meets its limit where its model runs; a separate pool keeps an entry instance's slots,
+which wait on forwards, from starving the forwarded work that would free them (no wait cycle
+between two instances forwarding to each other).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ._admission import Admission, AdmissionLimits
+
+if TYPE_CHECKING:
+    from ._dataplane import RequestContext
+    from ._router import Router
+
+
+def admission_limits(settings: object) -> AdmissionLimits:
+    """The limits named in :class:`~mesh._settings.InstanceSettings` (defaults where absent)."""
+    d = AdmissionLimits()
+    return AdmissionLimits(
+        instance_inflight=getattr(settings, "instance_inflight", d.instance_inflight),
+        instance_queued=getattr(settings, "instance_queued", d.instance_queued),
+        tenant_inflight=getattr(settings, "tenant_inflight", d.tenant_inflight),
+        tenant_queued=getattr(settings, "tenant_queued", d.tenant_queued),
+        retry_after_s=getattr(settings, "retry_after_s", d.retry_after_s),
+    )
+
+
+class RequestAdmission:
+    def __init__(self, router: Router, limits: AdmissionLimits | None = None) -> None:
+        self.router = router
+        self.entry = Admission(limits)
+        self.forwarded = Admission(limits)
+
+    def configure(self, limits: AdmissionLimits) -> None:
+        self.entry.limits = self.forwarded.limits = limits
+
+    def tenant_of(self, model_id: str, ctx: RequestContext) -> str:
+        caller = getattr(ctx.principal, "tenant", None)
+        if caller:
+            return str(caller)
+        rec = self.router.mirror.model(model_id)
+        return rec.tenant if rec is not None else ""
+
+    @contextlib.asynccontextmanager
+    async def admit(self, name: str, ctx: RequestContext) -> AsyncIterator[RequestContext]:
+        """Resolve ``name`` (NOT_FOUND when unknown) and hold a slot; yields the context marked admitted."""
+        if ctx.admitted:
+            yield ctx
+            return
+        router = self.router
+        mid = router.mirror.resolve(name) or await router.resolve_fresh(name)
+        pool = self.forwarded if ctx.forwarded else self.entry
+        timeout = ctx.timeout_s if ctx.timeout_s is not None else router.default_deadline_s
+        async with pool.slot(self.tenant_of(mid, ctx), timeout_s=timeout):
+            yield replace(ctx, admitted=True)

@@ -1,0 +1,139 @@
+"""Isolation of runtime processes: hostile model code gets no secrets (real worker processes)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from mesh._runtimes import RuntimeSettings, RuntimeSupervisor
+from runtime_adapters import AdapterSettings, ModelSpec, TorchAdapter
+from tests import model_factory as mf
+from tests.mesh.runtimes.rthelp import (
+    HOSTILE_WORKER,
+    bytes_output,
+    fp32_request,
+    open_up,
+    readable_dir,
+)
+
+SECRET = "TOPSECRET-8f2c1e"
+
+HOSTILE_TS = '''
+import torch
+class ReadFile(torch.nn.Module):
+    def __init__(self, path: str, n: int) -> None:
+        super().__init__()
+        self.path = path
+        self.n = n
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_file(self.path, False, self.n, dtype=torch.uint8).to(torch.float32) + x.sum() * 0
+torch.jit.script(ReadFile(PATH, N)).save(OUT)
+'''
+
+
+def make_file_reader(out: Path, target: Path, n: int) -> Path:
+    """A TorchScript model that returns the first ``n`` bytes of ``target`` (torch.jit.script needs source on disk)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = out.parent / "make_reader.py"
+    src.write_text(f"PATH = {str(target)!r}\nN = {n}\nOUT = {str(out)!r}\n" + HOSTILE_TS)
+    import subprocess
+
+    subprocess.run([sys.executable, str(src)], check=True, capture_output=True)
+    return open_up(out)
+
+
+@pytest.fixture
+async def hostile_env(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[RuntimeSupervisor, Path, Path]]:
+    monkeypatch.setenv("MODELMUX_STORE_PASSWORD", SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    with readable_dir() as d:
+        secret = d / "storage-config.json"
+        secret.write_text(f'{{"default": {{"secret_access_key": "{SECRET}"}}}}')
+        os.chmod(secret, 0o600)
+        sup = RuntimeSupervisor(
+            RuntimeSettings(count=1, worker_module=HOSTILE_WORKER, isolated_types=("pytorch", "hostile"))
+        )
+        await sup.start()
+        try:
+            yield sup, d, secret
+        finally:
+            await sup.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged user is used only when the instance is root")
+async def test_worker_runs_unprivileged_with_a_scrubbed_environment(hostile_env: tuple[RuntimeSupervisor, Path, Path]) -> None:
+    sup, _d, _secret = hostile_env
+    rt = sup.runtimes[0]
+    assert rt.pid is not None
+    status = Path(f"/proc/{rt.pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert uid_line.split()[1:] == [str(nobody)] * 4
+    environ = Path(f"/proc/{rt.pid}/environ").read_bytes()
+    assert SECRET.encode() not in environ
+    names = {kv.split(b"=", 1)[0] for kv in environ.split(b"\0") if kv}
+    assert not any(n.startswith((b"AWS_", b"MODELMUX_STORE")) for n in names)
+    assert os.environ["MODELMUX_STORE_PASSWORD"] == SECRET  # the instance itself is unchanged
+
+
+async def test_hostile_torchscript_cannot_read_the_secret_file(hostile_env: tuple[RuntimeSupervisor, Path, Path]) -> None:
+    sup, d, secret = hostile_env
+    model = make_file_reader(d / "reader" / "model.pt", secret, 16)
+    # the attack is real: in the instance's own process the model reads the secret
+    adapter = TorchAdapter(AdapterSettings(warm_up_first_load=False))
+    try:
+        local = await adapter.load(ModelSpec("reader", "pytorch"), model.parent)
+        from mesh._codec import infer_request_from_pb, parse_infer_request
+
+        resp = await local.infer(infer_request_from_pb(parse_infer_request(fp32_request("reader", "x", [0.0], [1]))))
+        leaked = bytes(np.frombuffer(resp.outputs[0].raw, dtype=np.float32).astype(np.uint8))
+        assert leaked == secret.read_bytes()[:16]
+        await local.unload()
+    finally:
+        await adapter.close()
+    # through the isolated runtime it gets an error, and the runtime stays up
+    copy = await sup.load(ModelSpec("reader", "pytorch"), model.parent)
+    pid = sup.runtimes[0].pid
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await copy.infer_bytes(fp32_request("reader", "x", [0.0], [1]), 10.0)
+    assert SECRET not in (err.value.details() or "")
+    assert "Permission denied" in (err.value.details() or "") or "open" in (err.value.details() or "").lower()
+    assert sup.runtimes[0].pid == pid and sup.runtimes[0].ready.is_set()
+
+
+@pytest.mark.parametrize("target", ["secret", "/proc/1/environ", "/proc/self/environ"])
+async def test_hostile_code_in_the_runtime_reads_nothing_secret(
+    hostile_env: tuple[RuntimeSupervisor, Path, Path], target: str
+) -> None:
+    sup, d, secret = hostile_env
+    path = str(secret) if target == "secret" else target
+    copy = await sup.load(ModelSpec(f"read-{abs(hash(target))}", "hostile", options={"action": "read", "path": path}), d)
+    out = bytes_output(await copy.infer_bytes(fp32_request(copy.spec.model_id, "INPUT0", [1.0]), 10.0))
+    assert SECRET.encode() not in out
+    if target != "/proc/self/environ":
+        assert out.startswith(b"ERR PermissionError")
+    else:
+        assert b"PYTHONPATH" in out  # it did read its own environment: only the scrubbed one
+
+
+async def test_isolated_torchscript_matches_in_process(hostile_env: tuple[RuntimeSupervisor, Path, Path]) -> None:
+    sup, d, _secret = hostile_env
+    path = open_up(mf.make_torchscript_model(d / "lin"))
+    copy = await sup.load(ModelSpec("lin", "pytorch"), path.parent)
+    assert copy.size_bytes > 0
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    raw = await copy.infer_bytes(fp32_request("lin", copy.metadata.inputs[0].name, x.ravel().tolist()), 10.0)
+    from protos import grpc_predict_v2_pb2 as pb
+
+    got = np.frombuffer(pb.ModelInferResponse.FromString(raw).raw_output_contents[0], dtype=np.float32).reshape(1, 3)
+    want = mf.torch_reference(path, x)
+    np.testing.assert_allclose(got, np.asarray(want).reshape(1, 3), rtol=1e-5)
+    await copy.unload()
+    assert sup.runtimes[0].copies == {}
