@@ -157,9 +157,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--write", action="store_true", help="write RESULTS.md and plots even with --quick")
-    ap.add_argument("--only", nargs="*", default=["routing", "peer", "density", "memory", "coldstart", "control"])
+    ap.add_argument("--only", nargs="*", default=["routing", "peer", "remote", "density", "memory", "coldstart", "control"])
+    ap.add_argument("--duration", type=float, default=None, help="seconds per measurement (routing, peer, remote)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (routing, peer, remote)")
     a = ap.parse_args()
     q = a.quick
+    dur = a.duration or (2 if q else 5)
+    rounds = a.rounds or (1 if q else 3)
     info = _tools.machine()
     load_start = _tools.loadavg()
     started = time.monotonic()
@@ -175,16 +179,21 @@ def main() -> None:
     if "routing" in a.only:
         from bench import bench_routing
 
-        routing = bench_routing.run(duration=2 if q else 5, rounds=1 if q else 3)
+        routing = bench_routing.run(duration=dur, rounds=rounds)
     if "peer" in a.only:
         from bench import bench_peer
 
         try:
-            peer_out = bench_peer.run(duration=2 if q else 5, rounds=1 if q else 3)
+            peer_out = bench_peer.run(duration=dur, rounds=rounds)
             peer = peer_out["results"]
         except Exception as exc:  # report why, keep the rest of the run
             peer_out = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             print(f"\npeer: MLServer could not be measured: {peer_out['error']}")
+    remote: dict[str, Any] | None = None
+    if "remote" in a.only:
+        from bench import bench_remote
+
+        remote = bench_remote.run(duration=dur, rounds=rounds)
     if "density" in a.only:
         from bench import bench_density
 
@@ -221,7 +230,7 @@ def main() -> None:
                   "thread each. Baseline: the same adapter and codec behind a bare grpc.aio handler / FastAPI route "
                   "(bench/_servers.py). Remote hit: the request enters the instance without the copy and is forwarded "
                   "as bytes; both instances share one process and event loop (a worse case than two pods). Setups "
-                  "measured in turn, 3 rounds of 5 s, median.\n")
+                  f"measured in turn, {rounds} rounds of {dur:g} s, median.\n")
         md.append(_fmt_rows(rows, header) + "\n")
     if peer is not None or "peer" in a.only:
         md.append("### Peer: MLServer\n")
@@ -239,10 +248,34 @@ def main() -> None:
                       f"same request bytes (one FP32 [1, 8] row), load from {peer_out['load']} at 1 and 16 requests in "
                       "flight; OMP_NUM_THREADS=1 for all (modelmux's default xgboost_threads=1). modelmux: one instance, "
                       "local hit. Each ratio is against the fastest MLServer setting at that concurrency and protocol "
-                      "(target at 16 in flight: >= 1.5x). 3 rounds of 5 s, median.\n")
+                      f"(target at 16 in flight: >= 1.5x). {rounds} interleaved rounds of {dur:g} s, median.\n")
             md.append(_fmt_rows(rows, PEER_HEADER) + "\n")
+            one = peer.get(1, {})
+            for proto in ("grpc", "rest"):
+                mm, bare = one.get("modelmux (local hit)", {}).get(proto), one.get("bare servicer", {}).get(proto)
+                if mm and bare and bare["rps"]:
+                    ratio = mm["rps"] / bare["rps"]
+                    line = (f"Local hit at 1 in flight, {proto}: {ratio:.2f}x the bare servicer "
+                            f"(target >= 0.95: {'met' if ratio >= 0.95 else 'missed'}).")
+                    print(line)
+                    md.append(line + "\n")
         else:
             md.append(f"MLServer could not be measured in this run: {peer_out.get('error', 'not run')}\n")
+    if remote:
+        from bench.bench_remote import HEADER as REMOTE_HEADER
+        from bench.bench_remote import rows as remote_rows
+
+        rows = remote_rows(remote["results"])
+        _print_table("remote hit, two processes over etcd", REMOTE_HEADER, rows)
+        md.append("### Remote hit across processes, direct routing\n")
+        md.append("bench/bench_remote.py: a local etcd, two `python -m mesh serve` processes (store kind etcd) and the bare "
+                  "adapter, the tiny ONNX MLP of the routing section registered with `max_copies: 1` (one holder). "
+                  "Remote hit: requests enter the instance without the copy and are forwarded. Direct routing: requests "
+                  "go to the address the first answer named in its `mm-holder` trailer, which is what "
+                  "`mesh.client.DirectRouter` does (checked in the run: a DirectRouter given only the other instance "
+                  f"learnt that address: {remote['holder_check']}). gRPC via h2load, {rounds} interleaved rounds of "
+                  f"{dur:g} s, median. Targets at 16 in flight: remote >= 0.75x bare, direct >= 0.9x.\n")
+        md.append(_fmt_rows(rows, REMOTE_HEADER) + "\n")
     if density:
         d = density
         rows = [[f"{int(d['models']):,}", f"{d['zipf_s']:g}", f"{d['requests']:.0f}", f"{d['rps']:.0f}", f"{d['hit_ratio']:.3f}",
@@ -252,16 +285,30 @@ def main() -> None:
         header = ["models", "zipf s", "requests", "req/s", "hit ratio", "loads/s", "p50 ms", "p99 ms", "p99 ms hits only",
                   "copies at end", "measured size / copy", "RSS growth / copy", "RSS / size", "errors"]
         _print_table("density", header, rows)
+        probe = d["probe_p99_ms"] / d["probe_hot_p99_ms"] if d["probe_hot_p99_ms"] else 0.0
+        rss = (d["rss_end"] - d["rss_base"]) / d["used_bytes"] if d["used_bytes"] else 0.0
+        t_rows = [["hits' p99 under misses / hits-only p99 (probe on the 5 hottest models)",
+                   f"{d['probe_p99_ms']:.1f} / {d['probe_hot_p99_ms']:.1f} ms = {probe:.2f}", "<= 2", "met" if probe <= 2 else "missed"],
+                  ["load/evict ping-pong pairs within 60 s (leader's decision log)",
+                   f"{int(d['ping_pongs'])} of {int(d['decisions_seen'])} actions" + (f" (e.g. {d['ping_pong_examples']})" if d["ping_pongs"] else ""),
+                   "0", "met" if not d["ping_pongs"] else "missed"],
+                  ["RSS growth / used capacity (base: RSS after registration)",
+                   f"{rss:.2f} ({(d['rss_end'] - d['rss_base']) / 2**20:.0f} MiB / {d['used_bytes'] / 2**20:.0f} MiB)", "<= 1.3",
+                   "met" if rss <= 1.3 else "missed"],
+                  ["capacity / requested bytes (expected distinct models x mean size)", f"{d['capacity_share']:.2f}", "about 0.25", ""]]
+        _print_table("density targets", ["", "measured", "target", ""], t_rows)
         md.append("### Density\n")
         md.append(f"In-process local mesh (one process, 3 instances over the memory store, {int(d['capacity_mib'])} MiB of "
                   "capacity each; bench._servers density), 10,000 registered models over 200 distinct ONNX files "
                   "(16 -> 3072 -> 4 MLP), Zipf traffic over all models from 3 wrk processes (one per instance, 4 "
-                  f"connections each, model drawn per request by a Lua script) for {d['duration_s']:.0f} s. Hit ratio = "
+                  f"connections each, model drawn per request by a Lua script) for {d['duration_s']:.0f} s, plus a probe "
+                  "(wrk, 2 connections) on the 5 hottest models in both phases. Hit ratio = "
                   "1 - misses / requests (a miss: no copy anywhere when the request arrived). Latency includes misses; "
                   "baseline in the same run: the 20 hottest models only, loaded (\"hits only\"). RSS growth: the mesh "
                   "process's RSS after the run minus after registration, per copy loaded at the end (it also holds "
                   "what evicted copies left behind).\n")
         md.append(_fmt_rows(rows, header) + "\n")
+        md.append(_fmt_rows(t_rows, ["", "measured", "target", ""]) + "\n")
     if memory:
         header = ["setting", "cycle", "sum of measured sizes MiB", "RSS growth MiB", "RSS / size", "left after unload MiB"]
         rows = [[name, str(i), f"{c['sizes'] / 2**20:.1f}", f"{c['rss_growth'] / 2**20:.1f}",

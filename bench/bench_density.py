@@ -13,6 +13,15 @@ latency p50/p99 (wrk, all requests, misses included), and per loaded copy the RS
 the mesh process (after registration -> end, divided by the copies loaded at the end) vs the
 copy's measured size (the adapter's ``size_bytes``). Baseline for the latency: a hit-only run
 (the 20 hottest models, loaded) in the same process.
+
+Hits under misses: a fourth wrk (the probe, 2 connections) asks only for the 5 hottest models
+(loaded before it starts and requested often enough to stay) during both phases; its p99
+while the Zipf traffic loads and evicts all the time vs its p99 in the hits-only phase is the
+"hits unharmed by misses" ratio (target <= 2). Requested bytes: the expected number of distinct
+models the Zipf traffic asked for (from the distribution and the request count) times the mean
+measured size; capacity / requested bytes is reported. Ping-pong: the leader's decision log
+(``/v1/decisions``, polled during the run) is searched for a model evicted to make room for
+another and that other evicted for it within 60 s.
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,12 +74,33 @@ end
 """
 
 
+def expected_distinct(n: int, s: float, draws: int) -> float:
+    """Expected number of distinct models among ``draws`` Zipf(s) draws over ``n`` models."""
+    weights = [1 / (k**s) for k in range(1, n + 1)]
+    total = sum(weights)
+    return sum(1 - (1 - w / total) ** draws for w in weights)
+
+
+def ping_pongs(decisions: list[dict[str, Any]], window_s: float = 60.0) -> list[tuple[str, str]]:
+    """Pairs (a, b): a evicted for b and b evicted for a within ``window_s``."""
+    evicted_for: dict[tuple[str, str], list[float]] = {}
+    for d in decisions:
+        m = re.match(r"evict: room for (\S+) on ", d.get("reason", ""))
+        if d.get("kind") == "unload" and m:
+            evicted_for.setdefault((d["model_id"], m.group(1)), []).append(float(d["at"]))
+    out = []
+    for (a, b), times in evicted_for.items():
+        if a < b and any(abs(t - u) <= window_s for t in times for u in evicted_for.get((b, a), ())):
+            out.append((a, b))
+    return out
+
+
 def _counters(rest: list[str]) -> list[dict[str, Any]]:
     return [httpx.get(f"http://{r}/v1/cluster", timeout=30).json()["self"] for r in rest]
 
 
-def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 24,
-        connections: int = 4) -> dict[str, float]:
+def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 40,
+        connections: int = 4) -> dict[str, Any]:
     from mesh._demo import make_onnx
 
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
@@ -91,19 +123,45 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             def lua(seed: int, n: int) -> str:
                 return _ZIPF_LUA.format(n=n, s=zipf_s, seed=seed, body=json.dumps(body))
 
-            def wrk_all(script: Any, secs: float) -> list[dict[str, float]]:
-                with ThreadPoolExecutor(len(rest)) as pool:
+            def wrk_all(script: Any, secs: float, probe: bool = False) -> list[dict[str, float]]:
+                """One wrk per instance (and the probe on instance 0, last in the list)."""
+                with ThreadPoolExecutor(len(rest) + 1) as pool:
                     futs = [pool.submit(_tools.wrk, f"http://{r}/v2/models/m0/infer", None, connections=connections,
                                         duration_s=secs, script=script(k), warmup_s=0) for k, r in enumerate(rest)]
+                    if probe:
+                        futs.append(pool.submit(_tools.wrk, f"http://{rest[0]}/v2/models/m0/infer", None, connections=2,
+                                                duration_s=secs, script=lua(999, 5), warmup_s=0))
                     return [f.result() for f in futs]
+
+            decisions: dict[int, dict[str, Any]] = {}
+            polling = threading.Event()
+
+            def poll_decisions() -> None:  # the leader's log keeps the newest 2,000 records: read it as it grows
+                after = 0
+                while True:
+                    for r in rest:
+                        try:
+                            got = httpx.get(f"http://{r}/v1/decisions", params={"after": after, "limit": 5000}, timeout=10).json()
+                        except httpx.HTTPError:
+                            continue
+                        for d in got["decisions"]:
+                            decisions[hash((d["seq"], d["kind"], d["model_id"], d["instance_id"]))] = d
+                        after = max(after, got.get("last_seq", 0) - 1)
+                        break
+                    if polling.wait(1.0):
+                        return
 
             # baseline: hits only (the 20 hottest models), after one warm-up pass loads them
             wrk_all(lambda k: lua(100 + k, 20), 3)
-            hot = wrk_all(lambda k: lua(200 + k, 20), 5)
+            *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), 5, probe=True)
             before = _counters(rest)
+            poller = threading.Thread(target=poll_decisions, daemon=True)
+            poller.start()
             t0 = time.monotonic()
-            runs = wrk_all(lambda k: lua(k + 1, models), duration)
+            *runs, probe = wrk_all(lambda k: lua(k + 1, models), duration, probe=True)
             elapsed = time.monotonic() - t0
+            polling.set()
+            poller.join(15)
             after = _counters(rest)
             rss1 = server.memory_info().rss
         finally:
@@ -113,6 +171,9 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
     loads = sum(a["loads"] - b["loads"] for a, b in zip(after, before, strict=True))
     copies = sum(sum(1 for st in a["copies"].values() if st == "loaded") for a in after)
     used = sum(a["used_bytes"] for a in after)
+    size = used / copies if copies else 0.0
+    requested = expected_distinct(models, zipf_s, int(requests)) * size
+    pairs = ping_pongs(list(decisions.values()))
     return {
         "models": float(models), "zipf_s": zipf_s, "capacity_mib": float(capacity_mib), "duration_s": elapsed,
         "requests": requests, "rps": requests / elapsed,
@@ -125,6 +186,12 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
         "copies": float(copies),
         "size_per_copy": used / copies if copies else 0.0,
         "rss_per_copy": (rss1 - rss0) / copies if copies else 0.0,
+        "rss_base": float(rss0), "rss_end": float(rss1), "used_bytes": float(used),
+        "probe_p99_ms": probe["p99_ms"], "probe_hot_p99_ms": hot_probe["p99_ms"],
+        "probe_p50_ms": probe["p50_ms"], "probe_hot_p50_ms": hot_probe["p50_ms"], "probe_errors": probe["errors"],
+        "requested_bytes": requested, "capacity_share": (3 * (capacity_mib << 20)) / requested if requested else 0.0,
+        "decisions_seen": float(len(decisions)), "ping_pongs": float(len(pairs)),
+        "ping_pong_examples": ", ".join(f"{a}<->{b}" for a, b in pairs[:5]),
     }
 
 
@@ -136,7 +203,7 @@ def main() -> None:
     a = ap.parse_args()
     r = run(a.models, a.duration, a.zipf)
     for k, v in r.items():
-        print(f"{k:<16}{v:,.3f}")
+        print(f"{k:<20}{v:,.3f}" if isinstance(v, float) else f"{k:<20}{v}")
 
 
 if __name__ == "__main__":

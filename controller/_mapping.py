@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,9 @@ MIN_COPIES_ANNOTATION = "modelmux.io/min-copies"
 MAX_COPIES_ANNOTATION = "modelmux.io/max-copies"
 PINNED_ANNOTATION = "modelmux.io/pinned"
 TENANT_ANNOTATION = "modelmux.io/tenant-quota"
+BATCHING_ANNOTATION = "modelmux.io/batching"
+MAX_BATCH_SIZE_ANNOTATION = "modelmux.io/max-batch-size"
+MAX_BATCH_DELAY_ANNOTATION = "modelmux.io/max-batch-delay-s"
 
 # ---------------------------------------------------------------- context
 
@@ -394,12 +398,47 @@ def _extras(spec: Mapping[str, Any], annotations: Mapping[str, str], namespace: 
         out["max_copies"] = max_c
     if pinned:
         out["pinned"] = True
+    batching = _batching_options(spec, annotations)
+    if batching:
+        out["options"] = batching
     tenant = tenant_id(namespace, str(tenant).strip(), naming)
     try:
         validate_id("tenant", tenant)
     except InvalidRequest:
         raise _Invalid(f"tenant {tenant!r} (spec.tenant or annotation {TENANT_ANNOTATION}) is not a valid name") from None
     out["tenant"] = tenant
+    return out
+
+
+def _batching_options(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> dict[str, str]:
+    """Adaptive batching model options (runtime_adapters' ``batching`` / ``max_batch_size`` /
+    ``max_batch_delay_s``): Predictor fields win over annotations; checked here so that a bad
+    value is an InvalidSpec rather than a load failure."""
+    out: dict[str, str] = {}
+    on = _bool_extra(spec.get("batching"), "spec.batching")
+    if on is None:
+        on = _bool_extra(annotations.get(BATCHING_ANNOTATION), f"annotation {BATCHING_ANNOTATION}")
+    if on is not None:
+        out["batching"] = "true" if on else "false"
+    size = _int_extra(spec.get("maxBatchSize"), "spec.maxBatchSize")
+    if size is None:
+        size = _int_extra(annotations.get(MAX_BATCH_SIZE_ANNOTATION), f"annotation {MAX_BATCH_SIZE_ANNOTATION}")
+    if size is not None:
+        if size < 1:
+            raise _Invalid(f"max batch size must be at least 1, not {size}")
+        out["max_batch_size"] = str(size)
+    delay = spec.get("maxBatchDelaySeconds")
+    where = "spec.maxBatchDelaySeconds"
+    if delay is None or delay == "":
+        delay, where = annotations.get(MAX_BATCH_DELAY_ANNOTATION), f"annotation {MAX_BATCH_DELAY_ANNOTATION}"
+    if delay is not None and delay != "":
+        try:
+            seconds = float(str(delay).strip()) if not isinstance(delay, bool) else math.nan
+        except ValueError:
+            seconds = math.nan
+        if not (0.0 <= seconds <= 10.0):  # nan fails too
+            raise _Invalid(f"{where} must be a number of seconds in [0, 10], not {delay!r}")
+        out["max_batch_delay_s"] = repr(seconds)
     return out
 
 
@@ -435,7 +474,7 @@ def _build(model: _Model, extras: dict[str, Any], runtimes: Mapping[str, Runtime
     if model.protocol:
         key["protocol_version"] = model.protocol.lower()
     if model.gpu == "required":
-        key["options"] = {"device": "cuda"}
+        key["options"] = {**key.get("options", {}), "device": "cuda"}
     return ModelInfoSpec(type=mtype, path=model.path, key=json.dumps(key, sort_keys=True, separators=(",", ":")))
 
 

@@ -141,7 +141,7 @@ async def run_controller(
         api = await asyncio.to_thread(build_api_client, settings)
         kube = KubeClient(api, settings)
         k = kube
-        runner = ElectedController(settings, kube, lambda: Controller(settings, k, state, Management(state, instance_id)))
+        runner = ElectedController(settings, kube, lambda: Controller(settings, k, state, Management(state, instance_id, store=store)))
         health_port = 0
         if settings.health_port >= 0:
             health = await serve_health(settings.health_host, settings.health_port, lambda: runner.ready)

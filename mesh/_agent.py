@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from puller import Puller, StagedArtifact, StorageRef
-from runtime_adapters import AdapterRegistry, LoadedModel, ModelSpec
+from runtime_adapters import (
+    AdapterRegistry,
+    BatchingSettings,
+    LoadedModel,
+    ModelSpec,
+    with_batching,
+)
 
 from ._cluster_mirror import ClusterMirror
 from ._loaded_copies import LoadedCopies
@@ -86,9 +92,12 @@ class Agent:
         version: str = "",
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        batching: BatchingSettings | None = None,
         runtimes: RuntimeSupervisor | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # adaptive batching of loaded copies (built once by the instance; model options override it)
+        self.batching = batching or BatchingSettings()
         self.runtimes = runtimes  # model types it handles load in runtime processes (issue 14)
         self.settings = settings
         self.instance_id = instance_id
@@ -346,6 +355,12 @@ class Agent:
                 copy.size_bytes = rec.predicted_size_bytes or adapter.predict_size(self._spec(rec), local_path)
                 await self._wait_for_room(copy)
                 loaded = await adapter.load(self._spec(rec), local_path)
+                if not getattr(loaded, "forwards_raw", False):  # a runtime process batches on its own
+                    try:
+                        loaded = with_batching(loaded, self.batching, self.metrics)
+                    except Exception:  # bad batching options: the load fails, the model is not kept
+                        await loaded.unload()
+                        raise
             if self.copies.get(mid) is not copy:  # unassigned while loading
                 await loaded.unload()
                 return

@@ -25,6 +25,7 @@ from . import _codec
 from ._auth import Authenticator, Principal
 from ._dataplane import DataPlane, RequestContext
 from ._errors import InvalidRequest, status_for
+from ._holder import holder_trailer
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
 from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER
 from ._security import grpc_principal
@@ -112,7 +113,11 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        return await self.dataplane.infer_bytes(name, payload, _context(context, self.dataplane.authenticator, md))
+        out = await self.dataplane.infer_bytes(name, payload, _context(context, self.dataplane.authenticator, md))
+        holder = holder_trailer()  # where the copy that answered lives (direct routing)
+        if holder is not None:
+            context.set_trailing_metadata(holder)
+        return out
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live(_context(context, self.dataplane.authenticator)))

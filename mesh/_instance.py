@@ -21,7 +21,7 @@ import uvicorn
 
 from placement import Policy, PolicySettings
 from puller import Puller, PullerSettings, StorageConfig
-from runtime_adapters import AdapterRegistry, AdapterSettings, build_registry
+from runtime_adapters import AdapterRegistry, AdapterSettings, BatchingSettings, build_registry
 
 from ._agent import Agent
 from ._caps import RegistrationCaps
@@ -88,6 +88,7 @@ class Instance:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         owns_parts: bool = False,
+        batching: BatchingSettings | None = None,
         runtimes: RuntimeSupervisor | None = None,
     ) -> None:
         self.settings = settings
@@ -142,6 +143,7 @@ class Instance:
             version=self.version,
             clock=clock,
             metrics=self.metrics,
+            batching=batching or BatchingSettings(),  # MODELMUX_BATCHING_*, read once per instance
         )
         self.leader = Leader(
             self.instance_id,
@@ -349,10 +351,11 @@ async def assemble_instance(
     adapter_settings: AdapterSettings | None = None,
     keys: Keys | None = None,
     policy: Policy | None = None,
+    batching: BatchingSettings | None = None,
 ) -> Instance:
     """An instance with its own puller and runtime adapters (closed by its ``stop()``): what every
     process that runs instances builds, written once."""
     puller = Puller(puller_settings, storage_config)
     await puller.start()
     adapters = build_registry(adapter_settings or AdapterSettings())
-    return Instance(settings, store, adapters, puller, keys=keys, policy=policy, owns_parts=True)
+    return Instance(settings, store, adapters, puller, keys=keys, policy=policy, owns_parts=True, batching=batching)

@@ -159,7 +159,7 @@ def auto_delete_ops(
 
 class Management:
     """The management calls. ``store`` is where registrations are written; ``state`` the mirror
-    they are read back from (defaults to the store the mirror follows). ``puller`` (optional; the
+    they are read back from. ``puller`` (optional; the
     controller has none) validates a local artifact path against its roots at registration —
     lexically, before any file-system access — and measures it on its executor as the predicted
     size; without it a local path is not looked at."""
@@ -169,14 +169,14 @@ class Management:
         state: ClusterMirror,
         instance_id: str,
         *,
-        store: Store | None = None,
+        store: Store,
         clock: Callable[[], float] = time.time,
         puller: Puller | None = None,
     ) -> None:
         self.puller = puller
         self.caps = RegistrationCaps()
         self.state = state
-        self.store = store if store is not None else state.store
+        self.store = store
         self.keys = state.keys
         self.instance_id = instance_id
         self.clock = clock

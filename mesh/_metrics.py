@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -39,6 +39,8 @@ MS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 75, 100, 200, 500, 1000, 2000, 5000, 100
 AGE_BUCKETS = (30_000, 5 * _MIN, 15 * _MIN, _H, 4 * _H, 12 * _H, _D, 7 * _D, 30 * _D, 90 * _D)
 MODEL_SIZE_BUCKETS = tuple(float((256 << 10) * 4**k) for k in range(8))  # 256 KiB .. 4 GiB
 MESSAGE_SIZE_BUCKETS = tuple(float(128 * 4**k) for k in range(8))  # 128 B .. 2 MiB
+BATCH_SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+QUEUE_MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 500)
 
 INFER_METHOD = "ModelInfer"
 
@@ -126,6 +128,7 @@ class Metrics:
         self.lru_time = Gauge(
             "modelmesh_instance_lru_seconds", "Last used time of least recently used model in pod (in secs since epoch)", registry=r
         )
+        self._request_children: dict[tuple[object, ...], tuple[Histogram, Histogram, Histogram]] = {}
         self._cluster = _ClusterGauges()
         r.register(self._cluster)
         # ---- modelmux's
@@ -138,6 +141,12 @@ class Metrics:
         self.puller_bytes = Counter("modelmux_puller_bytes", "Artifact bytes downloaded (staged) by the puller", registry=r)
         self.puller_pulls = Counter("modelmux_puller_pulls", "Artifacts staged by a download", registry=r)
         self.puller_hits = Counter("modelmux_puller_cache_hits", "Artifacts staged from the local cache (no download)", registry=r)
+        self.batch_size = ms(
+            "modelmux_batch_size", "Requests merged into one framework call (1: ran alone)", buckets=BATCH_SIZE_BUCKETS
+        )
+        self.batch_queue_ms = ms(
+            "modelmux_batch_queue_milliseconds", "Time a request waited for its batch to start", buckets=QUEUE_MS_BUCKETS
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -159,11 +168,30 @@ class Metrics:
     ) -> None:
         """One inference request: from a client (``external``) or into a local runtime; sizes < 0: not recorded."""
         labels = (method, code, model_id, vmodel_id) if self.per_model_labels else (method, code)
-        (self.api_ms if external else self.invoke_ms).labels(*labels).observe(elapsed_ms)
+        key = (external, *labels)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and checks its values: once per label set, not per request
+            children = self._request_children[key] = (
+                (self.api_ms if external else self.invoke_ms).labels(*labels),
+                self.request_bytes.labels(*labels),
+                self.response_bytes.labels(*labels),
+            )
+        children[0].observe(elapsed_ms)
         if request_bytes >= 0:
-            self.request_bytes.labels(*labels).observe(request_bytes)
+            children[1].observe(request_bytes)
         if response_bytes >= 0:
-            self.response_bytes.labels(*labels).observe(response_bytes)
+            children[2].observe(response_bytes)
+
+    def batch_ran(self, model_id: str, size: int, queue_times_s: Sequence[float]) -> None:
+        """:class:`runtime_adapters.BatchObserver`: one framework call of ``size`` requests."""
+        if self.per_model_labels:
+            self.batch_size.labels(model_id, "").observe(size)
+            queue = self.batch_queue_ms.labels(model_id, "")
+        else:
+            self.batch_size.observe(size)
+            queue = self.batch_queue_ms
+        for q in queue_times_s:
+            queue.observe(q * 1000)
 
     def report_cluster(self, reporting: Callable[[], bool]) -> None:
         """Export the cluster-wide gauges while ``reporting()`` holds (wired to leadership)."""

@@ -23,6 +23,7 @@ from runtime_adapters import InferRequest, InferResponse, LoadedModel, ModelNotL
 from . import _codec
 from ._cluster_mirror import ClusterMirror
 from ._errors import DeadlineExceeded, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from ._holder import served_by
 from ._load_request import request_load
 from ._loaded_copies import LoadedCopiesView
 from ._metrics import Metrics
@@ -103,6 +104,7 @@ class Router:
         request_metrics: RequestMetrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self._forward_ok = self.metrics.forwards.labels("ok")  # bound once: labels() costs a lock and a dict look-up
         self.request_metrics = request_metrics or RequestMetrics(self.metrics, mirror)
         self.instance_id = instance_id
         self.mirror = mirror
@@ -230,6 +232,7 @@ class Router:
         return resp
 
     async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
+        served_by.set(self.mirror.address(self.instance_id) or "")
         if isinstance(model, RuntimeCopy):  # the copy lives in a runtime process: forward the bytes unparsed
             self.counters.local += 1
             self.metrics.local_hits.inc()
@@ -308,7 +311,8 @@ class Router:
                 timeout = self.forward_attempt_timeout_s
             try:
                 result = await self._forward(target, address, mid, payload, timeout)
-                self.metrics.forwards.labels("ok").inc()
+                served_by.set(address)
+                self._forward_ok.inc()
                 if self._suspect:
                     self._suspect.pop(target, None)
                 return result
@@ -355,6 +359,9 @@ class Router:
             options: list[tuple[str, int | str]] = [
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
+                # the router retries on other holders itself; gRPC's retry machinery would only
+                # buffer every forwarded payload for a retry that never comes
+                ("grpc.enable_retries", 0),
             ]
             if self.peer_credentials is None:
                 channel = grpc.aio.insecure_channel(address, options=options)

@@ -33,7 +33,7 @@ class ControllerEnv:
         state = ClusterMirror(self.store, Keys(self.prefix))
         await state.start()
         kube = KubeClient(build_api_client(settings), settings)
-        ctl = Controller(settings, kube, state, Management(state, "controller-test"))
+        ctl = Controller(settings, kube, state, Management(state, "controller-test", store=self.store))
         self.made.append((ctl, kube, state))
         await ctl.start()
         return ctl

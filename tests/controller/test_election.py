@@ -42,6 +42,7 @@ class Replica:
     def __init__(self, env: ControllerEnv, identity: str) -> None:
         self.settings = _settings(env, identity)
         self.kube = KubeClient(build_api_client(self.settings), self.settings)
+        self.store = env.store
         self.state = ClusterMirror(env.store, Keys(env.prefix))
         self.controllers: list[Controller] = []
         self.runner = ElectedController(self.settings, self.kube, self._make)
@@ -49,7 +50,7 @@ class Replica:
         self.task: asyncio.Task[None] | None = None
 
     def _make(self) -> Controller:
-        ctl = Controller(self.settings, self.kube, self.state, Management(self.state, self.settings.identity))
+        ctl = Controller(self.settings, self.kube, self.state, Management(self.state, self.settings.identity, store=self.store))
         self.controllers.append(ctl)
         return ctl
 

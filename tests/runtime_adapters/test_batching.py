@@ -264,13 +264,14 @@ async def test_policy_from_settings_and_model_options(registry: AdapterRegistry,
     linear = await onnx.load(ModelSpec("m", "onnx"), built("make_onnx_model"))
     strings = await onnx.load(ModelSpec("s", "onnx"), built("make_onnx_model", kind="strings"))
     on = BatchingSettings(enabled=True, max_batch_size=8, max_batch_delay_s=0.001)
-    off = BatchingSettings()
-    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 1, 64 << 20)
+    off = BatchingSettings(enabled=False)
+    assert BatchingSettings().enabled  # on by default for batchable models
+    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 4, 64 << 20)
     assert batch_policy(linear.spec, linear.metadata, off) is None
     # an output without a batch dimension ("length" [1]): never batched
     assert batch_policy(strings.spec, strings.metadata, on) is None
     forced = ModelSpec("m", "onnx", options={"batching": "true", "max_batch_size": "32", "max_batch_delay_s": "0"})
-    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 1, 64 << 20)
+    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 4, 64 << 20)
     assert batch_policy(ModelSpec("m", "onnx", options={"batching": "off"}), linear.metadata, on) is None
     assert batch_policy(ModelSpec("m", "onnx", options={"max_batch_size": "1"}), linear.metadata, on) is None
     for bad in ({"batching": "maybe"}, {"max_batch_size": "0"}, {"max_batch_size": "x"}, {"max_batch_delay_s": "nan"}):

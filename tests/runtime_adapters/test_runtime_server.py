@@ -256,7 +256,11 @@ async def test_a_model_option_turns_adaptive_batching_on(runtime: Runtime, built
     key = json.dumps({"model_type": {"name": "onnx"}, "options": {"batching": "true", "max_batch_size": "8"}})
     await runtime.mgmt.loadModel(mr.LoadModelRequest(modelId="b1", modelPath=str(path), modelKey=onnx_key()))
     await runtime.mgmt.loadModel(mr.LoadModelRequest(modelId="b2", modelPath=str(path), modelKey=key))
-    assert not isinstance(runtime.service.models["b1"], BatchingModel)  # off by default
+    off = json.dumps({"model_type": {"name": "onnx"}, "options": {"batching": "false"}})
+    await runtime.mgmt.loadModel(mr.LoadModelRequest(modelId="b0", modelPath=str(path), modelKey=off))
+    default = runtime.service.models["b1"]  # on by default (a batch dimension on every input and output)
+    assert isinstance(default, BatchingModel) and default.policy.max_batch_size == 16
+    assert not isinstance(runtime.service.models["b0"], BatchingModel)  # off by option
     batched = runtime.service.models["b2"]
     assert isinstance(batched, BatchingModel) and batched.policy.max_batch_size == 8
     xs = [np.random.RandomState(i).rand(1 + i % 2, 4).astype(np.float32) for i in range(12)]
