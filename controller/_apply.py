@@ -123,17 +123,19 @@ def apply_files(
     delete: bool = False,
     timeout_s: float = 60.0,
     transport: httpx.BaseTransport | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> list[ApplyResult]:
     """Register (or, with ``delete``, unregister) every Predictor / InferenceService in the
     files against the mesh's REST API at ``rest_address``; one result per document.
 
     ``namespace`` is used for objects that name none. ``progress(done, total)`` is called
-    after each document. Raises :class:`mesh.Unavailable` when the mesh cannot be reached.
+    after each document. ``client_options``: ``headers`` (the bearer token) and ``verify`` (TLS)
+    of the HTTP client. Raises :class:`mesh.Unavailable` when the mesh cannot be reached.
     """
     docs, results = load_documents(paths)
     ctx = _context(docs, namespace, naming)
     total = len(docs)
-    with httpx.Client(base_url=_base_url(rest_address), timeout=timeout_s, transport=transport) as client:
+    with httpx.Client(base_url=_base_url(rest_address), timeout=timeout_s, transport=transport, **(client_options or {})) as client:
         for n, (source, obj) in enumerate(docs, start=1):
             results.append(_apply_one(client, source, obj, ctx, namespace, load_now=load_now, delete=delete))
             if progress is not None:

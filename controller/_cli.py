@@ -44,8 +44,16 @@ def apply_command(
     load_now: Annotated[bool, typer.Option(help="load the models right away")] = True,
     delete: Annotated[bool, typer.Option("--delete", help="unregister instead")] = False,
     address: Annotated[str | None, typer.Option("--address", "-a", help=f"REST address of any instance (env {ADDRESS_ENV})")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MODELMUX_TOKEN", help="bearer token (else MODELMUX_CONTROLLER_TOKEN_FILE)")] = None,
+    cacert: Annotated[Path | None, typer.Option("--cacert", envvar="MODELMUX_CACERT", help="CA for https:// (else MODELMUX_CONTROLLER_TLS_CA_FILE)")] = None,
 ) -> None:
     """Register Predictor / InferenceService YAML against a running mesh (no cluster needed)."""
+    settings = ControllerSettings()
+    if cacert is not None:
+        settings.tls_ca_file = cacert
+    client_options = settings.mesh_client_options()
+    if token:
+        client_options["headers"]["authorization"] = f"Bearer {token}"
     console = Console()
     err_console = Console(stderr=True)  # progress on stderr: stdout keeps one line per document
     bar = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -56,6 +64,7 @@ def apply_command(
             results = apply_files(
                 filename, target, namespace=namespace, load_now=load_now, delete=delete,
                 progress=lambda done, total: prog.update(task, completed=done, total=total),
+                client_options=client_options,
             )
     except Unavailable as exc:
         console.print(f"[red]error[/]: {exc.message}")

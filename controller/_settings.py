@@ -64,6 +64,27 @@ class ControllerSettings(BaseSettings):
     identity: str = ""  # "" = POD_NAME, else hostname-pid
     health_port: int = 8081  # /healthz and /readyz; -1 = off, 0 = any free port
     health_host: str = "0.0.0.0"
+    # as a client of an instance's management API (``modelmux apply``; docs/security.md): the
+    # controller is a principal of role admin. The reconcile loop itself writes through the store.
+    token_file: Path | None = None  # its bearer token
+    tls_ca_file: Path | None = None  # CA checked against the instances' certificates
+    tls_cert_file: Path | None = None  # its client certificate (instances with --tls-client-ca ask for one)
+    tls_key_file: Path | None = None
+
+    def mesh_client_options(self) -> dict[str, Any]:
+        """``headers`` and ``verify`` for an httpx client to the instances' REST API."""
+        import ssl
+
+        headers: dict[str, str] = {}
+        if self.token_file is not None:
+            headers["authorization"] = f"Bearer {self.token_file.read_text(encoding='utf-8').strip()}"
+        verify: Any = True
+        if self.tls_ca_file is not None or self.tls_cert_file is not None:
+            ctx = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+            if self.tls_cert_file is not None:
+                ctx.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None)
+            verify = ctx
+        return {"headers": headers, "verify": verify}
 
     @field_validator("model_types", mode="before")
     @classmethod

@@ -3,19 +3,24 @@
 The gRPC edge (:mod:`mesh._grpc_edge`) and the REST edge (:mod:`mesh._rest_edge`) translate
 their wire formats and errors and call this object; nothing here knows protobuf messages or
 JSON. It times every client request (:class:`~mesh._request_metrics.RequestMetrics`) and is the
-one place where later work checks who the caller is (:attr:`RequestContext.principal`, carried
-into every call, not checked yet) and batches requests.
+one place that checks who the caller is: the edges authenticate each call once
+(:meth:`DataPlane.authenticate`) into :attr:`RequestContext.principal`, and every model call here
+is scoped to that principal's tenant (:mod:`mesh._access`): another tenant's model answers the
+same NOT_FOUND as a missing one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from runtime_adapters import InferRequest, InferResponse, ModelMetadata
 
 from . import _codec
+from ._access import require_model
+from ._auth import LOCAL_ADMIN, Action, Authenticator, Principal
 from ._errors import ModelNotFound
 from ._limits import RequestAdmission
 from ._request_metrics import RequestMetrics, RequestTimer
@@ -27,23 +32,13 @@ EXTENSIONS = ("model_repository", "binary_tensor_data")
 
 
 @dataclass(frozen=True)
-class Principal:
-    """Who sends a request, as the edge established it (an identity is not checked yet: issue 13)."""
-
-    name: str = ""
-
-
-ANONYMOUS = Principal()
-
-
-@dataclass(frozen=True)
 class RequestContext:
     """What an edge knows about one call besides its payload."""
 
     timeout_s: float | None = None  # the client's deadline, None: the instance default
     forwarded: bool = False  # sent by a peer that already counted it (serve locally or NOT_FOUND)
     admitted: bool = False  # already holds an admission slot (mesh._limits)
-    principal: Principal = ANONYMOUS
+    principal: Principal = LOCAL_ADMIN  # the edges set the authenticated caller
     metadata: dict[str, str] = field(default_factory=dict)  # request headers / gRPC metadata
 
 
@@ -61,6 +56,27 @@ class DataPlane:
         self.request_metrics = request_metrics or router.request_metrics
         self.ready = True
         self.admission = RequestAdmission(router)
+        self.authenticator = Authenticator()  # off: every caller is LOCAL_ADMIN
+
+    def authenticate(self, authorization: str | None, cert_names: Sequence[str] = ()) -> Principal:
+        """The caller of one request, once, at the edge (UNAUTHENTICATED without valid credentials)."""
+        return self.authenticator.authenticate(authorization, cert_names)
+
+    async def authorize(self, name: str, ctx: RequestContext) -> None:
+        """May ``ctx.principal`` run model ``name``? A forwarded call needs an instance's right to
+        forward (a stolen ``mm-forwarded`` header from anyone else is refused); a tenant-bound
+        caller sees only its tenant's models (others: the NOT_FOUND a missing model gets)."""
+        p = ctx.principal
+        if ctx.forwarded:
+            p.require(Action.FORWARD, "send forwarded requests (mm-forwarded)")
+            return
+        if p.tenant is None:
+            p.require(Action.INFER, f"model '{name}'")
+            return
+        router = self.router
+        mid = router.mirror.resolve(name) or await router.resolve_fresh(name)
+        rec = router.mirror.models.items.get(mid)
+        require_model(p, name, rec.tenant if rec is not None else None, Action.INFER)
 
     # ------------------------------------------------------------ server
 
@@ -77,11 +93,13 @@ class DataPlane:
 
     async def model_ready(self, name: str, ctx: RequestContext) -> bool:
         """Whether the model (or vModel) has a loaded copy anywhere; NOT_FOUND when it is not registered."""
+        await self.authorize(name, ctx)
         mid = await self.router.resolve_fresh(name)
         return bool(self.router.mirror.holders(mid)) or mid in self.router.loaded
 
     async def model_metadata(self, name: str, ctx: RequestContext) -> ModelMetadata:
         """Metadata from the local copy, or from a holder (loading the model if needed), named as asked."""
+        await self.authorize(name, ctx)
         router = self.router
         mid = await router.resolve_fresh(name)
         model = router.loaded.get(mid)
@@ -108,6 +126,7 @@ class DataPlane:
 
         A peer's forwarded request is not timed again: it was counted where it entered the mesh.
         """
+        await self.authorize(name, ctx)
         if ctx.forwarded:
             async with self.admission.admit(name, ctx):
                 return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
@@ -123,10 +142,12 @@ class DataPlane:
         """A decoded request in, a decoded answer out (the REST edge times the call with :meth:`measure`,
         since only it knows the sizes on its wire). An edge that admits the request before reading
         its body (:meth:`admit`) passes the admitted context."""
+        await self.authorize(name, ctx)
         async with self.admission.admit(name, ctx):
             return await self.router.infer(name, request, timeout_s=ctx.timeout_s, session=ctx.metadata.get(SESSION_HEADER))
 
     def admit(self, name: str, ctx: RequestContext) -> contextlib.AbstractAsyncContextManager[RequestContext]:
         """Resolve ``name`` (NOT_FOUND when unknown) and hold an admission slot for one request
-        (RESOURCE_EXHAUSTED when its tenant's or this instance's queue is full)."""
+        (RESOURCE_EXHAUSTED when its tenant's or this instance's queue is full). The caller
+        authorizes first (:meth:`authorize`)."""
         return self.admission.admit(name, ctx)

@@ -22,11 +22,13 @@ from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
 from . import _codec
+from ._auth import Authenticator, Principal
 from ._dataplane import DataPlane, RequestContext
 from ._errors import InvalidRequest, status_for
 from ._holder import holder_trailer
 from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus
 from ._router import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER
+from ._security import grpc_principal
 from ._wire import WireError, read_string_field
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(unary_unary=wrapped, request_deserializer=None)
 
 
-def _context(context: grpc.aio.ServicerContext, md: dict[str, str] | None = None) -> RequestContext:
+def _context(context: grpc.aio.ServicerContext, authenticator: Authenticator, md: dict[str, str] | None = None) -> RequestContext:
+    """The call's context, its caller authenticated once (UNAUTHENTICATED raised here)."""
     md = _metadata(context) if md is None else md
-    return RequestContext(timeout_s=context.time_remaining(), forwarded=FORWARDED_HEADER in md, metadata=md)
+    return RequestContext(
+        timeout_s=context.time_remaining(),
+        forwarded=FORWARDED_HEADER in md,
+        principal=grpc_principal(authenticator, context, md),
+        metadata=md,
+    )
 
 
 class InferenceHandlers:
@@ -105,31 +113,31 @@ class InferenceHandlers:
                 raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         if not name:
             raise InvalidRequest("no model named: set model_name or the mm-vmodel-id / mm-model-id header")
-        out = await self.dataplane.infer_bytes(name, payload, _context(context, md))
+        out = await self.dataplane.infer_bytes(name, payload, _context(context, self.dataplane.authenticator, md))
         holder = holder_trailer()  # where the copy that answered lives (direct routing)
         if holder is not None:
             context.set_trailing_metadata(holder)
         return out
 
     async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.dataplane.live(_context(context)))
+        return pb.ServerLiveResponse(live=self.dataplane.live(_context(context, self.dataplane.authenticator)))
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.server_ready(_context(context)))
+        return pb.ServerReadyResponse(ready=self.dataplane.server_ready(_context(context, self.dataplane.authenticator)))
 
     async def server_metadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        info = self.dataplane.server_info(_context(context))
+        info = self.dataplane.server_info(_context(context, self.dataplane.authenticator))
         return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=list(info.extensions))
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=await self.dataplane.model_ready(request.name, _context(context)))
+        return pb.ModelReadyResponse(ready=await self.dataplane.model_ready(request.name, _context(context, self.dataplane.authenticator)))
 
     async def model_metadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        return _codec.metadata_to_pb(await self.dataplane.model_metadata(request.name, _context(context)))
+        return _codec.metadata_to_pb(await self.dataplane.model_metadata(request.name, _context(context, self.dataplane.authenticator)))
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, req_cls: Any = None) -> grpc.RpcMethodHandler:
@@ -189,8 +197,14 @@ def _timeout(context: grpc.aio.ServicerContext, default: float = 60.0) -> float:
 
 
 class ModelMeshServicer(mm_grpc.ModelMeshServicer):
-    def __init__(self, management: Management) -> None:
+    """mmesh.ModelMesh; every call authenticated, then scoped by :class:`Management`."""
+
+    def __init__(self, management: Management, authenticator: Authenticator | None = None) -> None:
         self.m = management
+        self.authenticator = authenticator or Authenticator()
+
+    def _who(self, context: grpc.aio.ServicerContext) -> Principal:
+        return grpc_principal(self.authenticator, context, _metadata(context))
 
     async def registerModel(self, request: mm.RegisterModelRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:  # type: ignore[override]
         if not request.HasField("modelInfo"):
@@ -202,18 +216,21 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             sync=request.sync,
             last_used_ms=request.lastUsedTime,
             timeout_s=_timeout(context),
+            principal=self._who(context),
         )
         return model_status_to_pb(st)
 
     async def unregisterModel(self, request: mm.UnregisterModelRequest, context: grpc.aio.ServicerContext) -> mm.UnregisterModelResponse:  # type: ignore[override]
-        await self.m.unregister_model(request.modelId)
+        await self.m.unregister_model(request.modelId, principal=self._who(context))
         return mm.UnregisterModelResponse()
 
     async def getModelStatus(self, request: mm.GetStatusRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:  # type: ignore[override]
-        return model_status_to_pb(self.m.model_status(request.modelId))
+        return model_status_to_pb(self.m.model_status(request.modelId, principal=self._who(context)))
 
     async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:  # type: ignore[override]
-        st = await self.m.ensure_loaded(request.modelId, sync=request.sync, timeout_s=_timeout(context))
+        st = await self.m.ensure_loaded(
+            request.modelId, sync=request.sync, timeout_s=_timeout(context), principal=self._who(context)
+        )
         return model_status_to_pb(st)
 
     async def setVModel(self, request: mm.SetVModelRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:  # type: ignore[override]
@@ -229,20 +246,22 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             sync=request.sync,
             expected_target=request.expectedTargetModelId,
             timeout_s=_timeout(context),
+            principal=self._who(context),
         )
         return vmodel_status_to_pb(st)
 
     async def deleteVModel(self, request: mm.DeleteVModelRequest, context: grpc.aio.ServicerContext) -> mm.DeleteVModelResponse:  # type: ignore[override]
-        await self.m.delete_vmodel(request.vModelId, request.owner)
+        await self.m.delete_vmodel(request.vModelId, request.owner, principal=self._who(context))
         return mm.DeleteVModelResponse()
 
     async def getVModelStatus(self, request: mm.GetVModelStatusRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:  # type: ignore[override]
-        return vmodel_status_to_pb(self.m.vmodel_status(request.vModelId, request.owner))
+        return vmodel_status_to_pb(self.m.vmodel_status(request.vModelId, request.owner, principal=self._who(context)))
 
 
 def build_grpc_server(
     dataplane: DataPlane, management: Management, *, max_message_bytes: int
 ) -> tuple[grpc.aio.Server, InferenceHandlers]:
+    """The server with both services; the caller adds its port (plaintext or TLS)."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
         options=[
@@ -253,5 +272,5 @@ def build_grpc_server(
     )
     inference = InferenceHandlers(dataplane)
     server.add_generic_rpc_handlers((inference.handler(),))
-    mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management), server)
+    mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management, dataplane.authenticator), server)
     return server, inference

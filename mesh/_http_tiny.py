@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from ssl import SSLContext
 
 Answer = tuple[str, str, bytes]  # ("200 OK", content type, body)
 
 MAX_HEAD_BYTES = 16 << 10
 
 
-async def serve_http(host: str, port: int, route: Callable[[str, str], Answer], *, read_timeout_s: float = 10.0) -> asyncio.Server:
+async def serve_http(
+    host: str, port: int, route: Callable[[str, str], Answer], *, read_timeout_s: float = 10.0, ssl: SSLContext | None = None
+) -> asyncio.Server:
     """Serve ``route`` on ``host:port`` (0: any free port; read it from the returned server)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,4 +36,4 @@ async def serve_http(host: str, port: int, route: Callable[[str, str], Answer], 
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(handle, host, port, limit=MAX_HEAD_BYTES)
+    return await asyncio.start_server(handle, host, port, limit=MAX_HEAD_BYTES, ssl=ssl)

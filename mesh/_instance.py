@@ -30,6 +30,7 @@ from ._dashboard import ClusterOverview, TrafficSeries
 from ._dataplane import DataPlane
 from ._grpc_edge import build_grpc_server
 from ._grpc_health import Health
+from ._health_port import start_health_port
 from ._leader import Leader
 from ._limits import admission_limits
 from ._loaded_copies import LoadedCopies
@@ -40,6 +41,7 @@ from ._request_metrics import RequestMetrics
 from ._rest_edge import build_rest_app
 from ._router import Router
 from ._runtimes import RuntimeSupervisor
+from ._security import Security, build_security, exposure_warning, peer_cert_protocol
 from ._settings import InstanceSettings
 from ._store import Store, StoreError
 from ._store_schema import Keys
@@ -65,6 +67,7 @@ class Endpoints:
     grpc: str
     rest: str
     metrics: str = ""
+    health: str = ""
 
 
 class Instance:
@@ -162,7 +165,36 @@ class Instance:
         self._rest_task: asyncio.Task[None] | None = None
         self._rest_sock: socket.socket | None = None
         self._metrics_server: asyncio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._security_tasks: list[asyncio.Task[None]] = []
+        self.security = Security()
+        self.exposure_warning: str | None = None  # set when --insecure lets an exposed bind start
         self.stopped = asyncio.Event()
+
+    async def _secure(self) -> Security:
+        """Read the auth file and TLS files (off the loop), refuse an exposed bind without them
+        (unless insecure), and hand the pieces to the data plane and the router."""
+        s = self.settings
+        security = await asyncio.to_thread(
+            build_security,
+            auth_file=s.auth_file,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+            tls_client_ca=s.tls_client_ca,
+            peer_token_file=s.peer_token_file,
+            peer_tls_server_name=s.peer_tls_server_name,
+            peer_tls_ca=s.peer_tls_ca_file,
+        )
+        self.exposure_warning = exposure_warning([s.host], security, insecure=s.insecure)
+        if self.exposure_warning:
+            log.warning("%s", self.exposure_warning)
+        self.dataplane.authenticator = security.authenticator
+        self.router.peer_credentials = security.peer_credentials
+        self.router.peer_call_metadata = security.peer_metadata
+        self.router.peer_server_name = security.peer_server_name
+        self._security_tasks = [asyncio.create_task(watch()) for watch in security.background_tasks()]
+        self.security = security
+        return security
 
     async def _join_store(self) -> None:
         """Load the cluster view; a store that is not reachable yet (etcd starting beside us, or
@@ -183,11 +215,15 @@ class Instance:
 
     async def start(self) -> Endpoints:
         s = self.settings
+        tls = (await self._secure()).server_tls
         await self._join_store()
         self._grpc, _ = build_grpc_server(self.dataplane, self.management, max_message_bytes=s.max_message_bytes)
         self.health = Health(self._grpc, reflection_on=s.grpc_reflection)
         await self.health.set_not_serving()  # until joined (the servicer starts with the server SERVING)
-        port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if tls is not None:
+            port = self._grpc.add_secure_port(f"{s.host}:{s.grpc_port}", tls.grpc_credentials())
+        else:
+            port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if port == 0:
             raise RuntimeError(f"could not bind gRPC to {s.host}:{s.grpc_port}")
         await self._grpc.start()
@@ -216,7 +252,10 @@ class Instance:
             sock.listen(1024)
             sock.setblocking(False)
             self._rest_sock = sock
-            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            tls_kwargs: dict[str, object] = {}
+            if tls is not None:  # one reloading SSLContext; the client certificate's names reach the routes
+                tls_kwargs = {"ssl_context_factory": lambda _config, _default: tls.ssl_context, "http": peer_cert_protocol()}
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **tls_kwargs)  # type: ignore[arg-type]
             self._uvicorn = uvicorn.Server(config)
             self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign,attr-defined]
             self._rest_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
@@ -227,10 +266,16 @@ class Instance:
                 await asyncio.sleep(0.005)
         metrics_addr = ""
         if s.metrics_port >= 0:
-            self._metrics_server = await serve_metrics(s.host, s.metrics_port, self.metrics.registry)
+            self._metrics_server = await serve_metrics(
+                s.host, s.metrics_port, self.metrics.registry, ssl=tls.ssl_context if tls is not None else None
+            )
             metrics_addr = f"{advertise}:{self._metrics_server.sockets[0].getsockname()[1]}"
+        health_addr = ""
+        if s.health_port >= 0:  # plaintext, Health only: kubelet gRPC probes cannot speak TLS
+            self._health_server, hport = await start_health_port(s.host, s.health_port, getattr(self, "health", None))
+            health_addr = f"{advertise}:{hport}"
         self.series.start(s.dashboard_sample_s)
-        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr)
+        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr, health=health_addr)
         self.agent.address, self.agent.rest_address = grpc_addr, rest_addr
         if self.runtimes is not None:
             self.runtimes.on_lost = self.agent.copies_lost
@@ -293,6 +338,12 @@ class Instance:
             self._metrics_server = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
+            self._health_server = None
+        for task in self._security_tasks:
+            task.cancel()
+        self._security_tasks = []
         await self.series.stop()
         await self.router.close()
         await self.state.stop()

@@ -1,7 +1,9 @@
 """Management API (ModelMesh semantics) over the store, shared by the gRPC and REST edges.
 
 Registrations are written to the store (create-only / CAS); reads come from the
-instance's mirrors. Calls that need the store fail fast with UNAVAILABLE when it
+instance's mirrors. Every call takes the caller's principal (default: LOCAL_ADMIN, for embedded
+callers) and is scoped to its tenant by :mod:`mesh._access`: another tenant's model, vModel or
+tenant answers exactly what a missing one answers. Calls that need the store fail fast with UNAVAILABLE when it
 is unreachable (the store client bounds every operation).
 """
 
@@ -15,6 +17,13 @@ from typing import Any
 
 from puller import Puller
 
+from ._access import (
+    require_model,
+    require_tenant,
+    scope_registration,
+    visible,
+)
+from ._auth import LOCAL_ADMIN, Action, Principal
 from ._caps import RegistrationCaps, check_key, check_record, check_tenant_count
 from ._cluster_mirror import ClusterMirror
 from ._errors import (
@@ -174,17 +183,29 @@ class Management:
 
     # ------------------------------------------------------------ status
 
-    def model_status(self, model_id: str) -> ModelStatus:
+    def _model_tenant(self, model_id: str) -> str | None:
+        rec = self.state.models.items.get(model_id)
+        return rec.tenant if rec is not None else None
+
+    def _sees_model(self, principal: Principal, model_id: str) -> bool:
+        tenant = self._model_tenant(model_id)
+        return tenant is not None and principal.sees(tenant)
+
+    def model_status(self, model_id: str, *, principal: Principal = LOCAL_ADMIN) -> ModelStatus:
+        principal.require(Action.READ, f"model '{model_id}'")
+        if not self._sees_model(principal, model_id):
+            return ModelStatus(ModelState.NOT_FOUND)
         return model_status(self.state, model_id, self.clock())
 
     # ------------------------------------------------------------ models
 
     async def register_model(
-        self, model_id: str, info: ModelInfoSpec, *, load_now: bool = False, sync: bool = False, last_used_ms: int = 0, timeout_s: float = 60.0, auto_delete: bool = False
+        self, model_id: str, info: ModelInfoSpec, *, load_now: bool = False, sync: bool = False, last_used_ms: int = 0, timeout_s: float = 60.0, auto_delete: bool = False,
+        principal: Principal = LOCAL_ADMIN,
     ) -> ModelStatus:
         check_key(model_id, info.key, self.caps)
         rec = model_record_from_info(model_id, info, last_used_ms=last_used_ms, clock=self.clock)
-        rec = replace(rec, auto_delete=auto_delete)
+        rec = scope_registration(principal, replace(rec, auto_delete=auto_delete))
         check_record(model_id, encode(rec), self.caps)
         if model_id not in self.state.models.items:
             check_tenant_count(model_id, rec.tenant, (m.tenant for m in self.state.models.items.values()), self.caps)
@@ -206,11 +227,18 @@ class Management:
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
         if load_now:
-            return await self.ensure_loaded(model_id, sync=sync, timeout_s=timeout_s)
-        return self.model_status(model_id)
+            return await self.ensure_loaded(model_id, sync=sync, timeout_s=timeout_s, principal=principal)
+        return self.model_status(model_id, principal=principal)
 
-    async def unregister_model(self, model_id: str) -> None:
+    async def unregister_model(self, model_id: str, *, principal: Principal = LOCAL_ADMIN) -> None:
+        """Remove a registration. A model that is not registered is a no-op (ModelMesh), and so,
+        for a tenant-bound caller, is another tenant's model (nothing is removed, nothing leaked)."""
+        principal.require(Action.MANAGE, f"model '{model_id}'")
         try:
+            if principal.tenant is not None:
+                kv = await self.store.get(self.keys.model(model_id))
+                if kv is None or not principal.sees(decode(ModelRecord, kv.value).tenant):
+                    return
             vms, _ = await self.store.get_prefix(self.keys.vmodels)
             refs = [decode(VModelRecord, kv.value) for kv in vms]
             users = sorted(v.name for v in refs if model_id in v.referenced())
@@ -223,9 +251,10 @@ class Management:
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
 
-    async def ensure_loaded(self, model_id: str, *, sync: bool = False, timeout_s: float = 60.0) -> ModelStatus:
-        if model_id not in self.state.models.items:
-            raise ModelNotFound(f"model '{model_id}' is not registered")
+    async def ensure_loaded(
+        self, model_id: str, *, sync: bool = False, timeout_s: float = 60.0, principal: Principal = LOCAL_ADMIN
+    ) -> ModelStatus:
+        require_model(principal, model_id, self._model_tenant(model_id), Action.INFER)
         if not self.state.holders(model_id) and not self.state.assigned(model_id):
             try:
                 await request_load(self.store, self.keys, model_id, requester=self.instance_id, at=self.clock())
@@ -237,11 +266,15 @@ class Management:
                 in (ModelState.LOADED, ModelState.LOADING_FAILED, ModelState.NOT_FOUND),
                 timeout_s,
             )
-        return self.model_status(model_id)
+        return self.model_status(model_id, principal=principal)
 
     # ------------------------------------------------------------ vModels
 
-    def vmodel_status(self, name: str, owner: str = "") -> VModelStatus:
+    def vmodel_status(self, name: str, owner: str = "", *, principal: Principal = LOCAL_ADMIN) -> VModelStatus:
+        principal.require(Action.READ, f"vmodel '{name}'")
+        vm = self.state.vmodels.items.get(name)
+        if vm is not None and not principal.sees(vm.tenant):
+            return vmodel_status(self.state, "", self.clock(), owner)  # what a missing vModel answers
         return vmodel_status(self.state, name, self.clock(), owner)
 
     async def set_vmodel(
@@ -258,25 +291,36 @@ class Management:
         sync: bool = False,
         expected_target: str = "",
         timeout_s: float = 60.0,
+        principal: Principal = LOCAL_ADMIN,
     ) -> VModelStatus:
         validate_id("vmodel id", name)
         validate_id("target model id", target)
+        principal.require(Action.MANAGE, f"vmodel '{name}'")
         key = self.keys.vmodel(name)
         try:
-            if model_info is not None:
-                await self.register_model(target, model_info, auto_delete=auto_delete_target)
-            elif target not in self.state.models.items and await self.store.get(self.keys.model(target)) is None:
-                raise ModelNotFound(f"target model '{target}' is not registered")
+            if model_info is None:
+                tkv = await self.store.get(self.keys.model(target))
+                if tkv is None or not principal.sees(decode(ModelRecord, tkv.value).tenant):
+                    raise ModelNotFound(f"target model '{target}' is not registered")
             for _ in range(10):
                 kv = await self.store.get(key)
                 cur = decode(VModelRecord, kv.value) if kv else None
+                if cur is not None and not principal.sees(cur.tenant):
+                    # vModel names are global: the name is taken (see docs/security.md, known limits)
+                    raise AlreadyExists(f"vmodel '{name}' already exists")
+                if model_info is not None:
+                    await self.register_model(target, model_info, auto_delete=auto_delete_target, principal=principal)
+                    model_info = None
                 if cur is None:
                     if update_only:
                         raise VModelNotFound(f"vmodel '{name}' does not exist")
                     if expected_target and expected_target != target:
                         raise PreconditionFailed(f"vmodel '{name}' does not exist (expected target '{expected_target}')")
                     # a new vModel is active on its target at once (nothing to protect yet)
-                    new = VModelRecord(name=name, active=target, target=target, owner=owner, updated_at=self.clock())
+                    new = VModelRecord(
+                        name=name, active=target, target=target, owner=owner, updated_at=self.clock(),
+                        tenant=principal.tenant or self._model_tenant(target) or "",
+                    )
                     rev = 0
                 else:
                     if owner and cur.owner and cur.owner != owner:
@@ -304,10 +348,10 @@ class Management:
             await self.state.wait_for(lambda: self.state.vmodels.items.get(name) == new, 5.0)
             if load_now or new.active != new.target or not self.state.holders(new.target):
                 if load_now or new.active != new.target:
-                    await self.ensure_loaded(target)
+                    await self.ensure_loaded(target, principal=principal)
             if sync:
                 await self.state.wait_for(
-                    lambda: self.vmodel_status(name).status in (VModelState.DEFINED, VModelState.TRANSITION_FAILED)
+                    lambda: self.vmodel_status(name, principal=principal).status in (VModelState.DEFINED, VModelState.TRANSITION_FAILED)
                     and (
                         not load_now
                         or model_state(self.state, target, self.clock()) in (ModelState.LOADED, ModelState.LOADING_FAILED)
@@ -316,15 +360,18 @@ class Management:
                 )
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
-        return self.vmodel_status(name)
+        return self.vmodel_status(name, principal=principal)
 
-    async def delete_vmodel(self, name: str, owner: str = "") -> None:
+    async def delete_vmodel(self, name: str, owner: str = "", *, principal: Principal = LOCAL_ADMIN) -> None:
+        principal.require(Action.MANAGE, f"vmodel '{name}'")
         key = self.keys.vmodel(name)
         try:
             kv = await self.store.get(key)
             if kv is None:
                 return
             vm = decode(VModelRecord, kv.value)
+            if not principal.sees(vm.tenant):
+                return  # another tenant's: as for a missing vModel, nothing to delete
             if owner and vm.owner != owner:
                 raise PreconditionFailed(f"vmodel '{name}' belongs to owner '{vm.owner}', not '{owner}'")
             others, _ = await self.store.get_prefix(self.keys.vmodels)
@@ -343,10 +390,12 @@ class Management:
 
     # ------------------------------------------------------------ views (visibility)
 
-    def list_models(self) -> list[dict[str, Any]]:
+    def list_models(self, *, principal: Principal = LOCAL_ADMIN) -> list[dict[str, Any]]:
+        principal.require(Action.READ, "models")
         out = []
-        for mid, rec in sorted(self.state.models.items.items()):
-            st = self.model_status(mid)
+        mine = visible(principal, self.state.models.items.items(), lambda kv: kv[1].tenant)
+        for mid, rec in sorted(mine):
+            st = model_status(self.state, mid, self.clock())
             out.append(
                 {
                     "model_id": mid,
@@ -359,7 +408,8 @@ class Management:
             )
         return out
 
-    def list_instances(self) -> list[dict[str, Any]]:
+    def list_instances(self, *, principal: Principal = LOCAL_ADMIN) -> list[dict[str, Any]]:
+        principal.require(Action.READ, "instances")
         return [
             {
                 "instance_id": iid,
@@ -404,21 +454,28 @@ class Management:
             **u,
         }
 
-    def list_tenants(self) -> list[dict[str, Any]]:
-        """Every tenant that has a quota or a registered model (``max_bytes`` 0: no quota)."""
-        usage = self.tenant_usage()
+    def list_tenants(self, *, principal: Principal = LOCAL_ADMIN) -> list[dict[str, Any]]:
+        """Every tenant that has a quota or a registered model (``max_bytes`` 0: no quota); a
+        tenant-bound caller sees its own only."""
+        principal.require(Action.READ, "tenants")
+        usage = self.tenant_usage(principal.tenant)
         quotas = self.state.tenants.items
-        return [self._tenant_json(n, quotas.get(n), usage.get(n)) for n in sorted(set(usage) | set(quotas))]
+        names = visible(principal, set(usage) | set(quotas), lambda n: n)
+        return [self._tenant_json(n, quotas.get(n), usage.get(n)) for n in sorted(names)]
 
-    def tenant(self, name: str) -> dict[str, Any]:
+    def tenant(self, name: str, *, principal: Principal = LOCAL_ADMIN) -> dict[str, Any]:
+        require_tenant(principal, name, Action.READ)
         rec = self.state.tenants.items.get(name)
         usage = self.tenant_usage(name).get(name)
         if rec is None and usage is None:
             raise TenantNotFound(f"tenant '{name}' has no quota and no models")
         return self._tenant_json(name, rec, usage)
 
-    async def set_tenant_quota(self, name: str, max_bytes: int, *, source: str = "api") -> dict[str, Any]:
-        """Create or replace a tenant's byte quota; placement enforces it from its next decision."""
+    async def set_tenant_quota(
+        self, name: str, max_bytes: int, *, source: str = "api", principal: Principal = LOCAL_ADMIN
+    ) -> dict[str, Any]:
+        """Create or replace a tenant's byte quota (admin only); placement enforces it from its next decision."""
+        require_tenant(principal, name, Action.ADMIN)
         validate_id("tenant", name)
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 < max_bytes <= MAX_BYTES:
             raise InvalidRequest(
@@ -432,13 +489,14 @@ class Management:
             raise Unavailable(f"store unavailable: {exc}") from exc
         return self._tenant_json(name, rec, self.tenant_usage(name).get(name))
 
-    async def delete_tenant_quota(self, name: str, *, source: str | None = None) -> bool:
+    async def delete_tenant_quota(self, name: str, *, source: str | None = None, principal: Principal = LOCAL_ADMIN) -> bool:
         """Remove a tenant's quota (its models stay registered); False when it had none.
 
         With ``source``, only a quota set by that source is removed (the Kubernetes
         controller removes what its TenantQuota object wrote, never a quota set since by
         someone else); the check and the delete are one transaction.
         """
+        require_tenant(principal, name, Action.ADMIN)
         validate_id("tenant", name)
         key = self.keys.tenant(name)
         try:

@@ -7,6 +7,7 @@ can open the metrics port alone. The same registry is also mounted at REST ``/me
 from __future__ import annotations
 
 import asyncio
+from ssl import SSLContext
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -14,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from ._http_tiny import Answer, serve_http
 
 
-async def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> asyncio.Server:
+async def serve_metrics(host: str, port: int, registry: CollectorRegistry, *, ssl: SSLContext | None = None) -> asyncio.Server:
     """Serve ``registry`` on ``host:port`` (0: any free port; read it from the returned server)."""
 
     def route(method: str, path: str) -> Answer:
@@ -24,4 +25,4 @@ async def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> as
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
         return "404 Not Found", "text/plain", b"metrics are at /metrics\n"
 
-    return await serve_http(host, port, route)
+    return await serve_http(host, port, route, ssl=ssl)

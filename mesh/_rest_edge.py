@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 
 from . import _codec
+from ._auth import Action
 from ._cluster_mirror import ClusterMirror
 from ._dashboard import ClusterOverview, install
 from ._dataplane import DataPlane, RequestContext
@@ -37,6 +38,7 @@ from ._metrics import Metrics
 from ._model_status import ModelState
 from ._rest_binary import HEADER_LENGTH
 from ._rest_protocols import install_v1, v2_infer
+from ._security import AuthMiddleware, rest_principal
 from ._traffic_split import SESSION_HEADER
 from ._vmodel_split import install_split_routes
 
@@ -172,28 +174,32 @@ def build_rest_app(
         app.mount("/metrics", make_asgi_app(metrics.registry))
 
     install_error_handler(app)
+    if dataplane.authenticator.enabled:  # every route but the public ones needs a principal
+        app.add_middleware(AuthMiddleware, authenticator=dataplane.authenticator)
     if views is not None:
         install(app, views)
 
     # ---------------------------------------------------------------- V2
-    def context(request: Request | None = None) -> RequestContext:
-        if request is None:
-            return RequestContext()
+    def context(request: Request) -> RequestContext:
         session = request.headers.get(SESSION_HEADER)
-        return RequestContext(timeout_s=_timeout(request), metadata={SESSION_HEADER: session} if session else {})
+        return RequestContext(
+            timeout_s=_timeout(request), principal=rest_principal(request), metadata={SESSION_HEADER: session} if session else {}
+        )
+
+    who = rest_principal
 
     @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
-        info = dataplane.server_info(context())
+    async def server_metadata(request: Request) -> dict[str, Any]:
+        info = dataplane.server_info(context(request))
         return {"name": info.name, "version": info.version, "extensions": list(info.extensions)}
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, Any]:
-        return {"live": dataplane.live(context())}
+        return {"live": dataplane.live(RequestContext())}
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, Any]:
-        return {"ready": dataplane.server_ready(context())}
+        return {"ready": dataplane.server_ready(RequestContext())}
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str, request: Request) -> dict[str, Any]:
@@ -204,16 +210,18 @@ def build_rest_app(
         return await model_metadata(name, request)
 
     @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str) -> Response:
-        ready = await dataplane.model_ready(name, context())
+    async def model_ready(name: str, request: Request) -> Response:
+        ready = await dataplane.model_ready(name, context(request))
         return JSONResponse({"name": name, "ready": ready}, status_code=200)
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> Response:
-        with dataplane.measure(name, RequestContext()) as timer:
+        ctx = context(request)
+        await dataplane.authorize(name, ctx)  # before the body is read: another tenant's model is NOT_FOUND
+        with dataplane.measure(name, ctx) as timer:
             timer.request_bytes = -1
             # the name is resolved (404) and a slot held (429) before the body is read
-            async with dataplane.admit(name, context(request)) as ctx:
+            async with dataplane.admit(name, ctx) as ctx:
                 body = await _read_body(request, max_message_bytes)
                 timer.request_bytes = len(body)
                 content, headers = await v2_infer(dataplane, name, body, request.headers.get(HEADER_LENGTH), ctx)
@@ -228,8 +236,8 @@ def build_rest_app(
 
     # ---------------------------------------------------------------- management (moved off KServe V1's /v1 paths)
     @app.get("/api/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"models": management.list_models()}
+    async def list_models(request: Request) -> dict[str, Any]:
+        return {"models": management.list_models(principal=who(request))}
 
     @app.post("/api/v1/models/{model_id}")
     async def register(model_id: str, request: Request) -> dict[str, Any]:
@@ -247,24 +255,25 @@ def build_rest_app(
             ModelInfoSpec(type=_text(info, "type"), path=_text(info, "path"), key=str(key)),
             load_now=bool(body.get("loadNow", False)),
             sync=bool(body.get("sync", False)),
+            principal=who(request),
         )
         return _model_status_json(st)
 
     @app.get("/api/v1/models/{model_id}")
-    async def model_status(model_id: str) -> dict[str, Any]:
-        st = management.model_status(model_id)
+    async def model_status(model_id: str, request: Request) -> dict[str, Any]:
+        st = management.model_status(model_id, principal=who(request))
         if st.status == ModelState.NOT_FOUND:
             raise ModelNotFound(f"model '{model_id}' is not registered")
         return _model_status_json(st)
 
     @app.delete("/api/v1/models/{model_id}")
-    async def unregister(model_id: str) -> dict[str, Any]:
-        await management.unregister_model(model_id)
+    async def unregister(model_id: str, request: Request) -> dict[str, Any]:
+        await management.unregister_model(model_id, principal=who(request))
         return {}
 
     @app.post("/api/v1/models/{model_id}/load")
-    async def ensure_loaded(model_id: str, sync: bool = False) -> dict[str, Any]:
-        return _model_status_json(await management.ensure_loaded(model_id, sync=sync))
+    async def ensure_loaded(model_id: str, request: Request, sync: bool = False) -> dict[str, Any]:
+        return _model_status_json(await management.ensure_loaded(model_id, sync=sync, principal=who(request)))
 
     @app.put("/api/v1/vmodels/{name}")
     async def set_vmodel(name: str, request: Request) -> dict[str, Any]:
@@ -288,54 +297,57 @@ def build_rest_app(
             force=bool(body.get("force", False)),
             sync=bool(body.get("sync", False)),
             expected_target=_text(body, "expectedTargetModelId"),
+            principal=who(request),
         )
         return _vmodel_status_json(st)
 
     @app.get("/api/v1/vmodels/{name}")
-    async def vmodel_status(name: str, owner: str = "") -> dict[str, Any]:
-        return _vmodel_status_json(management.vmodel_status(name, owner))
+    async def vmodel_status(name: str, request: Request, owner: str = "") -> dict[str, Any]:
+        return _vmodel_status_json(management.vmodel_status(name, owner, principal=who(request)))
 
     @app.delete("/api/v1/vmodels/{name}")
-    async def delete_vmodel(name: str, owner: str = "") -> dict[str, Any]:
-        await management.delete_vmodel(name, owner)
+    async def delete_vmodel(name: str, request: Request, owner: str = "") -> dict[str, Any]:
+        await management.delete_vmodel(name, owner, principal=who(request))
         return {}
 
-    install_split_routes(app, management, lambda r: _read_json(r, 1 << 20))
+    install_split_routes(app, management, lambda r: _read_json(r, 1 << 20), who)
 
     @app.get("/api/v1/instances")
-    async def instances() -> dict[str, Any]:
-        return {"instances": management.list_instances()}
+    async def instances(request: Request) -> dict[str, Any]:
+        return {"instances": management.list_instances(principal=who(request))}
 
     @app.get("/api/v1/tenants")
-    async def tenants() -> dict[str, Any]:
-        return {"tenants": management.list_tenants()}
+    async def tenants(request: Request) -> dict[str, Any]:
+        return {"tenants": management.list_tenants(principal=who(request))}
 
     @app.get("/api/v1/tenants/{name}")
-    async def tenant(name: str) -> dict[str, Any]:
-        return management.tenant(name)
+    async def tenant(name: str, request: Request) -> dict[str, Any]:
+        return management.tenant(name, principal=who(request))
 
     @app.put("/api/v1/tenants/{name}")
     async def set_tenant(name: str, request: Request) -> dict[str, Any]:
         body = await _read_json(request, 1 << 16)
         if not isinstance(body, dict) or "maxBytes" not in body:
             raise InvalidRequest("body must be an object with maxBytes (bytes, or a quantity like 8Gi)")
-        return await management.set_tenant_quota(name, parse_bytes(body["maxBytes"], "maxBytes"))
+        return await management.set_tenant_quota(name, parse_bytes(body["maxBytes"], "maxBytes"), principal=who(request))
 
     @app.delete("/api/v1/tenants/{name}")
-    async def delete_tenant(name: str) -> dict[str, Any]:
-        if not await management.delete_tenant_quota(name):
+    async def delete_tenant(name: str, request: Request) -> dict[str, Any]:
+        if not await management.delete_tenant_quota(name, principal=who(request)):
             raise TenantNotFound(f"tenant '{name}' has no quota")
         return {}
 
     @app.get("/api/v1/cluster")
-    async def cluster() -> dict[str, Any]:
+    async def cluster(request: Request) -> dict[str, Any]:
+        principal = who(request)
         info = {
             "time": time.time(),
-            "instances": management.list_instances(),
-            "models": management.list_models(),
+            "instances": management.list_instances(principal=principal),
+            "models": management.list_models(principal=principal),
             "connected": mirror.connected,
         }
-        if extra:
+        if extra and principal.tenant is None:  # leader and this instance's copies: every tenant's
+            principal.require(Action.READ, "the cluster")
             for key, fn in extra.items():
                 info[key] = fn()
         return info

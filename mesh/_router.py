@@ -128,6 +128,11 @@ class Router:
         self._unknown: dict[str, float] = {}  # negative cache of names unknown to the store
         self.max_message_bytes = 64 << 20
         self.splits = SplitRouting(mirror, self.metrics)  # weighted targets and shadow of split vModels
+        # how this instance identifies itself to peers (mesh._security): TLS credentials (None:
+        # plaintext), extra metadata (a peer bearer token) and the name checked in their certificates
+        self.peer_credentials: grpc.ChannelCredentials | None = None
+        self.peer_call_metadata: tuple[tuple[str, str], ...] = ()
+        self.peer_server_name = ""
 
     # ------------------------------------------------------------ names
 
@@ -374,16 +379,19 @@ class Router:
     def _stub(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_receive_message_length", self.max_message_bytes),
-                    ("grpc.max_send_message_length", self.max_message_bytes),
-                    # the router retries on other holders itself; gRPC's retry machinery would only
-                    # buffer every forwarded payload for a retry that never comes
-                    ("grpc.enable_retries", 0),
-                ],
-            )
+            options: list[tuple[str, int | str]] = [
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                # the router retries on other holders itself; gRPC's retry machinery would only
+                # buffer every forwarded payload for a retry that never comes
+                ("grpc.enable_retries", 0),
+            ]
+            if self.peer_credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                if self.peer_server_name:
+                    options.append(("grpc.ssl_target_name_override", self.peer_server_name))
+                channel = grpc.aio.secure_channel(address, self.peer_credentials, options=options)
             self._channels[address] = channel
             stub = channel.unary_unary(INFER_METHOD)  # no (de)serializers: bytes in, bytes out
             self._stubs[address] = stub
@@ -396,7 +404,7 @@ class Router:
             result: bytes = await self._stub(address)(
                 payload,
                 timeout=max(timeout, 0.001),
-                metadata=((MODEL_ID_HEADER, mid), (FORWARDED_HEADER, self.instance_id)),
+                metadata=((MODEL_ID_HEADER, mid), (FORWARDED_HEADER, self.instance_id), *self.peer_call_metadata),
             )
             return result
         finally:
@@ -494,7 +502,9 @@ class Router:
             if address is None:
                 continue
             call = self.channel(address).unary_unary(METADATA_METHOD)  # bytes in, bytes out
-            raw: bytes = await call(_codec.metadata_request_bytes(mid), timeout=max(deadline - time.monotonic(), 0.001))
+            raw: bytes = await call(
+                _codec.metadata_request_bytes(mid), timeout=max(deadline - time.monotonic(), 0.001), metadata=self.peer_call_metadata
+            )
             return raw
         return None
 

@@ -54,3 +54,13 @@ class InstanceSettings(BaseSettings):
     shutdown_grace_s: float = 20.0  # how long a stopping instance waits for its models to move
     scheduler_tick_s: float = 2.0
     enable_scheduler: bool = True  # take part in leader election
+    # security (docs/security.md): callers identified by the auth file, TLS on every port
+    auth_file: Path | None = None  # principals (YAML; re-read on change); none: every caller is an admin
+    tls_cert: Path | None = None  # TLS on the gRPC, REST and metrics ports (files re-read on change)
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS: clients (and peers) present a certificate from this CA
+    peer_token_file: Path | None = None  # bearer token for forwarding to peers (a principal of role instance)
+    peer_tls_server_name: str = ""  # the name checked in a peer's certificate (peers are dialled by pod IP)
+    peer_tls_ca_file: Path | None = None  # CA for peers' certificates without --tls-client-ca (default: system roots)
+    insecure: bool = False  # allow binding beyond loopback without auth file and TLS (loudly)
+    health_port: int = -1  # plaintext port serving grpc.health.v1.Health only (kubelet probes); 0: any; -1: off

@@ -166,6 +166,7 @@ class VModelRecord:
     failed: bool = False
     failure: str = ""
     updated_at: float = 0.0
+    tenant: str = ""  # the tenant of the caller that created it (only that tenant and admins see it)
     # weighted targets and shadow (TrafficSplit.to_json()); None: the vModel serves ``active``.
     # Optional, so records written before splits existed decode unchanged.
     split: dict[str, Any] | None = None

@@ -14,11 +14,14 @@ wait for a load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
 
+from ._access import require_model, require_vmodel
+from ._auth import Action, Principal
 from ._errors import InvalidRequest, ModelNotFound, PreconditionFailed, Unavailable, VModelNotFound
 from ._management import Management
 from ._store import Compare, Put, StoreError
@@ -54,8 +57,9 @@ async def _update(m: Management, name: str, owner: str, change: Any) -> VModelRe
     return new
 
 
-async def set_split(m: Management, name: str, split: TrafficSplit, *, owner: str = "") -> VModelRecord:
-    """Point ``name`` at weighted targets (and a shadow); creates the vModel when it does not exist."""
+async def set_split(m: Management, name: str, split: TrafficSplit, *, owner: str = "", tenant: str = "") -> VModelRecord:
+    """Point ``name`` at weighted targets (and a shadow); creates the vModel (of ``tenant``) when it
+    does not exist."""
     validate_id("vmodel id", name)
     for mid in split.models:
         validate_id("target model id", mid)
@@ -65,7 +69,9 @@ async def set_split(m: Management, name: str, split: TrafficSplit, *, owner: str
 
     def change(cur: VModelRecord | None) -> VModelRecord:
         if cur is None:
-            return VModelRecord(name=name, active=primary, target=primary, owner=owner, updated_at=m.clock(), split=split.to_json())
+            return VModelRecord(
+                name=name, active=primary, target=primary, owner=owner, updated_at=m.clock(), split=split.to_json(), tenant=tenant
+            )
         return replace(cur, active=primary, target=primary, failed=False, failure="", updated_at=m.clock(), split=split.to_json())
 
     new = await _update(m, name, owner, change)
@@ -101,19 +107,35 @@ async def rollback(m: Management, name: str, *, owner: str = "") -> VModelRecord
     return await _to_one(m, name, owner, "rollback", "")
 
 
-def install_split_routes(app: FastAPI, management: Management, read_json: Any) -> None:
+def install_split_routes(app: FastAPI, management: Management, read_json: Any, who: Callable[[Request], Principal]) -> None:
     """``GET|PUT /api/v1/vmodels/{name}/split``, ``POST .../split/promote[?model=]``, ``POST .../split/rollback``.
 
     PUT body: ``{"targets": [{"model_id", "weight"}...], "shadow": {"model_id", "percent"}, "owner"}``
     or ``{"canary": {"stable", "candidate", "percent"}}`` (KServe's canaryTrafficPercent).
+
+    Scoped like every management call (:mod:`mesh._access`): another tenant's vModel does not
+    exist for the caller, changing one needs the manage role, and every target and the shadow must
+    be models the caller sees (else a vModel would route it to another tenant's model).
     """
 
-    @app.get("/api/v1/vmodels/{name}/split")
-    async def get_split(name: str) -> dict[str, Any]:
+    def guard(principal: Principal, name: str, action: Action, split: TrafficSplit | None = None) -> str:
+        """The tenant a vModel (new or existing) belongs to, after the caller's rights are checked."""
         vm = management.state.vmodels.items.get(name)
-        if vm is None:
-            raise VModelNotFound(f"vmodel '{name}' does not exist")
-        return split_json(vm)
+        if vm is not None or action is Action.READ:
+            require_vmodel(principal, name, vm.tenant if vm is not None else None, action)
+        else:
+            principal.require(action, f"vmodel '{name}'")
+        for mid in split.models if split is not None else ():
+            rec = management.state.models.items.get(mid)
+            require_model(principal, mid, rec.tenant if rec is not None else None, Action.INFER)
+        if vm is not None:
+            return vm.tenant
+        return principal.tenant or ""
+
+    @app.get("/api/v1/vmodels/{name}/split")
+    async def get_split(name: str, request: Request) -> dict[str, Any]:
+        guard(who(request), name, Action.READ)
+        return split_json(management.state.vmodels.items.get(name))
 
     @app.put("/api/v1/vmodels/{name}/split")
     async def put_split(name: str, request: Request) -> dict[str, Any]:
@@ -135,12 +157,15 @@ def install_split_routes(app: FastAPI, management: Management, read_json: Any) -
             split = canary(c["stable"], c["candidate"], pct)
         else:
             split = TrafficSplit.from_json(body)
-        return split_json(await set_split(management, name, split, owner=owner))
+        tenant = guard(who(request), name, Action.MANAGE, split)
+        return split_json(await set_split(management, name, split, owner=owner, tenant=tenant))
 
     @app.post("/api/v1/vmodels/{name}/split/promote")
-    async def promote_route(name: str, model: str = "", owner: str = "") -> dict[str, Any]:
+    async def promote_route(name: str, request: Request, model: str = "", owner: str = "") -> dict[str, Any]:
+        guard(who(request), name, Action.MANAGE)
         return split_json(await promote(management, name, model=model, owner=owner))
 
     @app.post("/api/v1/vmodels/{name}/split/rollback")
-    async def rollback_route(name: str, owner: str = "") -> dict[str, Any]:
+    async def rollback_route(name: str, request: Request, owner: str = "") -> dict[str, Any]:
+        guard(who(request), name, Action.MANAGE)
         return split_json(await rollback(management, name, owner=owner))

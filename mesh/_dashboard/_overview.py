@@ -93,13 +93,25 @@ class ClusterOverview:
             "errors": errors,
         }
 
-    def models(self, *, q: str = "", state: str = "", sort: str = "model", offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        """A page of models: ``q`` matches model ids (substring, case-insensitive), ``state`` one of STATES."""
+    def _mine(self, tenant: str | None) -> Callable[[str], bool]:
+        """Whether a model id belongs to ``tenant`` (None: every model, an admin's view)."""
+        if tenant is None:
+            return lambda _mid: True
+        items = self.state.models.items
+        return lambda mid: (rec := items.get(mid)) is not None and rec.tenant == tenant
+
+    def models(
+        self, *, q: str = "", state: str = "", sort: str = "model", offset: int = 0, limit: int = 50, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """A page of models: ``q`` matches model ids (substring, case-insensitive), ``state`` one of STATES;
+        ``tenant``: that tenant's models only."""
         limit = max(1, min(limit, MAX_PAGE))
         offset = max(0, offset)
         items = self.state.models.items
         needle = q.strip().lower()
         ids = [m for m in items if needle in m.lower()] if needle else list(items)
+        if tenant is not None:
+            ids = [m for m in ids if items[m].tenant == tenant]
         now = self.clock()
         if state:
             wanted = state.upper()
@@ -115,16 +127,19 @@ class ClusterOverview:
             rows = all_rows[offset : offset + limit]
         return {"total": total, "offset": offset, "limit": limit, "models": rows}
 
-    def state_counts(self) -> dict[str, int]:
+    def state_counts(self, tenant: str | None = None) -> dict[str, int]:
         now = self.clock()
         counts = dict.fromkeys(STATES, 0)
-        for mid in self.state.models.items:
+        mine = self._mine(tenant)
+        for mid in filter(mine, self.state.models.items):
             counts[model_state(self.state, mid, now)] += 1
         return counts
 
-    def vmodels(self) -> list[dict[str, Any]]:
+    def vmodels(self, tenant: str | None = None) -> list[dict[str, Any]]:
         out = []
         for name, vm in sorted(self.state.vmodels.items.items()):
+            if tenant is not None and vm.tenant != tenant:
+                continue
             status = vmodel_status(self.state, name, self.clock()).status
             out.append(
                 {
@@ -181,9 +196,12 @@ class ClusterOverview:
 
     # ------------------------------------------------------------ instances
 
-    def instances(self, *, models_per_instance: int = 20) -> list[dict[str, Any]]:
+    def instances(self, *, models_per_instance: int = 20, tenant: str | None = None) -> list[dict[str, Any]]:
         held: dict[str, list[tuple[str, CopyRecord]]] = {}
+        mine_of = self._mine(tenant)
         for mid, copies in self.state.copies_by_model().items():
+            if not mine_of(mid):
+                continue
             for iid, c in copies.items():
                 held.setdefault(iid, []).append((mid, c))
         out = []
@@ -214,9 +232,12 @@ class ClusterOverview:
             )
         return out
 
-    def hottest(self, n: int = 10) -> list[dict[str, Any]]:
+    def hottest(self, n: int = 10, tenant: str | None = None) -> list[dict[str, Any]]:
         rates: dict[str, float] = {}
+        mine = self._mine(tenant)
         for mid, copies in self.state.copies_by_model().items():
+            if not mine(mid):
+                continue
             rpm = sum(c.rpm for c in copies.values() if c.state == "loaded")
             if rpm > 0:
                 rates[mid] = rpm
@@ -226,14 +247,18 @@ class ClusterOverview:
     # ------------------------------------------------------------ decisions
 
     def decisions(
-        self, *, model: str = "", instance: str = "", kind: str = "", limit: int = 100, after: int = 0
+        self, *, model: str = "", instance: str = "", kind: str = "", limit: int = 100, after: int = 0, tenant: str | None = None
     ) -> dict[str, Any]:
-        """Logged decisions, one entry per action, newest first (``after``: only records with a larger seq)."""
+        """Logged decisions, one entry per action, newest first (``after``: only records with a larger seq;
+        ``tenant``: only about that tenant's models)."""
         limit = max(1, min(limit, 5000))
         records = sorted(self.state.decisions.items.values(), key=lambda r: r.seq, reverse=True)
         out = []
+        mine = self._mine(tenant)
         for d in _flatten(r for r in records if r.seq > after):
             if (model and d["model_id"] != model) or (instance and d["instance_id"] != instance) or (kind and d["kind"] != kind):
+                continue
+            if not mine(d["model_id"]):
                 continue
             out.append(d)
             if len(out) >= limit:
@@ -248,25 +273,27 @@ class ClusterOverview:
         newest = max(self.state.decisions.items.values(), key=lambda r: r.seq, default=None)
         return newest.leader if newest is not None else ""
 
-    def overview(self) -> dict[str, Any]:
-        instances = self.instances()
+    def overview(self, tenant: str | None = None) -> dict[str, Any]:
+        """The dashboard's page; ``tenant``: models, copies, decisions and counts of that tenant only
+        (instances' capacity and the traffic series stay cluster-wide aggregates)."""
+        instances = self.instances(tenant=tenant)
         return {
             "time": self.clock(),
             "served_by": self.instance_id,
             "leader": self.leader_id(),
             "connected": self.state.connected,
             "instances": instances,
-            "states": self.state_counts(),
+            "states": self.state_counts(tenant),
             "totals": {
-                "models": len(self.state.models.items),
-                "vmodels": len(self.state.vmodels.items),
+                "models": sum(map(self._mine(tenant), self.state.models.items)),
+                "vmodels": len(self.vmodels(tenant)) if tenant is not None else len(self.state.vmodels.items),
                 "instances": len(instances),
                 "capacity_bytes": sum(i["capacity_bytes"] for i in instances),
                 "used_bytes": sum(i["used_bytes"] for i in instances),
                 "copies_loaded": sum(i["models"] for i in instances),
                 "rpm": round(sum(i["rpm"] for i in instances), 1),
             },
-            "hottest": self.hottest(),
+            "hottest": self.hottest(tenant=tenant),
             "series": self.series.points() if self.series else [],
-            "decisions": self.decisions(limit=25)["decisions"],
+            "decisions": self.decisions(limit=25, tenant=tenant)["decisions"],
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
+
 from ._overview import MAX_PAGE, STATES, ClusterOverview
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -16,7 +18,15 @@ def install(app: Any, views: ClusterOverview) -> None:
     from fastapi.responses import FileResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
+    from .._auth import Action, Principal
     from .._errors import InvalidRequest, ModelNotFound
+    from .._security import rest_principal
+
+    def reader(request: Request) -> Principal:
+        """The caller, allowed to read; its tenant (None for an admin) scopes every view below."""
+        principal = rest_principal(request)
+        principal.require(Action.READ, "the dashboard")
+        return principal
 
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
@@ -29,36 +39,42 @@ def install(app: Any, views: ClusterOverview) -> None:
         return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
     @app.get("/api/v1/cluster/overview")
-    async def overview() -> dict[str, Any]:
-        return views.overview()
+    async def overview(request: Request) -> dict[str, Any]:
+        return views.overview(reader(request).tenant)
 
     @app.get("/api/v1/cluster/models")
     async def models(
+        request: Request,
         q: str = "", state: str = "", sort: str = "model", offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=MAX_PAGE)
     ) -> dict[str, Any]:
         if state and state.upper() not in STATES:
             raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
         if sort not in ("model", "rpm", "size", "last_used"):
             raise InvalidRequest("sort must be one of model, rpm, size, last_used")
-        return views.models(q=q, state=state, sort=sort, offset=offset, limit=limit)
+        return views.models(q=q, state=state, sort=sort, offset=offset, limit=limit, tenant=reader(request).tenant)
 
     @app.get("/api/v1/cluster/series")
-    async def series() -> dict[str, Any]:
+    async def series(request: Request) -> dict[str, Any]:
+        reader(request)
         return {"series": views.series.points() if views.series else []}
 
     @app.get("/api/v1/vmodels")
-    async def vmodels() -> dict[str, Any]:
-        return {"vmodels": views.vmodels()}
+    async def vmodels(request: Request) -> dict[str, Any]:
+        return {"vmodels": views.vmodels(reader(request).tenant)}
 
     @app.get("/api/v1/decisions")
     async def decisions(
+        request: Request,
         model: str = "", instance: str = "", kind: str = "", limit: int = Query(100, ge=1, le=5000), after: int = Query(0, ge=0)
     ) -> dict[str, Any]:
-        return views.decisions(model=model, instance=instance, kind=kind, limit=limit, after=after)
+        return views.decisions(model=model, instance=instance, kind=kind, limit=limit, after=after, tenant=reader(request).tenant)
 
     @app.get("/api/v1/models/{model_id}/describe")
-    async def describe(model_id: str, history: int = Query(100, ge=1, le=5000)) -> dict[str, Any]:
-        out = views.describe_model(model_id, history=history)
-        if out is None:
+    async def describe(model_id: str, request: Request, history: int = Query(100, ge=1, le=5000)) -> dict[str, Any]:
+        principal = reader(request)
+        rec = views.state.models.items.get(model_id)
+        hidden = principal.tenant is not None and (rec is None or rec.tenant != principal.tenant)
+        out = None if hidden else views.describe_model(model_id, history=history)
+        if out is None:  # another tenant's model (or its history) does not exist for it
             raise ModelNotFound(f"model '{model_id}' is not registered and has no history")
         return out

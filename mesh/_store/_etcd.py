@@ -38,6 +38,7 @@ from ._errors import (
     StoreUnauthenticated,
     StoreUnavailable,
 )
+from ._etcd_auth import EtcdCredentials, interceptors
 from ._types import Compare, Delete, KeyValue, Put, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class EtcdStore(Store):
         key_path: Path | None = None,
         page_size: int = 1000,
         max_message_bytes: int = 64 << 20,
+        user: EtcdCredentials | None = None,
     ) -> None:
         if not endpoints:
             raise StoreInvalidArgument("EtcdStore needs at least one endpoint")
@@ -158,6 +160,7 @@ class EtcdStore(Store):
         self._op_timeout_s = op_timeout_s
         self._page_size = page_size
         self._closed = False
+        self._user = user  # etcd authentication: a token on every call (mesh._store._etcd_auth)
         ca = _read_file(ca_cert_path, "CA certificate")
         cert = _read_file(cert_path, "client certificate")
         key = _read_file(key_path, "client key")
@@ -190,12 +193,15 @@ class EtcdStore(Store):
         ep = self._endpoints[self._current]
         if ep.channel is None:
             target = ep.name
+            chain, bind = interceptors(self._user) if self._user is not None else ([], None)
             if self._credentials is not None:
                 ep.channel = grpc.aio.secure_channel(
-                    target, self._credentials, options=self._options
+                    target, self._credentials, options=self._options, interceptors=chain or None
                 )
             else:
-                ep.channel = grpc.aio.insecure_channel(target, options=self._options)
+                ep.channel = grpc.aio.insecure_channel(target, options=self._options, interceptors=chain or None)
+            if bind is not None:
+                bind(ep.channel)
             ep.kv = rpc.KVStub(ep.channel)
             ep.lease = rpc.LeaseStub(ep.channel)
             ep.watch = rpc.WatchStub(ep.channel)

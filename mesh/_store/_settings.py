@@ -47,6 +47,8 @@ class StoreSettings(BaseSettings):
     ca_cert_path: Path | None = None
     cert_path: Path | None = None
     key_path: Path | None = None
+    user: str = ""  # etcd authentication (with password_file): a token on every call
+    password_file: Path | None = None  # re-read at each authentication (rotation without a restart)
     memory_history_revisions: int = Field(default=10_000, ge=1)  # watch replay depth (memory)
 
     @field_validator("endpoints", mode="before")
@@ -68,6 +70,8 @@ class StoreSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_tls(self) -> StoreSettings:
+        if bool(self.user) != (self.password_file is not None):
+            raise ValueError("store auth: user and password_file must be given together")
         if (self.cert_path is None) != (self.key_path is None):
             raise ValueError("store TLS: cert_path and key_path must be given together")
         if self.kind == "etcd" and not self.endpoints:
@@ -89,6 +93,7 @@ def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.mo
             settings.data_dir, clock=clock, history_revisions=settings.memory_history_revisions
         )
     from ._etcd import EtcdStore
+    from ._etcd_auth import EtcdCredentials
 
     return EtcdStore(
         [_split_endpoint(e) for e in settings.endpoints],
@@ -96,4 +101,5 @@ def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.mo
         ca_cert_path=settings.ca_cert_path,
         cert_path=settings.cert_path,
         key_path=settings.key_path,
+        user=EtcdCredentials(settings.user, settings.password_file) if settings.password_file is not None else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,8 +12,16 @@ from rich.progress import Progress
 from ._output import BAR, console, err_console
 
 ADDRESS_ENV = "MODELMUX_ADDRESS"
+TOKEN_ENV = "MODELMUX_TOKEN"
+CACERT_ENV = "MODELMUX_CACERT"
 
 AddressOpt = Annotated[str | None, typer.Option("--address", "-a", help=f"REST address of any instance (env {ADDRESS_ENV})")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar=TOKEN_ENV, show_envvar=True, help="bearer token (an instance started with --auth-file asks for one)")
+]
+CACertOpt = Annotated[
+    Path | None, typer.Option("--cacert", envvar=CACERT_ENV, show_envvar=True, help="CA certificate to trust for https:// addresses")
+]
 
 
 def base_url(value: str | None) -> str:
@@ -20,10 +29,18 @@ def base_url(value: str | None) -> str:
     return addr if addr.startswith("http") else f"http://{addr}"
 
 
-def client(value: str | None) -> Any:
+def client(value: str | None, token: str | None = None, cacert: Path | None = None) -> Any:
+    """An HTTP client to the mesh: the token as ``authorization: Bearer``; ``cacert`` (else the
+    system roots) checks an https:// instance's certificate."""
     import httpx
 
-    return httpx.Client(base_url=base_url(value), timeout=60.0)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    verify: Any = True
+    if cacert is not None:
+        import ssl
+
+        verify = ssl.create_default_context(cafile=str(cacert))
+    return httpx.Client(base_url=base_url(value), timeout=60.0, headers=headers, verify=verify)
 
 
 def check(resp: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from . import _render
-from ._client import AddressOpt, check, client, model_pages
+from ._client import AddressOpt, CACertOpt, TokenOpt, check, client, model_pages
 from ._output import DocOutput, OutputOpt, TableOutput, TableOutputOpt, console, emit, emit_doc
 
 app = typer.Typer()
@@ -26,34 +26,52 @@ def get_models(
     sort: Annotated[str, typer.Option(help="model | rpm | size | last_used")] = "model",
     limit: Annotated[int, typer.Option(help="at most this many (0: all)")] = 0,
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
     output: TableOutputOpt = TableOutput.table,
 ) -> None:
     """Registered models: state, copies loaded / loading / failed, size, rate, last use, where."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         rows = model_pages(c, {"q": search, "state": state, "sort": sort}, limit)
     emit(rows, output, _render.MODEL_COLUMNS, what="models")
 
 
 @get_app.command("vmodels")
-def get_vmodels(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
+def get_vmodels(
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+    output: TableOutputOpt = TableOutput.table,
+) -> None:
     """vModels: the model each one serves now and the one it is moving to."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         rows = check(c.get("/api/v1/vmodels"))["vmodels"]
     emit(rows, output, _render.VMODEL_COLUMNS, what="vmodels")
 
 
 @get_app.command("vmodel")
-def get_vmodel(name: str, address: AddressOpt = None, output: OutputOpt = DocOutput.json) -> None:
+def get_vmodel(
+    name: str,
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+    output: OutputOpt = DocOutput.json,
+) -> None:
     """One vModel's status (ModelMesh's VModelStatusInfo)."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         data = check(c.get(f"/api/v1/vmodels/{name}"))
     emit_doc(data, output)
 
 
 @get_app.command("instances")
-def get_instances(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
+def get_instances(
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+    output: TableOutputOpt = TableOutput.table,
+) -> None:
     """Instances: memory used of capacity, models, loading, rate, the models each one holds (-o json)."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         o = check(c.get("/api/v1/cluster/overview"))
     emit(o["instances"], output, _render.instance_columns(o["leader"]), what="instances")
 
@@ -63,10 +81,12 @@ def describe_model(
     model_id: str,
     history: Annotated[int, typer.Option(help="decisions of its history to show")] = 50,
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
     output: OutputOpt = DocOutput.table,
 ) -> None:
     """A model's spec, copies (and why each is where it is), history of loads / evictions, last failure."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         d = check(c.get(f"/api/v1/models/{model_id}/describe", params={"history": history}))
     if output == "table":
         console.print(_render.describe(d))
@@ -83,11 +103,13 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new decisions")] = False,
     interval: Annotated[float, typer.Option(help="seconds between polls with --follow")] = 1.0,
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
     output: OutputOpt = DocOutput.table,
 ) -> None:
     """The placement decision log (loads, evictions, rejections, with reasons), oldest first."""
     params: dict[str, Any] = {"model": model, "instance": instance, "kind": kind}
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         out = check(c.get("/api/v1/decisions", params={**params, "limit": limit}))
         rows = list(reversed(out["decisions"]))
         if output != "table":
@@ -114,12 +136,14 @@ def top(
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
     limit: Annotated[int, typer.Option(help="hottest models and decisions shown")] = 10,
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
     output: OutputOpt = DocOutput.table,
 ) -> None:
     """A live view of the mesh: instances with memory bars, hottest models, recent decisions."""
     from rich.live import Live
 
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         o = check(c.get("/api/v1/cluster/overview"))
         if once or output != "table":
             if output == "table":

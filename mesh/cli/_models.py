@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._client import AddressOpt, check, client
+from ._client import AddressOpt, CACertOpt, TokenOpt, check, client
 from ._output import console, err_console
 
 app = typer.Typer()
@@ -23,11 +23,13 @@ def register(
     key: Annotated[str, typer.Option(help="storage key, or a JSON object of extras")] = "",
     load_now: Annotated[bool, typer.Option(help="load right away")] = False,
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
 ) -> None:
     """Register a model (with --load-now: wait, with a spinner, until it is loaded or failed)."""
     import time
 
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         out = check(c.post(f"/api/v1/models/{model_id}", json={"modelInfo": {"type": type, "path": path, "key": key}, "loadNow": load_now}))
         if load_now:
             with err_console.status(f"loading {model_id} ...") as status:
@@ -43,9 +45,14 @@ def register(
 
 
 @app.command()
-def unregister(model_id: str, address: AddressOpt = None) -> None:
+def unregister(
+    model_id: str,
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+) -> None:
     """Unregister a model."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         check(c.delete(f"/api/v1/models/{model_id}"))
     console.print(f"{model_id}: unregistered", soft_wrap=True)
 
@@ -55,9 +62,11 @@ def infer(
     model: str,
     data: Annotated[str, typer.Option("--json", help="V2 JSON request body (or @file)")],
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
 ) -> None:
     """Send one V2 JSON inference request and print the answer."""
     body = Path(data[1:]).read_text() if data.startswith("@") else data
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         out = check(c.post(f"/v2/models/{model}/infer", content=body, headers={"content-type": "application/json"}))
     sys.stdout.write(json.dumps(out, indent=2) + "\n")

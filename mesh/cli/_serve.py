@@ -37,13 +37,21 @@ def serve(
     instance_id: Annotated[str, typer.Option(help="instance id (default: host-pid-random)")] = "",
     allowed_root: Annotated[list[Path] | None, typer.Option(help="local roots models may be read from (repeatable)")] = None,
     ready_file: Annotated[Path | None, typer.Option(help="write {instance_id, grpc, rest} as JSON here once serving")] = None,
+    auth_file: Annotated[Path | None, typer.Option(envvar="MODELMUX_AUTH_FILE", help="principals (YAML: name, sha256 of the token or cert name, role, tenant); re-read on change")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate for the gRPC, REST and metrics ports (re-read on change)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="its private key")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(help="mutual TLS: every client (and peer) presents a certificate from this CA")] = None,
+    peer_token_file: Annotated[Path | None, typer.Option(help="bearer token this instance sends when forwarding to peers (without --tls-client-ca)")] = None,
+    health_port: Annotated[int | None, typer.Option(help="plaintext port serving grpc.health.v1.Health only (kubelet probes); 0 = any")] = None,
+    insecure: Annotated[bool, typer.Option(help="allow listening beyond loopback without --auth-file and TLS (every caller is an admin)")] = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run one instance (the process a pod runs)."""
+    """Run one instance (the process a pod runs). Beyond loopback it needs --auth-file and TLS (docs/security.md)."""
     setup_logging(log_level)
     from placement import Policy, PolicySettings
     from puller import PullerSettings, StorageConfig
 
+    from .._errors import InvalidRequest
     from .._instance import assemble_instance
     from .._settings import InstanceSettings
     from .._store import build_store
@@ -59,6 +67,12 @@ def serve(
         overrides["data_dir"] = data_dir
     if instance_id:
         overrides["instance_id"] = instance_id
+    for name, value in (("auth_file", auth_file), ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_client_ca", tls_client_ca),
+                        ("peer_token_file", peer_token_file), ("health_port", health_port)):
+        if value is not None:
+            overrides[name] = value
+    if insecure:
+        overrides["insecure"] = True
     settings = InstanceSettings(**overrides)
     store_settings = command_store_settings(store, etcd, settings.data_dir)
 
@@ -73,7 +87,15 @@ def serve(
             settings, st, puller_settings=PullerSettings(**puller_overrides), storage_config=storage_config,
             keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()),
         )
-        ep = await inst.start()
+        try:
+            ep = await inst.start()
+        except InvalidRequest as exc:  # secure by default, or an unreadable auth/TLS file
+            err_console.print(f"[bold red]modelmux serve: {exc}[/]")
+            await inst.stop(graceful=False)
+            await st.close()
+            raise typer.Exit(2) from None
+        if inst.exposure_warning:
+            err_console.print(f"[bold red reverse] {inst.exposure_warning} [/]")
         console.print(
             f"[bold green]modelmux[/] instance {inst.instance_id}: gRPC {ep.grpc}  REST {ep.rest or '-'}  metrics {ep.metrics or '-'}"
             + (f"  dashboard http://{ep.rest}/dashboard/" if ep.rest else "")
@@ -81,7 +103,7 @@ def serve(
         console.print(describe_store(store_settings))
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"instance_id": inst.instance_id, "grpc": ep.grpc, "rest": ep.rest, "metrics": ep.metrics, "pid": os.getpid()}))
+            tmp.write_text(json.dumps({"instance_id": inst.instance_id, "grpc": ep.grpc, "rest": ep.rest, "metrics": ep.metrics, "health": ep.health, "pid": os.getpid()}))
             tmp.replace(ready_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._client import AddressOpt, check, client
+from ._client import AddressOpt, CACertOpt, TokenOpt, check, client
 from ._output import TableOutput, TableOutputOpt, console, emit
 from ._render import TENANT_COLUMNS
 
@@ -18,34 +18,52 @@ def tenant_set(
     name: str,
     max_bytes: Annotated[str, typer.Option("--max-bytes", help="quota: bytes, or a quantity like 512Mi, 8Gi")],
     address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
     output: TableOutputOpt = TableOutput.table,
 ) -> None:
     """Create or change a tenant's quota (enforced from the next placement decision)."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         value: int | str = int(max_bytes) if max_bytes.isdigit() else max_bytes
         row = check(c.put(f"/api/v1/tenants/{name}", json={"maxBytes": value}))
     emit(row, output, TENANT_COLUMNS, [row], what="tenants")
 
 
 @tenant_app.command("get")
-def tenant_get(name: str, address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
+def tenant_get(
+    name: str,
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+    output: TableOutputOpt = TableOutput.table,
+) -> None:
     """A tenant's quota and what its models hold now."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         row = check(c.get(f"/api/v1/tenants/{name}"))
     emit(row, output, TENANT_COLUMNS, [row], what="tenants")
 
 
 @tenant_app.command("list")
-def tenant_list(address: AddressOpt = None, output: TableOutputOpt = TableOutput.table) -> None:
+def tenant_list(
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+    output: TableOutputOpt = TableOutput.table,
+) -> None:
     """Every tenant with a quota or a registered model."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         rows = check(c.get("/api/v1/tenants"))["tenants"]
     emit(rows, output, TENANT_COLUMNS, what="tenants")
 
 
 @tenant_app.command("delete")
-def tenant_delete(name: str, address: AddressOpt = None) -> None:
+def tenant_delete(
+    name: str,
+    address: AddressOpt = None,
+    token: TokenOpt = None,
+    cacert: CACertOpt = None,
+) -> None:
     """Remove a tenant's quota (its models stay registered)."""
-    with client(address) as c:
+    with client(address, token, cacert) as c:
         check(c.delete(f"/api/v1/tenants/{name}"))
     console.print(f"quota of tenant {name} removed", soft_wrap=True)

@@ -193,22 +193,10 @@ ENTRY_POINT_ENV = {"MODELMUX_STORAGE_CONFIG_DIR", "HOME", "POD_NAME", "POD_NAMES
 # What the manifests assume of code that is being wired (issues 13, 14, 15): remove a name
 # here when the code reads it (test_pending_names_are_not_implemented_yet says when).
 PENDING_ENV = {
-    "MODELMUX_STORE_USER": "etcd user (StoreSettings.user)",
-    "MODELMUX_STORE_PASSWORD_FILE": "file holding that user's password (StoreSettings.password_file)",
-    "MODELMUX_INSTANCE_PEER_TLS_SERVER_NAME": "name checked in a peer's certificate when forwarding to its pod IP",
-    "MODELMUX_CONTROLLER_TOKEN_FILE": "the controller's bearer token for the instances' management API",
-    "MODELMUX_CONTROLLER_TLS_CA_FILE": "CA the controller trusts for the instances' certificates",
-    "MODELMUX_CONTROLLER_TLS_CERT_FILE": "the controller's client certificate (the instances ask every caller for one)",
-    "MODELMUX_CONTROLLER_TLS_KEY_FILE": "its key",
     "MODELMUX_RUNTIMES_EXTERNAL": "RuntimeSettings.external (branch rt2): JSON list of {name, address, model_types}",
     "MODELMUX_RUNTIMES_ISOLATED_TYPES": "RuntimeSettings.isolated_types (branch rt2): [] = no worker processes",
 }
 PENDING_FLAGS = {
-    "--auth-file": "issue 13",
-    "--tls-cert": "issue 13",
-    "--tls-key": "issue 13",
-    "--tls-client-ca": "issue 13",
-    "--health-port": "plaintext port serving grpc.health.v1.Health only (the kubelet's gRPC probes cannot speak TLS)",
 }
 SETTINGS: dict[str, Any] = {
     "MODELMUX_INSTANCE_": InstanceSettings,

@@ -32,11 +32,33 @@ function ago(t) {
   return `${(s / 3600).toFixed(1)}h ago`;
 }
 function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+// An instance started with --auth-file asks for a bearer token: it is typed into the page, kept in
+// sessionStorage (this tab only, gone when it closes) and sent as a header, never in the URL.
+const TOKEN_KEY = "modelmux.token";
+function authHeaders() {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  return t ? { authorization: `Bearer ${t}` } : {};
+}
+function askToken(status) {
+  const box = $("auth");
+  box.hidden = false;
+  $("auth-msg").textContent = status === 401 ? "this mesh needs a token" : "this token may not read the dashboard";
+}
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await fetch(url, { cache: "no-store", headers: authHeaders() });
+  if (r.status === 401 || r.status === 403) askToken(r.status);
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();
 }
+document.addEventListener("DOMContentLoaded", () => {
+  $("auth-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = $("auth-token").value.trim();
+    if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+    $("auth-token").value = "";
+    $("auth").hidden = true;
+  });
+});
 
 function chart(svg, points, { max = null, fmt = (v) => v.toFixed(1) } = {}) {
   const W = 600, H = 140, P = 16;
