@@ -22,7 +22,8 @@ dropped so the order holds until the model changes, as for :class:`~placement.Po
   cluster twice this size would have kept it").
 * **Stability.** The horizon in use moves to a new grid step only once the learned position
   is 0.75 steps away (hysteresis), and only after a decision (never in the middle of one);
-  the key order changes then, and :attr:`key_id` with it, so the producer of views rebuilds
+  the key order changes then (at most once per ``adapt_retune_min_s``, so the index rebuilds
+  it causes are bounded), and :attr:`key_id` with it, so the producer of views rebuilds
   its index (the simulator and the mesh leader do so when ``key_id`` changes). Everything
   else is :class:`~placement.Policy`'s engine: residency, fair eviction, quotas, copies.
 * **Explainable.** Each eviction's reason gives the victim's count, idle time, cost/size and
@@ -90,6 +91,7 @@ class AdaptivePolicy(Policy):
         self.hits_recent = 0
         self.hits_frequent = 0
         self.retunes = 0
+        self._retuned_at = -math.inf
 
     @staticmethod
     def _grid(settings: PolicySettings) -> list[float]:
@@ -164,9 +166,12 @@ class AdaptivePolicy(Policy):
             self.hits_frequent += 1
             self._pos = min(float(len(self._levels) - 1), self._pos + step)
 
-    def _retune(self) -> None:
+    def _retune(self, now: float) -> None:
         if abs(self._pos - self._level) < _HYSTERESIS:
             return
+        if now - self._retuned_at < self.settings.adapt_retune_min_s:  # bounded: a rebuild at most this often
+            return
+        self._retuned_at = now
         self._level = round(self._pos)
         self._tau = self._levels[self._level]
         self.retunes += 1
@@ -186,7 +191,7 @@ class AdaptivePolicy(Policy):
                 vm = view.models.get(a.model_id)
                 if vm is not None and len(vm.assigned) <= 1:  # the last copy: its model is out
                     self._remember(vm, view.now, limit)
-        self._retune()
+        self._retune(view.now)
 
     def on_miss(self, view: ClusterView, model_id: str) -> list[Action]:
         actions = super().on_miss(view, model_id)

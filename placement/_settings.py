@@ -74,6 +74,11 @@ class PolicySettings(BaseSettings):
     adapt_learning_rate: float = Field(
         default=0.3, gt=0, description="steps of the horizon grid (x1.5 each) one ghost hit of average cost moves"
     )
+    adapt_retune_min_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="least time between two horizon changes of the adaptive policy (each one rebuilds the eviction index)",
+    )
     adapt_ghost_bytes_factor: float = Field(
         default=1.0, gt=0, description="ghost lists remember evicted models up to this many times the capacity in bytes"
     )

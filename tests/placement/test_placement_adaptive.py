@@ -189,3 +189,17 @@ def test_cli_simulates_a_family_with_the_adaptive_policy() -> None:
     assert "| batch | 10% | adaptive |" in r.output and "| batch | 10% | lru |" in r.output
     bad = CliRunner().invoke(app, ["simulate", "--family", "nope"])
     assert bad.exit_code == 2 and "unknown trace family" in bad.output
+
+
+def test_retunes_are_bounded_by_the_minimum_interval() -> None:
+    """Each retune rebuilds the eviction index: at most one per adapt_retune_min_s of trace time."""
+    tr = family("combined", scale=0.05)
+    c = int(tr.total_bytes * 0.05)
+    free = simulate(tr, "adaptive", instances=4, capacity_bytes=c, settings=PolicySettings(adapt_retune_min_s=0),
+                    time_decisions=False)
+    bound_s = 3 * 3600.0
+    bounded = simulate(tr, "adaptive", instances=4, capacity_bytes=c,
+                       settings=PolicySettings(adapt_retune_min_s=bound_s), time_decisions=False)
+    span = float(tr.times[-1] - tr.times[0])
+    assert free.index_rebuilds > span / bound_s + 1  # unbounded, it retunes more often than the bound allows
+    assert 1 <= bounded.index_rebuilds <= span / bound_s + 1
