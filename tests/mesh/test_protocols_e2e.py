@@ -164,52 +164,23 @@ async def _triton_grpc(mesh: Mesh, forward: bool) -> None:
 # ---------------------------------------------------------------- kserve SDK
 
 
-async def _kserve_rest_v2(mesh: Mesh, forward: bool) -> None:
-    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
-
-    client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
-    try:
-        base = f"http://{mesh.rest(forward)}"
-        assert await client.is_model_ready(base, LIN)
-        x = _x(2)
-        for binary in (True, False):
-            inp = InferInput("x", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x, binary_data=binary)
-            params = {"binary_data_output": True} if binary else None
-            resp = await client.infer(base, InferRequest(LIN, [inp], parameters=params), model_name=LIN)
-            np.testing.assert_allclose(resp.outputs[0].as_numpy(), mesh.lin_ref(x), rtol=1e-6)
-            assert resp.model_name == LIN
-    finally:
-        await client.close()
-
-
-async def _kserve_rest_v1(mesh: Mesh, forward: bool) -> None:
-    from kserve import InferenceRESTClient, RESTConfig
-
-    client = InferenceRESTClient(RESTConfig(protocol="v1", timeout=60))
-    try:
-        base = f"http://{mesh.rest(forward)}"
-        assert await client.is_model_ready(base, LIN) is True
-        x = _x(2)
-        out = await client.infer(base, {"instances": x.tolist()}, model_name=LIN)
-        np.testing.assert_allclose(np.array(out["predictions"], dtype=np.float32), mesh.lin_ref(x), rtol=1e-6)
-    finally:
-        await client.close()
-
-
-async def _kserve_grpc(mesh: Mesh, forward: bool) -> None:
-    from kserve import InferenceGRPCClient, InferInput, InferRequest
-
-    client = InferenceGRPCClient(mesh.grpc(forward), timeout=60)
-    try:
-        assert await client.is_model_ready(LIN)
-        x = _x(4)
-        inp = InferInput("x", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        resp = await client.infer(InferRequest(LIN, [inp]))
-        np.testing.assert_allclose(resp.outputs[0].as_numpy(), mesh.lin_ref(x), rtol=1e-6)
-    finally:
-        await client.close()
+async def _kserve(mesh: Mesh, forward: bool) -> None:
+    """The kserve SDK's REST client (V2 with binary data on and off, V1) and gRPC client, in a
+    process of their own (the suite imports tritonclient.grpc: both cannot share protobuf's pool)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.mesh.kserve_client", mesh.rest(forward), mesh.grpc(forward), LIN,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()
+    answer = json.loads(out)
+    assert answer["v2_ready"] is True and answer["v1_ready"] is True and answer["grpc_ready"] is True
+    for binary in (True, False):
+        got = answer[f"v2_binary_{binary}"]
+        assert got["model_name"] == LIN
+        np.testing.assert_allclose(np.array(got["y"], dtype=np.float32), mesh.lin_ref(_x(2)), rtol=1e-6)
+    np.testing.assert_allclose(np.array(answer["v1"], dtype=np.float32), mesh.lin_ref(_x(2)), rtol=1e-6)
+    np.testing.assert_allclose(np.array(answer["grpc"], dtype=np.float32), mesh.lin_ref(_x(4)), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- V1 over plain HTTP (curl)
@@ -269,9 +240,7 @@ async def test_clients_against_holder_and_through_forward(mesh: Mesh, forward: b
     forwarded_before = mesh.forwarded()
     await asyncio.to_thread(_triton_http, mesh, forward)
     await _triton_grpc(mesh, forward)
-    await _kserve_rest_v2(mesh, forward)
-    await _kserve_rest_v1(mesh, forward)
-    await _kserve_grpc(mesh, forward)
+    await _kserve(mesh, forward)
     await _v1_http(mesh, forward)
     await _bad_binary(mesh, forward)
     forwarded = mesh.forwarded() - forwarded_before
