@@ -175,9 +175,10 @@ class PlacementViewBuilder:
             load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
             last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
             rate = sum(c.rpm for c in copies.values())
-            if copies:
-                # copies report the model's traffic, decayed to 0 when it stops: they are the truth
-                # (falling back to an older, higher rate here kept idle copies from scaling in)
+            if any(c.state == CopyState.LOADED for c in copies.values()):
+                # loaded copies report the model's traffic, decayed to 0 when it stops: they are the
+                # truth (falling back to an older, higher rate here kept idle copies from scaling in);
+                # a copy still loading reports nothing yet, so a returning model keeps its history
                 self._history[mid] = (last_used, rate)
             elif (seen := self._history.get(mid)) is not None:
                 last_used, rate = max(last_used, seen[0]), seen[1]
