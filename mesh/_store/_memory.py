@@ -289,6 +289,10 @@ class MemoryStore(Store):
             self._revoke(lease)
         return len(expired)
 
+    async def expire_leases(self) -> int:
+        """What the expiry timer runs (a durable store overrides it to revoke durably)."""
+        return self.expire_leases_now()
+
     def _ensure_expiry_task(self) -> None:
         if self._expiry_task is None or self._expiry_task.done():
             self._expiry_wake = asyncio.Event()
@@ -303,7 +307,7 @@ class MemoryStore(Store):
         assert wake is not None
         while not self._closed:
             try:
-                self.expire_leases_now()
+                await self.expire_leases()
             except Exception:  # never let the timer die
                 logger.exception("lease expiry failed")
             timeout: float | None = None

@@ -463,22 +463,6 @@ class SqliteStore(MemoryStore):
 
         return await self._serialized(body)
 
-    async def _expiry_loop(self) -> None:
-        wake = self._expiry_wake
-        assert wake is not None
-        while not self._closed:
-            try:
-                await self.expire_leases()
-            except Exception:  # never let the timer die
-                logger.exception("lease expiry failed")
-            timeout: float | None = None
-            if self._leases:
-                earliest = min(lease.deadline for lease in self._leases.values())
-                timeout = min(max(earliest - self._clock(), 0.01), self._max_expiry_interval_s)
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
-
     # ------------------------------------------------------------------ watch, lifecycle
 
     async def _watch(
