@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime_adapters import InferRequest
+from runtime_adapters import InferRequest, numpy_dtype
 
 from . import _codec
 from ._errors import InvalidRequest, PayloadTooLarge
@@ -36,16 +36,8 @@ _COST_PER_VALUE = 80
 MIN_OBJECT_COST = 64 << 20
 
 _FLOATS: dict[str, np.dtype[Any]] = {"FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BF16": np.dtype("<f4")}
-_INTS: dict[str, np.dtype[Any]] = {
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-}
+# the integer types read straight into their V2 storage dtype (the one table in runtime_adapters)
+_INTS: dict[str, np.dtype[Any]] = {t: numpy_dtype(t) for t in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")}
 
 
 def _preceded_by_odd_backslashes(text: bytes | bytearray, pos: int) -> bool:

@@ -38,7 +38,15 @@ from ._onnx import OnnxAdapter
 from ._registry import AdapterRegistry, build_registry
 from ._runtime_server import RuntimeService, default_status_for, start_runtime_server
 from ._settings import AdapterSettings, RuntimeServerSettings
-from ._tensors import DATATYPES, decode_bytes, dtype_size, encode_bytes, list_to_raw, raw_to_list
+from ._tensors import (
+    DATATYPES,
+    decode_bytes,
+    dtype_size,
+    encode_bytes,
+    list_to_raw,
+    numpy_dtype,
+    raw_to_list,
+)
 from ._torch import TorchAdapter
 from ._types import (
     InferInput,
@@ -102,6 +110,7 @@ __all__ = [
     "dtype_size",
     "encode_bytes",
     "list_to_raw",
+    "numpy_dtype",
     "raw_to_list",
     "start_frame_server",
     "start_runtime_server",
