@@ -129,6 +129,7 @@ class Agent:
 
     async def start(self) -> None:
         self.lease = await self.store.grant_lease(self.settings.lease_ttl_s)
+        await self._forget_previous_incarnation()
         await self._publish_instance(force=True)
         self._unsub = self.state.assignments.subscribe(lambda _c: self._dirty.set())
         self._tasks = [
@@ -216,6 +217,21 @@ class Agent:
         m.lru_time.set(int(rec.lru_oldest))
         if m.reports_cluster:  # the cluster-wide gauges: only the instance that exports them counts
             m.set_cluster(self.state.model_counts())
+
+    async def _forget_previous_incarnation(self) -> None:
+        """Delete copy records a previous process with this instance id left (killed, restarted
+        before its lease ran out): this process holds nothing yet. Done before the instance record
+        with the new address is published, so that no peer forwards to the new address on the
+        strength of a copy that died with the old process (it would answer NOT_FOUND until the
+        reload, and requests would give up); peers instead see the model unplaced or loading."""
+        stale = [mid for mid, by_instance in self.state.copies_by_model().items() if self.instance_id in by_instance]
+        for mid in stale:
+            try:
+                await self.store.delete(self.keys.copy(mid, self.instance_id))
+            except StoreError as exc:
+                log.warning("could not delete the stale copy record of %s: %s", mid, exc)
+        if stale:
+            log.info("forgot %d copy record(s) of a previous incarnation of %s", len(stale), self.instance_id)
 
     async def _publish_instance(self, *, force: bool = False) -> None:
         rec = self._instance_record()

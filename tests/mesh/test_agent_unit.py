@@ -139,3 +139,45 @@ async def test_drain_waits_for_models_to_move_only_while_another_instance_can_ta
     assert not drain.done()
     await w.assign("m", "peer")
     assert await asyncio.wait_for(drain, 10) is True
+
+
+async def test_a_restarted_instance_forgets_its_previous_incarnations_copies_before_it_is_reachable() -> None:
+    """kill -9 and restart with the same id before the lease ran out: the old process's copy
+    records say "loaded" on this id. The new process deletes them before it publishes its new
+    address, so no peer forwards to the new address for a copy it does not hold (it would answer
+    NOT_FOUND until the reload and requests would give up); the copy is published again only
+    once this process has loaded it."""
+    async with world() as w:
+        await w.model("m")
+        await w.instance(ME, "127.0.0.1:1")  # the killed process's records
+        await w.copy("m", ME)
+        await w.assign("m", ME)
+        await w.settle(lambda: w.mirror.holders("m") == (ME,) and w.mirror.assigned("m") == (ME,))
+        start_rev = w.store.revision + 1
+        loaded = LoadedCopies()
+        router = Router(ME, w.mirror, w.store, loaded, clock=w.clock)
+        adapter = FakeAdapter()
+        gate = adapter.gate = asyncio.Event()
+        registry = AdapterRegistry(AdapterSettings(), adapters=[adapter])
+        settings = InstanceSettings(instance_id=ME, capacity_bytes=1 << 20, publish_interval_s=3600, lease_ttl_s=30)
+        agent = Agent(settings, ME, "127.0.0.1:2", w.store, w.mirror, router, registry, FakePuller(), loaded=loaded, clock=w.clock)  # type: ignore[arg-type]
+        await agent.start()
+        try:
+            await w.settle(lambda: w.mirror.instances.items[ME].address == "127.0.0.1:2", "the new address")
+            # the order a peer's watch sees: the stale copy goes before the new address appears
+            events: list[tuple[str, str]] = []
+            watch = w.store.watch_prefix(w.keys.prefix + "/", start_rev)
+            while not any(k == w.keys.instance(ME) for _, k in events):
+                events += [(e.kind, e.key) for e in await anext(watch)]
+            await watch.aclose()
+            copy_key = w.keys.copy("m", ME)
+            assert ("delete", copy_key) in events
+            assert events.index(("delete", copy_key)) < events.index(("put", w.keys.instance(ME)))
+            assert ME not in w.mirror.holders("m")  # nobody is sent here while the reload runs
+            await w.settle(lambda: agent.copies.get("m") is not None, "the reload started")
+            gate.set()
+            await w.settle(lambda: w.mirror.holders("m") == (ME,), "the reloaded copy published")
+            assert loaded.get("m") is adapter.loaded["m"]
+        finally:
+            await agent.stop()
+            await router.close()
