@@ -59,6 +59,7 @@ class LocalCopy:
     loaded: LoadedModel | None = None
     artifact_key: str | None = None
     published: CopyRecord | None = None
+    reserved: bool = False  # a loading copy's bytes count against capacity once it has room
 
 
 @dataclass
@@ -360,15 +361,18 @@ class Agent:
                     if self.runtimes is not None and self.runtimes.handles(rec.model_type)
                     else self.adapters.for_type(rec.model_type)
                 )
-                copy.size_bytes = rec.predicted_size_bytes
+                assignment = self.state.assignments.items.get(mid)
+                planned = (assignment.planned_bytes if assignment is not None else 0) or rec.predicted_size_bytes
+                copy.size_bytes = planned
                 await self._publish_copy_quiet(copy)
                 staged = await self._stage(rec)
                 copy.artifact_key = staged.key
                 local_path = Path(staged.local_path)
-                # reserve what placement planned with (the registration's prediction), so that the
-                # agent and the leader agree on what fits; the adapter's own guess only fills in
-                # when the registration had none. The measured size replaces it after the load.
-                copy.size_bytes = rec.predicted_size_bytes or adapter.predict_size(self._spec(rec), local_path)
+                # reserve what placement planned with (its estimate, else the registration's
+                # prediction), so that the agent and the leader agree on what fits; the adapter's
+                # own guess only fills in when neither is known. The measured size replaces it
+                # after the load.
+                copy.size_bytes = planned or adapter.predict_size(self._spec(rec), local_path)
                 await self._wait_for_room(copy)
                 loaded = await adapter.load(self._spec(rec), local_path)
                 if not getattr(loaded, "forwards_raw", False):  # a runtime process batches on its own
@@ -381,6 +385,8 @@ class Agent:
                 await loaded.unload()
                 return
             copy.loaded = loaded
+            if loaded.size_bytes < copy.size_bytes:
+                self._freed.set()  # smaller than reserved: a waiting load may fit now
             copy.size_bytes = loaded.size_bytes
             copy.size_measured = True
             copy.load_time_s = time.monotonic() - start
@@ -434,16 +440,19 @@ class Agent:
         """Never start a load that does not fit: wait for unloads in flight to free bytes."""
         cap = self.settings.capacity_bytes
         while True:
+            # a loading copy counts once it has room: copies that all wait must not wait on each other
             others = sum(
                 c.size_bytes
                 for c in self.copies.values()
-                if c is not copy and c.state in (CopyState.LOADED, CopyState.UNLOADING, CopyState.LOADING)
+                if c is not copy
+                and (c.state in (CopyState.LOADED, CopyState.UNLOADING) or (c.state == CopyState.LOADING and c.reserved))
             )
             if copy.size_bytes > cap:
                 raise RuntimeError(
                     f"model {copy.model_id} needs {copy.size_bytes} bytes, more than this instance's capacity {cap}"
                 )
             if others + copy.size_bytes <= cap:
+                copy.reserved = True
                 return
             self._freed.clear()
             try:

@@ -215,7 +215,8 @@ class Leader:
                     reasons.pop(a.instance_id, None)
             compares.append(Compare(key, rev))
             if instances:
-                ops.append(Put(key, encode(AssignmentRecord(mid, tuple(instances), reasons, now))))
+                planned = self._views.size_of(mid)
+                ops.append(Put(key, encode(AssignmentRecord(mid, tuple(instances), reasons, now, planned))))
             else:
                 ops.append(Delete(key))
         log_compares, log_ops = self._decision_log([(a.kind, a.model_id, a.instance_id, a.reason) for a in actions], now)

@@ -189,6 +189,9 @@ class AssignmentRecord:
     instances: tuple[str, ...] = ()
     reasons: dict[str, str] = field(default_factory=dict)  # instance -> why it was placed
     updated_at: float = 0.0
+    # the size placement planned with (its estimate before a copy is measured): the agent reserves
+    # this much for the load, so agent and leader agree on what fits; 0 from older leaders
+    planned_bytes: int = 0
 
 
 @dataclass(frozen=True)

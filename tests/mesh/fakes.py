@@ -195,13 +195,16 @@ class FakeAdapter(RuntimeAdapter):
         self.fail: dict[str, str] = {}  # model id -> error its load raises
         self.gate: asyncio.Event | None = None  # loads wait for it when set
         self.loaded: dict[str, FakeModel] = {}
+        self.sizes: dict[str, int] = {}  # model id -> its measured size (default 2000)
+        self.calls: list[str] = []  # model ids, in the order their loads started
 
     async def load(self, spec: ModelSpec, local_path: Path) -> LoadedModel:
+        self.calls.append(spec.model_id)
         if self.gate is not None:
             await self.gate.wait()
         if spec.model_id in self.fail:
             raise RuntimeError(self.fail[spec.model_id])
-        model = self.loaded[spec.model_id] = FakeModel(spec.model_id, 2000)
+        model = self.loaded[spec.model_id] = FakeModel(spec.model_id, self.sizes.get(spec.model_id, 2000))
         return model
 
     def predict_size(self, spec: ModelSpec, local_path: Path) -> int:
@@ -223,6 +226,7 @@ class FakePuller:
         key = str(ref.storage_uri or ref.path)
         self.staged.append(key)
         self.tenants.append(tenant)
+        await asyncio.sleep(0)  # staging yields, as a real one does (other loads run meanwhile)
         return StagedArtifact(key=key, local_path=Path(key), size_bytes=0, in_place=True)
 
     async def release(self, key: str) -> None:

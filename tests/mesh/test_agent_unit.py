@@ -13,7 +13,14 @@ from mesh._agent import Agent
 from mesh._loaded_copies import LoadedCopies
 from mesh._router import Router
 from mesh._settings import InstanceSettings
-from mesh._store_schema import CopyRecord, CopyState, InstanceRecord, decode
+from mesh._store_schema import (
+    AssignmentRecord,
+    CopyRecord,
+    CopyState,
+    InstanceRecord,
+    decode,
+    encode,
+)
 from runtime_adapters import AdapterRegistry, AdapterSettings
 from tests.mesh.fakes import FakeAdapter, FakePuller, World, request, world
 
@@ -181,3 +188,40 @@ async def test_a_restarted_instance_forgets_its_previous_incarnations_copies_bef
         finally:
             await agent.stop()
             await router.close()
+
+
+async def test_a_load_reserves_the_size_placement_planned_with(rig: Rig) -> None:
+    """The leader packs by its own estimate (the prediction scaled by the measured/predicted ratio it
+    learned); the agent reserves that estimate, not the raw prediction, so it never waits for room
+    the leader believes is there (a stall no unload would ever end)."""
+    w = rig.w
+    await w.model("m", predicted_size_bytes=2 << 20)  # the raw prediction: twice the capacity
+    await w.settle(lambda: "m" in w.mirror.models.items)
+    gate = rig.adapter.gate = asyncio.Event()
+    await w.store.put(w.keys.assignment("m"), encode(AssignmentRecord("m", (ME,), planned_bytes=300_000)))
+    await w.settle(lambda: (c := w.mirror.copies_of("m").get(ME)) is not None and c.state == CopyState.LOADING, "loading")
+    assert w.mirror.copies_of("m")[ME].size_bytes == 300_000
+    gate.set()
+    await w.settle(lambda: w.mirror.holders("m") == (ME,), "the copy loaded")
+    assert w.mirror.failure("m") is None
+
+
+async def test_loads_waiting_for_room_do_not_wait_on_each_other(rig: Rig) -> None:
+    """Two loads that each fit alone but not together (sizes measured larger than planned, say):
+    the first takes the room, the second waits for it rather than both waiting on each other."""
+    w = rig.w
+    for mid in ("a", "b"):
+        await w.model(mid, predicted_size_bytes=600_000)
+    await w.settle(lambda: {"a", "b"} <= set(w.mirror.models.items))
+    gate = rig.adapter.gate = asyncio.Event()
+    rig.adapter.sizes = {"a": 600_000, "b": 600_000}
+    for mid in ("a", "b"):
+        await w.assign(mid, ME)
+    await w.settle(lambda: len(rig.adapter.calls) == 1, "one load started")
+    started = rig.adapter.calls[0]
+    assert len(rig.adapter.calls) == 1  # the other waits for room
+    gate.set()
+    await w.settle(lambda: w.mirror.holders(started) == (ME,), "the first copy loaded")
+    other = "b" if started == "a" else "a"
+    await w.store.delete(w.keys.assignment(started))  # placement moves it away: room for the other
+    await w.settle(lambda: w.mirror.holders(other) == (ME,), "the waiting load went ahead")

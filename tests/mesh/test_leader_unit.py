@@ -103,3 +103,17 @@ async def test_old_target_still_used_by_another_vmodel_is_kept(rig: Rig) -> None
 
     await w.settle(lambda: w.mirror.resolve("v") == "new", "the promotion")
     assert "old" in w.mirror.models.items  # "keep" still refers to it
+
+
+async def test_an_assignment_carries_the_size_placement_planned_with(rig: Rig) -> None:
+    """Unmeasured models are sized by their prediction times the measured/predicted ratio learned for
+    their type; the assignment says that size, which the agent then reserves for the load."""
+    w = rig.w
+    await w.model("seen", predicted_size_bytes=1000)
+    await w.assign("seen", "other")
+    await w.copy("seen", "other", size_bytes=2500, size_measured=True)  # loads at 2.5x its prediction
+    await w.model("m", predicted_size_bytes=10_000)
+    await w.settle(lambda: w.mirror.holders("seen") == ("other",) and "m" in w.mirror.models.items)
+    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+    await w.settle(lambda: bool(w.mirror.assigned("m")), "the assignment")
+    assert w.mirror.assignments.items["m"].planned_bytes == 25_000
