@@ -6,7 +6,7 @@ from ._errors import ModelNotFound, ModelNotPlaceable, ModelTooLarge, NoCapacity
 from ._index import PlacementIndex
 from ._plan import INF as _INF
 from ._plan import Plan, fmt_bytes
-from ._types import Action, ClusterView, ModelView
+from ._types import Action, ClusterView, InstanceView, ModelView
 from ._victims import VictimSelection
 
 
@@ -46,16 +46,20 @@ class Placing(VictimSelection):
         best: tuple[bool, bool, int, int] | None = None
         best_iid = ""
         needs: dict[str, int] = {}
+        ninf = -_INF
         for iid, inst in instances.items():
-            if inst.state != "live" or inst.capacity_bytes < size or iid in assigned:
+            cap = inst.capacity_bytes
+            if cap < size or inst.state != "live" or iid in assigned:
                 continue
-            if failures and failures.get(iid, -_INF) > now:
+            if failures and failures.get(iid, ninf) > now:
                 continue
-            loading = inst.loading + load_d.get(iid, 0) if load_d else inst.loading
+            loading = inst.loading
+            if load_d:
+                loading += load_d.get(iid, 0)
             slot = loading < inst.loading_slots
             if require_slot and not slot:
                 continue
-            free = inst.capacity_bytes - inst.used_bytes
+            free = cap - inst.used_bytes
             if used_d:
                 free -= used_d.get(iid, 0)
             if free >= size:
@@ -94,19 +98,34 @@ class Placing(VictimSelection):
             inst = view.instances.get(iid)
             if inst is not None and inst.state != "dead":
                 return []
-        live = [i for i in view.instances.values() if i.state == "live"]
-        if not live:
-            raise NoInstances(f"no live instance to place model {model_id!r} on")
+        # one pass: stops at the first live instance that may take the model; the error paths
+        # below (rare) recount what their messages name
         now = view.now
-        allowed = [i for i in live if m.failures.get(i.instance_id, -_INF) <= now] if m.failures else live
-        if not allowed:
+        size = m.size_bytes
+        failures = m.failures
+        any_live = any_allowed = fits = False
+        for i in view.instances.values():
+            if i.state != "live":
+                continue
+            any_live = True
+            if failures and failures.get(i.instance_id, -_INF) > now:
+                continue
+            any_allowed = True
+            if i.capacity_bytes >= size:
+                fits = True
+                break
+        if not any_live:
+            raise NoInstances(f"no live instance to place model {model_id!r} on")
+        if not any_allowed:
+            live = [i for i in view.instances.values() if i.state == "live"]
             raise ModelNotPlaceable(
                 f"model {model_id!r} failed to load recently on every live instance "
                 f"({', '.join(sorted(i.instance_id for i in live))}); retried after the failures expire"
             )
-        if all(i.capacity_bytes < m.size_bytes for i in allowed):
+        if not fits:
+            allowed = self._allowed(view, m)
             raise ModelTooLarge(
-                f"model {model_id!r} ({fmt_bytes(m.size_bytes)}) is larger than the capacity of every "
+                f"model {model_id!r} ({fmt_bytes(size)}) is larger than the capacity of every "
                 f"live instance (largest {fmt_bytes(max(i.capacity_bytes for i in allowed))})"
             )
         plan = Plan(view)
@@ -118,5 +137,12 @@ class Placing(VictimSelection):
             return plan.actions
         raise NoCapacity(
             f"no instance can make room for model {model_id!r} ({fmt_bytes(m.size_bytes)}): every copy that "
-            f"could go on the {len(allowed)} eligible instance(s) is pinned, loading or at its min copies"
+            f"could go on the {len(self._allowed(view, m))} eligible instance(s) is pinned, loading or at its min copies"
         )
+
+    @staticmethod
+    def _allowed(view: ClusterView, m: ModelView) -> list[InstanceView]:
+        """Live instances where ``m`` has not failed to load recently."""
+        now = view.now
+        live = [i for i in view.instances.values() if i.state == "live"]
+        return [i for i in live if m.failures.get(i.instance_id, -_INF) <= now] if m.failures else live
