@@ -25,6 +25,7 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy mesh placement puller runtime_adapters controller
+	$(BIN)/python -m tests.peer_venv
 	$(BIN)/python -m pytest -q --durations=25
 
 protos:

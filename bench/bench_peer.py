@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,9 +37,10 @@ import numpy as np
 
 from bench import _tools
 from bench.bench_routing import drive, start_server, stop_server
+from tests import peer_venv
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / "var" / "mlserver-venv"
+VENV = peer_venv.VENV
 NAME = "xgb"
 # one XGBoost/OpenMP thread per predict in both servers (modelmux's default, xgboost_threads=1): with
 # xgboost's default (all cores) 16 concurrent predicts on 2 cores spin against each other
@@ -48,14 +48,9 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def ensure_mlserver() -> Path:
-    """The mlserver executable of the separate venv, installed there on first use."""
-    exe = VENV / "bin" / "mlserver"
-    if not exe.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        # uvloop 0.22 made MLServer 1.7.1's inference workers die at start (asyncio.get_event_loop() in a
-        # process with no loop raises): its default parallel_workers=1 then serves nothing
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "mlserver", "mlserver-xgboost", "uvloop<0.22"], check=True)
-    return exe
+    """The mlserver executable of the separate venv (tests/peer_venv.py), installed there on first use."""
+    peer_venv.ensure()
+    return VENV / "bin" / "mlserver"
 
 
 def mlserver_version() -> str:

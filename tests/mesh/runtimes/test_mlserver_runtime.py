@@ -4,8 +4,8 @@ loaded through its V2 model-repository API, served through the instance's V2 gRP
 forwarded to MLServer's gRPC port), reached through a vModel and ``ensureLoaded``, and unloaded
 from MLServer when unregistered.
 
-MLServer lives in ``var/mlserver-venv`` (the venv ``bench/bench_peer.py`` uses), installed by
-pip on first use and kept for reruns.
+MLServer lives in ``var/mlserver-venv`` (tests/peer_venv.py: built by ``make test`` before the
+suite, else on first use, and kept for reruns).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -34,13 +33,11 @@ from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from puller import Puller, PullerSettings
 from runtime_adapters import AdapterSettings, build_registry
+from tests import peer_venv
 from tests.mesh.runtimes.rthelp import readable_dir, wait_for
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[3]
-VENV = REPO / "var" / "mlserver-venv"
-PACKAGES = ["mlserver", "mlserver-sklearn", "mlserver-xgboost", "uvloop<0.22"]
 
 TRAIN = """
 import sys, joblib
@@ -52,18 +49,11 @@ joblib.dump(LinearRegression().fit(X, y), sys.argv[1])
 
 
 def _venv_python() -> Path:
-    py = VENV / "bin" / "python"
-    probe = [str(py), "-c", "import mlserver, mlserver_sklearn, sklearn, joblib"]
-    if py.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
-        return py
     try:
-        if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES], check=True, capture_output=True, timeout=900)
+        return peer_venv.ensure()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         out = getattr(exc, "stderr", b"") or b""
-        pytest.skip(f"cannot install MLServer with pip into {VENV}: {out.decode(errors='replace')[-500:]}")
-    return py
+        pytest.skip(f"cannot install MLServer with pip into {peer_venv.VENV}: {out.decode(errors='replace')[-500:]}")
 
 
 def _free_port() -> int:
