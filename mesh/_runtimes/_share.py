@@ -18,7 +18,7 @@ So each load gets its own copy in a share folder this module owns:
 
 What it does not do: every worker runs as the same user, so model code in one worker could read
 another load's copy if it learned the folder's name (e.g. from another worker's
-``/proc/<pid>/cmdline`` or open files). See docs/security.md.
+``/proc/<pid>/maps`` or open files). See docs/security.md.
 """
 
 from __future__ import annotations
