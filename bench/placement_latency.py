@@ -1,6 +1,6 @@
 """Placement decision latency at scale: 100 instances, 100,000 models, index kept incrementally.
 
-Run: ``python -m bench.placement_latency [--requests 300000] [--tick-s 2] [--write-results]``.
+Run: ``python -m bench.placement_latency [--requests 300000] [--tick-s 2] [--clock thread] [--write-results]``.
 
 A virtual cluster of ``--instances`` instances sharing ``--capacity`` of the bytes a Zipf
 trace over ``--models`` models requests replays that trace through the policy, the way the
@@ -80,7 +80,7 @@ def run(policy: BasePolicy, args: argparse.Namespace) -> dict[str, Any]:
     tick_actions = 0
     watched: list[int] = []
     warm_from = int(len(tr) * args.warmup)
-    perf = time.perf_counter
+    perf = time.thread_time if args.clock == "thread" else time.perf_counter
     cmodels = cluster.models
     next_tick = float(tr.times[0]) + args.tick_s
     n_ticks = 0
@@ -156,13 +156,15 @@ def section(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
     lines = [
         "### Decision latency",
         "",
-        f"`python -m bench.placement_latency --requests {args.requests} --tick-s {args.tick_s:g}` on "
+        f"`python -m bench.placement_latency --requests {args.requests} --tick-s {args.tick_s:g}"
+        f"{' --clock thread' if args.clock == 'thread' else ''}` on "
         f"{platform.machine()} ({os.cpu_count()} CPUs, Python {platform.python_version()}); {time.strftime('%Y-%m-%d')}. "
         f"{args.instances} instances, {args.models:,} models, capacity {args.capacity:.0%} of the requested bytes, "
         f"Zipf {args.alpha:g}; the view and the eviction index are kept incrementally (as the leader's "
         f"`mesh/_placement_view.py` does); calls timed after the first {args.warmup:.0%} of the requests "
         f"(the cluster is full by then), ticks every {args.tick_s:g} virtual seconds"
-        + ("; `gc.freeze()` after the warm-up." if args.gc_freeze else "; garbage collector as is.")
+        + ("; `gc.freeze()` after the warm-up" if args.gc_freeze else "; garbage collector as is")
+        + ("; times are the thread's CPU time (`--clock thread`)." if args.clock == "thread" else ".")
         + " Baseline in the same run: `on_tick` reading every model (before the watch set), every "
         f"{args.full_every}th tick.",
         "",
@@ -217,6 +219,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.3, help="fraction of the requests replayed before timing")
     ap.add_argument("--full-every", type=int, default=25, help="time a full-pass tick on every n-th tick")
     ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the built cluster before timing")
+    ap.add_argument(
+        "--clock", choices=["wall", "thread"], default="wall",
+        help="wall: perf_counter; thread: the thread's CPU time (leaves out time the process waited for a core "
+        "on a loaded machine)",
+    )
     ap.add_argument("--policies", default="ours,lru")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "placement")

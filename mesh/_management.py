@@ -46,6 +46,7 @@ from ._model_status import (
     model_status,
     vmodel_status,
 )
+from ._paging import Page, PageRequest, page_of
 from ._store import Compare, Delete, Put, Store, StoreError
 from ._store_schema import Keys, ModelRecord, TenantRecord, VModelRecord, decode, encode
 from ._validation import MAX_BYTES, MAX_COPIES, parse_bytes, valid_id, validate_id
@@ -390,40 +391,55 @@ class Management:
 
     # ------------------------------------------------------------ views (visibility)
 
-    def list_models(self, *, principal: Principal = LOCAL_ADMIN) -> list[dict[str, Any]]:
+    def list_models(
+        self, *, principal: Principal = LOCAL_ADMIN, limit: int | str | None = None, page_token: str = ""
+    ) -> Page[dict[str, Any]]:
+        """A page of the caller's models in model-id order (:mod:`mesh._paging`: scoped, then cut)."""
         principal.require(Action.READ, "models")
+        req = PageRequest.parse("models", limit, page_token)
+        items = self.state.models.items
+        page = page_of((mid for mid, _ in visible(principal, items.items(), lambda kv: kv[1].tenant)), req)
+        now = self.clock()
         out = []
-        mine = visible(principal, self.state.models.items.items(), lambda kv: kv[1].tenant)
-        for mid, rec in sorted(mine):
-            st = model_status(self.state, mid, self.clock())
+        for mid in page.items:
+            st = model_status(self.state, mid, now)
             out.append(
                 {
                     "model_id": mid,
-                    "type": rec.model_type,
+                    "type": items[mid].model_type,
                     "status": st.status,
                     "copies": {c.location: c.status for c in st.copies},
                     "size_bytes": max((c.size_bytes for c in self.state.copies_of(mid).values()), default=0),
                     "errors": list(st.errors),
                 }
             )
-        return out
+        return Page(out, page.next_page_token, page.total)
 
-    def list_instances(self, *, principal: Principal = LOCAL_ADMIN) -> list[dict[str, Any]]:
+    def list_instances(
+        self, *, principal: Principal = LOCAL_ADMIN, limit: int | str | None = None, page_token: str = ""
+    ) -> Page[dict[str, Any]]:
+        """A page of the instances in instance-id order (cluster-wide: capacity is shared by every tenant)."""
         principal.require(Action.READ, "instances")
-        return [
-            {
-                "instance_id": iid,
-                "address": r.address,
-                "capacity_bytes": r.capacity_bytes,
-                "used_bytes": r.used_bytes,
-                "models": r.model_count,
-                "loading": r.loading,
-                "rpm": r.rpm,
-                "shutting_down": r.shutting_down,
-                "zone": r.zone,
-            }
-            for iid, r in sorted(self.state.instances.items.items())
-        ]
+        req = PageRequest.parse("instances", limit, page_token)
+        items = self.state.instances.items
+        page = page_of(items, req)
+        rows = []
+        for iid in page.items:
+            r = items[iid]
+            rows.append(
+                {
+                    "instance_id": iid,
+                    "address": r.address,
+                    "capacity_bytes": r.capacity_bytes,
+                    "used_bytes": r.used_bytes,
+                    "models": r.model_count,
+                    "loading": r.loading,
+                    "rpm": r.rpm,
+                    "shutting_down": r.shutting_down,
+                    "zone": r.zone,
+                }
+            )
+        return Page(rows, page.next_page_token, page.total)
 
     # ------------------------------------------------------------ tenants
 
@@ -454,14 +470,17 @@ class Management:
             **u,
         }
 
-    def list_tenants(self, *, principal: Principal = LOCAL_ADMIN) -> list[dict[str, Any]]:
-        """Every tenant that has a quota or a registered model (``max_bytes`` 0: no quota); a
-        tenant-bound caller sees its own only."""
+    def list_tenants(
+        self, *, principal: Principal = LOCAL_ADMIN, limit: int | str | None = None, page_token: str = ""
+    ) -> Page[dict[str, Any]]:
+        """A page of the tenants that have a quota or a registered model (``max_bytes`` 0: no
+        quota), in name order; a tenant-bound caller sees its own only."""
         principal.require(Action.READ, "tenants")
+        req = PageRequest.parse("tenants", limit, page_token)
         usage = self.tenant_usage(principal.tenant)
         quotas = self.state.tenants.items
-        names = visible(principal, set(usage) | set(quotas), lambda n: n)
-        return [self._tenant_json(n, quotas.get(n), usage.get(n)) for n in sorted(names)]
+        page = page_of(visible(principal, set(usage) | set(quotas), lambda n: n), req)
+        return Page([self._tenant_json(n, quotas.get(n), usage.get(n)) for n in page.items], page.next_page_token, page.total)
 
     def tenant(self, name: str, *, principal: Principal = LOCAL_ADMIN) -> dict[str, Any]:
         require_tenant(principal, name, Action.READ)

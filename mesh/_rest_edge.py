@@ -236,8 +236,9 @@ def build_rest_app(
 
     # ---------------------------------------------------------------- management (moved off KServe V1's /v1 paths)
     @app.get("/api/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        return {"models": management.list_models(principal=who(request))}
+    async def list_models(request: Request, limit: str = "", page_token: str = "") -> dict[str, Any]:
+        page = management.list_models(principal=who(request), limit=limit, page_token=page_token)
+        return {"models": page.items, "next_page_token": page.next_page_token}
 
     @app.post("/api/v1/models/{model_id}")
     async def register(model_id: str, request: Request) -> dict[str, Any]:
@@ -313,12 +314,14 @@ def build_rest_app(
     install_split_routes(app, management, lambda r: _read_json(r, 1 << 20), who)
 
     @app.get("/api/v1/instances")
-    async def instances(request: Request) -> dict[str, Any]:
-        return {"instances": management.list_instances(principal=who(request))}
+    async def instances(request: Request, limit: str = "", page_token: str = "") -> dict[str, Any]:
+        page = management.list_instances(principal=who(request), limit=limit, page_token=page_token)
+        return {"instances": page.items, "next_page_token": page.next_page_token}
 
     @app.get("/api/v1/tenants")
-    async def tenants(request: Request) -> dict[str, Any]:
-        return {"tenants": management.list_tenants(principal=who(request))}
+    async def tenants(request: Request, limit: str = "", page_token: str = "") -> dict[str, Any]:
+        page = management.list_tenants(principal=who(request), limit=limit, page_token=page_token)
+        return {"tenants": page.items, "next_page_token": page.next_page_token}
 
     @app.get("/api/v1/tenants/{name}")
     async def tenant(name: str, request: Request) -> dict[str, Any]:
@@ -338,12 +341,18 @@ def build_rest_app(
         return {}
 
     @app.get("/api/v1/cluster")
-    async def cluster(request: Request) -> dict[str, Any]:
+    async def cluster(request: Request, limit: str = "") -> dict[str, Any]:
+        """A summary: the first page of instances and of models, their totals, and the tokens
+        that continue each on its own list (``/api/v1/instances``, ``/api/v1/models``)."""
         principal = who(request)
+        instances = management.list_instances(principal=principal, limit=limit)
+        models = management.list_models(principal=principal, limit=limit)
         info = {
             "time": time.time(),
-            "instances": management.list_instances(principal=principal),
-            "models": management.list_models(principal=principal),
+            "instances": instances.items,
+            "models": models.items,
+            "totals": {"instances": instances.total, "models": models.total},
+            "next_page_tokens": {"instances": instances.next_page_token, "models": models.next_page_token},
             "connected": mirror.connected,
         }
         if extra and principal.tenant is None:  # leader and this instance's copies: every tenant's

@@ -18,9 +18,11 @@ from fastapi.responses import JSONResponse
 
 from runtime_adapters import InferInput, InferRequest, InferResponse, list_to_raw
 
+from ._auth import Action
 from ._dataplane import DataPlane, RequestContext
 from ._errors import InvalidRequest
 from ._json_tensors import loads_infer_request
+from ._paging import PageRequest, page_of
 from ._rest_binary import (
     BINARY_DATA,
     BINARY_OUTPUT,
@@ -119,8 +121,15 @@ def install_v1(
     mirror = dataplane.router.mirror
 
     @app.get("/v1/models")
-    async def v1_models() -> dict[str, Any]:
-        return {"models": sorted({*mirror.models.items, *mirror.vmodels.items})}
+    async def v1_models(request: Request, limit: str = "", page_token: str = "") -> dict[str, Any]:
+        """The names of the caller's models and vModels (scoped, then paged: :mod:`mesh._paging`)."""
+        principal = context(request).principal
+        principal.require(Action.READ, "models")
+        page = PageRequest.parse("v1/models", limit, page_token)
+        names = {n for n, m in mirror.models.items.items() if principal.sees(m.tenant)}
+        names.update(n for n, v in mirror.vmodels.items.items() if principal.sees(v.tenant))
+        found = page_of(names, page)
+        return {"models": found.items, "next_page_token": found.next_page_token}
 
     @app.get("/v1/models/{name}")
     async def v1_ready(name: str, request: Request) -> JSONResponse:

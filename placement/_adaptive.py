@@ -43,7 +43,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._policy import Policy, fmt_bytes
+from ._plan import fmt_bytes
+from ._policy import Policy
 from ._settings import PolicySettings
 from ._types import Action, ClusterView, ModelView
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._policy import fmt_bytes
+from ._plan import fmt_bytes
 from ._settings import PolicySettings
 from ._sim import SimResult, simulate
 from ._trace import Trace

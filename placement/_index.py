@@ -246,6 +246,10 @@ class PlacementIndex:
     def tenants(self) -> list[str]:
         return sorted(self._tenant_last_used.keys() | self._tenant_bytes.keys())
 
+    def tenant_set(self) -> set[str]:
+        """:meth:`tenants`, unordered (cheaper where order does not matter)."""
+        return self._tenant_last_used.keys() | self._tenant_bytes.keys()
+
     def tenant_usage(self) -> Mapping[str, int]:
         return dict(self._tenant_bytes)
 
@@ -298,15 +302,16 @@ class PlacementIndex:
         by_instance = self._by_instance
         inf = float("inf")
         out: list[tuple[float, str]] = []
+        append = out.append
         for iid in instance_ids:
             best = inf
             for hk in by_instance.get(iid, ()):
                 if tenants is not None and hk[1] not in tenants:
                     continue
                 h = heaps[hk]
-                if h and h[0].key < best:
-                    best = h[0].key
-            out.append((best, iid))
+                if h and h[0][0] < best:
+                    best = h[0][0]
+            append((best, iid))
         return out
 
     def scan(
@@ -352,11 +357,42 @@ class Scan:
             idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
 
     def __iter__(self) -> Iterator[Candidate]:
+        for row in self.rows():
+            yield Candidate(*row)
+
+    def rows(self) -> Iterator[tuple[float, float, str, str, str]]:
+        """The read as plain ``(order, key, model_id, instance_id, tenant)`` tuples (what ``__iter__`` wraps).
+
+        The heap a row came from is advanced when the next row is asked for, so a read that
+        stops after a row leaves that heap as it was (the hot loop of a miss: one
+        function, no per-entry calls).
+        """
+        idx = self._index
+        heaps = idx._heaps
+        live = idx._live
+        seen = self._seen
+        popped = self._popped
         heads = self._heads
+        offsets = self._offsets
+        pop = heapq.heappop
+        push = heapq.heappush
         while heads:
-            order, key, mid, iid, tenant = heapq.heappop(heads)
-            yield Candidate(order, key, mid, iid, tenant)
-            self._advance((iid, tenant))
+            row = pop(heads)
+            yield row
+            tenant = row[4]
+            h = heaps[(row[3], tenant)]
+            while h:
+                e = pop(h)
+                key, mid, iid = e
+                rec = live.get(mid)
+                if rec is not None and rec.key == key and rec.tenant == tenant and iid in rec.assigned:
+                    sk = (mid, iid)
+                    if sk not in seen:
+                        seen.add(sk)
+                        popped.append((h, e))
+                        push(heads, (key + (offsets.get(tenant, 0.0) if offsets else 0.0), key, mid, iid, tenant))
+                        break
+                idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
 
     def close(self) -> None:
         if self._closed:

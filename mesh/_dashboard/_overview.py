@@ -10,13 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 from .._cluster_mirror import ClusterMirror
 from .._model_status import REGISTERED_STATES, model_state, vmodel_status
+from .._paging import MAX_LIMIT, Page, PageRequest, encode_token, page_of
 from .._store_schema import CopyRecord, DecisionRecord, ModelRecord
 
 if TYPE_CHECKING:
     from ._series import TrafficSeries
 
 STATES = tuple(str(s) for s in REGISTERED_STATES)
-MAX_PAGE = 500
+MAX_PAGE = MAX_LIMIT
+MAX_DECISIONS_PAGE = 5000
+"""The decision log pages up to 5,000 entries (``logs --follow`` and the benches poll in one page)."""
+MODELS_LIST = "cluster/models"
+DECISIONS_LIST = "decisions"
 
 
 def _copy_json(iid: str, c: CopyRecord) -> dict[str, Any]:
@@ -33,11 +38,12 @@ def _copy_json(iid: str, c: CopyRecord) -> dict[str, Any]:
     }
 
 
-def _flatten(records: Iterable[DecisionRecord]) -> Iterator[dict[str, Any]]:
-    """Decision records -> one entry per action, newest first (records given newest first)."""
+def _flatten(records: Iterable[DecisionRecord]) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
+    """Decision records -> one entry per action with its position (seq, index), newest first
+    (records given newest first)."""
     for rec in records:
-        for a in reversed(rec.actions):
-            yield {"seq": rec.seq, "at": rec.at, "leader": rec.leader, **a}
+        for i, a in enumerate(reversed(rec.actions)):
+            yield (rec.seq, i), {"seq": rec.seq, "at": rec.at, "leader": rec.leader, **a}
 
 
 class ClusterOverview:
@@ -101,10 +107,13 @@ class ClusterOverview:
         return lambda mid: (rec := items.get(mid)) is not None and rec.tenant == tenant
 
     def models(
-        self, *, q: str = "", state: str = "", sort: str = "model", offset: int = 0, limit: int = 50, tenant: str | None = None
+        self, *, q: str = "", state: str = "", sort: str = "model", offset: int = 0, limit: int = 50, tenant: str | None = None,
+        after: str | None = None,
     ) -> dict[str, Any]:
         """A page of models: ``q`` matches model ids (substring, case-insensitive), ``state`` one of STATES;
-        ``tenant``: that tenant's models only."""
+        ``tenant``: that tenant's models only (applied before the page is cut). By model id, a page
+        starts at ``offset`` or after model id ``after`` (a page token's key) and carries
+        ``next_page_token``; by another sort (values that change as traffic does), at ``offset`` only."""
         limit = max(1, min(limit, MAX_PAGE))
         offset = max(0, offset)
         items = self.state.models.items
@@ -117,15 +126,21 @@ class ClusterOverview:
             wanted = state.upper()
             ids = [m for m in ids if model_state(self.state, m, now) == wanted]
         total = len(ids)
+        next_token = ""
         if sort == "model":
-            page_ids = sorted(ids)[offset : offset + limit]
+            if after is not None:
+                ids = [m for m in ids if m > after]
+            ordered = heapq.nsmallest(offset + limit + 1, ids)
+            page_ids = ordered[offset : offset + limit]
+            if len(ordered) > offset + limit:
+                next_token = encode_token(MODELS_LIST, page_ids[-1])
             rows = [self.model_row(m, items[m], now) for m in page_ids]
         else:
             key = {"rpm": "rpm", "size": "size_bytes", "last_used": "last_used"}.get(sort, "rpm")
             all_rows = [self.model_row(m, items[m], now) for m in ids]
             all_rows.sort(key=lambda r: (-r[key], r["model_id"]))
             rows = all_rows[offset : offset + limit]
-        return {"total": total, "offset": offset, "limit": limit, "models": rows}
+        return {"total": total, "offset": offset, "limit": limit, "models": rows, "next_page_token": next_token}
 
     def state_counts(self, tenant: str | None = None) -> dict[str, int]:
         now = self.clock()
@@ -135,24 +150,31 @@ class ClusterOverview:
             counts[model_state(self.state, mid, now)] += 1
         return counts
 
+    def _vmodel_row(self, name: str, now: float) -> dict[str, Any]:
+        vm = self.state.vmodels.items[name]
+        return {
+            "name": name,
+            "active_model_id": vm.active,
+            "target_model_id": vm.target,
+            "owner": vm.owner,
+            "status": vmodel_status(self.state, name, now).status,
+            "active_state": model_state(self.state, vm.active, now),
+            "failure": vm.failure,
+        }
+
+    def _my_vmodels(self, tenant: str | None) -> Iterator[str]:
+        return (n for n, vm in self.state.vmodels.items.items() if tenant is None or vm.tenant == tenant)
+
     def vmodels(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for name, vm in sorted(self.state.vmodels.items.items()):
-            if tenant is not None and vm.tenant != tenant:
-                continue
-            status = vmodel_status(self.state, name, self.clock()).status
-            out.append(
-                {
-                    "name": name,
-                    "active_model_id": vm.active,
-                    "target_model_id": vm.target,
-                    "owner": vm.owner,
-                    "status": status,
-                    "active_state": model_state(self.state, vm.active, self.clock()),
-                    "failure": vm.failure,
-                }
-            )
-        return out
+        """Every vModel (of ``tenant``), by name: for callers that want them all (see :meth:`vmodels_page`)."""
+        now = self.clock()
+        return [self._vmodel_row(n, now) for n in sorted(self._my_vmodels(tenant))]
+
+    def vmodels_page(self, req: PageRequest, tenant: str | None = None) -> Page[dict[str, Any]]:
+        """A page of the vModels (of ``tenant``: scoped before the page is cut), by name."""
+        page = page_of(self._my_vmodels(tenant), req)
+        now = self.clock()
+        return Page([self._vmodel_row(n, now) for n in page.items], page.next_page_token, page.total)
 
     def describe_model(self, mid: str, *, history: int = 100) -> dict[str, Any] | None:
         rec = self.state.models.items.get(mid)
@@ -247,23 +269,36 @@ class ClusterOverview:
     # ------------------------------------------------------------ decisions
 
     def decisions(
-        self, *, model: str = "", instance: str = "", kind: str = "", limit: int = 100, after: int = 0, tenant: str | None = None
+        self, *, model: str = "", instance: str = "", kind: str = "", limit: int = 100, after: int = 0, tenant: str | None = None,
+        before: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """Logged decisions, one entry per action, newest first (``after``: only records with a larger seq;
-        ``tenant``: only about that tenant's models)."""
-        limit = max(1, min(limit, 5000))
+        ``tenant``: only about that tenant's models, applied before the page is cut; ``before``: only
+        entries past that position (a page token's key: record seq, index of the action within it)).
+        ``next_page_token`` continues with the older entries ('' when there are none)."""
+        limit = max(1, min(limit, MAX_DECISIONS_PAGE))
         records = sorted(self.state.decisions.items.values(), key=lambda r: r.seq, reverse=True)
-        out = []
+        out: list[dict[str, Any]] = []
+        last: tuple[int, int] = (0, 0)
+        more = False
         mine = self._mine(tenant)
-        for d in _flatten(r for r in records if r.seq > after):
+        for pos, d in _flatten(r for r in records if r.seq > after and (before is None or r.seq <= before[0])):
+            if before is not None and pos[0] == before[0] and pos[1] <= before[1]:
+                continue
             if (model and d["model_id"] != model) or (instance and d["instance_id"] != instance) or (kind and d["kind"] != kind):
                 continue
             if not mine(d["model_id"]):
                 continue
-            out.append(d)
             if len(out) >= limit:
+                more = True
                 break
-        return {"decisions": out, "last_seq": records[0].seq if records else 0}
+            out.append(d)
+            last = pos
+        return {
+            "decisions": out,
+            "last_seq": records[0].seq if records else 0,
+            "next_page_token": encode_token(DECISIONS_LIST, list(last)) if more else "",
+        }
 
     # ------------------------------------------------------------ all of it
 
@@ -286,7 +321,7 @@ class ClusterOverview:
             "states": self.state_counts(tenant),
             "totals": {
                 "models": sum(map(self._mine(tenant), self.state.models.items)),
-                "vmodels": len(self.vmodels(tenant)) if tenant is not None else len(self.state.vmodels.items),
+                "vmodels": sum(1 for _ in self._my_vmodels(tenant)),
                 "instances": len(instances),
                 "capacity_bytes": sum(i["capacity_bytes"] for i in instances),
                 "used_bytes": sum(i["used_bytes"] for i in instances),

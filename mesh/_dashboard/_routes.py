@@ -7,7 +7,15 @@ from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
-from ._overview import MAX_PAGE, STATES, ClusterOverview
+from .._paging import PageRequest
+from ._overview import (
+    DECISIONS_LIST,
+    MAX_DECISIONS_PAGE,
+    MAX_PAGE,
+    MODELS_LIST,
+    STATES,
+    ClusterOverview,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -44,14 +52,18 @@ def install(app: Any, views: ClusterOverview) -> None:
 
     @app.get("/api/v1/cluster/models")
     async def models(
-        request: Request,
-        q: str = "", state: str = "", sort: str = "model", offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=MAX_PAGE)
+        request: Request, q: str = "", state: str = "", sort: str = "model", offset: int = Query(0, ge=0), limit: str = "", page_token: str = ""
     ) -> dict[str, Any]:
         if state and state.upper() not in STATES:
             raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
         if sort not in ("model", "rpm", "size", "last_used"):
             raise InvalidRequest("sort must be one of model, rpm, size, last_used")
-        return views.models(q=q, state=state, sort=sort, offset=offset, limit=limit, tenant=reader(request).tenant)
+        page = PageRequest.parse(MODELS_LIST, limit, page_token, default=50, maximum=MAX_PAGE)
+        if page_token and (sort != "model" or offset):
+            raise InvalidRequest("page_token pages sort=model without offset (other sorts change with traffic: use offset)")
+        return views.models(
+            q=q, state=state, sort=sort, offset=offset, limit=page.limit, tenant=reader(request).tenant, after=page.after
+        )
 
     @app.get("/api/v1/cluster/series")
     async def series(request: Request) -> dict[str, Any]:
@@ -59,15 +71,25 @@ def install(app: Any, views: ClusterOverview) -> None:
         return {"series": views.series.points() if views.series else []}
 
     @app.get("/api/v1/vmodels")
-    async def vmodels(request: Request) -> dict[str, Any]:
-        return {"vmodels": views.vmodels(reader(request).tenant)}
+    async def vmodels(request: Request, limit: str = "", page_token: str = "") -> dict[str, Any]:
+        tenant = reader(request).tenant
+        page = views.vmodels_page(PageRequest.parse("vmodels", limit, page_token), tenant)
+        return {"vmodels": page.items, "next_page_token": page.next_page_token}
 
     @app.get("/api/v1/decisions")
     async def decisions(
-        request: Request,
-        model: str = "", instance: str = "", kind: str = "", limit: int = Query(100, ge=1, le=5000), after: int = Query(0, ge=0)
+        request: Request, model: str = "", instance: str = "", kind: str = "", limit: str = "", after: int = Query(0, ge=0), page_token: str = ""
     ) -> dict[str, Any]:
-        return views.decisions(model=model, instance=instance, kind=kind, limit=limit, after=after, tenant=reader(request).tenant)
+        page = PageRequest.parse(DECISIONS_LIST, limit, page_token, default=100, maximum=MAX_DECISIONS_PAGE)
+        before = page.after
+        if before is not None and not (
+            isinstance(before, list) and len(before) == 2 and all(type(x) is int for x in before)
+        ):
+            raise InvalidRequest("page_token is not a token of the decisions list; list again from the start without it")
+        return views.decisions(
+            model=model, instance=instance, kind=kind, limit=page.limit, after=after, tenant=reader(request).tenant,
+            before=(before[0], before[1]) if before is not None else None,
+        )
 
     @app.get("/api/v1/models/{model_id}/describe")
     async def describe(model_id: str, request: Request, history: int = Query(100, ge=1, le=5000)) -> dict[str, Any]:

@@ -55,21 +55,49 @@ def check(resp: Any) -> Any:
     return resp.json()
 
 
-def model_pages(c: Any, params: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-    """Model rows page by page (limit 0: all of them), with a progress bar for long listings."""
+PAGE = 500
+"""Rows asked per page when a command lists everything (the server's maximum is 1,000)."""
+
+
+def follow_pages(c: Any, path: str, field: str, params: dict[str, Any] | None = None, limit: int = 0) -> list[dict[str, Any]]:
+    """Every row of a paged list (``limit`` > 0: the first ``limit``): page after page, each
+    continuing at the previous one's ``next_page_token``, until one comes back without it."""
     rows: list[dict[str, Any]] = []
-    page = 500 if not limit else min(limit, 500)
-    first = check(c.get("/api/v1/cluster/models", params={**params, "offset": 0, "limit": page}))
+    token = ""
+    while True:
+        want = PAGE if not limit else min(PAGE, limit - len(rows))
+        page = check(c.get(path, params={**(params or {}), "limit": want, **({"page_token": token} if token else {})}))
+        rows += page[field]
+        token, prev = page.get("next_page_token", ""), token
+        if not token or token == prev or (limit and len(rows) >= limit):
+            return rows[:limit] if limit else rows
+
+
+def model_pages(c: Any, params: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """Model rows page by page (limit 0: all of them), with a progress bar for long listings. By
+    model id the pages follow ``next_page_token`` (a model registered or removed meanwhile shifts
+    nothing); other sorts change with traffic and page by offset."""
+    path = "/api/v1/cluster/models"
+    rows: list[dict[str, Any]] = []
+    page = PAGE if not limit else min(limit, PAGE)
+    first = check(c.get(path, params={**params, "offset": 0, "limit": page}))
     rows += first["models"]
     total = first["total"] if not limit else min(first["total"], limit)
-    if len(rows) >= total:
-        return rows[:total]
+    token = first.get("next_page_token", "")
+    by_token = params.get("sort", "model") == "model" and "next_page_token" in first  # (an older server: offsets)
+    if (limit and len(rows) >= limit) or (not token if by_token else len(rows) >= total):
+        return rows[:limit] if limit else rows
     with Progress(*BAR, console=err_console, transient=True) as prog:
         t = prog.add_task("listing models", total=total, completed=len(rows))
-        while len(rows) < total:
-            more = check(c.get("/api/v1/cluster/models", params={**params, "offset": len(rows), "limit": min(page, total - len(rows))}))
+        while (token if by_token else len(rows) < total) and not (limit and len(rows) >= limit):
+            want = min(page, limit - len(rows)) if limit else page
+            if by_token:
+                more = check(c.get(path, params={**params, "limit": want, "page_token": token}))
+                token = more.get("next_page_token", "")
+            else:
+                more = check(c.get(path, params={**params, "offset": len(rows), "limit": want}))
             if not more["models"]:
                 break
             rows += more["models"]
-            prog.update(t, completed=len(rows))
-    return rows[:total]
+            prog.update(t, total=max(total, len(rows)), completed=len(rows))
+    return rows[:limit] if limit else rows

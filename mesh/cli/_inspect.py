@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from . import _render
-from ._client import AddressOpt, CACertOpt, TokenOpt, check, client, model_pages
+from ._client import AddressOpt, CACertOpt, TokenOpt, check, client, follow_pages, model_pages
 from ._output import DocOutput, OutputOpt, TableOutput, TableOutputOpt, console, emit, emit_doc
 
 app = typer.Typer()
@@ -38,6 +38,7 @@ def get_models(
 
 @get_app.command("vmodels")
 def get_vmodels(
+    limit: Annotated[int, typer.Option(help="at most this many (0: all)")] = 0,
     address: AddressOpt = None,
     token: TokenOpt = None,
     cacert: CACertOpt = None,
@@ -45,7 +46,7 @@ def get_vmodels(
 ) -> None:
     """vModels: the model each one serves now and the one it is moving to."""
     with client(address, token, cacert) as c:
-        rows = check(c.get("/api/v1/vmodels"))["vmodels"]
+        rows = follow_pages(c, "/api/v1/vmodels", "vmodels", limit=limit)
     emit(rows, output, _render.VMODEL_COLUMNS, what="vmodels")
 
 

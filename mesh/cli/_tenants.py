@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._client import AddressOpt, CACertOpt, TokenOpt, check, client
+from ._client import AddressOpt, CACertOpt, TokenOpt, check, client, follow_pages
 from ._output import TableOutput, TableOutputOpt, console, emit
 from ._render import TENANT_COLUMNS
 
@@ -45,6 +45,7 @@ def tenant_get(
 
 @tenant_app.command("list")
 def tenant_list(
+    limit: Annotated[int, typer.Option(help="at most this many (0: all)")] = 0,
     address: AddressOpt = None,
     token: TokenOpt = None,
     cacert: CACertOpt = None,
@@ -52,7 +53,7 @@ def tenant_list(
 ) -> None:
     """Every tenant with a quota or a registered model."""
     with client(address, token, cacert) as c:
-        rows = check(c.get("/api/v1/tenants"))["tenants"]
+        rows = follow_pages(c, "/api/v1/tenants", "tenants", limit=limit)
     emit(rows, output, TENANT_COLUMNS, what="tenants")
 
 

@@ -1,0 +1,246 @@
+"""Victim selection: which copies may be evicted, and the cheapest ones that make room.
+
+Eviction never touches pinned copies, copies still loading, or a copy whose removal would
+leave fewer live copies than min copies; young copies (and the last copy serving requests)
+go only as a last resort. A miss reads the policy's eviction index in ascending key order
+(shortlist of instances first) until one instance's candidates cover its shortfall; fair
+eviction between tenants is a key offset on other active tenants' copies. Quotas evict a
+tenant's own cheapest copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from ._core import PolicyCore
+from ._errors import QuotaExceeded
+from ._index import PlacementIndex
+from ._plan import Plan, fmt_bytes
+from ._types import ClusterView, ModelView
+
+
+class VictimSelection(PolicyCore):
+    """Evictability, fair-eviction offsets, the ordered victim scan, and tenant (quota) evictions."""
+
+    def _victim_tier(self, view: ClusterView, plan: Plan, vm: ModelView, iid: str) -> int | None:
+        """0: evictable; 1: evictable only as a last resort (young, or serving its last requests); None: never."""
+        if vm.pinned:
+            return None
+        assigned = plan.assigned(vm) if (plan._added or plan._removed) else vm.assigned
+        if iid not in assigned:
+            return None
+        c = None
+        for x in vm.copies:
+            if x.instance_id == iid:
+                c = x
+                break
+        if c is None or c.state == "loading":
+            return None
+        instances = view.instances
+        emin = vm.min_copies
+        live_n = -1
+        if emin > 0 or vm.inflight > 0:
+            inst = instances.get(iid)
+            if inst is not None and inst.state == "live":
+                live_n = 0
+                for other in assigned:
+                    o = instances.get(other)
+                    if o is not None and o.state == "live":
+                        live_n += 1
+                if live_n <= emin:
+                    return None
+        if c.state == "loaded" and self.residency and view.now - c.since < self.settings.min_residency_s:
+            return 1
+        if vm.inflight > 0 and live_n == 1:
+            return 1
+        return 0
+
+    def _total_capacity(self, view: ClusterView) -> int:
+        return sum(i.capacity_bytes for i in view.instances.values() if i.state == "live")
+
+    def _fair_offsets(self, view: ClusterView, plan: Plan, idx: PlacementIndex, m: ModelView) -> dict[str, float] | None:
+        """Key offsets that make other tenants' copies dearer to a miss of ``m``, or None (no fairness needed).
+
+        When ``m``'s tenant holds more than its fair share (capacity divided among the
+        tenants used in the last ``cold_idle_s``), every other active tenant's copies count
+        ``fair_eviction_penalty`` times their value: the tenant makes room from its own
+        copies (and idle tenants') unless another tenant's copy is far cheaper.
+        """
+        if not (self.fair and self.settings.fair_eviction):
+            return None
+        tenants = idx.tenant_set()
+        if len(tenants) <= 1:
+            return None
+        cutoff = view.now - self.settings.cold_idle_s
+        active = [t for t in tenants if t == m.tenant or idx.tenant_last_used(t) >= cutoff]
+        if len(active) <= 1:
+            return None
+        share = self._total_capacity(view) / len(active)
+        used = idx.tenant_bytes(m.tenant) + plan.tenant_delta(m.tenant)
+        if used + m.size_bytes <= share:
+            return None
+        off = self.fair_margin()
+        return {t: off for t in active if t != m.tenant}
+
+    def _find_victims(
+        self,
+        view: ClusterView,
+        plan: Plan,
+        idx: PlacementIndex,
+        m: ModelView,
+        needs: dict[str, int],
+        key_limit: float,
+        max_tier: int,
+    ) -> tuple[str, list[ModelView]] | None:
+        """The instance whose cheapest evictable copies cover its shortfall first, in key order, and those copies.
+
+        Other tenants' copies may weigh more (fair eviction, :meth:`_fair_offsets`). The
+        read covers a shortlist of instances first (smallest shortfall, cheapest head),
+        then all of them.
+        """
+        offsets = self._fair_offsets(view, plan, idx, m)
+        short = self._shortlist(idx, needs, None)
+        for instances in ([short, None] if short is not None else [None]):
+            found = self._scan_victims(view, plan, idx, needs, offsets, instances, key_limit, max_tier >= 1)
+            if found is not None:
+                return found
+        return None
+
+    def _shortlist(self, idx: PlacementIndex, needs: dict[str, int], tenants: Collection[str] | None) -> list[str] | None:
+        d = self.settings.eviction_shortlist
+        if len(needs) <= d:
+            return None
+        # sorted(...)[:k] is heapq.nsmallest(k, ...) (same order, ties included), in C for ~100 items
+        by_need = [i for _, i in sorted([(n, i) for i, n in needs.items()])[: (d + 1) // 2]]
+        picked = set(by_need)
+        heads = sorted(idx.heads([i for i in needs if i not in picked], tenants))[: d - len(by_need)]
+        return by_need + [i for _, i in heads]
+
+    def _scan_victims(
+        self,
+        view: ClusterView,
+        plan: Plan,
+        idx: PlacementIndex,
+        needs: dict[str, int],
+        offsets: dict[str, float] | None,
+        instances: list[str] | None,
+        key_limit: float,
+        allow_young: bool,
+    ) -> tuple[str, list[ModelView]] | None:
+        """One ordered read: the first instance covered by old copies, else by any.
+
+        Once young copies would cover an instance, the read goes on for old ones only within
+        :meth:`young_margin` of that key and for as many entries again as it has read (at
+        least 16): the preference for old victims never costs more than doubling the read.
+        ``key_limit`` bounds the victims' own keys (offsets aside).
+        """
+        models = view.models
+        tier_of = self._victim_tier
+        acc0: dict[str, int] = {}
+        acc1: dict[str, int] = {}
+        old: dict[str, list[ModelView]] = {}
+        any_: dict[str, list[ModelView]] = {}
+        fallback: tuple[str, list[ModelView]] | None = None
+        max_off = max(offsets.values(), default=0.0) if offsets else 0.0
+        stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
+        read = 0
+        budget = -1  # entries left to read for an old alternative once young copies would do
+        with idx.scan(None, instances, offsets) as scan:
+            for order, key, mid, iid, tenant in scan.rows():
+                if order >= stop or budget == 0:
+                    break
+                read += 1
+                budget -= 1
+                if key >= key_limit:
+                    continue
+                need = needs.get(iid)
+                if need is None:
+                    continue
+                vm = models.get(mid)
+                if vm is None or vm.tenant != tenant:
+                    continue
+                tier = tier_of(view, plan, vm, iid)
+                if tier is None:
+                    continue
+                if tier == 0:
+                    lst = old.get(iid)
+                    if lst is None:
+                        lst = old[iid] = []
+                    lst.append(vm)
+                    total = acc0[iid] = acc0.get(iid, 0) + vm.size_bytes
+                    if total >= need:
+                        return iid, lst
+                if allow_young and fallback is None:
+                    lst = any_.get(iid)
+                    if lst is None:
+                        lst = any_[iid] = []
+                    lst.append(vm)
+                    total = acc1[iid] = acc1.get(iid, 0) + vm.size_bytes
+                    if total >= need:
+                        fallback = iid, lst
+                        stop = min(stop, order + self.young_margin())
+                        budget = max(read, 16)
+        return fallback
+
+    def _evict_tenant(
+        self, view: ClusterView, plan: Plan, idx: PlacementIndex, tenant: str, nbytes: int, reason: str, max_tier: int
+    ) -> int:
+        """Plan evictions of the tenant's cheapest copies, on any instance, until ``nbytes`` are freed."""
+        freed = 0
+        models = view.models
+        for tier_max in range(max_tier + 1):
+            with idx.scan([tenant]) as scan:
+                for c in scan:
+                    vm = models.get(c.model_id)
+                    if vm is None or vm.tenant != tenant:
+                        continue
+                    tier = self._victim_tier(view, plan, vm, c.instance_id)
+                    if tier is None or tier > tier_max:
+                        continue
+                    plan.unload(vm, c.instance_id, reason)
+                    freed += vm.size_bytes
+                    if freed >= nbytes:
+                        return freed
+        return freed
+
+    def _quota_room(self, view: ClusterView, plan: Plan, idx: PlacementIndex, m: ModelView) -> None:
+        q = view.quotas.get(m.tenant)
+        if q is None:
+            return
+        used = idx.tenant_bytes(m.tenant) + plan.tenant_delta(m.tenant)
+        excess = used + m.size_bytes - q.max_bytes
+        if excess <= 0:
+            return
+        if m.size_bytes > q.max_bytes:
+            raise QuotaExceeded(
+                f"model {m.model_id!r} ({fmt_bytes(m.size_bytes)}) is larger than the quota of tenant "
+                f"{m.tenant!r} ({fmt_bytes(q.max_bytes)})"
+            )
+        freed = self._evict_tenant(
+            view, plan, idx, m.tenant, excess, f"quota: room for {m.model_id} within tenant {m.tenant!r} quota", 1
+        )
+        if freed < excess:
+            raise QuotaExceeded(
+                f"tenant {m.tenant!r} is at its quota ({fmt_bytes(used)} of {fmt_bytes(q.max_bytes)}) and "
+                f"cannot free {fmt_bytes(excess)} for model {m.model_id!r}: its other copies are pinned, "
+                "loading or at their min copies"
+            )
+
+    @staticmethod
+    def _quota_allows(view: ClusterView, plan: Plan, idx: PlacementIndex, m: ModelView) -> bool:
+        """An optional copy (scale-out, second copy) fits within its tenant's quota as it stands."""
+        q = view.quotas.get(m.tenant)
+        if q is None:
+            return True
+        return idx.tenant_bytes(m.tenant) + plan.tenant_delta(m.tenant) + m.size_bytes <= q.max_bytes
+
+    def _enforce_quotas(self, view: ClusterView, plan: Plan, idx: PlacementIndex) -> None:
+        for tenant in sorted(view.quotas):
+            q = view.quotas[tenant]
+            used = idx.tenant_bytes(tenant) + plan.tenant_delta(tenant)
+            if used > q.max_bytes:
+                self._evict_tenant(
+                    view, plan, idx, tenant, used - q.max_bytes,
+                    f"quota: tenant {tenant!r} holds {fmt_bytes(used)}, over its {fmt_bytes(q.max_bytes)} quota",
+                    1,  # a quota is a hard limit: young copies go too, once older ones are not enough
+                )

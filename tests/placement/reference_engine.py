@@ -1,0 +1,202 @@
+"""The placement engine's miss path as it was before the decision-latency work (issue 18), kept verbatim.
+
+``reference(cls)`` is ``cls`` with these methods: ``_place``'s pass over every instance,
+``_shortlist`` by ``heapq.nsmallest``, ``_fair_offsets`` over the sorted tenants and
+``_scan_victims`` reading the index through the per-entry ``Scan._advance``.
+``test_decision_latency_equivalence`` replays traces through both, in lockstep, and checks
+that every decision is the same: the optimised code may only be faster, never different.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from placement import BasePolicy, ClusterView, ModelView, PlacementIndex
+from placement._index import Candidate, Scan
+from placement._plan import INF as _INF
+from placement._plan import Plan, fmt_bytes
+
+
+def _old_iter(scan: Scan) -> Iterator[Candidate]:
+    heads = scan._heads
+    while heads:
+        order, key, mid, iid, tenant = heapq.heappop(heads)
+        yield Candidate(order, key, mid, iid, tenant)
+        scan._advance((iid, tenant))
+
+
+class _Reference(BasePolicy):
+    def _place(
+        self,
+        view: ClusterView,
+        plan: Plan,
+        idx: PlacementIndex | None,
+        m: ModelView,
+        *,
+        word: str,
+        why: str,
+        allow_evict: bool,
+        key_limit: float = _INF,
+        require_slot: bool = False,
+        max_tier: int = 1,
+    ) -> str | None:
+        """Plan one more copy of ``m``; the instance chosen, or None when none can take it."""
+        now = view.now
+        size = m.size_bytes
+        assigned = plan.assigned(m)
+        instances = view.instances
+        spread = self.settings.spread_zones
+        zones: set[str] = set()
+        if spread:
+            for i in assigned:
+                inst_i = instances.get(i)
+                if inst_i is not None and inst_i.state == "live":
+                    zones.add(inst_i.zone)
+        failures = m.failures
+        mh = self._model_hash(m)
+        used_d = plan._used
+        load_d = plan._loading
+        best: tuple[bool, bool, int, int] | None = None
+        best_iid = ""
+        needs: dict[str, int] = {}
+        for iid, inst in instances.items():
+            if inst.state != "live" or inst.capacity_bytes < size or iid in assigned:
+                continue
+            if failures and failures.get(iid, -_INF) > now:
+                continue
+            loading = inst.loading + load_d.get(iid, 0) if load_d else inst.loading
+            slot = loading < inst.loading_slots
+            if require_slot and not slot:
+                continue
+            free = inst.capacity_bytes - inst.used_bytes
+            if used_d:
+                free -= used_d.get(iid, 0)
+            if free >= size:
+                score = (inst.zone not in zones, slot, free, -loading)
+                if (
+                    best is None
+                    or score > best
+                    or (score == best and self._tiebreak(mh, iid) > self._tiebreak(mh, best_iid))
+                ):
+                    best, best_iid = score, iid
+            elif allow_evict:
+                needs[iid] = size - free
+        if best is not None:
+            free_before = plan.free(instances[best_iid])
+            plan.load(m, best_iid, f"{word}: {why}; fits on {best_iid} ({fmt_bytes(free_before)} free)")
+            return best_iid
+        if not needs:
+            return None
+        if idx is None:  # only now: a view without an index pays for building one only when it must evict
+            idx = self.index_for(view)
+        found = self._find_victims(view, plan, idx, m, needs, key_limit, max_tier)
+        if found is None:
+            return None
+        iid, victims = found
+        for vm in victims:
+            plan.unload(vm, iid, f"evict: room for {m.model_id} on {iid} ({self._victim_detail(vm, now)})")
+        plan.load(m, iid, f"{word}: {why}; on {iid} after {len(victims)} eviction(s)")
+        return iid
+
+    def _fair_offsets(self, view: ClusterView, plan: Plan, idx: PlacementIndex, m: ModelView) -> dict[str, float] | None:
+        """Key offsets that make other tenants' copies dearer to a miss of ``m``, or None (no fairness needed).
+
+        When ``m``'s tenant holds more than its fair share (capacity divided among the
+        tenants used in the last ``cold_idle_s``), every other active tenant's copies count
+        ``fair_eviction_penalty`` times their value: the tenant makes room from its own
+        copies (and idle tenants') unless another tenant's copy is far cheaper.
+        """
+        if not (self.fair and self.settings.fair_eviction):
+            return None
+        tenants = idx.tenants()
+        if len(tenants) <= 1:
+            return None
+        cutoff = view.now - self.settings.cold_idle_s
+        active = [t for t in tenants if t == m.tenant or idx.tenant_last_used(t) >= cutoff]
+        if len(active) <= 1:
+            return None
+        share = self._total_capacity(view) / len(active)
+        used = idx.tenant_bytes(m.tenant) + plan.tenant_delta(m.tenant)
+        if used + m.size_bytes <= share:
+            return None
+        off = self.fair_margin()
+        return {t: off for t in active if t != m.tenant}
+
+    def _shortlist(self, idx: PlacementIndex, needs: dict[str, int], tenants: Collection[str] | None) -> list[str] | None:
+        d = self.settings.eviction_shortlist
+        if len(needs) <= d:
+            return None
+        by_need = [i for _, i in heapq.nsmallest((d + 1) // 2, ((n, i) for i, n in needs.items()))]
+        picked = set(by_need)
+        heads = heapq.nsmallest(d - len(by_need), idx.heads([i for i in needs if i not in picked], tenants))
+        return by_need + [i for _, i in heads]
+
+    def _scan_victims(
+        self,
+        view: ClusterView,
+        plan: Plan,
+        idx: PlacementIndex,
+        needs: dict[str, int],
+        offsets: dict[str, float] | None,
+        instances: list[str] | None,
+        key_limit: float,
+        allow_young: bool,
+    ) -> tuple[str, list[ModelView]] | None:
+        """One ordered read: the first instance covered by old copies, else by any.
+
+        Once young copies would cover an instance, the read goes on for old ones only within
+        :meth:`young_margin` of that key and for as many entries again as it has read (at
+        least 16): the preference for old victims never costs more than doubling the read.
+        ``key_limit`` bounds the victims' own keys (offsets aside).
+        """
+        models = view.models
+        acc0: dict[str, int] = {}
+        acc1: dict[str, int] = {}
+        old: dict[str, list[ModelView]] = {}
+        any_: dict[str, list[ModelView]] = {}
+        fallback: tuple[str, list[ModelView]] | None = None
+        max_off = max(offsets.values(), default=0.0) if offsets else 0.0
+        stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
+        read = 0
+        budget = -1  # entries left to read for an old alternative once young copies would do
+        with idx.scan(None, instances, offsets) as scan:
+            for c in _old_iter(scan):
+                if c.order >= stop or budget == 0:
+                    break
+                read += 1
+                budget -= 1
+                if c.key >= key_limit:
+                    continue
+                iid = c.instance_id
+                need = needs.get(iid)
+                if need is None:
+                    continue
+                vm = models.get(c.model_id)
+                if vm is None or vm.tenant != c.tenant:
+                    continue
+                tier = self._victim_tier(view, plan, vm, iid)
+                if tier is None:
+                    continue
+                if tier == 0:
+                    lst = old.setdefault(iid, [])
+                    lst.append(vm)
+                    total = acc0[iid] = acc0.get(iid, 0) + vm.size_bytes
+                    if total >= need:
+                        return iid, lst
+                if allow_young and fallback is None:
+                    lst = any_.setdefault(iid, [])
+                    lst.append(vm)
+                    total = acc1[iid] = acc1.get(iid, 0) + vm.size_bytes
+                    if total >= need:
+                        fallback = iid, lst
+                        stop = min(stop, c.order + self.young_margin())
+                        budget = max(read, 16)
+        return fallback
+
+
+
+def reference(cls: type[BasePolicy]) -> Any:
+    """``cls`` with the reference miss path (its own eviction key, switches and hooks)."""
+    return type(f"Reference{cls.__name__}", (_Reference, cls), {})
