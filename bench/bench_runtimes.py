@@ -101,7 +101,7 @@ async def main_async(seconds: float, rounds: int = 3) -> dict[str, float]:
 
         tiny: dict[str, Call] = {"tiny_in_process_rps": in_process}
         for key, frames in (("tiny_isolated_rps", True), ("tiny_isolated_grpc_rps", False)):
-            sup = RuntimeSupervisor(RuntimeSettings(count=1, frames=frames), worker_env=adapter_env(AdapterSettings()))
+            sup = RuntimeSupervisor(RuntimeSettings(count=1, frames=frames, start_workers="at_start"), worker_env=adapter_env(AdapterSettings()))
             sups.append(sup)
             await sup.start()
             copy = await sup.load(ModelSpec("ts", "pytorch"), ts.parent)
@@ -121,7 +121,7 @@ async def main_async(seconds: float, rounds: int = 3) -> dict[str, float]:
         scaling: dict[str, Call] = {}
         pids: dict[str, list[int]] = {}
         for n in (1, 2):
-            sup = RuntimeSupervisor(RuntimeSettings(count=n, isolated_types=("onnx",)), worker_env=env)
+            sup = RuntimeSupervisor(RuntimeSettings(count=n, isolated_types=("onnx",), start_workers="at_start"), worker_env=env)
             sups.append(sup)
             await sup.start()
             copies = [await sup.load(ModelSpec("heavy", "onnx"), heavy.parent) for _ in range(n)]

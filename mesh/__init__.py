@@ -32,6 +32,7 @@ from ._management import (
     parse_bytes,
     validate_id,
 )
+from ._runtimes import ExternalRuntime, RuntimeSettings
 from ._settings import InstanceSettings
 from ._store import MirrorChange, PrefixMirror, Store, StoreError, StoreSettings, build_store
 from ._store_schema import Keys
@@ -46,6 +47,7 @@ __all__ = [
     "CopyStatus",
     "DeadlineExceeded",
     "Endpoints",
+    "ExternalRuntime",
     "Instance",
     "InstanceSettings",
     "InvalidRequest",
@@ -63,6 +65,7 @@ __all__ = [
     "PayloadTooLarge",
     "PreconditionFailed",
     "PrefixMirror",
+    "RuntimeSettings",
     "Store",
     "StoreError",
     "StoreSettings",

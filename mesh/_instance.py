@@ -40,7 +40,7 @@ from ._metrics_http import serve_metrics
 from ._request_metrics import RequestMetrics
 from ._rest_edge import build_rest_app
 from ._router import Router
-from ._runtimes import RuntimeSupervisor
+from ._runtimes import RuntimeSettings, RuntimeSupervisor, adapter_env
 from ._security import Security, build_security, exposure_warning, peer_cert_protocol
 from ._settings import InstanceSettings
 from ._store import Store, StoreError
@@ -303,6 +303,9 @@ class Instance:
             "copies": {m: c.state for m, c in agent.copies.items()},
             "used_bytes": agent.used_bytes,
             "store_connected": self.state.connected,
+            # where copies run: each runtime process (or external server) and the copies it holds;
+            # a copy in none of them runs in this process
+            "runtimes": self.runtimes.describe() if self.runtimes is not None else [],
         }
 
     async def stop(self, *, graceful: bool = True) -> None:
@@ -360,10 +363,23 @@ async def assemble_instance(
     keys: Keys | None = None,
     policy: Policy | None = None,
     batching: BatchingSettings | None = None,
+    runtime_settings: RuntimeSettings | None = None,
 ) -> Instance:
-    """An instance with its own puller and runtime adapters (closed by its ``stop()``): what every
-    process that runs instances builds, written once."""
+    """An instance with its own puller, runtime adapters and runtime supervisor (closed by its
+    ``stop()``): what every process that runs instances builds, written once.
+
+    Model types in ``runtime_settings.isolated_types`` (default: TorchScript and torch.export,
+    i.e. model code) run in worker processes, started on the first load that needs one; the
+    others (ONNX, XGBoost) in this process. ``runtime_settings`` defaults to
+    ``MODELMUX_RUNTIMES_*``; ``isolated_types=()`` and no external runtime: no supervisor."""
+    adapter_settings = adapter_settings or AdapterSettings()
+    rs = runtime_settings if runtime_settings is not None else RuntimeSettings()
+    runtimes = None
+    if rs.worker_count() or rs.external:
+        runtimes = RuntimeSupervisor(rs, worker_env=adapter_env(adapter_settings), default_timeout_s=settings.default_deadline_s)
     puller = Puller(puller_settings, storage_config)
     await puller.start()
-    adapters = build_registry(adapter_settings or AdapterSettings())
-    return Instance(settings, store, adapters, puller, keys=keys, policy=policy, owns_parts=True, batching=batching)
+    adapters = build_registry(adapter_settings)
+    return Instance(
+        settings, store, adapters, puller, keys=keys, policy=policy, owns_parts=True, batching=batching, runtimes=runtimes
+    )

@@ -13,6 +13,7 @@ from puller import PullerSettings
 from runtime_adapters import AdapterSettings
 
 from ._instance import Instance, assemble_instance
+from ._runtimes import RuntimeSettings
 from ._settings import InstanceSettings
 from ._store import Store, StoreSettings, build_store
 from ._store_schema import Keys
@@ -32,6 +33,7 @@ class LocalMeshConfig:
     puller_cache_bytes: int = 4 << 30
     allowed_roots: Sequence[Path] = ()
     instance_overrides: dict[str, object] = field(default_factory=dict)
+    runtimes: RuntimeSettings | None = None  # None: MODELMUX_RUNTIMES_* (model code in worker processes)
 
 
 def _roots(c: LocalMeshConfig) -> list[Path]:
@@ -66,6 +68,7 @@ class LocalMesh:
                     cache_dir=data_dir / "cache", cache_budget_bytes=c.puller_cache_bytes, allowed_roots=_roots(c)
                 ),
                 adapter_settings=c.adapter,
+                runtime_settings=c.runtimes,
                 keys=self.keys,
                 policy=build_policy(c.policy),
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -154,6 +155,7 @@ class RuntimeCopy(LoadedModel):
         self._on_unload = on_unload
         self._state = ModelState.LOADED
         self.lost_reason = ""
+        self.share: Path | None = None  # the supervisor's read-only copy of the artifact, if any
 
     @property
     def status(self) -> ModelState:

@@ -40,6 +40,10 @@ class RuntimeSettings(BaseSettings):
 
     # worker processes; 0 = one per core, capped by memory (total // memory_per_runtime_bytes)
     count: int = Field(default=0, ge=0)
+    # on_demand: no worker until the first load of an isolated type, then one more whenever a
+    # load finds every started worker holding copies (an instance that never loads model code
+    # pays nothing); at_start: all of them when the instance starts
+    start_workers: Literal["on_demand", "at_start"] = "on_demand"
     memory_per_runtime_bytes: int = Field(default=2 * GiB, gt=0)
     # model types served by worker processes (lower-case); empty: no workers are started
     isolated_types: tuple[str, ...] = DEFAULT_ISOLATED
@@ -48,6 +52,9 @@ class RuntimeSettings(BaseSettings):
     memory_limit_bytes: int = Field(default=8 * GiB, ge=0)
     # when the instance runs as root, workers run as this user (and its group)
     user: str = "nobody"
+    # where read-only copies of staged artifacts go for workers that run as ``user`` (the
+    # instance's own folders stay private); empty = the system's temporary folder
+    share_dir: str = ""
     python: str = ""  # the worker's interpreter; empty = this one (or a same-version one the user can run)
     worker_module: str = "runtime_adapters"  # ``python -m <worker_module> --address unix:... [--frames PATH]``
     # inference to workers in frames on a second socket (see runtime_adapters._frame_server);
@@ -60,6 +67,8 @@ class RuntimeSettings(BaseSettings):
     health_timeout_s: float = Field(default=1.5, gt=0)
     # consecutive unanswered probes = hung (a first torch import can hold the GIL for a while)
     health_failures: int = Field(default=3, ge=1)
+    # ... except while it loads: then hung only after this long without an answer
+    loading_silence_s: float = Field(default=30.0, gt=0)
     restart_backoff_s: float = Field(default=0.1, ge=0)
     restart_backoff_max_s: float = Field(default=10.0, ge=0)
     stable_after_s: float = Field(default=30.0, ge=0)  # a worker up this long resets the backoff

@@ -9,6 +9,15 @@ any of them tears the runtime down: every copy on it is marked lost and reported
 ``on_lost`` (the agent drops its copy records, the router stops routing there), then a fresh
 process replaces it after a back-off that doubles while replacements keep dying young.
 
+Workers start on demand (``start_workers``): none until the first load of an isolated model
+type, then one more whenever a load finds every started worker holding copies, up to
+``worker_count()``; that load goes to the new worker. An instance that never loads model code
+starts no process.
+
+Artifacts: when the instance runs as root its workers run as ``settings.user`` and cannot read
+the instance's folders, so each load hands the worker a read-only copy in a share folder
+(:class:`ShareDir`), removed when the copy is unloaded or lost.
+
 Crash loops: a model that was being loaded or served when its runtime died gets a strike;
 ``crash_loop_strikes`` strikes within ``crash_loop_window_s`` mark it failed with the reason,
 and further loads of it are refused (the agent then reports the failure like any failed load).
@@ -20,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +46,7 @@ from ._client import LOST_CODES, RuntimeClient, RuntimeCopy
 from ._mlserver import MLServerClient
 from ._process import WorkerProcess, describe_exit
 from ._settings import ExternalRuntime, RuntimeSettings
+from ._share import ShareDir
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,8 @@ class Runtime:
     baseline_rss: int = 0
     unloaded: bool = False  # an unload happened since the last leak check
     recycle_reason: str = ""
+    task: asyncio.Task[None] | None = None  # its runner, once started
+    loading: int = 0  # loads in flight (a first framework import may hold the worker's GIL)
 
     @property
     def held_bytes(self) -> int:
@@ -108,6 +121,8 @@ class RuntimeSupervisor:
         self._failed: dict[str, _Failure] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._share = ShareDir(settings.share_dir)
+        self._share_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ what goes where
 
@@ -139,15 +154,34 @@ class RuntimeSupervisor:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start every runtime; returns when each is ready or has failed to start once."""
-        for rt in self.runtimes:
-            runner = self._run_external if rt.external else self._run_worker
-            self._tasks.append(asyncio.create_task(runner(rt), name=f"runtime-{rt.name}"))
-        waits = [asyncio.create_task(self._first_attempt(rt)) for rt in self.runtimes]
+        """Connect to the external runtimes (and, with ``start_workers="at_start"``, start every
+        worker); returns when each of those is ready or has failed once. Workers started on
+        demand start with the load that needs them."""
+        eager = self.settings.start_workers == "at_start"
+        now = [rt for rt in self.runtimes if rt.external is not None or eager]
+        for rt in now:
+            self._launch(rt)
+        waits = [asyncio.create_task(self._first_attempt(rt)) for rt in now]
         if waits:
             await asyncio.wait(waits, timeout=self.settings.start_timeout_s)
             for w in waits:
                 w.cancel()
+
+    def _launch(self, rt: Runtime) -> None:
+        if rt.task is None and not self._closing:
+            runner = self._run_external if rt.external else self._run_worker
+            rt.task = asyncio.create_task(runner(rt), name=f"runtime-{rt.name}")
+            self._tasks.append(rt.task)
+
+    def _grow(self, workers: list[Runtime]) -> Runtime | None:
+        """Start a worker for a load when none is started or every started one holds copies."""
+        unstarted = [r for r in workers if r.task is None]
+        if not unstarted or any(r.task is not None and not (r.copies or r.inflight) for r in workers):
+            return None
+        rt = unstarted[0]
+        log.info("starting runtime %s on demand", rt.name)
+        self._launch(rt)
+        return rt
 
     async def _first_attempt(self, rt: Runtime) -> None:
         while not rt.ready.is_set() and not rt.last_reason:
@@ -163,6 +197,10 @@ class RuntimeSupervisor:
         self._tasks.clear()
         for rt in self.runtimes:
             await self._teardown(rt, "instance stopping", report=False)
+        for task in list(self._share_tasks):
+            with contextlib.suppress(Exception):
+                await task
+        await asyncio.to_thread(self._share.close)
 
     # ------------------------------------------------------------ worker processes
 
@@ -222,7 +260,8 @@ class RuntimeSupervisor:
         assert rt.client is not None
         exited = asyncio.create_task(proc.wait())
         failures = 0
-        next_leak_check = time.monotonic() + st.leak_check_s
+        answered = time.monotonic()
+        next_leak_check = answered + st.leak_check_s
         try:
             while True:
                 probe = asyncio.create_task(rt.client.live(st.health_timeout_s))
@@ -234,9 +273,13 @@ class RuntimeSupervisor:
                 try:
                     probe.result()
                     failures = 0
+                    answered = time.monotonic()
                 except grpc.aio.AioRpcError:
                     failures += 1
-                    if failures >= st.health_failures:
+                    silent = time.monotonic() - answered
+                    # while it loads, a worker may be silent longer (importing torch holds its GIL;
+                    # the load has its own deadline)
+                    if failures >= st.health_failures and (not rt.loading or silent >= st.loading_silence_s):
                         return f"runtime hung (no answer to {failures} health probes of {st.health_timeout_s}s)"
                 if rt.recycle_reason:
                     return rt.recycle_reason
@@ -280,6 +323,7 @@ class RuntimeSupervisor:
         rt.inflight.clear()
         for copy in lost:
             copy.mark_lost(reason)
+            self._unshare(copy.share)
         if report and lost and self.on_lost is not None:
             try:
                 self.on_lost([c.spec.model_id for c in lost], reason)
@@ -350,15 +394,23 @@ class RuntimeSupervisor:
         candidates = self._candidates(model_type)
         if not candidates:
             raise UnsupportedModelType(f"no runtime serves model type '{model_type}'")
+        # a worker started for this load takes it, unless it fails to come up
+        fresh = self._grow([r for r in candidates if r.external is None])
         while True:
+            if fresh is not None and (fresh.ready.is_set() or fresh.down.is_set()):
+                fresh = None
             ready = [r for r in candidates if r.ready.is_set() and r.client is not None]
-            if ready:
+            if ready and fresh is None:
                 return min(ready, key=lambda r: (r.held_bytes, len(r.copies)))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                reasons = "; ".join(f"{r.name}: {r.last_reason or 'starting'}" for r in candidates)
+                reasons = "; ".join(
+                    f"{r.name}: {r.last_reason or ('starting' if r.task else 'not started')}" for r in candidates
+                )
                 raise ModelLoadError(f"no runtime for model type '{model_type}' is ready ({reasons})")
             waits = [asyncio.create_task(r.ready.wait()) for r in candidates]
+            if fresh is not None:
+                waits.append(asyncio.create_task(fresh.down.wait()))
             try:
                 await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -375,25 +427,69 @@ class RuntimeSupervisor:
         rt = await self._pick(spec.model_type, deadline)
         client = rt.client
         assert client is not None
+        path = Path(local_path)
+        share: Path | None = None
+        if rt.external is None and self.shares_artifacts:
+            try:
+                share = path = await asyncio.to_thread(self._share.add, spec, path)
+            except OSError as exc:
+                raise ModelLoadError(
+                    f"model '{mid}': cannot hand the artifact to runtime {rt.name}: {type(exc).__name__}"
+                ) from exc
         rt.inflight[mid] = rt.inflight.get(mid, 0) + 1
+        rt.loading += 1
         try:
-            size = await client.load(spec, str(local_path), max(deadline - time.monotonic(), 0.001))
+            if rt.client is not client:  # replaced while the artifact was copied
+                raise ModelLoadError(f"model '{mid}': runtime {rt.name} went away before the load: {rt.last_reason}")
+            size = await client.load(spec, str(path), max(deadline - time.monotonic(), 0.001))
             metadata = await client.metadata(mid, st.call_timeout_s)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in LOST_CODES or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                rt.suspects.add(mid)
-                with contextlib.suppress(TimeoutError):  # let the watcher say why it went away
-                    await asyncio.wait_for(rt.down.wait(), st.health_timeout_s * (st.health_failures + 1))
-                why = rt.last_reason if rt.down.is_set() else f"{exc.code().name}: {exc.details()}"
-                raise ModelLoadError(f"model '{mid}': runtime {rt.name} failed during the load: {why}") from exc
-            raise ModelLoadError(f"model '{mid}': {exc.details() or exc.code().name}") from exc
+            self._unshare(share)
+            raise await self._load_failed(rt, mid, exc) from exc
+        except BaseException:
+            self._unshare(share)
+            raise
         finally:
+            rt.loading -= 1
             n = rt.inflight.get(mid, 1) - 1
             if n > 0:
                 rt.inflight[mid] = n
             else:
                 rt.inflight.pop(mid, None)
-        copy = RuntimeCopy(
+        copy = self._new_copy(rt, client, spec, size, metadata)
+        copy.share = share
+        if not rt.ready.is_set() or rt.client is not client:  # the runtime died right after answering
+            copy.mark_lost(rt.last_reason or "runtime restarted")
+            self._unshare(share)
+            raise ModelLoadError(f"model '{mid}': runtime {rt.name} went away after the load: {rt.last_reason}")
+        rt.copies[mid] = copy
+        return copy
+
+    async def _load_failed(self, rt: Runtime, mid: str, exc: grpc.aio.AioRpcError) -> ModelLoadError:
+        st = self.settings
+        if exc.code() in LOST_CODES or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            rt.suspects.add(mid)
+            with contextlib.suppress(TimeoutError):  # let the watcher say why it went away
+                await asyncio.wait_for(rt.down.wait(), st.health_timeout_s * (st.health_failures + 1))
+            why = rt.last_reason if rt.down.is_set() else f"{exc.code().name}: {exc.details()}"
+            return ModelLoadError(f"model '{mid}': runtime {rt.name} failed during the load: {why}")
+        return ModelLoadError(f"model '{mid}': {exc.details() or exc.code().name}")
+
+    @property
+    def shares_artifacts(self) -> bool:
+        """Whether workers get copies of artifacts: they run as another user when we are root."""
+        return os.geteuid() == 0
+
+    def _unshare(self, share: Path | None) -> None:
+        if share is None:
+            return
+        task = asyncio.create_task(asyncio.to_thread(self._share.remove, share))
+        self._share_tasks.add(task)
+        task.add_done_callback(self._share_tasks.discard)
+
+    def _new_copy(self, rt: Runtime, client: RuntimeClient, spec: ModelSpec, size: int, metadata: Any) -> RuntimeCopy:
+        st = self.settings
+        return RuntimeCopy(
             spec,
             size,
             metadata,
@@ -405,11 +501,6 @@ class RuntimeSupervisor:
             on_done=lambda m, lost: self._done(rt, m, lost),
             on_unload=lambda c: self._unloaded(rt, c),
         )
-        if not rt.ready.is_set() or rt.client is not client:  # the runtime died right after answering
-            copy.mark_lost(rt.last_reason or "runtime restarted")
-            raise ModelLoadError(f"model '{mid}': runtime {rt.name} went away after the load: {rt.last_reason}")
-        rt.copies[mid] = copy
-        return copy
 
     def _called(self, rt: Runtime, mid: str) -> None:
         rt.inflight[mid] = rt.inflight.get(mid, 0) + 1
@@ -427,6 +518,8 @@ class RuntimeSupervisor:
         if rt.copies.get(copy.spec.model_id) is copy:
             del rt.copies[copy.spec.model_id]
             rt.unloaded = True
+        self._unshare(copy.share)
+        copy.share = None
 
     def recycle(self, name: str, reason: str) -> None:
         """Ask for a runtime to be drained and replaced at its next health check."""
@@ -440,6 +533,7 @@ class RuntimeSupervisor:
                 "name": rt.name,
                 "external": rt.external.address if rt.external else "",
                 "pid": rt.pid,
+                "started": rt.task is not None,
                 "ready": rt.ready.is_set(),
                 "restarts": rt.restarts,
                 "last_reason": rt.last_reason,

@@ -43,6 +43,7 @@ def serve(
     tls_client_ca: Annotated[Path | None, typer.Option(help="mutual TLS: every client (and peer) presents a certificate from this CA")] = None,
     peer_token_file: Annotated[Path | None, typer.Option(help="bearer token this instance sends when forwarding to peers (without --tls-client-ca)")] = None,
     health_port: Annotated[int | None, typer.Option(help="plaintext port serving grpc.health.v1.Health only (kubelet probes); 0 = any")] = None,
+    isolated_types: Annotated[str | None, typer.Option(help="model types whose code runs in worker processes, comma separated; '' = none, all in this process (default: MODELMUX_RUNTIMES_ISOLATED_TYPES, else pytorch,torchscript,torch_export)")] = None,
     insecure: Annotated[bool, typer.Option(help="allow listening beyond loopback without --auth-file and TLS (every caller is an admin)")] = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -53,6 +54,7 @@ def serve(
 
     from .._errors import InvalidRequest
     from .._instance import assemble_instance
+    from .._runtimes import RuntimeSettings
     from .._settings import InstanceSettings
     from .._store import build_store
     from .._store_schema import Keys
@@ -74,6 +76,10 @@ def serve(
     if insecure:
         overrides["insecure"] = True
     settings = InstanceSettings(**overrides)
+    runtime_overrides: dict[str, Any] = {}
+    if isolated_types is not None:
+        runtime_overrides["isolated_types"] = tuple(t.strip() for t in isolated_types.split(",") if t.strip())
+    runtime_settings = RuntimeSettings(**runtime_overrides)
     store_settings = command_store_settings(store, etcd, settings.data_dir)
 
     async def main() -> None:
@@ -85,7 +91,7 @@ def serve(
         storage_config = StorageConfig.from_dir(Path(storage_dir)) if storage_dir else None
         inst = await assemble_instance(
             settings, st, puller_settings=PullerSettings(**puller_overrides), storage_config=storage_config,
-            keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()),
+            keys=Keys(store_settings.prefix), policy=Policy(PolicySettings()), runtime_settings=runtime_settings,
         )
         try:
             ep = await inst.start()

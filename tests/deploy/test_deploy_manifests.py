@@ -24,7 +24,7 @@ from controller import (
     desired_state,
     status_json,
 )
-from mesh import InstanceSettings, StoreSettings
+from mesh import InstanceSettings, RuntimeSettings, StoreSettings
 from puller import PullerSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -192,9 +192,7 @@ def test_services_expose_grpc_rest_and_metrics() -> None:
 ENTRY_POINT_ENV = {"MODELMUX_STORAGE_CONFIG_DIR", "HOME", "POD_NAME", "POD_NAMESPACE"}
 # What the manifests assume of code that is being wired (issues 13, 14, 15): remove a name
 # here when the code reads it (test_pending_names_are_not_implemented_yet says when).
-PENDING_ENV = {
-    "MODELMUX_RUNTIMES_EXTERNAL": "RuntimeSettings.external (branch rt2): JSON list of {name, address, model_types}",
-    "MODELMUX_RUNTIMES_ISOLATED_TYPES": "RuntimeSettings.isolated_types (branch rt2): [] = no worker processes",
+PENDING_ENV: dict[str, str] = {
 }
 PENDING_FLAGS = {
 }
@@ -203,10 +201,8 @@ SETTINGS: dict[str, Any] = {
     "MODELMUX_STORE_": StoreSettings,
     "MODELMUX_CONTROLLER_": ControllerSettings,
     "MODELMUX_PULLER_": PullerSettings,
+    "MODELMUX_RUNTIMES_": RuntimeSettings,
 }
-_runtime_settings = getattr(__import__("mesh"), "RuntimeSettings", None)  # once the runtimes (issue 14) are merged
-if _runtime_settings is not None:
-    SETTINGS["MODELMUX_RUNTIMES_"] = _runtime_settings
 
 
 def _env_names() -> Iterator[tuple[str, str]]:

@@ -34,6 +34,7 @@ FAST = {
     "health_failures": 3,
     "restart_backoff_s": 0.05,
     "memory_limit_bytes": 4 << 30,
+    "start_workers": "at_start",
 }
 
 

@@ -18,7 +18,7 @@ from tests.mesh.runtimes.rthelp import fp32_request, open_up, readable_dir
 
 async def _answers(frames: bool, model_dir: Path) -> dict[str, object]:
     sup = RuntimeSupervisor(
-        RuntimeSettings(count=1, isolated_types=("onnx",), frames=frames), worker_env=adapter_env(AdapterSettings())
+        RuntimeSettings(count=1, isolated_types=("onnx",), frames=frames, start_workers="at_start"), worker_env=adapter_env(AdapterSettings())
     )
     await sup.start()
     out: dict[str, object] = {}

@@ -58,7 +58,9 @@ async def hostile_env(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Ru
         secret.write_text(f'{{"default": {{"secret_access_key": "{SECRET}"}}}}')
         os.chmod(secret, 0o600)
         sup = RuntimeSupervisor(
-            RuntimeSettings(count=1, worker_module=HOSTILE_WORKER, isolated_types=("pytorch", "hostile"))
+            RuntimeSettings(
+                count=1, worker_module=HOSTILE_WORKER, isolated_types=("pytorch", "hostile"), start_workers="at_start"
+            )
         )
         await sup.start()
         try:
