@@ -183,6 +183,11 @@ class EtcdStore(Store):
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1_000),
+            # a connection of this store's own: channels with equal options share gRPC's global
+            # subchannel pool, so one client closing its channel could shut down a connection
+            # attempt another is waiting on ("tcp handshaker shutdown"), and one client's
+            # reconnect backoff would be every client's
+            ("grpc.use_local_subchannel_pool", 1),
         ]
 
     # ------------------------------------------------------------------ plumbing
