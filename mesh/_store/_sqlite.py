@@ -49,8 +49,8 @@ from ._errors import (
     StoreResourceExhausted,
     StoreUnavailable,
 )
-from ._memory import MemoryStore, _Lease
-from ._types import Compare, Delete, KeyValue, Put, WatchEvent
+from ._memory import DEFAULT_QUOTA_BYTES, MemoryStore, _Lease
+from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,14 @@ class _Db:
                 conn.execute("ROLLBACK")
             raise
 
+    def bytes_in_use(self) -> int:
+        """The database file's pages that hold data (free pages, kept for reuse, not counted)."""
+        conn = self.conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * conn.execute("PRAGMA page_size").fetchone()[0])
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -187,12 +195,16 @@ class SqliteStore(MemoryStore):
         history_revisions: int = 10_000,
         watch_queue_events: int = 100_000,
         max_expiry_interval_s: float = 1.0,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
+        quota_high_water: float = 0.9,
     ) -> None:
         super().__init__(
             clock=clock,
             history_revisions=history_revisions,
             watch_queue_events=watch_queue_events,
             max_expiry_interval_s=max_expiry_interval_s,
+            quota_bytes=quota_bytes,
+            quota_high_water=quota_high_water,
         )
         self.directory = Path(directory)
         self._lock_fd: int | None = lock_data_dir(self.directory)
@@ -432,6 +444,12 @@ class SqliteStore(MemoryStore):
                 seen.add(op.key)
         ok, rev, _ = await self._submit(compares, success, failure)
         return ok, rev
+
+    async def usage(self) -> StoreUsage:
+        """The SQLite file's bytes in use (read on the store's thread) against the quota."""
+        await self._enter()
+        used = await self._io(self._db.bytes_in_use)
+        return StoreUsage(used, self.quota_bytes, self.quota_high_water)
 
     # ------------------------------------------------------------------ leases
 
