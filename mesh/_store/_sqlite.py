@@ -49,7 +49,7 @@ from ._errors import (
     StoreResourceExhausted,
     StoreUnavailable,
 )
-from ._memory import DEFAULT_QUOTA_BYTES, MemoryStore, _Lease
+from ._memory import DEFAULT_QUOTA_BYTES, MemoryStore, _Lease, footprint
 from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ class SqliteStore(MemoryStore):
         for kv in kvs:
             self._data[kv.key] = kv
         self._keys = [kv.key for kv in kvs]  # sorted by the query
+        self._bytes = sum(footprint(kv.key, kv.value) for kv in kvs)
         self.dropped_lease_keys = dropped
         self._floor = self._revision + 1  # nothing before the restart can be replayed
         logger.info(
