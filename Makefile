@@ -25,7 +25,7 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy mesh placement puller runtime_adapters controller
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 protos:
 	$(BIN)/python -m protos.generate

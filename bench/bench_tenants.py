@@ -1,9 +1,9 @@
 """Tenant isolation under a flood: tenant B's p99 latency with tenant A flooding vs without, same run.
 
-One in-process instance (memory store) serves two small ONNX models, one per tenant, with a
-per-tenant in-flight limit. B sends steady sequential requests over gRPC; A keeps ``flood``
-requests in flight (each answered or refused, then sent again). Ratio = B's p99 with the flood /
-B's p99 without it (target <= 2).
+One ``modelmux serve`` process (memory store) serves two small ONNX models, one per tenant, with
+a per-tenant in-flight limit. B sends steady sequential requests over gRPC from this process; A
+keeps ``flood`` requests in flight on one connection from a process of its own (each answered or
+refused, then sent again). Ratio = B's p99 with the flood / B's p99 without it (target <= 2).
 
     python -m bench.bench_tenants [--seconds 5] [--flood 64]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import grpc
 import httpx
 import numpy as np
 
-from tests.mesh.cluster import ROOT, MemoryCluster
+from tests.mesh.cluster import ROOT
 from tests.mesh.models import add_model, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -62,24 +63,46 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 """
 
 
+async def _serve(tmp: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """``modelmux serve`` (memory store) in its own process: its event loop shares nothing with B's client."""
+    rf = tmp / "ready.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MODELMUX_INSTANCE_TENANT_INFLIGHT": "2",
+        "MODELMUX_INSTANCE_TENANT_QUEUED": "16",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "serve", "--store", "memory", "--grpc-port", "0", "--rest-port", "0",
+        "--data-dir", str(tmp / "data"), "--allowed-root", str(tmp), "--ready-file", str(rf),
+        env=env, cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not rf.exists():
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError("modelmux serve did not start")
+        await asyncio.sleep(0.05)
+    return proc, json.loads(rf.read_text())
+
+
 async def run(seconds: float, flood: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = MemoryCluster(1, Path(tmp), capacity_bytes=64 << 20, overrides={"tenant_inflight": 2, "tenant_queued": 16})
-        await cluster.start()
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        proc_server, ready = await _serve(tmp)
         try:
-            async with httpx.AsyncClient(base_url=cluster.rest[0], timeout=60) as c:
+            async with httpx.AsyncClient(base_url=f"http://{ready['rest']}", timeout=60) as c:
                 for mid, tenant in (("a", "alpha"), ("b", "beta")):
-                    p = add_model(Path(tmp) / mid / "model.onnx", 1.0)
+                    p = add_model(tmp / mid / "model.onnx", 1.0)
                     body = {"modelInfo": {"type": "onnx", "path": str(p), "key": {"tenant": tenant}}, "loadNow": True, "sync": True}
                     (await c.post(f"/api/v1/models/{mid}", json=body)).raise_for_status()
-            ch_a = grpc.aio.insecure_channel(cluster.grpc[0])
-            ch_b = grpc.aio.insecure_channel(cluster.grpc[0])
+            ch_a = grpc.aio.insecure_channel(ready["grpc"])
+            ch_b = grpc.aio.insecure_channel(ready["grpc"])
             call_a, call_b = ch_a.unary_unary(INFER), ch_b.unary_unary(INFER)
             msg_a, msg_b = request_bytes("a"), request_bytes("b")
             await _steady(call_b, msg_b, 0.5)  # warm up
             quiet = await _steady(call_b, msg_b, seconds)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _FLOOD, cluster.grpc[0], str(flood), str(seconds + 1.5),
+                sys.executable, "-c", _FLOOD, ready["grpc"], str(flood), str(seconds + 1.5),
                 stdout=asyncio.subprocess.PIPE, cwd=str(ROOT),
             )
             await _steady(call_a, msg_a, 1.0)  # the flood process starts meanwhile
@@ -89,7 +112,8 @@ async def run(seconds: float, flood: int) -> dict[str, float]:
             await ch_a.close()
             await ch_b.close()
         finally:
-            await cluster.close()
+            proc_server.terminate()
+            await proc_server.wait()
     p99q, p99l = float(np.percentile(quiet, 99)) * 1e3, float(np.percentile(loud, 99)) * 1e3
     return {
         "b_p99_ms_quiet": round(p99q, 2),

@@ -6,7 +6,9 @@ A package of its own on top of :mod:`mesh`: it imports only ``mesh``'s public na
 
 - :func:`run_controller` watches Predictor (``serving.kserve.io/v1alpha1``),
   InferenceService (``serving.kserve.io/v1beta1``, ModelMesh deployment mode) and TenantQuota
-  objects, registers them in the mesh and writes their status back.
+  objects, registers them in the mesh and writes their status back; ServingRuntime /
+  ClusterServingRuntime objects say which runtime serves each model, a storage-access
+  ConfigMap which storage keys each namespace may name.
 - :func:`apply_files` registers the same YAML against a running mesh's REST API, without a
   cluster.
 
@@ -14,7 +16,10 @@ Modules, by job:
 
 - ``_kinds``: the kinds, object references and the names derived from them (vModel id,
   owner, model id) both ways.
-- ``_mapping``: object -> desired registration (pure); ServingRuntimes -> runtimes.
+- ``_mapping``: object -> desired registration (pure).
+- ``_runtimes``: ServingRuntime / ClusterServingRuntime objects -> runtimes, and which one
+  serves a model (pure).
+- ``_storage_access``: which storage keys each namespace may name, from a ConfigMap (pure).
 - ``_status``: the mesh's view of a vModel -> the object's ``.status`` (pure).
 - ``_events``: which Kubernetes Events a status change emits, and the Event object.
 - ``_tenants``: TenantQuota objects -> tenant quotas, and their status (pure).
@@ -31,10 +36,12 @@ from ._controller import Controller
 from ._election import LEASE, LeaderElector
 from ._events import EventSpec, event_object, events_between
 from ._kinds import (
+    CLUSTER_SERVING_RUNTIME,
     FINALIZER,
     INFERENCE_SERVICE,
     PREDICTOR,
     SERVING_RUNTIME,
+    STORAGE_KEY_NOT_ALLOWED,
     Kind,
     ObjectRef,
     model_id_for,
@@ -42,18 +49,22 @@ from ._kinds import (
     vmodel_of_model,
 )
 from ._kube_client import Informer, KubeApiError, KubeClient, build_api_client, merge_patch
-from ._mapping import ReconcileContext, Registration, Rejection, Runtime, desired_state, spec_hash
+from ._mapping import ReconcileContext, Registration, Rejection, desired_state, spec_hash
 from ._runner import ElectedController, run_controller, serve_health
+from ._runtimes import ModelFormat, Runtime, RuntimeCatalog, RuntimeChoice, runtime_from_object
 from ._settings import ControllerSettings
 from ._status import CRStatus, FailureInfo, compute_status, status_from_json, status_json
+from ._storage_access import StorageAccess, storage_access_from_configmap
 from ._work_queue import WorkQueue
 
 __all__ = [
+    "CLUSTER_SERVING_RUNTIME",
     "FINALIZER",
     "INFERENCE_SERVICE",
     "LEASE",
     "PREDICTOR",
     "SERVING_RUNTIME",
+    "STORAGE_KEY_NOT_ALLOWED",
     "ApplyResult",
     "CRStatus",
     "Controller",
@@ -66,11 +77,15 @@ __all__ = [
     "KubeApiError",
     "KubeClient",
     "LeaderElector",
+    "ModelFormat",
     "ObjectRef",
     "ReconcileContext",
     "Registration",
     "Rejection",
     "Runtime",
+    "RuntimeCatalog",
+    "RuntimeChoice",
+    "StorageAccess",
     "WorkQueue",
     "apply_files",
     "build_api_client",
@@ -84,9 +99,11 @@ __all__ = [
     "ref_for_vmodel",
     "register_commands",
     "run_controller",
+    "runtime_from_object",
     "serve_health",
     "spec_hash",
     "status_from_json",
     "status_json",
+    "storage_access_from_configmap",
     "vmodel_of_model",
 ]

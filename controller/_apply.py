@@ -4,8 +4,8 @@ Each document is mapped with the controller's pure code (:func:`desired_state`) 
 registered through the REST management API of a running mesh (``PUT /api/v1/vmodels/{name}``
 with the target model's ModelInfo, auto-delete on, the controller's owner string). So a
 file applied here and the same file applied to a cluster give the same vModel, the same
-model id and the same transition when the spec changes. ServingRuntime documents in the
-applied files declare runtimes for the Predictors next to them.
+model id and the same transition when the spec changes. ServingRuntime and ClusterServingRuntime
+documents in the applied files declare runtimes for the Predictors next to them.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import yaml
 
 from mesh import Unavailable
 
-from ._kinds import MODEL_KINDS, SERVING_RUNTIME, ObjectRef, VModelNaming
+from ._kinds import CLUSTER_SERVING_RUNTIME, MODEL_KINDS, SERVING_RUNTIME, ObjectRef, VModelNaming
 from ._mapping import (
     ReconcileContext,
     Registration,
     Rejection,
     desired_state,
     is_managed,
-    runtimes_by_namespace,
 )
+from ._runtimes import cluster_runtimes, runtimes_by_namespace
 from ._tenants import TENANT_QUOTA, QuotaRejection, quota_spec
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def load_documents(paths: Iterable[Path]) -> tuple[list[tuple[str, dict[str, Any
 
 def _context(docs: Sequence[tuple[str, dict[str, Any]]], namespace: str, naming: VModelNaming) -> ReconcileContext:
     runtimes = [d for _, d in docs if d.get("kind") == SERVING_RUNTIME.kind]
-    return ReconcileContext(runtimes=runtimes_by_namespace(runtimes, namespace), naming=naming)
+    cluster = [d for _, d in docs if d.get("kind") == CLUSTER_SERVING_RUNTIME.kind]
+    return ReconcileContext(runtimes=runtimes_by_namespace(runtimes, namespace), naming=naming, cluster_runtimes=cluster_runtimes(cluster))
 
 
 def apply_files(

@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from mesh import (
@@ -48,12 +50,15 @@ from mesh import (
 
 from ._events import EventSpec, event_object, events_between
 from ._kinds import (
+    CLUSTER_SERVING_RUNTIME,
+    CONFIG_MAP,
     FINALIZER,
     INFERENCE_SERVICE,
     INVALID_PREDICTOR_SPEC,
     MODEL_KINDS,
     PREDICTOR,
     SERVING_RUNTIME,
+    STORAGE_KEY_NOT_ALLOWED,
     Kind,
     ObjectRef,
     owner_for,
@@ -66,13 +71,13 @@ from ._mapping import (
     ReconcileContext,
     Registration,
     Rejection,
-    Runtime,
     canary_targets,
     desired_state,
-    runtimes_by_namespace,
 )
+from ._runtimes import Runtime, cluster_runtimes, runtimes_by_namespace
 from ._settings import ControllerSettings
 from ._status import CRStatus, compute_status, status_from_json, status_json
+from ._storage_access import storage_access_from_configmap
 from ._tenants import (
     TENANT_FINALIZER,
     TENANT_QUOTA,
@@ -127,10 +132,28 @@ class Controller:
                 kube, TENANT_QUOTA, settings.namespace, self._on_object, retry_max_s=settings.retry_max_s
             )
         self._quota_refresh: set[ObjectRef] = set()  # TenantQuota objects with a usage refresh pending
+        # the cluster facts the mapping depends on: runtimes and the storage-access ConfigMap;
+        # a change re-maps every object
         self.runtime_informer: Informer | None = None
+        self.cluster_runtime_informer: Informer | None = None
+        self.storage_access_informer: Informer | None = None
         if settings.watch_serving_runtimes:
             self.runtime_informer = Informer(
-                kube, SERVING_RUNTIME, settings.namespace, self._on_runtime, retry_max_s=settings.retry_max_s
+                kube, SERVING_RUNTIME, settings.namespace, self._on_context, retry_max_s=settings.retry_max_s
+            )
+        if settings.watch_cluster_serving_runtimes:
+            self.cluster_runtime_informer = Informer(
+                kube, CLUSTER_SERVING_RUNTIME, "", self._on_context, retry_max_s=settings.retry_max_s
+            )
+        if settings.storage_access_configmap:
+            self.storage_access_informer = Informer(
+                kube, CONFIG_MAP, self._storage_access_namespace(), self._on_context, retry_max_s=settings.retry_max_s,
+                field_selector=f"metadata.name={settings.storage_access_configmap}",
+            )
+        elif not settings.namespace:
+            log.warning(
+                "watching every namespace without storage_access_configmap: "
+                "a model of any namespace may name any storage key"
             )
         types = frozenset(t.strip().lower() for t in settings.model_types)
         self.ctx = ReconcileContext(
@@ -152,19 +175,22 @@ class Controller:
 
     # ------------------------------------------------------------ lifecycle
 
+    def _storage_access_namespace(self) -> str:
+        s = self.settings
+        return s.storage_access_namespace or s.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+
+    def _context_informers(self) -> list[Informer]:
+        return [i for i in (self.runtime_informer, self.cluster_runtime_informer, self.storage_access_informer) if i is not None]
+
     def _all_informers(self) -> list[Informer]:
-        out = list(self.informers.values())
-        if self.runtime_informer is not None:
-            out.append(self.runtime_informer)
-        return out
+        return [*self.informers.values(), *self._context_informers()]
 
     async def start(self) -> None:
         """Start the informers, wait for their first lists, then reconcile everything."""
         for inf in self._all_informers():
             inf.start()
         await asyncio.gather(*(inf.synced.wait() for inf in self._all_informers()))
-        if self.runtime_informer is not None:
-            self._rebuild_runtimes()
+        self._rebuild_context()
         self._unsubs += [
             self.state.vmodels.subscribe(self._on_vmodels),
             self.state.models.subscribe(self._on_models),
@@ -206,26 +232,24 @@ class Controller:
             self._written.pop(ev.ref, None)
         self.queue.add(ev.ref)
 
-    def _on_runtime(self, _ev: ObjectEvent) -> None:
+    def _on_context(self, _ev: ObjectEvent) -> None:
         if not self.started:
             return
-        self._rebuild_runtimes()
+        self._rebuild_context()
         for inf in self.informers.values():
             for ref in inf.cache:
                 self.queue.add(ref)
 
-    def _rebuild_runtimes(self) -> None:
-        assert self.runtime_informer is not None
-        rts = runtimes_by_namespace(self.runtime_informer.cache.values())
-        self.ctx = ReconcileContext(
-            builtin=self.ctx.builtin,
-            runtimes=rts,
-            naming=self.ctx.naming,
-            service_name=self.ctx.service_name,
-            service_namespace=self.ctx.service_namespace,
-            grpc_port=self.ctx.grpc_port,
-            rest_port=self.ctx.rest_port,
-        )
+    def _rebuild_context(self) -> None:
+        """Runtimes and storage access from the informers' caches into the mapping context."""
+        rts = runtimes_by_namespace(self.runtime_informer.cache.values()) if self.runtime_informer else {}
+        crts = cluster_runtimes(self.cluster_runtime_informer.cache.values()) if self.cluster_runtime_informer else {}
+        access = None
+        if self.storage_access_informer is not None:
+            name = self.settings.storage_access_configmap
+            cm = next((o for r, o in self.storage_access_informer.cache.items() if r.name == name), None)
+            access = storage_access_from_configmap(cm)
+        self.ctx = replace(self.ctx, runtimes=rts, cluster_runtimes=crts, storage_access=access)
 
     def _watched(self, ref: ObjectRef) -> bool:
         return ref.kind in self.informers and (not self.settings.namespace or ref.namespace == self.settings.namespace)
@@ -327,6 +351,10 @@ class Controller:
         if FINALIZER not in finalizers:
             obj = await self._set_finalizers(ref, obj, [*finalizers, FINALIZER])
         conflict = ""
+        if isinstance(desired, Rejection) and desired.reason == STORAGE_KEY_NOT_ALLOWED:
+            # access to the key is refused (or was revoked): nothing of this object may stay
+            # registered with it, else a reload would fetch with the key again
+            await self._unregister(vmodel, owner)
         vm = self.management.vmodel_status(vmodel)
         if isinstance(desired, Registration):
             if vm.status != "NOT_FOUND" and vm.owner and vm.owner != owner:

@@ -32,6 +32,8 @@ RUNTIME_UNHEALTHY = "RuntimeUnhealthy"
 NO_SUPPORTING_RUNTIME = "NoSupportingRuntime"
 RUNTIME_NOT_RECOGNIZED = "RuntimeNotRecognized"
 INVALID_PREDICTOR_SPEC = "InvalidPredictorSpec"
+# ours: the object names a storage key its namespace may not use (controller._storage_access)
+STORAGE_KEY_NOT_ALLOWED = "StorageKeyNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -41,15 +43,18 @@ class Kind:
     version: str
     plural: str
     source: str  # modelmesh-serving's source id ("" for kinds that are not registered)
+    namespaced: bool = True
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
 
 
 PREDICTOR = Kind("Predictor", GROUP, "v1alpha1", "predictors", "ksp")
 INFERENCE_SERVICE = Kind("InferenceService", GROUP, "v1beta1", "inferenceservices", "isvc")
 SERVING_RUNTIME = Kind("ServingRuntime", GROUP, "v1alpha1", "servingruntimes", "")
+CLUSTER_SERVING_RUNTIME = Kind("ClusterServingRuntime", GROUP, "v1alpha1", "clusterservingruntimes", "", namespaced=False)
+CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps", "")
 MODEL_KINDS: dict[str, Kind] = {k.kind: k for k in (PREDICTOR, INFERENCE_SERVICE)}
 
 

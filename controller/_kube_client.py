@@ -133,25 +133,38 @@ class KubeClient:
     def timeout(self) -> float:
         return self.settings.request_timeout_s
 
-    async def list(self, kind: Kind, namespace: str) -> tuple[list[dict[str, Any]], str]:
+    async def list(self, kind: Kind, namespace: str, field_selector: str = "") -> tuple[list[dict[str, Any]], str]:
         """Every object of ``kind`` (in ``namespace``, or all) and the list's resourceVersion."""
-        if namespace:
+        extra: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
+        if not kind.group:  # a core kind (ConfigMap): typed client, turned into plain JSON
+            fn, args = self._core_list(kind, namespace)
+            typed = await self._call(f"list {kind.plural}", fn, *args, _request_timeout=self.timeout, **extra)
+            out = self.api_client.sanitize_for_serialization(typed)
+        elif namespace and kind.namespaced:
             out = await self._call(
                 f"list {kind.plural} in {namespace}",
                 self.custom.list_namespaced_custom_object,
-                kind.group, kind.version, namespace, kind.plural, _request_timeout=self.timeout,
+                kind.group, kind.version, namespace, kind.plural, _request_timeout=self.timeout, **extra,
             )
         else:
             out = await self._call(
                 f"list {kind.plural}",
                 self.custom.list_cluster_custom_object,
-                kind.group, kind.version, kind.plural, _request_timeout=self.timeout,
+                kind.group, kind.version, kind.plural, _request_timeout=self.timeout, **extra,
             )
         items = [dict(i) for i in (out.get("items") or ())]
         for item in items:  # list items carry no kind / apiVersion
             item.setdefault("kind", kind.kind)
             item.setdefault("apiVersion", kind.api_version)
         return items, str((out.get("metadata") or {}).get("resourceVersion", ""))
+
+    def _core_list(self, kind: Kind, namespace: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The core API's list function for ``kind`` (only ConfigMaps are read)."""
+        if kind.plural != "configmaps":
+            raise KubeApiError(f"core kind {kind.kind} is not supported")
+        if namespace:
+            return self.core.list_namespaced_config_map, (namespace,)
+        return self.core.list_config_map_for_all_namespaces, ()
 
     async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -219,6 +232,7 @@ class KubeClient:
         resource_version: str,
         on_event: Callable[[str, dict[str, Any]], None],
         w: Any,
+        field_selector: str = "",
     ) -> str:
         """Stream watch events (blocking; run in a thread) until the server ends the watch.
 
@@ -234,9 +248,15 @@ class KubeClient:
             "allow_watch_bookmarks": True,
             "_request_timeout": (self.timeout, timeout + self.timeout),
         }
-        if namespace:
-            fn: Any = self.custom.list_namespaced_custom_object
-            args: tuple[Any, ...] = (kind.group, kind.version, namespace, kind.plural)
+        if field_selector:
+            kwargs["field_selector"] = field_selector
+        fn: Any
+        args: tuple[Any, ...]
+        if not kind.group:
+            fn, args = self._core_list(kind, namespace)
+        elif namespace and kind.namespaced:
+            fn = self.custom.list_namespaced_custom_object
+            args = (kind.group, kind.version, namespace, kind.plural)
         else:
             fn = self.custom.list_cluster_custom_object
             args = (kind.group, kind.version, kind.plural)
@@ -282,10 +302,12 @@ class Informer:
         *,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 30.0,
+        field_selector: str = "",
     ) -> None:
         self.client = client
         self.kind = kind
-        self.namespace = namespace
+        self.namespace = namespace if kind.namespaced else ""
+        self.field_selector = field_selector
         self.on_change = on_change
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -302,7 +324,8 @@ class Informer:
 
     def _ref(self, obj: dict[str, Any]) -> ObjectRef:
         meta = obj.get("metadata") or {}
-        return ObjectRef(self.kind.kind, str(meta.get("namespace") or "default"), str(meta.get("name", "")))
+        namespace = str(meta.get("namespace") or "default") if self.kind.namespaced else ""
+        return ObjectRef(self.kind.kind, namespace, str(meta.get("name", "")))
 
     def start(self) -> None:
         if self._task is None:
@@ -356,7 +379,7 @@ class Informer:
         while not self._stopping.is_set():
             try:
                 if need_list:
-                    items, rv = await self.client.list(self.kind, self.namespace)
+                    items, rv = await self.client.list(self.kind, self.namespace, self.field_selector)
                     self.relists += 1
                     self.missing = False
                     self._relisted(items)
@@ -378,6 +401,7 @@ class Informer:
                     self.resource_version,
                     emit,
                     w,
+                    self.field_selector,
                 )
                 self._watch = None
                 # the thread scheduled its events before its result: they have been applied

@@ -13,7 +13,10 @@ URI, ``key`` = JSON with ``storage_key``, ``storage_params``, ``schema_path``,
 ``model_type`` {name, version} (as modelmesh-serving sends) plus ours: ``tenant`` (the
 namespace, or ``spec.tenant`` / the ``modelmux.io/tenant-quota`` annotation, resolved by
 :func:`controller._kinds.tenant_id`), ``min_copies``, ``max_copies``, ``pinned``,
-``runtime``, ``protocol_version`` and ``options.device`` (``gpu: required`` -> ``cuda``).
+``runtime`` (the one named, or the ServingRuntime chosen: :mod:`controller._runtimes`; the
+built-in runtime when chosen is left out), ``protocol_version`` and ``options.device``
+(``gpu: required`` -> ``cuda``). A storage key the namespace may not name is refused
+(:mod:`controller._storage_access`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,9 +35,8 @@ from ._kinds import (
     INFERENCE_SERVICE,
     INVALID_PREDICTOR_SPEC,
     MODEL_KINDS,
-    NO_SUPPORTING_RUNTIME,
     PREDICTOR,
-    RUNTIME_NOT_RECOGNIZED,
+    STORAGE_KEY_NOT_ALLOWED,
     ObjectRef,
     VModelNaming,
     model_id_for,
@@ -42,6 +44,8 @@ from ._kinds import (
     tenant_id,
     vmodel_name,
 )
+from ._runtimes import Runtime, RuntimeCatalog
+from ._storage_access import StorageAccess
 
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 MODELMESH_MODE = "ModelMesh"
@@ -59,16 +63,7 @@ MAX_BATCH_DELAY_ANNOTATION = "modelmux.io/max-batch-delay-s"
 # ---------------------------------------------------------------- context
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """A runtime that may be named in ``spec.runtime``: the model formats it serves.
-
-    ``auto_select``: formats a predictor without ``spec.runtime`` may be placed on.
-    """
-
-    name: str
-    model_types: frozenset[str]
-    auto_select: frozenset[str]
+_BUILTIN_TYPES = frozenset({"onnx", "pytorch", "torchscript", "torch_export", "xgboost"})
 
 
 @dataclass(frozen=True)
@@ -76,27 +71,24 @@ class ReconcileContext:
     """What the pure mapping needs to know about the cluster.
 
     ``builtin`` is the mesh's own in-process runtime (every adapter type); ``runtimes`` maps a
-    namespace to the ServingRuntimes declared there (enabled ones only).
+    namespace to the ServingRuntimes declared there, ``cluster_runtimes`` the
+    ClusterServingRuntimes (:mod:`controller._runtimes`). ``storage_access``: which storage keys
+    each namespace may name (None: any key, :mod:`controller._storage_access`).
     """
 
-    builtin: Runtime = field(
-        default_factory=lambda: Runtime(
-            "modelmux",
-            frozenset({"onnx", "pytorch", "torchscript", "torch_export", "xgboost"}),
-            frozenset({"onnx", "pytorch", "torchscript", "torch_export", "xgboost"}),
-        )
-    )
+    builtin: Runtime = field(default_factory=lambda: Runtime("modelmux", _BUILTIN_TYPES, _BUILTIN_TYPES))
     runtimes: Mapping[str, Mapping[str, Runtime]] = field(default_factory=dict)
     naming: VModelNaming = "name"
     service_name: str = "modelmux"
     service_namespace: str = ""  # "" = the object's namespace
     grpc_port: int = 8033
     rest_port: int = 8008
+    cluster_runtimes: Mapping[str, Runtime] = field(default_factory=dict)
+    storage_access: StorageAccess | None = None
 
-    def runtimes_in(self, namespace: str) -> dict[str, Runtime]:
-        out = {self.builtin.name: self.builtin}
-        out.update(self.runtimes.get(namespace, {}))
-        return out
+    @property
+    def catalog(self) -> RuntimeCatalog:
+        return RuntimeCatalog(self.builtin, self.runtimes, self.cluster_runtimes)
 
     def endpoints(self, namespace: str) -> tuple[str, str]:
         host = f"{self.service_name}.{self.service_namespace or namespace}"
@@ -117,6 +109,7 @@ class Registration:
     info: ModelInfoSpec
     spec_hash: str
     generation: int = 0
+    runtime: str = ""  # the runtime that serves it (controller._runtimes)
     # KServe's canaryTrafficPercent: this share of the traffic to the new model, the rest to the
     # model the vModel served before (None: all of it, at once, as before)
     canary_percent: int | None = None
@@ -356,28 +349,16 @@ def _isvc_model(spec: dict[str, Any], annotations: Mapping[str, str]) -> _Model:
     )
 
 
-def _check_runtime(model: _Model, runtimes: Mapping[str, Runtime]) -> str:
-    mtype = model.type_name.strip().lower()
-    if model.runtime:
-        rt = runtimes.get(model.runtime)
-        if rt is None:
-            raise _Invalid(
-                f"runtime '{model.runtime}' is not recognized (known: {', '.join(sorted(runtimes))})",
-                RUNTIME_NOT_RECOGNIZED,
-            )
-        if mtype not in rt.model_types:
-            raise _Invalid(
-                f"runtime '{model.runtime}' does not support model type '{model.type_name}' "
-                f"(it supports: {', '.join(sorted(rt.model_types)) or 'none'})",
-                NO_SUPPORTING_RUNTIME,
-            )
-    elif not any(mtype in rt.auto_select for rt in runtimes.values()):
-        supported = sorted({t for rt in runtimes.values() for t in rt.auto_select})
-        raise _Invalid(
-            f"model type '{model.type_name}' is not supported by any runtime (supported: {', '.join(supported)})",
-            NO_SUPPORTING_RUNTIME,
-        )
-    return mtype
+def _choose_runtime(model: _Model, namespace: str, ctx: ReconcileContext) -> Runtime:
+    choice = ctx.catalog.choose(namespace, model.type_name, model.type_version, model.runtime)
+    if choice.runtime is None:
+        raise _Invalid(choice.message, choice.reason)
+    return choice.runtime
+
+
+def _check_storage_key(model: _Model, namespace: str, access: StorageAccess | None) -> None:
+    if access is not None and model.storage_key and not access.allows(namespace, model.storage_key):
+        raise _Invalid(access.refusal(namespace, model.storage_key), STORAGE_KEY_NOT_ALLOWED)
 
 
 def _extras(spec: Mapping[str, Any], annotations: Mapping[str, str], namespace: str, naming: VModelNaming) -> dict[str, Any]:
@@ -455,8 +436,8 @@ def spec_hash(info: ModelInfoSpec) -> str:
     return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()[:10]
 
 
-def _build(model: _Model, extras: dict[str, Any], runtimes: Mapping[str, Runtime]) -> ModelInfoSpec:
-    mtype = _check_runtime(model, runtimes)
+def _build(model: _Model, extras: dict[str, Any], runtime: Runtime, builtin: str) -> ModelInfoSpec:
+    mtype = model.type_name.strip().lower()
     if model.protocol and model.protocol.lower() not in _PROTOCOLS:
         raise _Invalid(f"protocolVersion '{model.protocol}' is not supported: modelmux serves the V2 protocol (v2, grpc-v2)")
     if model.gpu not in (None, "required", "preferred"):
@@ -474,6 +455,10 @@ def _build(model: _Model, extras: dict[str, Any], runtimes: Mapping[str, Runtime
         key["schema_path"] = model.schema_path
     if model.runtime:
         key["runtime"] = model.runtime
+    elif runtime.name != builtin:
+        # chosen among ServingRuntimes: part of the registration, so that a model moves (a new
+        # model id, loaded before traffic moves) when another runtime is chosen for it
+        key["runtime"] = runtime.name
     if model.protocol:
         key["protocol_version"] = model.protocol.lower()
     if model.gpu == "required":
@@ -513,7 +498,9 @@ def desired_state(obj: Mapping[str, Any], ctx: ReconcileContext, *, default_name
             raise _Invalid("spec is required")
         model = _predictor_model(spec) if kind is PREDICTOR else _isvc_model(spec, annotations)
         extras = _extras(spec if kind is PREDICTOR else {}, annotations, ref.namespace, ctx.naming)
-        info = _build(model, extras, ctx.runtimes_in(ref.namespace))
+        _check_storage_key(model, ref.namespace, ctx.storage_access)
+        runtime = _choose_runtime(model, ref.namespace, ctx)
+        info = _build(model, extras, runtime, ctx.builtin.name)
         canary_percent = _canary_percent(spec if kind is PREDICTOR else _obj(spec.get("predictor"), "spec.predictor"),
                                          "spec" if kind is PREDICTOR else "spec.predictor")
     except _Invalid as exc:
@@ -527,7 +514,7 @@ def desired_state(obj: Mapping[str, Any], ctx: ReconcileContext, *, default_name
         validate_id("model id", model_id)
     except Exception as exc:
         return Rejection(ref, vmodel, owner, INVALID_PREDICTOR_SPEC, str(exc), generation=generation)
-    return Registration(ref, vmodel, owner, model_id, info, digest, generation, canary_percent)
+    return Registration(ref, vmodel, owner, model_id, info, digest, generation, runtime.name, canary_percent)
 
 
 def _canary_percent(spec: Mapping[str, Any], where: str) -> int | None:
@@ -551,37 +538,3 @@ def canary_targets(desired: Registration, active: str, split_targets: tuple[str,
     if stable == desired.model_id:
         return None
     return stable, desired.model_id, pct
-
-
-# ---------------------------------------------------------------- runtimes
-
-
-def runtime_from_object(obj: Mapping[str, Any]) -> Runtime | None:
-    """A ServingRuntime object -> :class:`Runtime` (None when disabled or malformed)."""
-    try:
-        spec = obj.get("spec") or {}
-        name = str((obj.get("metadata") or {}).get("name", ""))
-        if not name or spec.get("disabled"):
-            return None
-        types: set[str] = set()
-        auto: set[str] = set()
-        for fmt in spec.get("supportedModelFormats") or ():
-            fname = str(fmt.get("name", "")).strip().lower()
-            if not fname:
-                continue
-            types.add(fname)
-            if fmt.get("autoSelect", True):
-                auto.add(fname)
-        return Runtime(name, frozenset(types), frozenset(auto))
-    except (AttributeError, TypeError):
-        return None
-
-
-def runtimes_by_namespace(objects: Iterable[Mapping[str, Any]], default_namespace: str = "default") -> dict[str, dict[str, Runtime]]:
-    out: dict[str, dict[str, Runtime]] = {}
-    for obj in objects:
-        rt = runtime_from_object(obj)
-        if rt is not None:
-            ns = str((obj.get("metadata") or {}).get("namespace") or default_namespace)
-            out.setdefault(ns, {})[rt.name] = rt
-    return out

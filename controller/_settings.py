@@ -32,6 +32,7 @@ class ControllerSettings(BaseSettings):
     watch_predictors: bool = True
     watch_inference_services: bool = True
     watch_serving_runtimes: bool = True
+    watch_cluster_serving_runtimes: bool = True
     watch_tenant_quotas: bool = True
     quota_status_interval_s: float = Field(default=2.0, ge=0)  # least time between usage refreshes of a TenantQuota status
     watch_timeout_s: int = Field(default=300, ge=1)  # server-side bound of one watch request
@@ -47,6 +48,11 @@ class ControllerSettings(BaseSettings):
     service_namespace: str = ""  # "" = the object's namespace
     grpc_port: int = 8033
     rest_port: int = 8008
+    # which storage keys each namespace may name (controller._storage_access): the name of a
+    # ConfigMap in storage_access_namespace ("" = the controller's own: lease_namespace, POD_NAMESPACE,
+    # default). "" = off: any key (one mesh per namespace). Set and missing: no key at all.
+    storage_access_configmap: str = ""
+    storage_access_namespace: str = ""
 
     # loop
     workers: int = Field(default=8, ge=1)  # objects reconciled concurrently

@@ -53,6 +53,7 @@ class CRStatus:
     active_model_id: str = ""
     target_model_id: str = ""
     observed_generation: int = 0
+    runtime: str = ""  # the runtime that serves the spec ("" when none does)
 
 
 def rfc3339(t: float) -> str:
@@ -159,6 +160,7 @@ def compute_status(
         active_model_id=active_id,
         target_model_id=target_id,
         observed_generation=desired.generation,
+        runtime=desired.runtime if isinstance(desired, Registration) else "",
     )
 
 
@@ -176,7 +178,20 @@ def _failure_json(f: FailureInfo, id_field: str) -> dict[str, Any]:
     return out
 
 
-def predictor_status_json(st: CRStatus) -> dict[str, Any]:
+def _ready(st: CRStatus, previous: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """A Predictor's ``Ready`` condition: serving its spec, or why not (reason and message)."""
+    ok = st.available and st.transition_status == UP_TO_DATE
+    if st.last_failure is not None:
+        reason, message = st.last_failure.reason, st.last_failure.message
+    elif ok:
+        reason, message = st.active_model_state, f"serving model {st.active_model_id}" + (f" on runtime {st.runtime}" if st.runtime else "")
+    else:
+        reason, message = st.transition_status if st.transition_status != UP_TO_DATE else st.active_model_state, ""
+    cond = {**_condition("Ready", ok, previous, now), "reason": reason, "message": message[:1024]}
+    return cond
+
+
+def predictor_status_json(st: CRStatus, previous: Mapping[str, Any] | None = None, now: float = 0.0) -> dict[str, Any]:
     """A Predictor's ``.status`` (modelmesh-serving's fields, then ours)."""
     out: dict[str, Any] = {
         "available": st.available,
@@ -193,6 +208,8 @@ def predictor_status_json(st: CRStatus) -> dict[str, Any]:
         "activeModelId": st.active_model_id,
         "targetModelId": st.target_model_id,
         "observedGeneration": st.observed_generation,
+        "runtime": st.runtime,
+        "conditions": [_ready(st, previous or {}, now)],
     }
     if st.last_failure is not None:
         out["lastFailureInfo"] = _failure_json(st.last_failure, "modelId")
@@ -224,6 +241,8 @@ def isvc_status_json(st: CRStatus, previous: Mapping[str, Any] | None = None, no
     }
     if st.last_failure is not None:
         model_status["lastFailureInfo"] = _failure_json(st.last_failure, "modelRevisionName")
+    if st.runtime:
+        model_status["runtime"] = st.runtime
     out: dict[str, Any] = {
         "modelStatus": model_status,
         "observedGeneration": st.observed_generation,
@@ -238,7 +257,7 @@ def isvc_status_json(st: CRStatus, previous: Mapping[str, Any] | None = None, no
 def status_json(kind: str, st: CRStatus, previous: Mapping[str, Any] | None = None, now: float = 0.0) -> dict[str, Any]:
     if kind == INFERENCE_SERVICE.kind:
         return isvc_status_json(st, previous, now)
-    return predictor_status_json(st)
+    return predictor_status_json(st, previous, now)
 
 
 def _failure_from(raw: Any, id_field: str) -> FailureInfo | None:
@@ -275,6 +294,7 @@ def status_from_json(kind: str, raw: Mapping[str, Any] | None) -> CRStatus | Non
                 loaded_copies=int(copies.get("loadedCopies", 0)),
                 loading_copies=int(copies.get("loadingCopies", 0)),
                 holders=tuple(copies.get("holders") or ()),
+                runtime=str(ms.get("runtime", "")),
                 grpc_endpoint=str(preds.get("grpcUrl", "")),
                 http_endpoint=str(preds.get("restUrl", "")),
                 observed_generation=int(raw.get("observedGeneration", 0)),
@@ -295,6 +315,7 @@ def status_from_json(kind: str, raw: Mapping[str, Any] | None) -> CRStatus | Non
             active_model_id=str(raw.get("activeModelId", "")),
             target_model_id=str(raw.get("targetModelId", "")),
             observed_generation=int(raw.get("observedGeneration", 0)),
+            runtime=str(raw.get("runtime", "")),
         )
     except (TypeError, ValueError, AttributeError):
         return None

@@ -12,10 +12,16 @@ instance) and its answer names the new holder, which the next request uses. Othe
 (bad input, unknown model, deadline) are the request's own and are raised unchanged.
 
 Trust: answers name addresses the client will connect to; ``accept`` can restrict them (e.g.
-to the cluster's pod network). With TLS, pass ``channel_factory`` building secure channels.
+to the cluster's pod network). Against instances with TLS and an auth file, pass the CA that
+signed their certificates and a bearer token: every channel (entries and learnt holders) is then
+TLS, verified against that CA (``server_name`` when the certificates name a Service rather than
+each pod's address), and every request carries the token. ``channel_factory`` replaces all of
+that with channels of the caller's own making.
 
     router = DirectRouter(["modelmux:8033"])
     answer_bytes = await router.infer("my-model", request.SerializeToString())
+
+    secure = DirectRouter(["modelmux:8033"], root_certificates=ca_pem, token=token, server_name="modelmux")
 """
 
 from __future__ import annotations
@@ -37,26 +43,46 @@ def _insecure(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address)
 
 
+def _secure(root_certificates: bytes | None, server_name: str | None) -> ChannelFactory:
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+
+    def factory(address: str) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+
+    return factory
+
+
 class DirectRouter:
     """Sends each model's requests to the instance that last served it (see the module docstring).
 
     ``entries``: addresses of any instances (a Service address will do); tried in turn when no
     holder is known or the known one is unreachable. ``max_models``: holders remembered (least
     recently learned forgotten first). Channels are cached per address and closed by :meth:`close`.
+    ``tls``: TLS channels verified against ``root_certificates`` (PEM; None: the system's roots),
+    implied by either; ``token``: sent as ``authorization: Bearer`` on every request.
     """
 
     def __init__(
         self,
         entries: Sequence[str],
         *,
-        channel_factory: ChannelFactory = _insecure,
+        channel_factory: ChannelFactory | None = None,
         accept: Callable[[str], bool] | None = None,
         max_models: int = 10_000,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         if not entries:
             raise ValueError("DirectRouter needs at least one entry address")
         self.entries = list(entries)
+        if channel_factory is None:
+            secure = tls or root_certificates is not None or server_name is not None
+            channel_factory = _secure(root_certificates, server_name) if secure else _insecure
         self._factory = channel_factory
+        self._auth: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._accept = accept
         self._max_models = max_models
         self._holders: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -108,7 +134,7 @@ class DirectRouter:
         ``model`` names the model (or vModel) the payload asks for; it is sent as the
         ``mm-model-id`` header too, so the payload is never parsed here.
         """
-        metadata = ((MODEL_ID_HEADER, model),)
+        metadata = ((MODEL_ID_HEADER, model), *self._auth)
         holder = self._holders.get(model)
         if holder is not None:
             try:

@@ -46,6 +46,7 @@ from tests.controller.apiserver_patch import (
     _now,
     json_patch,
     merge_patch,
+    name_selected,
 )
 
 
@@ -154,7 +155,7 @@ class FakeApiServer:
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         res = self._resource_of(obj)
-        ns = (obj.get("metadata") or {}).get("namespace") or "default"
+        ns = ((obj.get("metadata") or {}).get("namespace") or "default") if res.namespaced else ""
         with self.cond:
             return copy.deepcopy(self._create(res, ns, copy.deepcopy(obj)))
 
@@ -163,7 +164,7 @@ class FakeApiServer:
         res = self._resource_of(obj)
         meta = obj.get("metadata") or {}
         with self.cond:
-            cur = self._get(res, meta.get("namespace") or "default", meta["name"])
+            cur = self._get(res, (meta.get("namespace") or "default") if res.namespaced else "", meta["name"])
             new = copy.deepcopy(obj)
             new.setdefault("metadata", {}).pop("resourceVersion", None)
             merged_meta = dict(cur["metadata"])
@@ -243,7 +244,10 @@ class FakeApiServer:
         obj["kind"] = res.kind
         if res.status_subresource:
             obj.pop("status", None)
-        meta["namespace"] = ns
+        if res.namespaced:
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
         meta["generation"] = 1
@@ -301,7 +305,7 @@ class FakeApiServer:
         if out == cur:
             return cur  # a no-op write does not bump the version
         out["metadata"]["resourceVersion"] = str(self._bump())
-        ns = cmeta["namespace"]
+        ns = cmeta.get("namespace", "")
         key = (res.plural, ns, cmeta["name"])
         if out["metadata"].get("deletionTimestamp") and not out["metadata"].get("finalizers"):
             del self.objects[key]
@@ -371,10 +375,11 @@ class FakeApiServer:
         with self.cond:
             if method == "GET" and name is None:
                 self.stats[f"list {res.plural}"] += 1
+                selector = q.get("fieldSelector", "")
                 items = [
                     copy.deepcopy(o)
                     for (p, ons, _), o in sorted(self.objects.items())
-                    if p == res.plural and (ns is None or ons == ns)
+                    if p == res.plural and (ns is None or ons == ns) and name_selected(o, selector)
                 ]
                 for o in items:  # list items carry no kind / apiVersion (as the real server)
                     o.pop("kind", None)
@@ -388,7 +393,7 @@ class FakeApiServer:
             if method == "GET":
                 assert name is not None
                 self.stats[f"get {res.plural}"] += 1
-                return 200, copy.deepcopy(self._get(res, ns or "default", name))
+                return 200, copy.deepcopy(self._get(res, (ns or "default") if res.namespaced else "", name))
             try:
                 payload = json.loads(body or b"null")
             except ValueError as exc:
@@ -432,6 +437,8 @@ class FakeApiServer:
         timeout = float(q.get("timeoutSeconds", "0") or 0)
         deadline = time.monotonic() + timeout if timeout > 0 else None
         rv_text = q.get("resourceVersion", "")
+        selector = q.get("fieldSelector", "")
+        name_selected({}, selector)  # an unsupported selector is refused before the stream starts
         handler.start_stream()
         with self.cond:
             self.stats[f"watch {res.plural}"] += 1
@@ -442,7 +449,7 @@ class FakeApiServer:
                 initial = [
                     {"type": "ADDED", "object": copy.deepcopy(o)}
                     for (p, ons, _), o in sorted(self.objects.items())
-                    if p == res.plural and (ns is None or ons == ns)
+                    if p == res.plural and (ns is None or ons == ns) and name_selected(o, selector)
                 ]
             else:
                 last = int(rv_text)
@@ -470,7 +477,7 @@ class FakeApiServer:
                         batch = [
                             {"type": e.type, "object": e.obj}
                             for e in self.history[start:]
-                            if e.resource == res and (ns is None or e.namespace == ns)
+                            if e.resource == res and (ns is None or e.namespace == ns) and name_selected(e.obj, selector)
                         ]
                         if self.history and self.history[-1].rv > last:
                             last = self.history[-1].rv

@@ -27,6 +27,8 @@ DEFAULT_RESOURCES = (
     Resource("serving.kserve.io", "v1alpha1", "predictors", "Predictor"),
     Resource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"),
     Resource("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime"),
+    Resource("serving.kserve.io", "v1alpha1", "clusterservingruntimes", "ClusterServingRuntime", namespaced=False),
+    Resource("", "v1", "configmaps", "ConfigMap", status_subresource=False),
     Resource("", "v1", "events", "Event", status_subresource=False),
     Resource("coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False),
     Resource("modelmux.io", "v1alpha1", "tenantquotas", "TenantQuota"),
@@ -50,6 +52,16 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+
+
+def name_selected(obj: dict[str, Any], field_selector: str) -> bool:
+    """Whether ``obj`` passes a ``metadata.name=<name>`` field selector (the only one served)."""
+    if not field_selector:
+        return True
+    field, _, value = field_selector.partition("=")
+    if field != "metadata.name":
+        raise ApiError(400, "BadRequest", f"field selector {field_selector!r} is not supported")
+    return bool((obj.get("metadata") or {}).get("name") == value)
 
 
 def _now() -> str:

@@ -103,7 +103,7 @@ async def test_mixed_documents_are_reported_one_by_one(make_cluster: Any, tmp_pa
     m = add_model(tmp_path / "m" / "model.onnx", 1.0, table_bytes=16 << 10)
     docs = [
         {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime", "metadata": {"name": "mlserver-1.x"},
-         "spec": {"supportedModelFormats": [{"name": "sklearn", "autoSelect": True}]}},
+         "spec": {"supportedModelFormats": [{"name": "sklearn", "autoSelect": True}], "multiModel": True}},
         {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "Predictor", "metadata": {"name": "skl"},
          "spec": {"modelType": {"name": "sklearn"}, "runtime": {"name": "mlserver-1.x"}, "path": "s3://b/skl/model.joblib"}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}},

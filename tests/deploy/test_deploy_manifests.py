@@ -296,6 +296,18 @@ def test_controller_rbac_is_least_privilege_and_sufficient() -> None:
         ("coordination.k8s.io", "leases", "update", (lease,)),
     }
     assert _one("RoleBinding", "modelmux-controller-leader-election")["subjects"][0]["name"] == binding["subjects"][0]["name"]
+    # ClusterServingRuntimes (cluster-scoped): read only; the storage-access ConfigMap: by name only
+    runtimes = _one("ClusterRole", "modelmux-controller-cluster-runtimes")
+    assert [(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in runtimes["rules"]] == [
+        (["serving.kserve.io"], ["clusterservingruntimes"], ["get", "list", "watch"])]
+    access = _one("Role", "modelmux-controller-storage-access")
+    assert [(r["apiGroups"], r["resources"], r["resourceNames"], sorted(r["verbs"])) for r in access["rules"]] == [
+        ([""], ["configmaps"], ["modelmux-storage-access"], ["get", "list", "watch"])]
+    for b in (_one("ClusterRoleBinding", "modelmux-controller-cluster-runtimes"), _one("RoleBinding", "modelmux-controller-storage-access")):
+        assert b["subjects"][0]["name"] == binding["subjects"][0]["name"]
+    overlay = (DEPLOY / "overlays" / "cluster-wide" / "kustomization.yaml").read_text()
+    assert "MODELMUX_CONTROLLER_STORAGE_ACCESS_CONFIGMAP" in overlay and "modelmux-storage-access" in overlay
+    assert _one("ConfigMap", "modelmux-storage-access")["data"]
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["args"] == ["controller"]
     health = ControllerSettings().health_port

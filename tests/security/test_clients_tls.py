@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
+from mesh.client import DirectRouter
 from tests.mesh.cluster import ROOT, wait_until
-from tests.mesh.models import add_model
+from tests.mesh.models import add_model, answer, request_bytes
 from tests.security.tenancy_help import TOKENS, write_auth_file
 from tests.tls_certs import make_ca
 
@@ -96,6 +98,25 @@ KSERVE_SCRIPT = textwrap.dedent(
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""))
     """
 )
+
+
+async def test_direct_router_over_tls_with_a_bearer_token(served: dict[str, Any]) -> None:
+    """mesh.client.DirectRouter against a TLS instance with an auth file: verified TLS and the token
+    on every request, to entries and learnt holders alike; without the token it is refused, and a
+    plaintext router cannot talk to the TLS port at all."""
+    ca = Path(served["ca"]).read_bytes()
+    async with DirectRouter([served["grpc"]], root_certificates=ca, token=TOKENS["b"]) as router:
+        for _ in range(3):
+            assert answer(await router.infer("tls-m", request_bytes("tls-m"), timeout=30)).tolist() == [[5.0] * 4]
+        assert router.holder("tls-m") is not None and router.direct >= 1  # the learnt holder, over TLS too
+    async with DirectRouter([served["grpc"]], root_certificates=ca) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await anonymous.infer("tls-m", request_bytes("tls-m"), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with DirectRouter([served["grpc"]], token=TOKENS["b"]) as plaintext:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await plaintext.infer("tls-m", request_bytes("tls-m"), timeout=10)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_kserve_sdk_over_tls_with_a_bearer_token(served: dict[str, Any], tmp_path: Path) -> None:
