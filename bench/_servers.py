@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import tempfile
@@ -23,6 +24,13 @@ from typing import Any
 
 import grpc
 from fastapi import Request  # module level: FastAPI resolves the handler's annotations here
+
+
+def _write_ready(ready: Path, endpoints: dict[str, object]) -> None:
+    """Write the ready file atomically: a reader that sees it exist never reads it half-written."""
+    tmp = ready.with_name(ready.name + ".tmp")
+    tmp.write_text(json.dumps(endpoints))
+    os.replace(tmp, ready)
 
 
 async def bare(model_type: str, model: Path, ready: Path, name: str, batching: bool = False) -> None:
@@ -70,7 +78,7 @@ async def bare(model_type: str, model: Path, ready: Path, name: str, batching: b
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    ready.write_text(json.dumps({"grpc": [f"127.0.0.1:{port}"], "rest": [f"127.0.0.1:{sock.getsockname()[1]}"]}))
+    _write_ready(ready, {"grpc": [f"127.0.0.1:{port}"], "rest": [f"127.0.0.1:{sock.getsockname()[1]}"]})
     await _wait_signal()
     rest.should_exit = True
     await task
@@ -90,15 +98,13 @@ async def mesh(model_type: str, model: Path, ready: Path, instances: int, name: 
         order = sorted(local.instances, key=lambda i: i.instance_id not in holders)
         eps: dict[str, Any] = {"grpc": [i.endpoints.grpc for i in order if i.endpoints],
                                "rest": [i.endpoints.rest for i in order if i.endpoints]}
-        ready.write_text(json.dumps(eps))
+        _write_ready(ready, eps)
         await _wait_signal()
         await local.stop()
 
 
 async def density(artifacts: Path, ready: Path, instances: int, models: int, capacity_bytes: int) -> None:
     """A local mesh with ``models`` registered models over the ONNX files in ``artifacts`` (round robin)."""
-    import os
-
     import psutil
 
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
@@ -118,7 +124,7 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
 
         for start in range(0, models, 1000):
             await asyncio.gather(*(reg(i) for i in range(start, min(start + 1000, models))))
-        ready.write_text(json.dumps({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],
+        _write_ready(ready, ({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],
                                      "rest": [i.endpoints.rest for i in local.instances if i.endpoints],
                                      "pid": os.getpid(), "rss": psutil.Process().memory_info().rss}))
         await _wait_signal()

@@ -107,6 +107,8 @@ STATUS_TABLE: dict[str, Status] = {
     "already_exists": Status(grpc.StatusCode.ALREADY_EXISTS, 409),
     "failed_precondition": Status(grpc.StatusCode.FAILED_PRECONDITION, 412),
     "resource_exhausted": Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    # the store is full (past its high-water mark): retrying later does not help, freeing room does
+    "insufficient_storage": Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 507),
     "unavailable": Status(grpc.StatusCode.UNAVAILABLE, 503),
     "deadline_exceeded": Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     "permission_denied": Status(grpc.StatusCode.PERMISSION_DENIED, 403),

@@ -47,6 +47,7 @@ from ._store import Store, StoreError
 from ._store_schema import Keys
 
 log = logging.getLogger(__name__)
+STORE_USAGE_INTERVAL_S = 15.0  # how often the store-usage metric is refreshed (registrations read it too)
 
 
 def _version() -> str:
@@ -130,6 +131,8 @@ class Instance:
         self.dataplane.admission.configure(admission_limits(settings))
         self.management = Management(self.state, self.instance_id, store=store, clock=clock, puller=puller)
         self.management.caps = RegistrationCaps(settings.max_key_bytes, settings.max_record_bytes, settings.max_models_per_tenant)
+        self.management.room.on_usage = lambda u: self.metrics.set_store_usage(u.used_bytes, u.quota_bytes)
+        self._room_task: asyncio.Task[None] | None = None
         self.agent = Agent(
             settings,
             self.instance_id,
@@ -275,6 +278,7 @@ class Instance:
             self._health_server, hport = await start_health_port(s.host, s.health_port, getattr(self, "health", None))
             health_addr = f"{advertise}:{hport}"
         self.series.start(s.dashboard_sample_s)
+        self._room_task = asyncio.create_task(self.management.room.watch(STORE_USAGE_INTERVAL_S), name="store-usage")
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr, health=health_addr)
         self.agent.address, self.agent.rest_address = grpc_addr, rest_addr
         if self.runtimes is not None:
@@ -346,6 +350,9 @@ class Instance:
             self._health_server = None
         for task in self._security_tasks:
             task.cancel()
+        if self._room_task is not None:
+            self._room_task.cancel()
+            self._room_task = None
         self._security_tasks = []
         await self.series.stop()
         await self.router.close()

@@ -47,7 +47,7 @@ from ._model_status import (
     vmodel_status,
 )
 from ._paging import Page, PageRequest, page_of
-from ._store import Compare, Delete, Put, Store, StoreError
+from ._store import Compare, Delete, Put, Store, StoreError, StoreResourceExhausted, StoreRoom
 from ._store_schema import Keys, ModelRecord, TenantRecord, VModelRecord, decode, encode
 from ._validation import MAX_BYTES, MAX_COPIES, parse_bytes, valid_id, validate_id
 
@@ -178,6 +178,8 @@ class Management:
         self.caps = RegistrationCaps()
         self.state = state
         self.store = store
+        # writes that grow the store are refused past its high-water mark; deletes never are
+        self.room = StoreRoom(store)
         self.keys = state.keys
         self.instance_id = instance_id
         self.clock = clock
@@ -217,6 +219,8 @@ class Management:
             size = await self.puller.local_size(storage_ref(rec), tenant=rec.tenant or None)
             rec = replace(rec, predicted_size_bytes=size)
         key = self.keys.model(model_id)
+        if model_id not in self.state.models.items:  # re-registering the same spec adds nothing
+            await self.room.check(f"registering model '{model_id}'")
         try:
             rev = await self.store.cas(key, encode(rec), 0)
             if rev is None:
@@ -225,6 +229,8 @@ class Management:
                     raise AlreadyExists(f"model '{model_id}' is already registered with a different spec")
             else:
                 await self.state.wait_for(lambda: model_id in self.state.models.items, 5.0)
+        except StoreResourceExhausted:
+            raise  # the store is full (etcd's NOSPACE): not an outage
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
         if load_now:
@@ -317,6 +323,7 @@ class Management:
                         raise VModelNotFound(f"vmodel '{name}' does not exist")
                     if expected_target and expected_target != target:
                         raise PreconditionFailed(f"vmodel '{name}' does not exist (expected target '{expected_target}')")
+                    await self.room.check(f"creating vmodel '{name}'")
                     # a new vModel is active on its target at once (nothing to protect yet)
                     new = VModelRecord(
                         name=name, active=target, target=target, owner=owner, updated_at=self.clock(),
@@ -359,6 +366,8 @@ class Management:
                     ),
                     timeout_s,
                 )
+        except StoreResourceExhausted:
+            raise
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
         return self.vmodel_status(name, principal=principal)
@@ -501,9 +510,13 @@ class Management:
                 f"quota of tenant '{name}' must be a positive number of bytes up to {MAX_BYTES}, got {max_bytes!r}"
             )
         rec = TenantRecord(name=name, max_bytes=max_bytes, source=source, updated_at=self.clock())
+        if name not in self.state.tenants.items:
+            await self.room.check(f"setting a quota for tenant '{name}'")
         try:
             await self.store.put(self.keys.tenant(name), encode(rec))
             await self._forget_placement_failures(name)
+        except StoreResourceExhausted:
+            raise
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
         return self._tenant_json(name, rec, self.tenant_usage(name).get(name))

@@ -135,6 +135,10 @@ class Metrics:
         self.forwards = Counter("modelmux_forwards", "Requests forwarded to another instance, by outcome", ("result",), registry=r)
         self.local_hits = Counter("modelmux_local_hits", "Requests served by a copy on this instance", registry=r)
         self.misses = Counter("modelmux_misses", "Model loads requested by this instance's router (no loaded copy anywhere)", registry=r)
+        # the store's own size against its quota (registrations are refused past its high-water mark)
+        self.store_used = Gauge("modelmux_store_used_bytes", "Bytes the store holds against its quota", registry=r)
+        self.store_quota = Gauge("modelmux_store_quota_bytes", "The store's quota (etcd: --quota-backend-bytes)", registry=r)
+        self.store_used_ratio = Gauge("modelmux_store_used_ratio", "Fraction of the store's quota in use", registry=r)
         self.decisions = Counter(
             "modelmux_placement_decisions", "Placement actions applied by the leader, by kind and reason", ("kind", "reason"), registry=r
         )
@@ -200,6 +204,11 @@ class Metrics:
             queue = self.batch_queue_ms
         for q in queue_times_s:
             queue.observe(q * 1000)
+
+    def set_store_usage(self, used_bytes: int, quota_bytes: int) -> None:
+        self.store_used.set(used_bytes)
+        self.store_quota.set(quota_bytes)
+        self.store_used_ratio.set(used_bytes / quota_bytes if quota_bytes > 0 else 0.0)
 
     def report_cluster(self, reporting: Callable[[], bool]) -> None:
         """Export the cluster-wide gauges while ``reporting()`` holds (wired to leadership)."""

@@ -37,7 +37,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -77,8 +77,11 @@ def check_etcd_marker(item: pytest.Item) -> None:
 class EtcdServer:
     """One single-member etcd on loopback. Start with :meth:`start` (or use as a context)."""
 
-    def __init__(self, data_dir: Path, *, binary: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, binary: str | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)  # more etcd flags, e.g. --quota-backend-bytes
         self.binary = binary or etcd_binary() or ETCD_BINARY
         self.client_port = 0
         self.peer_port = 0
@@ -152,6 +155,7 @@ class EtcdServer:
             "--listen-metrics-urls", "",
             "--log-level", "warn",
             "--logger", "zap",
+            *self.extra_args,
         ]  # fmt: skip
         log = self._log_path.open("ab")
         try:
@@ -219,12 +223,13 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
 
 
 @pytest.fixture
-def etcd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], EtcdServer]]:
+def etcd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., EtcdServer]]:
+    """``make(*extra_args)``: a fresh etcd of its own (with more flags if given)."""
     binary = require_etcd()
     servers: list[EtcdServer] = []
 
-    def make() -> EtcdServer:
-        server = EtcdServer(_data_dir(tmp_path_factory), binary=binary)
+    def make(*extra_args: str) -> EtcdServer:
+        server = EtcdServer(_data_dir(tmp_path_factory), binary=binary, extra_args=extra_args)
         servers.append(server)
         return server.start()
 

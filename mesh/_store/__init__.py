@@ -13,6 +13,7 @@ from ._errors import (
     StoreError,
     StoreInvalidArgument,
     StorePermissionDenied,
+    StoreQuotaExceeded,
     StoreResourceExhausted,
     StoreUnauthenticated,
     StoreUnavailable,
@@ -20,9 +21,10 @@ from ._errors import (
 from ._etcd import EtcdStore
 from ._memory import MemoryStore
 from ._mirror import MirrorChange, PrefixMirror
+from ._room import StoreRoom
 from ._settings import StoreSettings, build_store
 from ._sqlite import SqliteStore, StoreLocked
-from ._types import Compare, Delete, KeyValue, Op, Put, WatchEvent
+from ._types import Compare, Delete, KeyValue, Op, Put, StoreUsage, WatchEvent
 
 __all__ = [
     "Compacted",
@@ -43,10 +45,13 @@ __all__ = [
     "StoreInvalidArgument",
     "StoreLocked",
     "StorePermissionDenied",
+    "StoreQuotaExceeded",
     "StoreResourceExhausted",
+    "StoreRoom",
     "StoreSettings",
     "StoreUnauthenticated",
     "StoreUnavailable",
+    "StoreUsage",
     "WatchEvent",
     "build_store",
 ]

@@ -10,6 +10,11 @@ Semantics (identical for both implementations, proved by the parametrised tests)
 - Leases: a key put with ``lease=id`` is deleted when the lease expires or is revoked
   (all its keys in one revision, delete events emitted). Putting a key with ``lease=0``
   detaches it. Writing with an unknown or expired lease raises :class:`LeaseExpired`.
+- Size: ``usage()`` is the bytes the store holds against its quota (memory: an estimate of
+  its keys and values; SQLite: the file's pages in use; etcd: the backend's bytes in use
+  from the Status RPC, against the ``--quota-backend-bytes`` it was configured with, which
+  the client cannot read and is told through settings). ``StoreRoom`` refuses writes that
+  grow the store past a high-water fraction of it.
 - Every operation fails fast: :class:`StoreUnavailable` when the store cannot be reached
   or does not answer within the per-operation time limit; nothing hangs.
 - Watches: ``watch_prefix(prefix, start_revision)`` yields batches (``list[WatchEvent]``)
@@ -28,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 
 from ._errors import StoreInvalidArgument
-from ._types import Compare, Delete, KeyValue, Put, WatchEvent
+from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
 
 def validate_ops(ops: Sequence[Put | Delete]) -> None:
@@ -108,6 +113,11 @@ class Store(ABC):
         self, prefix: str, start_revision: int
     ) -> AsyncGenerator[list[WatchEvent], None]:
         """Batches of events under ``prefix`` from ``start_revision`` (see the module doc)."""
+
+    async def usage(self) -> StoreUsage:
+        """The bytes the store holds against its quota (``StoreRoom`` watches it). A store
+        that cannot tell reports 0 of 0 (no quota known)."""
+        return StoreUsage(0, 0)
 
     @abstractmethod
     async def compact(self, revision: int) -> None:

@@ -59,3 +59,11 @@ class StoreResourceExhausted(StoreError):
     """The store refuses writes for lack of space or because it is overloaded."""
 
     code = "resource_exhausted"
+
+
+class StoreQuotaExceeded(StoreResourceExhausted):
+    """The store is filled past its high-water mark: writes that grow it are refused (before
+    the store itself refuses everything, as etcd does with its NOSPACE alarm); deletes still
+    work and free room."""
+
+    code = "insufficient_storage"

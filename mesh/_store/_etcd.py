@@ -39,7 +39,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._etcd_auth import EtcdCredentials, interceptors
-from ._types import Compare, Delete, KeyValue, Put, WatchEvent
+from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +152,16 @@ class EtcdStore(Store):
         page_size: int = 1000,
         max_message_bytes: int = 64 << 20,
         user: EtcdCredentials | None = None,
+        quota_bytes: int = 2 << 30,
+        quota_high_water: float = 0.9,
     ) -> None:
         if not endpoints:
             raise StoreInvalidArgument("EtcdStore needs at least one endpoint")
         self._endpoints = [_Endpoint(h, p) for h, p in endpoints]
         self._current = 0
+        # etcd's --quota-backend-bytes (its default: 2 GiB); a client cannot read the flag
+        self.quota_bytes = quota_bytes
+        self.quota_high_water = quota_high_water
         self._op_timeout_s = op_timeout_s
         self._page_size = page_size
         self._closed = False
@@ -317,6 +322,15 @@ class EtcdStore(Store):
             f"transaction on {keys}", lambda ep: ep.kv.Txn(req, timeout=self._op_timeout_s)
         )
         return bool(resp.succeeded), int(resp.header.revision)
+
+    async def usage(self) -> StoreUsage:
+        """The backend's bytes in use (Status RPC of the member answering; pages freed by a
+        compaction are reused before the file grows) against the configured quota."""
+        resp = await self._call(
+            "status", lambda ep: ep.maintenance.Status(rpc.StatusRequest(), timeout=self._op_timeout_s)
+        )
+        used = int(resp.dbSizeInUse) or int(resp.dbSize)  # etcd < 3.4 reports no dbSizeInUse
+        return StoreUsage(used, self.quota_bytes, self.quota_high_water)
 
     async def compact(self, revision: int) -> None:
         req = rpc.CompactionRequest(revision=revision, physical=True)

@@ -27,11 +27,18 @@ from dataclasses import dataclass, field
 
 from ._base import Store, validate_ops
 from ._errors import Compacted, LeaseExpired, StoreInvalidArgument, StoreUnavailable
-from ._types import Compare, Delete, KeyValue, Put, WatchEvent
+from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH_EVENTS = 1000
+_KEY_OVERHEAD_BYTES = 160  # a KeyValue, its dict entry and its place in the sorted key list
+DEFAULT_QUOTA_BYTES = 2 << 30  # etcd's default --quota-backend-bytes
+
+
+def footprint(key: str, value: bytes) -> int:
+    """The bytes one key is counted for against the store's quota (an estimate in memory)."""
+    return len(key) + len(value) + _KEY_OVERHEAD_BYTES
 
 
 @dataclass
@@ -68,6 +75,7 @@ class MemoryStore(Store):
     ``history_revisions``: how many past writes watches can replay (older: Compacted).
     ``watch_queue_events``: events a slow watch consumer may fall behind by before its
     watch breaks with Compacted (the consumer re-lists; memory stays bounded).
+    ``quota_bytes``: what :meth:`usage` reports the estimated size of the keys against.
     """
 
     def __init__(
@@ -77,6 +85,8 @@ class MemoryStore(Store):
         history_revisions: int = 10_000,
         watch_queue_events: int = 100_000,
         max_expiry_interval_s: float = 1.0,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
+        quota_high_water: float = 0.9,
     ) -> None:
         if history_revisions < 1:
             raise StoreInvalidArgument(f"history_revisions must be >= 1, got {history_revisions}")
@@ -87,6 +97,9 @@ class MemoryStore(Store):
         self._revision = 1  # like etcd: an empty store is at revision 1
         self._floor = 0  # events of revisions < _floor are no longer kept
         self._data: dict[str, KeyValue] = {}
+        self._bytes = 0  # footprint() of every key in _data
+        self.quota_bytes = quota_bytes
+        self.quota_high_water = quota_high_water
         self._keys: list[str] = []  # sorted, for prefix ranges
         self._history: deque[tuple[int, list[WatchEvent]]] = deque()
         self._leases: dict[int, _Lease] = {}
@@ -144,10 +157,12 @@ class MemoryStore(Store):
         for op in ops:
             old = self._data.get(op.key)
             if isinstance(op, Put):
+                self._bytes += footprint(op.key, op.value)
                 if old is None:
                     kv = KeyValue(op.key, op.value, rev, rev, 1, op.lease)
                     self._insert_key(op.key)
                 else:
+                    self._bytes -= footprint(old.key, old.value)
                     kv = KeyValue(
                         op.key, op.value, old.create_revision, rev, old.version + 1, op.lease
                     )
@@ -159,6 +174,7 @@ class MemoryStore(Store):
                 events.append(WatchEvent("put", op.key, op.value, rev, old.value if old else None))
             elif old is not None:
                 del self._data[op.key]
+                self._bytes -= footprint(old.key, old.value)
                 self._remove_key(op.key)
                 if old.lease:
                     self._detach(old.lease, op.key)
@@ -231,6 +247,11 @@ class MemoryStore(Store):
                 break
         rev = self._apply(success if ok else failure)
         return ok, rev
+
+    async def usage(self) -> StoreUsage:
+        """The estimated bytes of the keys and values held (history not counted)."""
+        await self._enter()
+        return StoreUsage(self._bytes, self.quota_bytes, self.quota_high_water)
 
     async def compact(self, revision: int) -> None:
         await self._enter()

@@ -50,6 +50,11 @@ class StoreSettings(BaseSettings):
     user: str = ""  # etcd authentication (with password_file): a token on every call
     password_file: Path | None = None  # re-read at each authentication (rotation without a restart)
     memory_history_revisions: int = Field(default=10_000, ge=1)  # watch replay depth (memory)
+    # the store's quota: etcd's --quota-backend-bytes (a client cannot read it: give the same
+    # value here; etcd's default is 2 GiB), the SQLite file's, the memory store's estimate
+    quota_bytes: int = Field(default=2 << 30, gt=0)
+    # writes that grow the store (registrations, new vModels, tenants) are refused from here on
+    quota_high_water: float = Field(default=0.9, gt=0, le=1)
 
     @field_validator("endpoints", mode="before")
     @classmethod
@@ -84,13 +89,22 @@ def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.mo
     if settings.kind == "memory":
         from ._memory import MemoryStore
 
-        return MemoryStore(clock=clock, history_revisions=settings.memory_history_revisions)
+        return MemoryStore(
+            clock=clock,
+            history_revisions=settings.memory_history_revisions,
+            quota_bytes=settings.quota_bytes,
+            quota_high_water=settings.quota_high_water,
+        )
     if settings.kind == "sqlite":
         from ._sqlite import SqliteStore
 
         # takes the data directory's lock now (raises StoreLocked); loads on first use
         return SqliteStore(
-            settings.data_dir, clock=clock, history_revisions=settings.memory_history_revisions
+            settings.data_dir,
+            clock=clock,
+            history_revisions=settings.memory_history_revisions,
+            quota_bytes=settings.quota_bytes,
+            quota_high_water=settings.quota_high_water,
         )
     from ._etcd import EtcdStore
     from ._etcd_auth import EtcdCredentials
@@ -102,4 +116,6 @@ def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.mo
         cert_path=settings.cert_path,
         key_path=settings.key_path,
         user=EtcdCredentials(settings.user, settings.password_file) if settings.password_file is not None else None,
+        quota_bytes=settings.quota_bytes,
+        quota_high_water=settings.quota_high_water,
     )

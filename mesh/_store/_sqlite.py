@@ -11,9 +11,20 @@ SQLite transaction together (one fsync for all; each keeps its own revision, com
 evaluated in queue order). Every SQLite call runs on one dedicated thread, never on the
 event loop.
 
-Leases are not persisted: whoever held them lived in this process, so on open every key
-that was bound to a lease (instances, copies, the leader) is deleted in one revision, and
-the watch history starts after it (an older start revision raises :class:`Compacted`).
+Keys bound to a lease live in memory only. Every lease belongs to this process and dies
+with it, so a lease-bound key (an instance's record, its copies and usage, the leader) can
+never be wanted after a restart: it is never written to SQLite, and its writes cost no
+fsync and no trip to the store's thread (the agents rewrite such records every second).
+Un-leased keys are durable as above. Both kinds share the one revision counter, the one
+key space (reads, prefix ranges, compares and watches see no difference) and the one
+write queue: a write touching only lease-bound keys, or a lease expiring, is applied in
+memory in its turn with no commit; a write whose branch mixes both commits the durable
+part. Attaching a durable key to a lease deletes its row; detaching a lease-bound key
+writes one. SQLite records the revision with every commit (and on close), so after a
+restart the counter continues from at least every durable key's revision; a crash may
+reissue the numbers of lease-only writes made after the last commit, which only this
+process (gone with them) could have seen. The watch history starts after the restart
+(an older start revision raises :class:`Compacted`).
 """
 
 from __future__ import annotations
@@ -38,8 +49,8 @@ from ._errors import (
     StoreResourceExhausted,
     StoreUnavailable,
 )
-from ._memory import MemoryStore, _Lease
-from ._types import Compare, Delete, KeyValue, Put, WatchEvent
+from ._memory import DEFAULT_QUOTA_BYTES, MemoryStore, _Lease, footprint
+from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +117,8 @@ class _Db:
         self.path = path
         self.conn: sqlite3.Connection | None = None
 
-    def open(self) -> tuple[int, list[KeyValue]]:
+    def open(self) -> tuple[int, list[KeyValue], int]:
+        """(revision, durable keys sorted, how many lease-bound rows an older version left)."""
         new = not self.path.exists()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         self.conn = conn
@@ -132,12 +144,15 @@ class _Db:
         conn.execute(f"PRAGMA user_version={SCHEMA}")
         if new:
             _fsync_dir(self.path.parent)
+        # modelmux up to schema 1's first release wrote lease-bound keys too: their leases died
+        # with that process, drop them (one fsynced transaction)
+        dropped = conn.execute("DELETE FROM kv WHERE lease != 0").rowcount
         revision = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0]
         kvs = [
-            KeyValue(k, bytes(v), c, m, ver, lease)
-            for k, v, c, m, ver, lease in conn.execute("SELECT * FROM kv ORDER BY key")
+            KeyValue(k, bytes(v), c, m, ver, 0)
+            for k, v, c, m, ver, _lease in conn.execute("SELECT * FROM kv ORDER BY key")
         ]
-        return int(revision), kvs
+        return int(revision), kvs, max(dropped, 0)
 
     def commit(self, revision: int, puts: list[_Row], deletes: list[str]) -> None:
         conn = self.conn
@@ -154,6 +169,14 @@ class _Db:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+
+    def bytes_in_use(self) -> int:
+        """The database file's pages that hold data (free pages, kept for reuse, not counted)."""
+        conn = self.conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * conn.execute("PRAGMA page_size").fetchone()[0])
 
     def close(self) -> None:
         if self.conn is not None:
@@ -172,12 +195,16 @@ class SqliteStore(MemoryStore):
         history_revisions: int = 10_000,
         watch_queue_events: int = 100_000,
         max_expiry_interval_s: float = 1.0,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
+        quota_high_water: float = 0.9,
     ) -> None:
         super().__init__(
             clock=clock,
             history_revisions=history_revisions,
             watch_queue_events=watch_queue_events,
             max_expiry_interval_s=max_expiry_interval_s,
+            quota_bytes=quota_bytes,
+            quota_high_water=quota_high_water,
         )
         self.directory = Path(directory)
         self._lock_fd: int | None = lock_data_dir(self.directory)
@@ -185,7 +212,8 @@ class SqliteStore(MemoryStore):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="modelmux-store")
         self._open_task: asyncio.Future[None] | None = None
         self._write_lock = asyncio.Lock()
-        self.dropped_lease_keys = 0  # keys of dead leases deleted when the store opened
+        self.dropped_lease_keys = 0  # lease-bound rows an older version left, dropped on open
+        self._disk_revision = 0  # the revision SQLite last recorded
         self._broken: StoreUnavailable | None = None
         self._queue: list[_Request] = []
         self._committer: asyncio.Future[None] | None = None
@@ -218,21 +246,17 @@ class SqliteStore(MemoryStore):
     async def _load(self) -> None:
         if self._closed:
             raise StoreUnavailable("sqlite store is closed")
-        revision, kvs = await self._io(self._db.open)
-        self._revision = revision
+        revision, kvs, dropped = await self._io(self._db.open)
+        self._revision = self._disk_revision = revision
         for kv in kvs:
             self._data[kv.key] = kv
         self._keys = [kv.key for kv in kvs]  # sorted by the query
-        stale = [kv.key for kv in kvs if kv.lease]
-        if stale:
-            await self._persist([Delete(k) for k in stale])
-            self._apply([Delete(k) for k in stale])
-            self._history.clear()
-        self.dropped_lease_keys = len(stale)
+        self._bytes = sum(footprint(kv.key, kv.value) for kv in kvs)
+        self.dropped_lease_keys = dropped
         self._floor = self._revision + 1  # nothing before the restart can be replayed
         logger.info(
-            "store %s: %d keys at revision %d (%d keys of dead leases dropped)",
-            self.path, len(self._data), self._revision, len(stale),
+            "store %s: %d keys at revision %d (lease-bound keys are kept in memory only)",
+            self.path, len(self._data), self._revision,
         )  # fmt: skip
 
     async def _enter(self) -> None:
@@ -243,11 +267,23 @@ class SqliteStore(MemoryStore):
 
     # ------------------------------------------------------------------ writes
 
-    def _rows(self, ops: Sequence[Put | Delete]) -> tuple[int, list[_Row], list[str]]:
-        """What ``_apply(ops)`` will change, computed before it does: (revision, puts, deletes)."""
-        rev = self._revision + 1
+    def _disk_rows(self, changes: dict[str, KeyValue | None]) -> tuple[list[_Row], list[str]]:
+        """The SQLite side of ``changes`` (key -> its new value, None: deleted), computed
+        before memory applies them: durable keys are written, a lease-bound one is not; a
+        row is deleted only where a durable key was deleted or attached to a lease."""
         puts: list[_Row] = []
         deletes: list[str] = []
+        for key, kv in changes.items():
+            if kv is not None and not kv.lease:
+                puts.append((key, kv.value, kv.create_revision, kv.mod_revision, kv.version, 0))
+            elif (old := self._data.get(key)) is not None and not old.lease:
+                deletes.append(key)
+        return puts, deletes
+
+    async def _persist(self, ops: Sequence[Put | Delete]) -> None:
+        """Commit what ``_apply(ops)`` will change, if any of it is durable."""
+        rev = self._revision + 1
+        changes: dict[str, KeyValue | None] = {}
         for op in ops:
             old = self._data.get(op.key)
             if isinstance(op, Put):
@@ -255,24 +291,20 @@ class SqliteStore(MemoryStore):
                     raise LeaseExpired(
                         f"lease {op.lease:x} for key {op.key!r} not found (expired or revoked)"
                     )
-                if old is None:
-                    puts.append((op.key, op.value, rev, rev, 1, op.lease))
-                else:
-                    puts.append(
-                        (op.key, op.value, old.create_revision, rev, old.version + 1, op.lease)
-                    )
+                changes[op.key] = KeyValue(
+                    op.key, op.value, old.create_revision if old else rev, rev,
+                    old.version + 1 if old else 1, op.lease,
+                )  # fmt: skip
             elif old is not None:
-                deletes.append(op.key)
-        return rev, puts, deletes
-
-    async def _persist(self, ops: Sequence[Put | Delete]) -> None:
-        rev, puts, deletes = self._rows(ops)
+                changes[op.key] = None
+        puts, deletes = self._disk_rows(changes)
         if puts or deletes:
             await self._commit_rows(rev, puts, deletes)
 
     async def _commit_rows(self, rev: int, puts: list[_Row], deletes: list[str]) -> None:
         try:
             await self._io(self._db.commit, rev, puts, deletes)
+            self._disk_revision = rev
         except StoreResourceExhausted:
             raise  # the disk is full: SQLite rolled the transaction back, nothing changed
         except BaseException as exc:
@@ -379,13 +411,8 @@ class SqliteStore(MemoryStore):
             if changed:
                 rev = r
             plans.append((req, ops, (ok, rev, changed)))
-        if overlay:
-            puts = [
-                (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
-                for kv in overlay.values()
-                if kv is not None
-            ]
-            deletes = [k for k, kv in overlay.items() if kv is None]
+        puts, deletes = self._disk_rows(overlay)
+        if puts or deletes:  # lease-bound keys only: nothing to make durable, no fsync
             await self._commit_rows(rev, puts, deletes)
         for req, ops, result in plans:
             if result[2]:
@@ -418,6 +445,12 @@ class SqliteStore(MemoryStore):
                 seen.add(op.key)
         ok, rev, _ = await self._submit(compares, success, failure)
         return ok, rev
+
+    async def usage(self) -> StoreUsage:
+        """The SQLite file's bytes in use (read on the store's thread) against the quota."""
+        await self._enter()
+        used = await self._io(self._db.bytes_in_use)
+        return StoreUsage(used, self.quota_bytes, self.quota_high_water)
 
     # ------------------------------------------------------------------ leases
 
@@ -477,6 +510,17 @@ class SqliteStore(MemoryStore):
         if self._closed:
             return
         async with self._write_lock:  # let an in-flight commit finish
+            if (
+                self._broken is None
+                and self._open_task is not None
+                and self._open_task.done()
+                and not self._open_task.cancelled()
+                and self._open_task.exception() is None
+                and self._revision > self._disk_revision
+            ):
+                # record the counter past the lease-only writes, so it continues after them
+                with contextlib.suppress(StoreError):
+                    await self._commit_rows(self._revision, [], [])
             await super().close()
         with contextlib.suppress(Exception):
             if self._open_task is not None:

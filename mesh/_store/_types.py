@@ -32,6 +32,20 @@ class WatchEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreUsage:
+    """How full the store is: the bytes it holds against its quota (0: no quota known), and
+    the fraction of the quota from which writes that grow it are refused (``StoreRoom``)."""
+
+    used_bytes: int
+    quota_bytes: int
+    high_water: float = 0.9
+
+    @property
+    def fraction(self) -> float:
+        return self.used_bytes / self.quota_bytes if self.quota_bytes > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Compare:
     """Holds when ``key``'s mod revision equals ``mod_revision``; 0 means "key absent"."""
 

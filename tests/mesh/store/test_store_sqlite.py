@@ -1,5 +1,5 @@
 """What only the durable store promises: it keeps what it acknowledged across restarts and
-kill -9, drops keys of dead leases, owns its directory alone and never does I/O on the loop."""
+kill -9, never writes lease-bound keys (they die with the process), owns its directory alone and never does I/O on the loop."""
 
 from __future__ import annotations
 
@@ -54,21 +54,30 @@ async def test_reopen_keeps_keys_revisions_and_versions(tmp_path: Path) -> None:
         await s2.close()
 
 
+def _rows_on_disk(directory: Path) -> dict[str, int]:
+    """key -> lease of every row in the store's SQLite file (read by a second connection)."""
+    conn = sqlite3.connect(directory / "store.sqlite")
+    try:
+        return dict(conn.execute("SELECT key, lease FROM kv"))
+    finally:
+        conn.close()
+
+
 async def test_lease_keys_do_not_come_back_and_old_revisions_are_compacted(
     tmp_path: Path,
 ) -> None:
     s = SqliteStore(tmp_path)
-    lease = await s.grant_lease(30)
-    await s.put("inst/1", b"alive", lease=lease)
     await s.put("model/m", b"kept")
-    _, rev = await s.get_prefix("")
+    lease = await s.grant_lease(30)
+    rev = await s.put("inst/1", b"alive", lease=lease)  # the last write is lease-bound
     await s.close()
 
     s2 = SqliteStore(tmp_path)
     try:
         kvs, rev2 = await s2.get_prefix("")
         assert [kv.key for kv in kvs] == ["model/m"]
-        assert s2.dropped_lease_keys == 1 and rev2 == rev + 1  # the drop is one revision
+        assert rev2 == rev  # closing recorded the counter past the lease-only write
+        assert await s2.put("model/n", b"x") == rev + 1  # and it continues from there
         assert await s2.get("inst/1") is None
         watch = s2.watch_prefix("", rev)
         assert await anext(watch) == []
@@ -77,13 +86,89 @@ async def test_lease_keys_do_not_come_back_and_old_revisions_are_compacted(
         await watch.aclose()
     finally:
         await s2.close()
-    s3 = SqliteStore(tmp_path)  # and the drop itself was durable
+
+
+async def test_lease_bound_keys_stay_in_memory_and_cost_no_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[tuple[list[str], list[str]]] = []
+    real_commit = _Db.commit
+
+    def commit(self: _Db, revision: int, puts: list, deletes: list) -> None:  # type: ignore[type-arg]
+        commits.append(([p[0] for p in puts], list(deletes)))
+        real_commit(self, revision, puts, deletes)
+
+    monkeypatch.setattr(_Db, "commit", commit)
+    s = SqliteStore(tmp_path)
     try:
-        kvs3, rev3 = await s3.get_prefix("")
-        assert [kv.key for kv in kvs3] == ["model/m"] and rev3 == rev2
-        assert s3.dropped_lease_keys == 0
+        r0 = await s.put("reg/a", b"1")
+        lease = await s.grant_lease(30)
+        commits.clear()
+        revs = [await s.put(f"live/{i % 3}", str(i).encode(), lease=lease) for i in range(30)]
+        ok, r_txn = await s.txn([Compare("reg/a", r0)], [Put("live/x", b"y", lease)])
+        assert ok
+        await s.keepalive(lease)
+        assert commits == []  # lease-bound writes: no SQLite transaction at all
+        assert [*revs, r_txn] == list(range(r0 + 1, r0 + 32))  # one shared counter
+        assert set(_rows_on_disk(tmp_path)) == {"reg/a"}
+        kvs, _ = await s.get_prefix("")  # one key space: reads merge both kinds
+        assert [kv.key for kv in kvs] == ["live/0", "live/1", "live/2", "live/x", "reg/a"]
+        # a compare on a lease-bound key guards a durable write, and the other way round
+        live0 = await s.get("live/0")
+        assert live0 is not None
+        ok, r_mixed = await s.txn(
+            [Compare("live/0", live0.mod_revision)],
+            [Put("reg/b", b"2"), Put("live/0", b"z", lease), Put("reg/a", b"attached", lease)],
+        )
+        assert ok and commits == [(["reg/b"], ["reg/a"])]  # the durable part only
+        ok, _ = await s.txn([Compare("live/0", live0.mod_revision)], [Put("reg/c", b"no")])
+        assert not ok  # live/0 moved on
+        # detaching a lease-bound key makes it durable
+        commits.clear()
+        r_detach = await s.put("live/1", b"kept")
+        assert commits == [(["live/1"], [])] and r_detach == r_mixed + 1
+        assert _rows_on_disk(tmp_path) == {"reg/b": 0, "live/1": 0}
+        watch = s.watch_prefix("", r_detach + 1)
+        assert await anext(watch) == []
+        commits.clear()
+        await s.revoke_lease(lease)  # deletes every lease-bound key, with events, no commit
+        events = await anext(watch)
+        assert sorted(e.key for e in events) == ["live/0", "live/2", "live/x", "reg/a"]
+        assert {e.kind for e in events} == {"delete"} and {e.mod_revision for e in events} == {
+            r_detach + 1
+        }
+        assert commits == []
+        await watch.aclose()
+        kvs, rev = await s.get_prefix("")
+        assert [kv.key for kv in kvs] == ["live/1", "reg/b"] and rev == r_detach + 1
     finally:
-        await s3.close()
+        await s.close()
+    s2 = SqliteStore(tmp_path)
+    try:
+        kvs2, rev2 = await s2.get_prefix("")
+        assert [(kv.key, kv.value) for kv in kvs2] == [("live/1", b"kept"), ("reg/b", b"2")]
+        assert rev2 == rev
+    finally:
+        await s2.close()
+
+
+async def test_lease_bound_rows_an_older_version_wrote_are_dropped_on_open(
+    tmp_path: Path,
+) -> None:
+    s = SqliteStore(tmp_path)
+    rev = await s.put("model/m", b"kept")
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "store.sqlite")  # as the first release wrote them
+    conn.execute("INSERT INTO kv VALUES ('inst/1', x'00', 2, 2, 1, 4096)")
+    conn.commit()
+    conn.close()
+    s2 = SqliteStore(tmp_path)
+    try:
+        kvs, rev2 = await s2.get_prefix("")
+        assert [kv.key for kv in kvs] == ["model/m"] and rev2 == rev
+        assert s2.dropped_lease_keys == 1 and _rows_on_disk(tmp_path) == {"model/m": 0}
+    finally:
+        await s2.close()
 
 
 async def test_second_owner_is_refused_in_process_and_by_another_process(
