@@ -29,6 +29,7 @@ from runtime_adapters import (
     BatchingSettings,
     LoadedModel,
     ModelSpec,
+    UnsupportedModelType,
     with_batching,
 )
 
@@ -350,17 +351,28 @@ class Agent:
             options={k: v for k, v in rec.options.items() if k != "storage_params_json"},
         )
 
+    def _adapter_for(self, rec: ModelRecord) -> Any:
+        """Where the model loads: the runtime it names, else by type - a runtime process when the
+        supervisor takes the type, else this process's adapter."""
+        if rec.runtime:
+            if self.runtimes is None or not self.runtimes.named(rec.runtime):
+                configured = ", ".join(self.runtimes.names()) if self.runtimes is not None else ""
+                raise UnsupportedModelType(
+                    f"model '{rec.model_id}' names runtime '{rec.runtime}', which instance {self.instance_id} "
+                    f"does not have (runtimes here: {configured or 'none'})"
+                )
+            return self.runtimes
+        if self.runtimes is not None and self.runtimes.handles(rec.model_type):
+            return self.runtimes
+        return self.adapters.for_type(rec.model_type)
+
     async def _load(self, rec: ModelRecord, copy: LocalCopy) -> None:
         mid = rec.model_id
         start = time.monotonic()
         try:
             async with self._slots:
                 self.metrics.model(self.metrics.loading_queue_ms, mid).observe((time.monotonic() - start) * 1000)
-                adapter: Any = (
-                    self.runtimes
-                    if self.runtimes is not None and self.runtimes.handles(rec.model_type)
-                    else self.adapters.for_type(rec.model_type)
-                )
+                adapter: Any = self._adapter_for(rec)
                 assignment = self.state.assignments.items.get(mid)
                 planned = (assignment.planned_bytes if assignment is not None else 0) or rec.predicted_size_bytes
                 copy.size_bytes = planned
@@ -374,7 +386,10 @@ class Agent:
                 # after the load.
                 copy.size_bytes = planned or adapter.predict_size(self._spec(rec), local_path)
                 await self._wait_for_room(copy)
-                loaded = await adapter.load(self._spec(rec), local_path)
+                if rec.runtime:
+                    loaded = await adapter.load(self._spec(rec), local_path, runtime=rec.runtime)
+                else:
+                    loaded = await adapter.load(self._spec(rec), local_path)
                 if not getattr(loaded, "forwards_raw", False):  # a runtime process batches on its own
                     try:
                         loaded = with_batching(loaded, self.batching, self.metrics)

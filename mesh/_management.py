@@ -115,6 +115,9 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
         raise InvalidRequest(f"model '{model_id}': need 0 <= min_copies <= max_copies (0 = unlimited)")
     if max(min_copies, max_copies) > MAX_COPIES or size > MAX_BYTES:
         raise InvalidRequest(f"model '{model_id}': copies above {MAX_COPIES} or size_bytes above {MAX_BYTES}")
+    runtime = extras.get("runtime", "")
+    if not isinstance(runtime, str) or (runtime and not valid_id(runtime)):
+        raise InvalidRequest(f"model '{model_id}': runtime must be a runtime's name")
     now = clock()
     return ModelRecord(
         model_id=model_id,
@@ -130,6 +133,7 @@ def model_record_from_info(model_id: str, info: ModelInfoSpec, *, last_used_ms: 
         registered_at=now,
         last_used=(last_used_ms / 1000.0) if last_used_ms else now,
         options=options,
+        runtime=runtime,
     )
 
 

@@ -155,6 +155,10 @@ class ModelRecord:
     last_used: float = 0.0  # initial priority (registration's lastUsedTime)
     auto_delete: bool = False  # delete once no vModel refers to it
     options: dict[str, str] = field(default_factory=dict)
+    # the runtime that must serve it, by name (a configured external runtime: a ServingRuntime the
+    # controller chose); "": chosen by model type (in process, an isolated worker or an external
+    # runtime that lists the type)
+    runtime: str = ""
 
 
 @dataclass(frozen=True)

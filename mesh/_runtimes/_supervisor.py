@@ -132,7 +132,16 @@ class RuntimeSupervisor:
             self.settings.isolated(mtype) and any(r.external is None for r in self.runtimes)
         )
 
-    def _candidates(self, model_type: str) -> list[Runtime]:
+    def named(self, name: str) -> bool:
+        """Whether a runtime of this name is configured here (``runtime`` in a registration)."""
+        return any(r.name == name for r in self.runtimes)
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.runtimes]
+
+    def _candidates(self, model_type: str, runtime: str = "") -> list[Runtime]:
+        if runtime:
+            return [r for r in self.runtimes if r.name == runtime]
         mtype = model_type.strip().lower()
         ext = [r for r in self.runtimes if r.external and mtype in (t.lower() for t in r.external.model_types)]
         if ext:
@@ -390,9 +399,11 @@ class RuntimeSupervisor:
             return max(1, path.stat().st_size)
         return max(1, sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 
-    async def _pick(self, model_type: str, deadline: float) -> Runtime:
-        candidates = self._candidates(model_type)
+    async def _pick(self, model_type: str, deadline: float, runtime: str = "") -> Runtime:
+        candidates = self._candidates(model_type, runtime)
         if not candidates:
+            if runtime:
+                raise UnsupportedModelType(f"runtime '{runtime}' is not configured on this instance")
             raise UnsupportedModelType(f"no runtime serves model type '{model_type}'")
         # a worker started for this load takes it, unless it fails to come up
         fresh = self._grow([r for r in candidates if r.external is None])
@@ -417,14 +428,15 @@ class RuntimeSupervisor:
                 for w in waits:
                     w.cancel()
 
-    async def load(self, spec: ModelSpec, local_path: Path) -> RuntimeCopy:
+    async def load(self, spec: ModelSpec, local_path: Path, *, runtime: str = "") -> RuntimeCopy:
+        """Load on a runtime: the one named ``runtime``, else one that serves the model's type."""
         mid = spec.model_id
         failed = self.failure(mid)
         if failed is not None:
             raise ModelLoadError(f"model '{mid}' is failed: {failed}")
         st = self.settings
         deadline = time.monotonic() + st.load_timeout_s
-        rt = await self._pick(spec.model_type, deadline)
+        rt = await self._pick(spec.model_type, deadline, runtime)
         client = rt.client
         assert client is not None
         path = Path(local_path)

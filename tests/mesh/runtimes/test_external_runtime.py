@@ -171,3 +171,37 @@ async def test_external_runtime_serves_through_the_mesh(setup: tuple[Instance, P
                 assert _values(await infer(_request("b", [2.0]), timeout=30)) == [6.0]
             assert await _toy_ready(sock, "b")
     print(f"\nexternal runtime killed: copy reported lost after {lost_after:.3f}s")
+
+
+async def test_a_model_naming_its_runtime_loads_there_and_an_unknown_runtime_fails_clearly(setup: tuple[Instance, Path]) -> None:
+    """``runtime`` in the registration key (what the controller writes for a model a ServingRuntime
+    serves) picks the runtime by name, whatever the model type says: a type no runtime lists
+    loads on the named one; a name this instance does not have fails the load with the reason."""
+    inst, d = setup
+    sock = d / "toy.sock"
+    m = _model(d, "named", 5.0, 1 * MiB)
+    with toy_server(sock):
+        await inst.start()
+        async with grpc.aio.insecure_channel(inst.endpoints.grpc) as ch:
+            mesh = mm_grpc.ModelMeshStub(ch)
+            infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            info = mm.ModelInfo(type="sklearn", path=str(m), key='{"runtime": "toy"}')  # toy lists only "scale"
+            st = await mesh.registerModel(mm.RegisterModelRequest(modelId="named", modelInfo=info, loadNow=True, sync=True), timeout=30)
+            assert st.status == mm.ModelStatusInfo.LOADED, st
+            copy = inst.router.loaded.get("named")
+            assert isinstance(copy, RuntimeCopy) and copy.runtime_name == "toy"
+            assert _values(await infer(_request("named", [2.0]), timeout=10)) == [10.0]
+
+            info = mm.ModelInfo(type="scale", path=str(m), key='{"runtime": "triton-2"}')
+            st = await mesh.registerModel(mm.RegisterModelRequest(modelId="elsewhere", modelInfo=info, loadNow=True, sync=True), timeout=30)
+            assert st.status == mm.ModelStatusInfo.LOADING_FAILED, st
+            assert "runtime 'triton-2'" in st.errors[0] and "toy" in st.errors[0], st.errors
+            assert not await _toy_ready(sock, "elsewhere")
+            # the other model never noticed
+            assert _values(await infer(_request("named", [1.0]), timeout=10)) == [5.0]
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await mesh.registerModel(
+                    mm.RegisterModelRequest(modelId="bad", modelInfo=mm.ModelInfo(type="scale", path=str(m), key='{"runtime": 7}')),
+                    timeout=10,
+                )
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
