@@ -105,7 +105,7 @@ def _serve(
     return proc, json.loads(ready.read_text())["grpc"][0]
 
 
-def hot_path(tmp: Path, duration_s: float, etcd_endpoint: str = "") -> dict[str, list[float]]:
+def hot_path(tmp: Path, duration_s: float, etcd_endpoint: str = "", rounds: int = 3) -> dict[str, list[float]]:
     from bench._load import run_load
     from mesh._demo import make_onnx
 
@@ -113,7 +113,8 @@ def hot_path(tmp: Path, duration_s: float, etcd_endpoint: str = "") -> dict[str,
     message, _ = onnx_request()
     kinds = ("memory", "sqlite", "etcd") if etcd_endpoint else ("memory", "sqlite")
     out: dict[str, list[float]] = {k: [] for k in kinds}
-    for kind in (*kinds, *reversed(kinds), *kinds):
+    order = [k for r in range(rounds) for k in (kinds if r % 2 == 0 else tuple(reversed(kinds)))]
+    for kind in order:
         proc, addr = _serve(kind, tmp, model, etcd_endpoint)
         try:
             r = asyncio.run(run_load(addr, message, concurrency=8, duration_s=duration_s))
@@ -159,10 +160,10 @@ async def commits_while_serving(tmp: Path, duration_s: float) -> dict[str, float
     return {"commits_per_s": seen["commits"] / duration_s, "rows_per_s": seen["rows"] / duration_s, "rps": r["rps"]}
 
 
-def run(models: int = 2000, duration_s: float = 5.0) -> dict[str, Any]:
+def run(models: int = 2000, duration_s: float = 5.0, rounds: int = 3) -> dict[str, Any]:
     from mesh._launcher import LocalEtcd
 
-    result: dict[str, Any] = {"models": models, "load_start": _tools.loadavg(), "control": {}}
+    result: dict[str, Any] = {"models": models, "rounds": rounds, "load_start": _tools.loadavg(), "control": {}}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_s:
         tmp = Path(tmp_s)
         etcd = LocalEtcd(tmp / "etcd").start() if shutil.which("etcd") else None
@@ -175,7 +176,7 @@ def run(models: int = 2000, duration_s: float = 5.0) -> dict[str, Any]:
                 result["control"][kind] = asyncio.run(
                     control_plane(kind, d, models, etcd.endpoint if etcd else "")
                 )
-            hp = hot_path(tmp, duration_s, etcd.endpoint if etcd else "")
+            hp = hot_path(tmp, duration_s, etcd.endpoint if etcd else "", rounds)
             d = tmp / "commits"
             d.mkdir()
             result["commits"] = asyncio.run(commits_while_serving(d, duration_s))
@@ -204,7 +205,7 @@ def report(r: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| hot path (loaded model, gRPC ModelInfer, 8 callers; runs in the order m s e e s m m s e) "
+        f"| hot path (loaded model, gRPC ModelInfer, 8 callers; {r.get('rounds', 3)} rounds, alternating m s e / e s m) "
         "| req/s per run | median | / memory (target >= 0.98) |",
         "|---|---|---|---|",
     ]
@@ -228,9 +229,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", type=int, default=2000)
     ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3, help="hot-path rounds (each runs every store kind once)")
     ap.add_argument("--json", type=Path, help="also write the raw result here")
     a = ap.parse_args()
-    r = run(a.models, a.duration)
+    r = run(a.models, a.duration, a.rounds)
     if a.json is not None:
         a.json.write_text(json.dumps(r, indent=1))
     print(report(r))
