@@ -23,7 +23,7 @@ import stat
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import runtime_adapters
@@ -140,15 +140,7 @@ class WorkerProcess:
             os.chown(self.dir, *ids)
         os.chmod(self.dir, 0o700)
         limit = self._limit
-
-        def in_child() -> None:
-            # between fork and exec, after the switch to the runtime user: lowering one's own
-            # limits needs no privilege (setting another user's process's limits would)
-            if limit:
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-        self.proc = await asyncio.create_subprocess_exec(
+        command = [
             worker_python(self._python, ids),
             "-m",
             self._module,
@@ -157,6 +149,25 @@ class WorkerProcess:
             "--log-level",
             "WARNING",
             *(("--frames", self.frames_path) if self.frames_path else ()),
+        ]
+        in_child: Callable[[], None] | None = None
+        prlimit = shutil.which("prlimit")
+        if prlimit is not None:
+            # util-linux's prlimit lowers its own limits (soft and hard: model code cannot raise
+            # them again; lowering one's own needs no privilege) and execs the worker, so no Python
+            # code runs between fork and exec in this process, whose gRPC threads make that unsafe
+            # (seen: a segfault in threading's after-fork hook of the child)
+            command = [prlimit, *((f"--as={limit}:{limit}",) if limit else ()), "--core=0:0", "--", *command]
+        else:
+
+            def in_child() -> None:
+                # between fork and exec, after the switch to the runtime user
+                if limit:
+                    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+        self.proc = await asyncio.create_subprocess_exec(
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -106,6 +106,10 @@ async def test_memory_blow_up_is_refused_by_the_limit(two_runtimes: tuple[Runtim
     good, bad = await _good_and_hostile(sup, d, "alloc")
     victim = next(r for r in sup.runtimes if r.name == bad.runtime_name)
     pid = victim.pid
+    # the worker's own limits, soft and hard (model code cannot raise them): address space, no core
+    limits = {line[:26].strip(): line[26:].split()[:2] for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]}
+    limit = str(sup.settings.memory_limit_bytes)
+    assert limits["Max address space"] == [limit, limit] and limits["Max core file size"] == ["0", "0"], limits
     traffic = Traffic()
     runner = asyncio.create_task(traffic.run(good, fp32_request("good", good.metadata.inputs[0].name, [1, 2, 3, 4])))
     await wait_for(lambda: traffic.ok >= 5, 10, "steady traffic")
