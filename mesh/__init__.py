@@ -3,6 +3,13 @@
 The store key layout is documented in :mod:`mesh._store_schema`.
 """
 
+import os as _os
+
+# Before gRPC loads: its fork handlers pause and reset gRPC's threads around every fork() and run
+# in the child, and this package forks only to exec (runtime workers, etcd, helpers), where they
+# are pure risk (a child of a busy process crashed in them). setdefault: an embedder may opt in.
+_os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from ._cluster_mirror import ClusterMirror
 from ._errors import (
     STATUS_TABLE,
