@@ -11,7 +11,11 @@ all variants alike instead of whichever ran during a burst.
    forwarded unparsed to an isolated runtime process over its frame socket (the default), and
    over V2 gRPC on its Unix socket (``frames=False``, the path external runtimes use).
    Target >= 0.75x for the default.
-2. CPU-heavy ONNX model (a few ms per inference, 1 framework thread, 1 inference worker per
+2. Local hit through an instance, end to end: a V2 gRPC client (the Python load generator, 1 and
+   16 in flight) calls a one-instance mesh in its own process serving the same TorchScript model
+   in process (``MODELMUX_RUNTIMES_ISOLATED_TYPES=[]``) vs in its runtime process (the default):
+   what a caller sees, edge and routing included. Same target, >= 0.75x.
+3. CPU-heavy ONNX model (a few ms per inference, 1 framework thread, 1 inference worker per
    runtime), the same offered load (4 in flight) on 1 runtime process vs 2 (a copy on each,
    round robin). Target >= 1.6x.
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 Call = Callable[[], Awaitable[Any]]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def _rate(call: Call, seconds: float, concurrency: int) -> float:
@@ -75,6 +80,54 @@ async def _interleaved(
     return out
 
 
+def _serve_torch(model: Path, isolated: bool, tmp: Path) -> tuple[Any, str]:
+    import subprocess
+    import sys
+
+    from bench import _tools
+
+    ready = tmp / f"ready-{isolated}-{time.time_ns()}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMUX_RUNTIMES_")}
+    env |= {"PYTHONPATH": str(ROOT), "MODELMUX_RUNTIMES_COUNT": "1"}
+    if not isolated:
+        env["MODELMUX_RUNTIMES_ISOLATED_TYPES"] = "[]"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._servers", "mesh", "--type", "pytorch", "--model", str(model),
+         "--instances", "1", "--ready", str(ready), "--name", "ts"],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    _tools.wait_file(ready, proc, 120, "mesh serving a TorchScript model")
+    return proc, json.loads(ready.read_text())["grpc"][0]
+
+
+async def edge_local_hit(model: Path, payload: bytes, seconds: float, rounds: int) -> dict[str, float]:
+    """Section 2: the local hit through a real instance, in process vs isolated, 1 and 16 in flight."""
+    from bench._load import run_load
+    from bench.bench_routing import stop_server
+
+    tmp = Path(tempfile.mkdtemp(prefix="mm-bench-rt-edge-"))
+    servers = {}
+    try:
+        for isolated in (False, True):
+            servers[isolated] = _serve_torch(model, isolated, tmp)
+        rates: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for conc in (1, 16):
+                for isolated in (False, True):
+                    r = await run_load(servers[isolated][1], payload, concurrency=conc, duration_s=seconds, warmup_s=0.5)
+                    assert r["errors"] == 0, r
+                    key = f"edge_{'isolated' if isolated else 'in_process'}_{conc}_rps"
+                    rates.setdefault(key, []).append(r["rps"])
+    finally:
+        for proc, _ in servers.values():
+            stop_server(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {k: statistics.median(v) for k, v in rates.items()}
+    for conc in (1, 16):
+        out[f"edge_isolated_vs_in_process_{conc}"] = out[f"edge_isolated_{conc}_rps"] / out[f"edge_in_process_{conc}_rps"]
+    return out
+
+
 async def main_async(seconds: float, rounds: int = 3) -> dict[str, float]:
     from mesh import _codec
     from mesh._runtimes import RuntimeSettings, RuntimeSupervisor, adapter_env
@@ -114,6 +167,7 @@ async def main_async(seconds: float, rounds: int = 3) -> dict[str, float]:
         sups.clear()
         await local.unload()
         await adapter.close()
+        out |= await edge_local_hit(ts, payload, seconds, rounds)
 
         heavy = open_up(mf.make_onnx_model(root / "heavy", in_features=1024, out_features=1024))
         heavy_payload = fp32_request("heavy", "x", [0.5] * (64 * 1024), [64, 1024])

@@ -4,10 +4,16 @@ Every data-plane request takes a slot before it runs and gives it back when it e
 runs at once while its tenant is under ``tenant_inflight`` and the instance under
 ``instance_inflight``; otherwise it queues in its tenant's FIFO, if that tenant has fewer than
 ``tenant_queued`` waiting and the instance fewer than ``instance_queued``; otherwise it is
-refused at once with RESOURCE_EXHAUSTED / 429 and a ``Retry-After`` hint. A freed slot goes to
+refused with RESOURCE_EXHAUSTED / 429 and a ``Retry-After`` hint. A freed slot goes to
 the next tenant in round-robin order that may run, so one tenant's flood waits in its own queue
 and cannot hold the slots every other tenant needs. A queued request waits at most until its
 deadline.
+
+A refusal is answered after ``refusal_hold_s`` (at most half the caller's deadline), not at
+once: a flooding client that retries as soon as it is refused would otherwise keep its calls
+cycling through the server's queue of received calls, which gRPC fills in arrival order before
+any admission runs, and every other tenant's call would wait behind them there. Held refusals
+cost a timer each; past ``refusals_held_max`` at once they are answered at once again.
 
 No locks: the event loop is the only thread that touches it.
 """
@@ -30,6 +36,8 @@ class AdmissionLimits:
     tenant_inflight: int = 128
     tenant_queued: int = 512
     retry_after_s: float = 1.0
+    refusal_hold_s: float = 0.25
+    refusals_held_max: int = 4096
 
 
 class Admission:
@@ -41,6 +49,7 @@ class Admission:
         # tenants with waiters, in round-robin order; each with its FIFO of futures
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self.refused = 0
+        self.held = 0  # refusals being held right now
 
     def tenant_inflight(self, tenant: str) -> int:
         return self._tenant_inflight.get(tenant, 0)
@@ -87,6 +96,18 @@ class Admission:
             self._take(best)
             fut.set_result(None)
 
+    async def _hold(self, timeout_s: float | None) -> None:
+        hold = self.limits.refusal_hold_s
+        if timeout_s is not None:
+            hold = min(hold, timeout_s / 2)
+        if hold <= 0 or self.held >= self.limits.refusals_held_max:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            self.held -= 1
+
     @contextlib.asynccontextmanager
     async def slot(self, tenant: str, *, timeout_s: float | None) -> AsyncIterator[None]:
         """Hold a slot for one request of ``tenant`` (see the module doc)."""
@@ -95,10 +116,12 @@ class Admission:
         else:
             lim = self.limits
             queue = self._waiting.get(tenant)
-            if self.queued >= lim.instance_queued or (queue is not None and len(queue) >= lim.tenant_queued):
+            if self.queued >= lim.instance_queued or (len(queue) if queue is not None else 0) >= lim.tenant_queued:
                 self.refused += 1
                 who = "this instance" if self.queued >= lim.instance_queued else f"tenant '{tenant}'"
-                raise TooManyRequests(f"too many requests in flight for {who}; retry later", retry_after_s=lim.retry_after_s)
+                refusal = TooManyRequests(f"too many requests in flight for {who}; retry later", retry_after_s=lim.retry_after_s)
+                await self._hold(timeout_s)
+                raise refusal
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if queue is None:
                 queue = self._waiting[tenant] = deque()

@@ -35,6 +35,8 @@ def admission_limits(settings: object) -> AdmissionLimits:
         tenant_inflight=getattr(settings, "tenant_inflight", d.tenant_inflight),
         tenant_queued=getattr(settings, "tenant_queued", d.tenant_queued),
         retry_after_s=getattr(settings, "retry_after_s", d.retry_after_s),
+        refusal_hold_s=getattr(settings, "refusal_hold_s", d.refusal_hold_s),
+        refusals_held_max=getattr(settings, "refusals_held_max", d.refusals_held_max),
     )
 
 

@@ -40,6 +40,11 @@ class InstanceSettings(BaseSettings):
     tenant_inflight: int = Field(default=128, ge=1)
     tenant_queued: int = Field(default=512, ge=0)
     retry_after_s: float = Field(default=1.0, gt=0)
+    # a refusal is answered this long after it was decided (at most half the caller's deadline),
+    # so a client that retries at once cannot keep the server's call queue full (mesh._admission);
+    # past refusals_held_max held at once, refusals are answered at once
+    refusal_hold_s: float = Field(default=0.25, ge=0)
+    refusals_held_max: int = Field(default=4096, ge=0)
     # registration caps (mesh._caps): modelInfo.key bytes, stored record bytes, models per tenant (0: no cap)
     max_key_bytes: int = Field(default=64 << 10, ge=1)
     max_record_bytes: int = Field(default=256 << 10, ge=1)

@@ -45,8 +45,10 @@ async def test_a_flooding_tenant_waits_in_its_own_queue_and_others_go_first() ->
     assert started.count("a") == 20 and adm.inflight == 0 and adm.queued == 0
 
 
-async def test_full_queues_are_refused_at_once_with_a_retry_hint() -> None:
-    adm = Admission(AdmissionLimits(instance_inflight=1, instance_queued=2, tenant_inflight=1, tenant_queued=1, retry_after_s=2.5))
+async def test_full_queues_are_refused_with_a_retry_hint() -> None:
+    adm = Admission(
+        AdmissionLimits(instance_inflight=1, instance_queued=2, tenant_inflight=1, tenant_queued=1, retry_after_s=2.5, refusal_hold_s=0)
+    )
     started: list[str] = []
     release = asyncio.Event()
     t1 = asyncio.create_task(_hold(adm, "a", started, release))
@@ -67,6 +69,62 @@ async def test_full_queues_are_refused_at_once_with_a_retry_hint() -> None:
     release.set()
     await asyncio.gather(t1, t2, t3)
     assert adm.inflight == 0 and adm.queued == 0
+
+
+async def test_a_refusal_is_held_before_it_is_answered_within_bounds() -> None:
+    """A flooder that retries at once must not keep calls cycling: its refusal comes after the
+    hold; the hold never outlasts half the caller's deadline; past the cap refusals are at once;
+    and nobody else waits for a held refusal."""
+    adm = Admission(
+        AdmissionLimits(instance_inflight=1, instance_queued=10, tenant_inflight=1, tenant_queued=1, refusal_hold_s=30, refusals_held_max=1)
+    )
+    started: list[str] = []
+    release = asyncio.Event()
+    holder = asyncio.create_task(_hold(adm, "a", started, release))
+    await _until(lambda: adm.inflight == 1, "holder runs")
+    queued = asyncio.create_task(_hold(adm, "a", started, release))
+    await _until(lambda: adm.queued == 1, "a's queue is full")
+
+    async def refused(timeout_s: float | None) -> None:
+        async with adm.slot("a", timeout_s=timeout_s):
+            raise AssertionError("admitted past a full queue")
+
+    held = asyncio.create_task(refused(None))
+    await _until(lambda: adm.held == 1, "the refusal is held")
+    # the cap is reached: the next refusal is answered at once, not held
+    with pytest.raises(TooManyRequests):
+        await refused(None)
+    assert adm.held == 1 and not held.done() and adm.refused == 2
+    # a short deadline: held at most half of it, so the caller sees the refusal, not a timeout
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    assert adm.held == 0
+    with pytest.raises(TooManyRequests):
+        await asyncio.wait_for(refused(0.02), 5)
+    # other tenants never wait on held refusals
+    b = asyncio.create_task(_hold(adm, "b", started, release))
+    held2 = asyncio.create_task(refused(None))
+    await _until(lambda: adm.held == 1 and adm.queued == 2, "b queued behind the holder, a's refusal held")
+    release.set()
+    await _until(lambda: "b" in started, "b ran while a's refusal was still held")
+    assert not held2.done()
+    held2.cancel()
+    await asyncio.gather(holder, queued, b)
+    assert adm.inflight == 0 and adm.queued == 0
+
+
+async def test_a_tenant_with_no_queue_is_refused_not_queued() -> None:
+    adm = Admission(AdmissionLimits(instance_inflight=4, tenant_inflight=1, tenant_queued=0, refusal_hold_s=0))
+    release = asyncio.Event()
+    holder = asyncio.create_task(_hold(adm, "a", [], release))
+    await _until(lambda: adm.inflight == 1, "holder runs")
+    with pytest.raises(TooManyRequests):
+        async with adm.slot("a", timeout_s=5):
+            pass
+    assert adm.queued == 0
+    release.set()
+    await holder
 
 
 async def test_a_queued_request_gives_up_at_its_deadline_and_frees_its_place() -> None:
