@@ -105,7 +105,9 @@ def _serve(
     return proc, json.loads(ready.read_text())["grpc"][0]
 
 
-def hot_path(tmp: Path, duration_s: float, etcd_endpoint: str = "", rounds: int = 3) -> dict[str, list[float]]:
+def hot_path(
+    tmp: Path, duration_s: float, etcd_endpoint: str = "", rounds: int = 3, etcd_pid: int = 0, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
     """Every kind's server is started first and all stay up; each round measures them in turn,
     the order rotated one place per round, so every kind takes every position (first, middle,
     last) equally often over ``len(kinds)`` rounds: drift over the run, or a position that
@@ -124,9 +126,16 @@ def hot_path(tmp: Path, duration_s: float, etcd_endpoint: str = "", rounds: int 
         for r in range(rounds):
             shift = r % len(kinds)
             for kind in kinds[shift:] + kinds[:shift]:
+                watched = [psutil.Process(servers[kind][0].pid)] + ([psutil.Process(etcd_pid)] if etcd_pid else [])
+                before = [sum(p.cpu_times()[:2]) for p in watched]
                 res = asyncio.run(run_load(servers[kind][1], message, concurrency=8, duration_s=duration_s))
                 assert res["errors"] == 0, res
                 out[kind].append(res["rps"])
+                if cpu is not None:  # CPU µs per request: the serving process's, then etcd's (all kinds)
+                    spent = [sum(p.cpu_times()[:2]) - b for p, b in zip(watched, before, strict=True)]
+                    cpu.setdefault(kind, []).append(spent[0] / res["n"] * 1e6)
+                    if etcd_pid:
+                        cpu.setdefault(f"etcd daemon during {kind}", []).append(spent[1] / res["n"] * 1e6)
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
@@ -190,7 +199,9 @@ def run(models: int = 2000, duration_s: float = 5.0, rounds: int = 3, hot_only: 
                 result["control"][kind] = asyncio.run(
                     control_plane(kind, d, models, etcd.endpoint if etcd else "")
                 )
-            hp = hot_path(tmp, duration_s, etcd.endpoint if etcd else "", rounds)
+            cpu: dict[str, list[float]] = {}
+            hp = hot_path(tmp, duration_s, etcd.endpoint if etcd else "", rounds, etcd.proc.pid if etcd and etcd.proc else 0, cpu)
+            result["hot_cpu_us"] = {k: statistics.median(v) for k, v in cpu.items()}
             if not hot_only:
                 d = tmp / "commits"
                 d.mkdir()
@@ -239,6 +250,15 @@ def report(r: dict[str, Any]) -> str:
             f"| {kind} | {' / '.join(f'{x:.0f}' for x in runs)} | {statistics.median(runs):.0f} | {verdict} "
             f"| {'' if paired is None else f'{paired:.3f}'} |"
         )
+    cpu = r.get("hot_cpu_us") or {}
+    if cpu:
+        lines += ["", "CPU µs per request (median over rounds): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()) + "."]
+        lines += [
+            "Serving cost vs memory (memory's CPU per request / the kind's; >= 0.98 = the store kind costs the "
+            "hot path nothing measurable): "
+            + ", ".join(f"{k} {cpu['memory'] / cpu[k]:.3f}" for k in r["hot"] if k != "memory" and k in cpu)
+            + "."
+        ]
     lines += tail
     return "\n".join(lines)
 
