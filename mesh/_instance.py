@@ -45,6 +45,7 @@ from ._security import Security, build_security, exposure_warning, peer_cert_pro
 from ._settings import InstanceSettings
 from ._store import Store, StoreError
 from ._store_schema import Keys
+from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 STORE_USAGE_INTERVAL_S = 15.0  # how often the store-usage metric is refreshed (registrations read it too)
@@ -348,12 +349,10 @@ class Instance:
         if self._health_server is not None:
             await self._health_server.stop(grace=None)
             self._health_server = None
-        for task in self._security_tasks:
-            task.cancel()
-        if self._room_task is not None:
-            self._room_task.cancel()
-            self._room_task = None
-        self._security_tasks = []
+        background = [*self._security_tasks, *([self._room_task] if self._room_task is not None else [])]
+        self._security_tasks, self._room_task = [], None
+        for task in background:
+            await cancel_and_wait(task)
         await self.series.stop()
         await self.router.close()
         await self.state.stop()

@@ -23,7 +23,6 @@ on a call just ignores its answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
@@ -79,35 +78,23 @@ class FrameServer:
         self._speed: dict[str, _Speed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readexactly(4)
-                (length,) = _LENGTH.unpack(head)
-                if length < 6 or length > MAX_FRAME_BYTES:
-                    log.warning("bad frame length %d: closing the connection", length)
-                    return
-                body = await reader.readexactly(length)
-                call_id, mid_len = _CALL.unpack_from(body)
-                mid = body[6 : 6 + mid_len].decode("utf-8", errors="replace")
-                payload = body[6 + mid_len :]
-                speed = self._speed.get(mid)
-                if speed is not None and speed.avg_s < self.inline_below_s and len(payload) <= INLINE_MAX_BYTES:
-                    # this loop serves only this runtime: a call of well under a millisecond is
-                    # cheaper here than a task and the two thread hand-offs of the pool
-                    answer = self._inline(call_id, mid, payload)
-                    if answer is not None:
-                        writer.write(answer)
-                        continue
-                task = asyncio.create_task(self._answer(writer, call_id, mid, payload))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _request(self, transport: asyncio.Transport, body: bytes | bytearray, start: int, stop: int) -> None:
+        """One request frame (``body[start:stop]``, after its length): answered here, or by a task."""
+        call_id, mid_len = _CALL.unpack_from(body, start)
+        at = start + 6
+        mid = bytes(body[at : at + mid_len]).decode("utf-8", errors="replace")
+        payload = bytes(body[at + mid_len : stop])
+        speed = self._speed.get(mid)
+        if speed is not None and speed.avg_s < self.inline_below_s and len(payload) <= INLINE_MAX_BYTES:
+            # this loop serves only this runtime: a call of well under a millisecond is cheaper
+            # here, in the callback that read it, than a task and the two thread hand-offs of the pool
+            answer = self._inline(call_id, mid, payload)
+            if answer is not None:
+                transport.write(answer)
+                return
+        task = asyncio.get_running_loop().create_task(self._answer(transport, call_id, mid, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _error(self, call_id: int, mid: str, exc: Exception) -> bytes:
         if isinstance(exc, AdapterError):
@@ -131,7 +118,7 @@ class FrameServer:
         except Exception as exc:
             return self._error(call_id, mid, exc)
 
-    async def _answer(self, writer: asyncio.StreamWriter, call_id: int, mid: str, payload: bytes) -> None:
+    async def _answer(self, transport: asyncio.Transport, call_id: int, mid: str, payload: bytes) -> None:
         try:
             msg, model, request = self._prepare(mid, payload)
             resp = await model.infer(request)
@@ -141,8 +128,8 @@ class FrameServer:
             frame = answer_frame(call_id, 0, _finish(msg, resp))
         except Exception as exc:
             frame = self._error(call_id, mid, exc)
-        if not writer.is_closing():
-            writer.write(frame)
+        if not transport.is_closing():
+            transport.write(frame)
 
     def _prepare(self, mid: str, payload: bytes) -> tuple[v2.ModelInferRequest, LoadedModel, InferRequest]:
         try:
@@ -160,6 +147,48 @@ def _finish(msg: v2.ModelInferRequest, resp: InferResponse) -> bytes:
     return bytes(out.SerializeToString())
 
 
+class _RequestReader(asyncio.Protocol):
+    """One connection of the instance: request frames parsed as they arrive."""
+
+    def __init__(self, frames: FrameServer) -> None:
+        self._frames = frames
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        buf = self._buf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data  # the usual case: whole frames, parsed without a copy into the buffer
+        pos, end = 0, len(view)
+        while end - pos >= 4:
+            (length,) = _LENGTH.unpack_from(view, pos)
+            if length < 6 or length > MAX_FRAME_BYTES:
+                log.warning("bad frame length %d: closing the connection", length)
+                buf.clear()
+                transport.close()
+                return
+            stop = pos + 4 + length
+            if stop > end:
+                break
+            self._frames._request(transport, view, pos + 4, stop)
+            pos = stop
+            if transport.is_closing():
+                return
+        if view is buf:
+            del buf[:pos]
+        elif pos < end:
+            buf += view[pos:]
+
+
 async def start_frame_server(service: RuntimeService, path: str, *, inline_below_s: float) -> asyncio.Server:
     frames = FrameServer(service, inline_below_s=inline_below_s)
-    return await asyncio.start_unix_server(frames.handle, path=path, limit=1 << 20)
+    return await asyncio.get_running_loop().create_unix_server(lambda: _RequestReader(frames), path=path)

@@ -12,13 +12,14 @@ artifact cache is warm) and reads the store directly (``leader_id()``, ``snapsho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,45 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0, what
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+class ServeProcess:
+    """One ``python -m mesh serve`` process started by :func:`serve_process`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, info: dict[str, Any]) -> None:
+        self.proc, self.log, self.info = proc, log, info
+        self.grpc: str = info["grpc"]
+        self.rest = f"http://{info['rest']}"
+        self.pid: int = info["pid"]
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    tmp: Path, *, env: Mapping[str, str], args: Sequence[str] = (), start_timeout_s: float = 90.0, stop_timeout_s: float = 60.0
+) -> AsyncIterator[ServeProcess]:
+    """Run ``modelmux serve`` on ports 0 under ``tmp`` (data dir, allowed root, ready file, log),
+    wait for its ready file, and on exit stop it with SIGTERM and check that it exited 0."""
+    ready, log = tmp / "ready.json", tmp / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh", "serve", "--grpc-port", "0", "--rest-port", "0",
+             "--data-dir", str(tmp / "data"), "--allowed-root", str(tmp), "--ready-file", str(ready),
+             "--log-level", "warning", *args],
+            env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        return ready.exists()
+
+    try:
+        await wait_until(up, start_timeout_s, "modelmux serve to start")
+        yield ServeProcess(proc, log, json.loads(ready.read_text()))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, stop_timeout_s)
+    assert proc.returncode == 0, log.read_text()[-3000:]
 
 
 class MemoryCluster:

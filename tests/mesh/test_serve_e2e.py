@@ -5,11 +5,7 @@ own answers; plus the bad-input cases with their status codes and messages."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,7 @@ import pytest
 from protos import grpc_predict_v2_pb2 as pb
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
-from tests.mesh.cluster import ROOT, wait_until
+from tests.mesh.cluster import ServeProcess, serve_process
 from tests.model_factory import (
     make_onnx_model,
     make_torch_export_model,
@@ -36,41 +32,14 @@ from tests.model_factory import (
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
 
-class Served:
-    def __init__(self, grpc_addr: str, rest: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.grpc = grpc_addr
-        self.rest = rest
-        self.proc = proc
-        self.log = log
-
-
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    ready = tmp_path / "ready.json"
-    log = tmp_path / "serve.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MODELMUX_INSTANCE_MAX_MESSAGE_BYTES=str(1 << 20))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "serve", "--grpc-port", "0", "--rest-port", "0",
-             "--data-dir", str(tmp_path / "data"), "--allowed-root", str(tmp_path), "--ready-file", str(ready),
-             "--log-level", "warning"],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        return ready.exists()
-
-    await wait_until(up, 60, "modelmux serve to start")
-    info = json.loads(ready.read_text())
-    yield Served(info["grpc"], f"http://{info['rest']}", proc, log)
-    proc.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(proc.wait, 30)
-    assert proc.returncode == 0, log.read_text()[-2000:]
+async def served(tmp_path: Path) -> AsyncIterator[ServeProcess]:
+    env = dict(os.environ, MODELMUX_INSTANCE_MAX_MESSAGE_BYTES=str(1 << 20))
+    async with serve_process(tmp_path, env=env, start_timeout_s=60, stop_timeout_s=30) as served:
+        yield served
 
 
-async def _register(served: Served, model_id: str, model_type: str, path: Path) -> None:
+async def _register(served: ServeProcess, model_id: str, model_type: str, path: Path) -> None:
     async with grpc.aio.insecure_channel(served.grpc) as ch:
         st = await mm_grpc.ModelMeshStub(ch).registerModel(
             mm.RegisterModelRequest(modelId=model_id, modelInfo=mm.ModelInfo(type=model_type, path=str(path)), loadNow=True, sync=True),
@@ -111,7 +80,7 @@ def _typed_infer(addr: str, model: str, inputs: dict[str, np.ndarray], dtypes: d
     return out
 
 
-async def _rest_infer(served: Served, model: str, inputs: dict[str, np.ndarray], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+async def _rest_infer(served: ServeProcess, model: str, inputs: dict[str, np.ndarray], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
     body = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": dtypes[n], "data": a.tolist()} for n, a in inputs.items()]}
     async with httpx.AsyncClient(timeout=30) as http:
         r = await http.post(f"{served.rest}/v2/models/{model}/infer", json=body)
@@ -120,7 +89,7 @@ async def _rest_infer(served: Served, model: str, inputs: dict[str, np.ndarray],
 
 
 
-async def test_four_frameworks_over_grpc_and_rest(served: Served, tmp_path: Path) -> None:
+async def test_four_frameworks_over_grpc_and_rest(served: ServeProcess, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x4 = rng.standard_normal((3, 4)).astype(np.float32)
     x8 = rng.standard_normal((5, 8)).astype(np.float32)
@@ -152,7 +121,7 @@ async def test_four_frameworks_over_grpc_and_rest(served: Served, tmp_path: Path
                 assert np.allclose(np.asarray(got[name], dtype=np.float64), np.asarray(want, dtype=np.float64), rtol=1e-5, atol=1e-5), (model_id, how, name)
 
 
-async def _grpc_error(served: Served, req: pb.ModelInferRequest | bytes, metadata: Any = None) -> grpc.aio.AioRpcError:
+async def _grpc_error(served: ServeProcess, req: pb.ModelInferRequest | bytes, metadata: Any = None) -> grpc.aio.AioRpcError:
     payload = req if isinstance(req, bytes) else req.SerializeToString()
     async with grpc.aio.insecure_channel(served.grpc) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -160,7 +129,7 @@ async def _grpc_error(served: Served, req: pb.ModelInferRequest | bytes, metadat
     return info.value
 
 
-async def test_bad_inputs(served: Served, tmp_path: Path) -> None:
+async def test_bad_inputs(served: ServeProcess, tmp_path: Path) -> None:
     p = make_onnx_model(tmp_path / "onnx")
     await _register(served, "lin", "onnx", p)
 

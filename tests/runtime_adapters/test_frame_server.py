@@ -110,3 +110,53 @@ async def test_fast_models_inline_slow_models_and_big_requests_in_the_pool() -> 
             server.close()
             await server.wait_closed()
             pool.shutdown()
+
+
+async def test_frames_split_anywhere_or_sent_together_are_all_answered() -> None:
+    """The reader does its own framing: a frame cut into single bytes and several frames in one
+    write are parsed alike; a frame whose length is impossible closes that connection only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pool")
+    service = Service({"fast": Model("fast", 0.0, pool)})
+
+    def frame(call_id: int, payload: bytes) -> bytes:
+        return FRAME_REQUEST_HEAD.pack(6 + 4 + len(payload), call_id, 4) + b"fast" + payload
+
+    async def answers(reader: asyncio.StreamReader, n: int) -> dict[int, int]:
+        got = {}
+        for _ in range(n):
+            length, call_id, status = FRAME_ANSWER_HEAD.unpack(await reader.readexactly(FRAME_ANSWER_HEAD.size))
+            await reader.readexactly(length - 5)
+            got[call_id] = status
+        return got
+
+    with tempfile.TemporaryDirectory() as d:
+        path = str(Path(d) / "frames.sock")
+        server = await start_frame_server(service, path, inline_below_s=0.002)  # type: ignore[arg-type]
+        reader, writer = await asyncio.open_unix_connection(path)
+        other_reader, other_writer = await asyncio.open_unix_connection(path)
+        try:
+            one = frame(1, _request("fast"))
+            for i in range(len(one)):  # byte by byte, each write on its own
+                writer.write(one[i : i + 1])
+                await writer.drain()
+            assert await answers(reader, 1) == {1: 0}
+            # three frames and half of a fourth in one write, then the rest
+            batch = b"".join(frame(i, _request("fast")) for i in (2, 3, 4)) + frame(5, _request("fast"))
+            cut = len(batch) - 7
+            writer.write(batch[:cut])
+            await writer.drain()
+            writer.write(batch[cut:])
+            assert await answers(reader, 4) == {2: 0, 3: 0, 4: 0, 5: 0}
+            # an impossible length: that connection is closed, the other one still served
+            other_writer.write((3).to_bytes(4, "little") + b"\0" * 16)
+            assert await asyncio.wait_for(other_reader.read(), 10) == b""
+            writer.write(frame(6, _request("fast")))
+            assert await answers(reader, 1) == {6: 0}
+        finally:
+            for w in (writer, other_writer):
+                w.close()
+            server.close()
+            await server.wait_closed()
+            pool.shutdown()

@@ -4,14 +4,10 @@ instance's secrets; ONNX runs in the instance's process."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pwd
-import signal
 import stat
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,59 +21,35 @@ from protos import grpc_predict_v2_pb2 as pb
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests import model_factory as mf
-from tests.mesh.cluster import ROOT, wait_until
+from tests.mesh.cluster import ServeProcess, serve_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="workers run as another user only when the instance is root")
 
 SECRET = "s3cr3t-TOPSECRET-71d0"
 
 
-class Served:
-    def __init__(self, grpc_addr: str, rest: str, pid: int) -> None:
-        self.grpc, self.rest, self.pid = grpc_addr, rest, pid
-
-    async def cluster_self(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=30) as http:
-            r = await http.get(f"{self.rest}/api/v1/cluster")
-        assert r.status_code == 200, r.text
-        return dict(r.json()["self"])
-
-
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Served, Path]]:
+async def served(tmp_path: Path) -> AsyncIterator[tuple[ServeProcess, Path]]:
     # the storage configuration, as a mounted Secret: readable by the instance only
     config = tmp_path / "storage-config"
     config.mkdir(mode=0o700)
     secret = config / "my-s3"
     secret.write_text(json.dumps({"type": "s3", "access_key_id": "AKIA", "secret_access_key": SECRET, "bucket": "b"}))
     os.chmod(secret, 0o600)
-    ready, log = tmp_path / "ready.json", tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMUX_RUNTIMES_")}  # the defaults
-    env |= {"PYTHONPATH": str(ROOT), "MODELMUX_STORAGE_CONFIG_DIR": str(config)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "serve", "--grpc-port", "0", "--rest-port", "0", "--store", "memory",
-             "--data-dir", str(tmp_path / "data"), "--allowed-root", str(tmp_path), "--ready-file", str(ready),
-             "--log-level", "warning"],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        return ready.exists()
-
-    try:
-        await wait_until(up, 90, "modelmux serve to start")
-        info = json.loads(ready.read_text())
-        yield Served(info["grpc"], f"http://{info['rest']}", info["pid"]), secret
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(proc.wait, 60)
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    env["MODELMUX_STORAGE_CONFIG_DIR"] = str(config)
+    async with serve_process(tmp_path, env=env, args=["--store", "memory"]) as served:
+        yield served, secret
 
 
-async def _register(served: Served, model_id: str, mtype: str, path: Path) -> None:
+async def cluster_self(served: ServeProcess) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(f"{served.rest}/api/v1/cluster")
+    assert r.status_code == 200, r.text
+    return dict(r.json()["self"])
+
+
+async def _register(served: ServeProcess, model_id: str, mtype: str, path: Path) -> None:
     async with grpc.aio.insecure_channel(served.grpc) as ch:
         st = await mm_grpc.ModelMeshStub(ch).registerModel(
             mm.RegisterModelRequest(modelId=model_id, modelInfo=mm.ModelInfo(type=mtype, path=str(path)), loadNow=True, sync=True),
@@ -86,7 +58,7 @@ async def _register(served: Served, model_id: str, mtype: str, path: Path) -> No
     assert st.status == mm.ModelStatusInfo.LOADED, st
 
 
-async def _infer(served: Served, model: str, x: np.ndarray) -> pb.ModelInferResponse:
+async def _infer(served: ServeProcess, model: str, x: np.ndarray) -> pb.ModelInferResponse:
     req = pb.ModelInferRequest(model_name=model)
     req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
     req.raw_input_contents.append(x.astype(np.float32).tobytes())
@@ -119,7 +91,7 @@ def _uid(pid: int) -> int:
 
 
 async def test_default_serve_isolates_torchscript_and_keeps_onnx_in_process(
-    served: tuple[Served, Path], tmp_path: Path
+    served: tuple[ServeProcess, Path], tmp_path: Path
 ) -> None:
     from tests.mesh.runtimes.hostile_models import make_file_reader
 
@@ -134,15 +106,15 @@ async def test_default_serve_isolates_torchscript_and_keeps_onnx_in_process(
     x = np.arange(4, dtype=np.float32).reshape(1, 4)
 
     # no worker process until a model type that runs code is loaded
-    me = await srv.cluster_self()
+    me = await cluster_self(srv)
     assert me["runtimes"] and all(rt["pid"] is None and not rt["started"] for rt in me["runtimes"])
     await _register(srv, "ox", "onnx", ox)
-    me = await srv.cluster_self()
+    me = await cluster_self(srv)
     assert all(rt["pid"] is None for rt in me["runtimes"])
 
     await _register(srv, "ts", "pytorch", ts)
     await _register(srv, "reader", "pytorch", reader)
-    me = await srv.cluster_self()
+    me = await cluster_self(srv)
     where = _where(me)
     assert where["ox"] == "instance"
     assert where["ts"] != "instance" and where["reader"] != "instance"
@@ -166,7 +138,7 @@ async def test_default_serve_isolates_torchscript_and_keeps_onnx_in_process(
     # nothing else changed: the secret and its folder keep their modes, the worker and both models serve on
     assert stat.S_IMODE(secret.stat().st_mode) == secret_mode and stat.S_IMODE(secret.parent.stat().st_mode) == config_mode
     assert {p: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path, models, models / "ts")} == folder_modes  # never opened up
-    after = await srv.cluster_self()
+    after = await cluster_self(srv)
     assert {rt["name"]: rt["pid"] for rt in after["runtimes"] if rt["pid"] is not None} == workers
     np.testing.assert_allclose(_out(await _infer(srv, "ts", x)), _ref_torch(ts, x), rtol=1e-5)
     np.testing.assert_allclose(_out(await _infer(srv, "ox", x)), _ref_onnx(ox, x), rtol=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from mesh._runtimes import RuntimeSettings, RuntimeSupervisor
 from runtime_adapters import AdapterSettings, ModelSpec, TorchAdapter
 from tests import model_factory as mf
+from tests.mesh.runtimes import hostile_models
 from tests.mesh.runtimes.rthelp import (
     HOSTILE_WORKER,
     bytes_output,
@@ -25,28 +25,9 @@ from tests.mesh.runtimes.rthelp import (
 
 SECRET = "TOPSECRET-8f2c1e"
 
-HOSTILE_TS = '''
-import torch
-class ReadFile(torch.nn.Module):
-    def __init__(self, path: str, n: int) -> None:
-        super().__init__()
-        self.path = path
-        self.n = n
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_file(self.path, False, self.n, dtype=torch.uint8).to(torch.float32) + x.sum() * 0
-torch.jit.script(ReadFile(PATH, N)).save(OUT)
-'''
-
-
-def make_file_reader(out: Path, target: Path, n: int) -> Path:
-    """A TorchScript model that returns the first ``n`` bytes of ``target`` (torch.jit.script needs source on disk)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    src = out.parent / "make_reader.py"
-    src.write_text(f"PATH = {str(target)!r}\nN = {n}\nOUT = {str(out)!r}\n" + HOSTILE_TS)
-    import subprocess
-
-    subprocess.run([sys.executable, str(src)], check=True, capture_output=True)
-    return open_up(out)
+def make_file_reader(out_dir: Path, target: Path, n: int) -> Path:
+    """The hostile model of ``hostile_models``, readable by the worker's unprivileged user."""
+    return open_up(hostile_models.make_file_reader(out_dir, target, n))
 
 
 @pytest.fixture
@@ -87,7 +68,7 @@ async def test_worker_runs_unprivileged_with_a_scrubbed_environment(hostile_env:
 
 async def test_hostile_torchscript_cannot_read_the_secret_file(hostile_env: tuple[RuntimeSupervisor, Path, Path]) -> None:
     sup, d, secret = hostile_env
-    model = make_file_reader(d / "reader" / "model.pt", secret, 16)
+    model = make_file_reader(d / "reader", secret, 16)
     # the attack is real: in the instance's own process the model reads the secret
     adapter = TorchAdapter(AdapterSettings(warm_up_first_load=False))
     try:
