@@ -85,6 +85,8 @@ class PlacementIndex:
         self._live_entries = 0
         self._tenant_bytes: dict[str, int] = {}
         self._tenant_last_used: dict[str, float] = {}
+        self._head: dict[str, float] = {}
+        """cache of :meth:`head` (all tenants) per instance; an instance is absent while unknown"""
 
     @classmethod
     def build(
@@ -130,13 +132,16 @@ class PlacementIndex:
         idx._entries = idx._live_entries = n
         return idx
 
-    def _heap(self, iid: str, tenant: str) -> list[Entry]:
+    def _push(self, iid: str, tenant: str, e: Entry) -> None:
         hk = (iid, tenant)
         h = self._heaps.get(hk)
         if h is None:
             h = self._heaps[hk] = []
             self._by_instance.setdefault(iid, []).append(hk)
-        return h
+        heapq.heappush(h, e)
+        head = self._head.get(iid)
+        if head is not None and e.key < head:  # a push lowers the instance's head at most to its key
+            self._head[iid] = e.key
 
     # ------------------------------------------------------------------ updates
 
@@ -174,7 +179,7 @@ class PlacementIndex:
         same_key = old is not None and old.key == k and old.tenant == t
         for iid in m.assigned:
             if not (same_key and old is not None and iid in old.assigned):
-                heapq.heappush(self._heap(iid, t), Entry(k, m.model_id, iid))
+                self._push(iid, t, Entry(k, m.model_id, iid))
                 self._entries += 1
         self._live_entries += len(m.assigned)
         self._maybe_compact()
@@ -232,6 +237,7 @@ class PlacementIndex:
         self._heaps = heaps
         self._by_instance = by_instance
         self._entries = self._live_entries = n
+        self._head.clear()
 
     # ------------------------------------------------------------------ reads
 
@@ -285,7 +291,13 @@ class PlacementIndex:
 
         Read from the heaps' tops without checking them: a dead top entry can make it low
         (never high). Good enough to shortlist instances, and scanning cleans the tops.
+        For all tenants the value is cached per instance: a push lowers it in place, a scan
+        (which pops the instance's heaps) or a compaction drops it, to be read again.
         """
+        if tenants is None:
+            cached = self._head.get(instance_id)
+            if cached is not None:
+                return cached
         best = float("inf")
         heaps = self._heaps
         for hk in self._by_instance.get(instance_id, ()):
@@ -294,10 +306,22 @@ class PlacementIndex:
             h = heaps[hk]
             if h and h[0].key < best:
                 best = h[0].key
+        if tenants is None:
+            self._head[instance_id] = best
         return best
+
+    def head_values(self, instance_ids: list[str]) -> list[float]:
+        """``head(i)`` (all tenants) for each instance, from the cache (filled for those not in it)."""
+        cache = self._head
+        for i in [i for i in instance_ids if i not in cache]:  # a scan drops the cache of its instances
+            self.head(i)
+        return list(map(cache.__getitem__, instance_ids))
 
     def heads(self, instance_ids: Iterable[str], tenants: Collection[str] | None = None) -> list[tuple[float, str]]:
         """``(head(i, tenants), i)`` for each instance, in one pass."""
+        if tenants is None:
+            ids = instance_ids if isinstance(instance_ids, list) else list(instance_ids)
+            return list(zip(self.head_values(ids), ids, strict=True))
         heaps = self._heaps
         by_instance = self._by_instance
         inf = float("inf")
@@ -339,6 +363,10 @@ class Scan:
         self._heads: list[tuple[float, float, str, str, str]] = []
         self._seen: set[tuple[str, str]] = set()
         self._closed = False
+        self._instances = {hk[0] for hk in keys}
+        cache = index._head
+        for iid in self._instances:
+            cache.pop(iid, None)
         for hk in keys:
             self._advance(hk)
 
@@ -346,14 +374,20 @@ class Scan:
         idx = self._index
         h = idx._heaps[hk]
         tenant = hk[1]
+        live = idx._live
+        seen = self._seen
         while h:
             e = heapq.heappop(h)
-            if idx._is_live(e, tenant) and (e.model_id, e.instance_id) not in self._seen:
-                self._seen.add((e.model_id, e.instance_id))
-                self._popped.append((h, e))
-                off = self._offsets.get(tenant, 0.0) if self._offsets else 0.0
-                heapq.heappush(self._heads, (e.key + off, e.key, e.model_id, e.instance_id, tenant))
-                return
+            key, mid, iid = e
+            rec = live.get(mid)
+            if rec is not None and rec.key == key and rec.tenant == tenant and iid in rec.assigned:
+                sk = (mid, iid)
+                if sk not in seen:
+                    seen.add(sk)
+                    self._popped.append((h, e))
+                    off = self._offsets.get(tenant, 0.0) if self._offsets else 0.0
+                    heapq.heappush(self._heads, (key + off, key, mid, iid, tenant))
+                    return
             idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
 
     def __iter__(self) -> Iterator[Candidate]:
@@ -398,6 +432,9 @@ class Scan:
         if self._closed:
             return
         self._closed = True
+        cache = self._index._head
+        for iid in self._instances:
+            cache.pop(iid, None)
         for h, e in self._popped:
             heapq.heappush(h, e)
         self._popped.clear()

@@ -10,13 +10,30 @@ tenant's own cheapest copies.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection
+from typing import Any
 
 from ._core import PolicyCore
 from ._errors import QuotaExceeded
-from ._index import PlacementIndex
+from ._index import Entry, PlacementIndex
 from ._plan import Plan, fmt_bytes
 from ._types import ClusterView, ModelView
+
+
+def _smallest(k: int, values: list[Any], ids: list[str]) -> list[str]:
+    """The ids of ``sorted(zip(values, ids))[:k]`` (heapq.nsmallest's order, ties by id).
+
+    Sorts the bare numbers first (CPython's sort compares a list of one number type
+    without tuple comparisons), then only the pairs at or below the k-th smallest.
+    """
+    if k <= 0:
+        return []
+    if len(values) > k:
+        cut = sorted(values)[k - 1]
+        if cut == cut:  # not NaN (a NaN makes the order of a sort undefined: keep the plain one)
+            return [i for _, i in sorted([(v, i) for v, i in zip(values, ids, strict=True) if v <= cut])[:k]]
+    return [i for _, i in sorted(zip(values, ids, strict=True))[:k]]
 
 
 class VictimSelection(PolicyCore):
@@ -110,10 +127,12 @@ class VictimSelection(PolicyCore):
         d = self.settings.eviction_shortlist
         if len(needs) <= d:
             return None
-        # sorted(...)[:k] is heapq.nsmallest(k, ...) (same order, ties included), in C for ~100 items
-        by_need = [i for _, i in sorted([(n, i) for i, n in needs.items()])[: (d + 1) // 2]]
+        by_need = _smallest((d + 1) // 2, list(needs.values()), list(needs))
         picked = set(by_need)
-        heads = sorted(idx.heads([i for i in needs if i not in picked], tenants))[: d - len(by_need)]
+        rest = [i for i in needs if i not in picked]
+        if tenants is None:
+            return by_need + _smallest(d - len(by_need), idx.head_values(rest), rest)
+        heads = sorted(idx.heads(rest, tenants))[: d - len(by_need)]
         return by_need + [i for _, i in heads]
 
     def _scan_victims(
@@ -136,6 +155,11 @@ class VictimSelection(PolicyCore):
         """
         models = view.models
         tier_of = self._victim_tier
+        # the common copy (no min copies, nothing in flight) is judged inline, as _victim_tier does
+        inline = type(self)._victim_tier is VictimSelection._victim_tier
+        clean = not (plan._added or plan._removed)
+        now = view.now
+        min_res = self.settings.min_residency_s if self.residency else None
         acc0: dict[str, int] = {}
         acc1: dict[str, int] = {}
         old: dict[str, list[ModelView]] = {}
@@ -146,9 +170,38 @@ class VictimSelection(PolicyCore):
         read = 0
         budget = -1  # entries left to read for an old alternative once young copies would do
         with idx.scan(None, instances, offsets) as scan:
-            for order, key, mid, iid, tenant in scan.rows():
+            # Scan.rows inlined: the heap a row came from is advanced only when the next row is
+            # read, so a read that stops leaves it as it was
+            heads = scan._heads
+            heaps = idx._heaps
+            live = idx._live
+            seen = scan._seen
+            popped = scan._popped
+            offs = scan._offsets
+            pop = heapq.heappop
+            push = heapq.heappush
+            h: list[Entry] | None = None
+            tenant = ""
+            while True:
+                if h is not None:
+                    while h:
+                        e = pop(h)
+                        ekey, emid, eiid = e
+                        rec = live.get(emid)
+                        if rec is not None and rec.key == ekey and rec.tenant == tenant and eiid in rec.assigned:
+                            sk = (emid, eiid)
+                            if sk not in seen:
+                                seen.add(sk)
+                                popped.append((h, e))
+                                push(heads, (ekey + (offs.get(tenant, 0.0) if offs else 0.0), ekey, emid, eiid, tenant))
+                                break
+                        idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
+                if not heads:
+                    break
+                order, key, mid, iid, tenant = pop(heads)
                 if order >= stop or budget == 0:
                     break
+                h = heaps[(iid, tenant)]
                 read += 1
                 budget -= 1
                 if key >= key_limit:
@@ -159,9 +212,21 @@ class VictimSelection(PolicyCore):
                 vm = models.get(mid)
                 if vm is None or vm.tenant != tenant:
                     continue
-                tier = tier_of(view, plan, vm, iid)
-                if tier is None:
-                    continue
+                if not inline or vm.min_copies > 0 or vm.inflight > 0:
+                    tier = tier_of(view, plan, vm, iid)
+                    if tier is None:
+                        continue
+                else:
+                    if vm.pinned or iid not in (vm.assigned if clean else plan.assigned(vm)):
+                        continue
+                    for c in vm.copies:
+                        if c.instance_id == iid:
+                            break
+                    else:
+                        continue
+                    if c.state == "loading":
+                        continue
+                    tier = 1 if min_res is not None and c.state == "loaded" and now - c.since < min_res else 0
                 if tier == 0:
                     lst = old.get(iid)
                     if lst is None:
