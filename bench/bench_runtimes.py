@@ -69,14 +69,18 @@ async def _interleaved(
     """Median rate of each call; with ``pids``, also the cores those processes got (CPU s per s)."""
     rates: dict[str, list[float]] = {k: [] for k in calls}
     cores: dict[str, list[float]] = {k: [] for k in calls}
+    mine: dict[str, list[float]] = {k: [] for k in calls}  # this process: the instance's side of the calls
     for _ in range(rounds):
         for key, call in calls.items():
             watched = (pids or {}).get(key, [])
-            c0, t0 = _cpu_s(watched), time.perf_counter()
+            c0, m0, t0 = _cpu_s(watched), _cpu_s([os.getpid()]), time.perf_counter()
             rates[key].append(await _rate(call, seconds, concurrency))
-            cores[key].append((_cpu_s(watched) - c0) / (time.perf_counter() - t0))
+            elapsed = time.perf_counter() - t0
+            cores[key].append((_cpu_s(watched) - c0) / elapsed)
+            mine[key].append((_cpu_s([os.getpid()]) - m0) / elapsed)
     out = {k: statistics.median(v) for k, v in rates.items()}
     out |= {k.replace("_rps", "_cores_used"): statistics.median(cores[k]) for k in (pids or {})}
+    out |= {k.replace("_rps", "_caller_cores"): statistics.median(mine[k]) for k in (pids or {})}
     return out
 
 

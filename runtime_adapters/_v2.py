@@ -6,8 +6,10 @@ The one converter for both gRPC edges that run models: an instance's V2 server
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import numpy as np
 
 from protos import grpc_predict_v2_pb2 as v2
 
@@ -29,6 +31,45 @@ CONTENTS_FIELD: dict[str, str] = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+
+
+# fixed-width typed contents: read as an array from their packed encoding (a client that sends
+# 64k floats as fp32_contents otherwise costs 64k Python floats, ~4 ms, before the model runs)
+_PACKED_DTYPE: dict[str, np.dtype[Any]] = {"fp32_contents": np.dtype("<f4"), "fp64_contents": np.dtype("<f8")}
+_FIELD_NUMBER = {n: v2.InferTensorContents.DESCRIPTOR.fields_by_name[n].number for n in _PACKED_DTYPE}
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def packed_contents(contents: v2.InferTensorContents, field: str) -> np.ndarray | None:
+    """The values of ``field`` (fp32 / fp64 contents) as a read-only array, taken from the
+    message's own serialization (every repeated scalar is packed there, one record per field);
+    None when the field is not one of those or the encoding is not the packed one."""
+    dtype = _PACKED_DTYPE.get(field)
+    if dtype is None:
+        return None
+    data = contents.SerializeToString()
+    want, pos, end = _FIELD_NUMBER[field], 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        if key & 7 != 2:  # not length-delimited: not the packed encoding
+            return None
+        length, pos = _varint(data, pos)
+        if key >> 3 == want:
+            if length % dtype.itemsize:
+                return None
+            return np.frombuffer(data, dtype=dtype, count=length // dtype.itemsize, offset=pos)
+        pos += length
+    return np.zeros(0, dtype=dtype)
 
 
 def params_from_pb(params: Mapping[str, v2.InferParameter]) -> dict[str, Any]:
@@ -64,14 +105,10 @@ def request_from_pb(msg: v2.ModelInferRequest, model_name: str | None = None) ->
                     "send it in raw_input_contents"
                 )
             raise InvalidInput(f"input '{t.name}': unknown datatype '{t.datatype}'")
+        packed = packed_contents(t.contents, field)
+        values = cast(Sequence[Any], packed) if packed is not None else list(getattr(t.contents, field))
         inputs.append(
-            InferInput(
-                t.name,
-                t.datatype,
-                tuple(t.shape),
-                contents=list(getattr(t.contents, field)),
-                parameters=params_from_pb(t.parameters),
-            )
+            InferInput(t.name, t.datatype, tuple(t.shape), contents=values, parameters=params_from_pb(t.parameters))
         )
     return InferRequest(
         model_name=msg.model_name if model_name is None else model_name,
