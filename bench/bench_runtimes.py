@@ -15,7 +15,7 @@ all variants alike instead of whichever ran during a burst.
    16 in flight) calls a one-instance mesh in its own process serving the same TorchScript model
    in process (``MODELMUX_RUNTIMES_ISOLATED_TYPES=[]``) vs in its runtime process (the default):
    what a caller sees, edge and routing included. Same target, >= 0.75x.
-3. CPU-heavy ONNX model (a few ms per inference, 1 framework thread, 1 inference worker per
+3. CPU-heavy ONNX model (~10 ms per inference, 1 framework thread, 1 inference worker per
    runtime), the same offered load (4 in flight) on 1 runtime process vs 2 (a copy on each,
    round robin). Target >= 1.6x.
 """
@@ -173,8 +173,12 @@ async def main_async(seconds: float, rounds: int = 3) -> dict[str, float]:
         await adapter.close()
         out |= await edge_local_hit(ts, payload, seconds, rounds)
 
-        heavy = open_up(mf.make_onnx_model(root / "heavy", in_features=1024, out_features=1024))
-        heavy_payload = fp32_request("heavy", "x", [0.5] * (64 * 1024), [64, 1024])
+        # compute-bound: 8 x 4096 @ 4096 x 4096 (~134M multiply-adds, ~10 ms on one thread here)
+        # for 128 KiB in and out. Until session 5 it was 64 x 1024 @ 1024 x 1024 (256 KiB each
+        # way), heavy only while typed contents cost ~4 ms to convert; once they cost 0.2 ms,
+        # moving its bytes weighed as much as its compute and the bench measured the copies.
+        heavy = open_up(mf.make_onnx_model(root / "heavy", in_features=4096, out_features=4096))
+        heavy_payload = fp32_request("heavy", "x", [0.5] * (8 * 4096), [8, 4096])
         env = adapter_env(AdapterSettings(infer_workers=1, onnx_intra_op_threads=1, onnx_inter_op_threads=1))
         scaling: dict[str, Call] = {}
         pids: dict[str, list[int]] = {}
