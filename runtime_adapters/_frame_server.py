@@ -82,8 +82,9 @@ class FrameServer:
         """One request frame (``body[start:stop]``, after its length): answered here, or by a task."""
         call_id, mid_len = _CALL.unpack_from(body, start)
         at = start + 6
-        mid = bytes(body[at : at + mid_len]).decode("utf-8", errors="replace")
-        payload = bytes(body[at + mid_len : stop])
+        mid_end = min(at + mid_len, stop)  # a model id longer than its frame ends with the frame
+        mid = bytes(body[at:mid_end]).decode("utf-8", errors="replace")
+        payload = bytes(body[mid_end:stop])
         speed = self._speed.get(mid)
         if speed is not None and speed.avg_s < self.inline_below_s and len(payload) <= INLINE_MAX_BYTES:
             # this loop serves only this runtime: a call of well under a millisecond is cheaper

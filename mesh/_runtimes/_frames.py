@@ -62,6 +62,10 @@ class _AnswerReader(asyncio.Protocol):
         answer = self._client._answer
         while end - pos >= ANSWER_HEAD.size:
             length, call_id, status = ANSWER_HEAD.unpack_from(view, pos)
+            if length < ANSWER_HEAD.size - 4:  # shorter than its own head: not our protocol
+                self._buf = bytearray()
+                self._client._fail_all("runtime sent a malformed frame")
+                return
             stop = pos + 4 + length
             if stop > end:
                 break

@@ -149,6 +149,11 @@ async def test_frames_split_anywhere_or_sent_together_are_all_answered() -> None
             await writer.drain()
             writer.write(batch[cut:])
             assert await answers(reader, 4) == {2: 0, 3: 0, 4: 0, 5: 0}
+            # a model id longer than its frame: read up to the frame's end, the next frame intact
+            long_id = FRAME_REQUEST_HEAD.pack(6 + 4, 7, 200) + b"nope"
+            writer.write(long_id + frame(8, _request("fast")))
+            got = await answers(reader, 2)
+            assert got[8] == 0 and got[7] == grpc.StatusCode.NOT_FOUND.value[0]
             # an impossible length: that connection is closed, the other one still served
             other_writer.write((3).to_bytes(4, "little") + b"\0" * 16)
             assert await asyncio.wait_for(other_reader.read(), 10) == b""

@@ -5,6 +5,7 @@ and a lost connection failing every call in flight with UNAVAILABLE."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import tempfile
 from pathlib import Path
@@ -39,6 +40,12 @@ class FakeWorker:
                 await self.requests.put((call_id, body[6 : 6 + mid_len].decode(), body[6 + mid_len :]))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
 
     async def send(self, data: bytes, *, pieces: int = 1) -> None:
         assert self.writer is not None
@@ -96,6 +103,7 @@ async def test_answers_in_any_order_and_cut_anywhere_reach_their_callers() -> No
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await client.close()
+            await worker.close()
             server.close()
             await server.wait_closed()
 
@@ -107,3 +115,25 @@ async def test_unreachable_worker_is_unavailable() -> None:
             await client.call("m", b"x", 5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         await client.close()
+
+
+async def test_a_frame_shorter_than_its_head_fails_the_connection() -> None:
+    """A worker that writes garbage (model code can reach the socket) ends the connection: the
+    calls in flight fail with UNAVAILABLE instead of being answered with misparsed bytes."""
+    with tempfile.TemporaryDirectory() as d:
+        worker = FakeWorker()
+        path = str(Path(d) / "w.sock")
+        server = await asyncio.start_unix_server(worker.handle, path=path)
+        client = FrameClient(path)
+        try:
+            call = asyncio.create_task(client.call("m", b"x", 10))
+            await asyncio.wait_for(worker.requests.get(), 10)
+            await worker.send(struct.pack("<I", 2) + b"\0" * 16)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call, 10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "malformed" in (err.value.details() or "")
+        finally:
+            await client.close()
+            await worker.close()
+            server.close()
+            await server.wait_closed()
