@@ -82,7 +82,7 @@ def all_raw_if_mixed(request: InferRequest) -> InferRequest:
         return request
     inputs = tuple(
         i if i.raw is not None
-        else InferInput(name=i.name, datatype=i.datatype, shape=i.shape, raw=list_to_raw(i.datatype, list(i.contents or ())),
+        else InferInput(name=i.name, datatype=i.datatype, shape=i.shape, raw=list_to_raw(i.datatype, list(() if i.contents is None else i.contents)),
                         parameters=i.parameters)
         for i in request.inputs
     )
