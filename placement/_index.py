@@ -273,10 +273,6 @@ class PlacementIndex:
                 out |= hs
         return out
 
-    def _is_live(self, e: Entry, tenant: str) -> bool:
-        rec = self._live.get(e.model_id)
-        return rec is not None and rec.key == e.key and rec.tenant == tenant and e.instance_id in rec.assigned
-
     def _keys(self, instances: Iterable[str] | None, tenants: Collection[str] | None) -> list[tuple[str, str]]:
         if instances is None:
             keys: Iterable[tuple[str, str]] = self._heaps
