@@ -388,8 +388,11 @@ class FrameworkAdapter(RuntimeAdapter):
     def _load_sync(self, spec: ModelSpec, local_path: Path) -> FrameworkModel:
         self._ensure_initialised()
         model_file = self.resolve(spec, local_path)
-        meter = self.pools.meter
         key = self._format_key(spec, model_file)
+        if not self.settings.measure_load_rss:
+            result = self._load_framework(spec, model_file)
+            return self._model_class()(self, spec, result, max(result.framework_bytes, 1))
+        meter = self.pools.meter
         if self.settings.warm_up_first_load and key not in self._warm_formats:
             # The first load of a format pays one-time costs (lazy imports, kernel registries,
             # thread pools: up to ~170 MB for torch.export's first load) that are not this

@@ -38,6 +38,10 @@ class AdapterSettings(BaseSettings):
     # A load that overlapped another (its RSS delta mixes both) reports its framework floor scaled
     # by the real cost per floor byte of trusted loads of its format; off: the floor alone.
     size_calibration: bool = True
+    # Measure each load's process-RSS delta (see runtime_adapters._memory); off, a model's size is
+    # its framework floor alone: smaller than the truth for ONNX Runtime, but the same on every
+    # load, whatever else the process does meanwhile (for capacities planned from file sizes).
+    measure_load_rss: bool = True
     # Upper bound of one request's input tensor bytes; 0 = no limit.
     max_request_bytes: int = Field(default=1 << 30, ge=0)
 

@@ -62,8 +62,12 @@ async def _infer(address: str, model: str) -> None:
         await ch.unary_unary(INFER)(request_bytes(model), timeout=30)
 
 
-async def test_dashboard_shows_instances_models_and_an_eviction(browser: Any, tmp_path: Path) -> None:
-    # two instances with room for one test model each
+async def test_dashboard_shows_instances_models_and_an_eviction(
+    browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two instances with room for one test model each, sized by its file (an RSS delta taken in
+    # this shared process can double a small model, past either instance's room)
+    monkeypatch.setenv("MODELMUX_ADAPTER_MEASURE_LOAD_RSS", "false")
     c = MemoryCluster(2, tmp_path, capacity_bytes=int(MODEL_BYTES * 1.6), overrides={"dashboard_sample_s": 0.25})
     await c.start()
     try:

@@ -58,8 +58,10 @@ async def _register(stub: Any, model_id: str, path: Path) -> None:
 
 
 @pytest.fixture
-async def one_instance(tmp_path: Path) -> Any:
-    # room for one test model, not two: loading a second one evicts the first
+async def one_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    # room for one test model, not two: loading a second one evicts the first (sized by its
+    # file: an RSS delta taken in this shared process can double a small model)
+    monkeypatch.setenv("MODELMUX_ADAPTER_MEASURE_LOAD_RSS", "false")
     c = MemoryCluster(1, tmp_path, capacity_bytes=int(MODEL_BYTES * 1.6), overrides={"metrics_port": 0})
     await c.start()
     yield c

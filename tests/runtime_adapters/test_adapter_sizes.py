@@ -170,3 +170,25 @@ def test_measured_sizes_cover_the_rss_the_loads_cost_even_when_loads_overlap(tmp
     sizes, growth = got["sizes"], got["growth"]
     assert growth > got["files"]  # the weights at least: the measurement itself is meaningful
     assert sizes >= 0.9 * growth, (sizes, growth, got["each"])
+
+
+async def test_rss_measurement_off_sizes_a_model_by_its_framework_floor(built: Built) -> None:
+    """``measure_load_rss=False``: the size is the framework's own bytes, the same on every load
+    (no RSS delta, so nothing else the process allocates meanwhile can enter it); on, ONNX
+    Runtime's pre-packed weights make it larger."""
+    path = built("make_onnx_model", weight_bytes=8 * MB)
+    sizes: dict[bool, list[int]] = {}
+    for measure in (True, False):
+        registry = build_registry(AdapterSettings(measure_load_rss=measure))
+        try:
+            adapter = registry.for_type("onnx")
+            models = [await adapter.load(ModelSpec(f"m{k}", "onnx"), path) for k in range(3)]
+            sizes[measure] = [m.size_bytes for m in models]
+            for m in models:
+                await m.unload()
+        finally:
+            await registry.close()
+    floor = path.stat().st_size if path.is_file() else next(path.glob("*.onnx")).stat().st_size
+    assert sizes[False] == [sizes[False][0]] * 3, sizes  # the same on every load
+    assert 8 * MB <= sizes[False][0] <= floor, sizes  # the weights, at most the file's bytes
+    assert min(sizes[True]) > sizes[False][0], sizes  # measured: more than the floor
