@@ -10,7 +10,11 @@ The flooding client is h2load (C; ``--client h2load``, the default) or a grpc.ai
 client and the server then share one core: that measures the box's CPU, not the server's
 fairness. h2load puts the same 64 streams on the server for a fraction of the CPU.
 
-    python -m bench.bench_tenants [--seconds 5] [--flood 64] [--client h2load|python]
+``--a-rps N`` gives tenant A a rate (``maxRps`` of its quota, set through the management API before
+B's quiet phase): past N requests per second A's calls are refused (held, then RESOURCE_EXHAUSTED),
+which bounds the share of the server A's flood takes however cheap each of its calls is.
+
+    python -m bench.bench_tenants [--seconds 5] [--flood 64] [--client h2load|python] [--a-rps N]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import grpc
 import httpx
 import numpy as np
 
-from tests.mesh.cluster import ROOT
+from tests.mesh.cluster import ROOT, wait_until
 from tests.mesh.models import add_model, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -105,7 +109,7 @@ def _h2load_flood(addr: str, flood: int, seconds: float) -> list[str]:
             "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{addr}{INFER}"]  # fmt: skip
 
 
-async def run(seconds: float, flood: int, client: str = "h2load") -> dict[str, float]:
+async def run(seconds: float, flood: int, client: str = "h2load", a_rps: float = 0.0) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         proc_server, ready = await _serve(tmp)
@@ -115,6 +119,13 @@ async def run(seconds: float, flood: int, client: str = "h2load") -> dict[str, f
                     p = add_model(tmp / mid / "model.onnx", 1.0)
                     body = {"modelInfo": {"type": "onnx", "path": str(p), "key": {"tenant": tenant}}, "loadNow": True, "sync": True}
                     (await c.post(f"/api/v1/models/{mid}", json=body)).raise_for_status()
+                if a_rps:
+                    (await c.put("/api/v1/tenants/alpha", json={"maxRps": a_rps})).raise_for_status()
+                    # every instance reads the rate from its mirror: wait until this one has it
+                    async def mirrored() -> bool:
+                        return bool((await c.get("/api/v1/tenants/alpha")).json().get("max_rps") == a_rps)
+
+                    await wait_until(mirrored, 30, "tenant A's rate mirrored")
             ch_a = grpc.aio.insecure_channel(ready["grpc"])
             ch_b = grpc.aio.insecure_channel(ready["grpc"])
             call_a, call_b = ch_a.unary_unary(INFER), ch_b.unary_unary(INFER)
@@ -147,6 +158,7 @@ async def run(seconds: float, flood: int, client: str = "h2load") -> dict[str, f
         "b_requests_quiet": len(quiet),
         "b_requests_flood": len(loud),
         "client": client,
+        "a_rps": a_rps,
         "a_answered_or_refused" if client == "h2load" else "a_ok": counts["ok"],
         "a_refused": counts.get("RESOURCE_EXHAUSTED", 0),
     }
@@ -157,8 +169,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--flood", type=int, default=64)
     ap.add_argument("--client", choices=("h2load", "python"), default="h2load")
+    ap.add_argument("--a-rps", type=float, default=0.0, help="tenant A's rate, requests per second (0: none)")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(args.seconds, args.flood, args.client)), indent=2))
+    print(json.dumps(asyncio.run(run(args.seconds, args.flood, args.client, args.a_rps)), indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,12 @@ cycling through the server's queue of received calls, which gRPC fills in arriva
 any admission runs, and every other tenant's call would wait behind them there. Held refusals
 cost a timer each; past ``refusals_held_max`` at once they are answered at once again.
 
+A tenant may also have a rate (``max_rps`` of its quota): :class:`TenantRates` refuses its
+requests past that many per second, before they take or wait for a slot. Concurrency limits
+bound what a flood holds at once, not how much of the instance's processor it takes: a
+flooding tenant kept at its in-flight limit still keeps the one event loop busy, and every
+other tenant's call shares it. A rate bounds that share.
+
 No locks: the event loop is the only thread that touches it.
 """
 
@@ -22,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ._errors import DeadlineExceeded, TooManyRequests
@@ -96,8 +104,17 @@ class Admission:
             self._take(best)
             fut.set_result(None)
 
+    async def refuse(self, message: str, *, retry_after_s: float, timeout_s: float | None) -> None:
+        """Count a refusal, hold it (see the module doc), then raise it."""
+        self.refused += 1
+        refusal = TooManyRequests(message, retry_after_s=retry_after_s)
+        await self._hold(timeout_s)
+        raise refusal
+
     async def _hold(self, timeout_s: float | None) -> None:
-        hold = self.limits.refusal_hold_s
+        # jittered (0.5x to 1.5x): a flooder's calls refused together would otherwise come back
+        # together, a burst the event loop works through while everyone else's calls wait
+        hold = self.limits.refusal_hold_s * (0.5 + random.random())
         if timeout_s is not None:
             hold = min(hold, timeout_s / 2)
         if hold <= 0 or self.held >= self.limits.refusals_held_max:
@@ -117,11 +134,8 @@ class Admission:
             lim = self.limits
             queue = self._waiting.get(tenant)
             if self.queued >= lim.instance_queued or (len(queue) if queue is not None else 0) >= lim.tenant_queued:
-                self.refused += 1
                 who = "this instance" if self.queued >= lim.instance_queued else f"tenant '{tenant}'"
-                refusal = TooManyRequests(f"too many requests in flight for {who}; retry later", retry_after_s=lim.retry_after_s)
-                await self._hold(timeout_s)
-                raise refusal
+                await self.refuse(f"too many requests in flight for {who}; retry later", retry_after_s=lim.retry_after_s, timeout_s=timeout_s)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if queue is None:
                 queue = self._waiting[tenant] = deque()
@@ -143,3 +157,28 @@ class Admission:
             yield
         finally:
             self._give_back(tenant)
+
+
+class TenantRates:
+    """Per-tenant token buckets: ``take(tenant, rps)`` lets a request through while the tenant
+    has made fewer than ``rps`` per second, with a burst of one second's worth (at least one
+    request). A bucket starts full. The state is a float pair per tenant that has had a rate."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, when counted)
+
+    def take(self, tenant: str, rps: float) -> float:
+        """0.0 when the request may go; else the seconds until the tenant's next token."""
+        if rps <= 0:
+            self._buckets.pop(tenant, None)
+            return 0.0
+        now = self.clock()
+        burst = max(1.0, rps)
+        tokens, at = self._buckets.get(tenant, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - at) * rps)
+        if tokens >= 1.0:
+            self._buckets[tenant] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[tenant] = (tokens, now)
+        return (1.0 - tokens) / rps

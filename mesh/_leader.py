@@ -185,7 +185,7 @@ class Leader:
 
     def view(self) -> ClusterView:
         """The current cluster view (incrementally maintained: see :mod:`mesh._placement_view`)."""
-        quotas = {n: TenantQuota(n, r.max_bytes) for n, r in self.state.tenants.items.items()}
+        quotas = {n: TenantQuota(n, r.max_bytes) for n, r in self.state.tenants.items.items() if r.max_bytes > 0}
         return self._views.view(quotas)
 
     # ------------------------------------------------------------ apply

@@ -10,6 +10,10 @@ holder is where the runtime's capacity is spent, so a tenant that enters through
 still meets its limit where its model runs; a separate pool keeps an entry instance's slots,
 which wait on forwards, from starving the forwarded work that would free them (no wait cycle
 between two instances forwarding to each other).
+
+A tenant's rate (``max_rps`` of its quota record, read from the mirror) is enforced where its
+requests enter: each instance admits at most that many of the tenant's requests per second
+from callers; forwarded requests were counted at their entry and are not counted again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ._admission import Admission, AdmissionLimits
+from ._admission import Admission, AdmissionLimits, TenantRates
 
 if TYPE_CHECKING:
     from ._dataplane import RequestContext
@@ -45,6 +49,7 @@ class RequestAdmission:
         self.router = router
         self.entry = Admission(limits)
         self.forwarded = Admission(limits)
+        self.rates = TenantRates()
 
     def configure(self, limits: AdmissionLimits) -> None:
         self.entry.limits = self.forwarded.limits = limits
@@ -66,5 +71,13 @@ class RequestAdmission:
         mid = router.mirror.resolve(name) or await router.resolve_fresh(name)
         pool = self.forwarded if ctx.forwarded else self.entry
         timeout = ctx.timeout_s if ctx.timeout_s is not None else router.default_deadline_s
-        async with pool.slot(self.tenant_of(mid, ctx), timeout_s=timeout):
+        tenant = self.tenant_of(mid, ctx)
+        quota = router.mirror.tenants.items.get(tenant) if not ctx.forwarded else None
+        if quota is not None and quota.max_rps > 0 and (wait := self.rates.take(tenant, quota.max_rps)):
+            await pool.refuse(
+                f"tenant '{tenant}' is over its rate of {quota.max_rps:g} requests per second on this instance; retry later",
+                retry_after_s=wait,
+                timeout_s=timeout,
+            )
+        async with pool.slot(tenant, timeout_s=timeout):
             yield replace(ctx, admitted=True)

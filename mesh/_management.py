@@ -49,7 +49,7 @@ from ._model_status import (
 from ._paging import Page, PageRequest, page_of
 from ._store import Compare, Delete, Put, Store, StoreError, StoreResourceExhausted, StoreRoom
 from ._store_schema import Keys, ModelRecord, TenantRecord, VModelRecord, decode, encode
-from ._validation import MAX_BYTES, MAX_COPIES, parse_bytes, valid_id, validate_id
+from ._validation import MAX_BYTES, MAX_COPIES, parse_bytes, parse_rate, valid_id, validate_id
 
 __all__ = [
     "CopyStatus",
@@ -478,6 +478,7 @@ class Management:
         return {
             "tenant": name,
             "max_bytes": rec.max_bytes if rec is not None else 0,
+            "max_rps": rec.max_rps if rec is not None else 0.0,
             "source": rec.source if rec is not None else "",
             "updated_at": rec.updated_at if rec is not None else 0.0,
             **u,
@@ -504,16 +505,32 @@ class Management:
         return self._tenant_json(name, rec, usage)
 
     async def set_tenant_quota(
-        self, name: str, max_bytes: int, *, source: str = "api", principal: Principal = LOCAL_ADMIN
+        self,
+        name: str,
+        max_bytes: int | None = None,
+        *,
+        max_rps: float | None = None,
+        source: str = "api",
+        principal: Principal = LOCAL_ADMIN,
     ) -> dict[str, Any]:
-        """Create or replace a tenant's byte quota (admin only); placement enforces it from its next decision."""
+        """Create or change a tenant's quota (admin only): ``max_bytes`` (placement enforces it from
+        its next decision) and ``max_rps`` (each instance's admission, from the next request);
+        ``None`` keeps the current value (0 when there is none), 0 removes that limit."""
         require_tenant(principal, name, Action.ADMIN)
         validate_id("tenant", name)
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 < max_bytes <= MAX_BYTES:
+        current = self.state.tenants.items.get(name)
+        if max_bytes is None:
+            max_bytes = current.max_bytes if current is not None else 0
+        if max_rps is None:
+            max_rps = current.max_rps if current is not None else 0.0
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes <= MAX_BYTES:
             raise InvalidRequest(
-                f"quota of tenant '{name}' must be a positive number of bytes up to {MAX_BYTES}, got {max_bytes!r}"
+                f"quota of tenant '{name}' must be a number of bytes from 0 (none) to {MAX_BYTES}, got {max_bytes!r}"
             )
-        rec = TenantRecord(name=name, max_bytes=max_bytes, source=source, updated_at=self.clock())
+        max_rps = parse_rate(max_rps, f"rate of tenant '{name}'")
+        if not max_bytes and not max_rps:
+            raise InvalidRequest(f"a quota of tenant '{name}' needs maxBytes or maxRps; to remove it, delete it")
+        rec = TenantRecord(name=name, max_bytes=max_bytes, source=source, updated_at=self.clock(), max_rps=max_rps)
         if name not in self.state.tenants.items:
             await self.room.check(f"setting a quota for tenant '{name}'")
         try:

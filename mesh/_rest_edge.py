@@ -40,6 +40,7 @@ from ._rest_binary import HEADER_LENGTH
 from ._rest_protocols import install_v1, v2_infer
 from ._security import AuthMiddleware, rest_principal
 from ._traffic_split import SESSION_HEADER
+from ._validation import parse_rate
 from ._vmodel_split import install_split_routes
 
 _JSON_INLINE_LIMIT = 64 << 10  # parse bigger bodies off the event loop
@@ -330,9 +331,14 @@ def build_rest_app(
     @app.put("/api/v1/tenants/{name}")
     async def set_tenant(name: str, request: Request) -> dict[str, Any]:
         body = await _read_json(request, 1 << 16)
-        if not isinstance(body, dict) or "maxBytes" not in body:
-            raise InvalidRequest("body must be an object with maxBytes (bytes, or a quantity like 8Gi)")
-        return await management.set_tenant_quota(name, parse_bytes(body["maxBytes"], "maxBytes"), principal=who(request))
+        if not isinstance(body, dict) or not ({"maxBytes", "maxRps"} & body.keys()):
+            raise InvalidRequest(
+                "body must be an object with maxBytes (bytes, or a quantity like 8Gi) and/or maxRps "
+                "(requests per second on each instance); a field left out keeps its value, 0 removes it"
+            )
+        max_bytes = parse_bytes(body["maxBytes"], "maxBytes") if "maxBytes" in body else None
+        max_rps = parse_rate(body["maxRps"], "maxRps") if "maxRps" in body else None
+        return await management.set_tenant_quota(name, max_bytes, max_rps=max_rps, principal=who(request))
 
     @app.delete("/api/v1/tenants/{name}")
     async def delete_tenant(name: str, request: Request) -> dict[str, Any]:

@@ -232,12 +232,15 @@ class LeaderRecord:
 
 @dataclass(frozen=True)
 class TenantRecord:
-    """A tenant's byte quota: its models' assigned copies together may hold at most ``max_bytes``."""
+    """A tenant's quota: its models' assigned copies together may hold at most ``max_bytes``
+    (0: no byte quota), and each instance admits at most ``max_rps`` of its requests per second
+    (0: no rate limit; see :class:`~mesh._admission.TenantRates`)."""
 
     name: str
     max_bytes: int
     source: str = ""  # who set it: "api", or the Kubernetes object it came from
     updated_at: float = 0.0
+    max_rps: float = 0.0
 
 
 @dataclass(frozen=True)

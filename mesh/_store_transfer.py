@@ -21,6 +21,7 @@ from ._errors import Conflict, InvalidRequest
 from ._management import MAX_BYTES, validate_id
 from ._store import Store
 from ._store_schema import Keys, ModelRecord, TenantRecord, VModelRecord, decode, encode
+from ._validation import parse_rate
 
 FORMAT_VERSION = 1
 
@@ -98,8 +99,10 @@ def parse_document(text: str) -> dict[str, list[Any]]:
             if ident in seen:
                 raise InvalidRequest(f"{where}: {what} '{ident}' appears twice")
             seen.add(ident)
-            if isinstance(record, TenantRecord) and not 0 <= record.max_bytes <= MAX_BYTES:
-                raise InvalidRequest(f"{where}: max_bytes must be 0..{MAX_BYTES}")
+            if isinstance(record, TenantRecord):
+                if not 0 <= record.max_bytes <= MAX_BYTES:
+                    raise InvalidRequest(f"{where}: max_bytes must be 0..{MAX_BYTES}")
+                parse_rate(record.max_rps, f"{where}: max_rps")
             records.append(record)
         out[section] = records
     return out

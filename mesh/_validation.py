@@ -9,6 +9,7 @@ from ._errors import InvalidRequest
 # bounds on numbers a client sets, so that no later float or int64 conversion (placement, etcd) overflows
 MAX_BYTES = 1 << 62
 MAX_COPIES = 1 << 16
+MAX_RPS = 1e9  # a tenant's rate, requests per second
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,252}$")
 
 
@@ -33,6 +34,13 @@ def parse_bytes(value: int | str, what: str = "size") -> int:
                 raise InvalidRequest(f"{what}: {value!r} is more than {MAX_BYTES} bytes")
             return n
     raise InvalidRequest(f"{what}: expected bytes as an integer or a quantity like 512Mi or 8Gi, got {value!r}")
+
+
+def parse_rate(value: object, what: str = "rate") -> float:
+    """Requests per second: a finite number from 0 (no limit) to :data:`MAX_RPS`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RPS:
+        raise InvalidRequest(f"{what}: expected requests per second from 0 (no limit) to {MAX_RPS:g}, got {value!r}")
+    return float(value)
 
 
 def valid_id(value: str) -> bool:

@@ -94,6 +94,7 @@ VMODEL_COLUMNS = (
 TENANT_COLUMNS = (
     Column("TENANT", lambda r: r["tenant"] or "(none)", flex=True),
     Column("QUOTA", lambda r: _bytes(r["max_bytes"]), justify="right"),
+    Column("RATE", lambda r: f"{r['max_rps']:g}/s" if r.get("max_rps") else "-", justify="right"),
     Column("USED", lambda r: size(r["used_bytes"], sep=""), justify="right"),
     Column("MODELS", lambda r: str(r["models"]), justify="right"),
     Column("COPIES", lambda r: str(r["copies"]), justify="right"),

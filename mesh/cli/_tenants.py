@@ -1,4 +1,4 @@
-"""``modelmux tenant set|get|list|delete``: tenant byte quotas."""
+"""``modelmux tenant set|get|list|delete``: tenant quotas (bytes and request rate)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,37 @@ from ._client import AddressOpt, CACertOpt, TokenOpt, check, client, follow_page
 from ._output import TableOutput, TableOutputOpt, console, emit
 from ._render import TENANT_COLUMNS
 
-tenant_app = typer.Typer(help="Tenant byte quotas: a tenant's models together may hold at most its quota.", no_args_is_help=True)
+tenant_app = typer.Typer(
+    help="Tenant quotas: a tenant's models together may hold at most its bytes; each instance admits at most its rate.",
+    no_args_is_help=True,
+)
 
 
 @tenant_app.command("set")
 def tenant_set(
     name: str,
-    max_bytes: Annotated[str, typer.Option("--max-bytes", help="quota: bytes, or a quantity like 512Mi, 8Gi")],
+    max_bytes: Annotated[
+        str | None, typer.Option("--max-bytes", help="byte quota: bytes, or a quantity like 512Mi, 8Gi (0: none)")
+    ] = None,
+    max_rps: Annotated[
+        float | None, typer.Option("--max-rps", help="requests per second each instance admits from the tenant (0: none)")
+    ] = None,
     address: AddressOpt = None,
     token: TokenOpt = None,
     cacert: CACertOpt = None,
     output: TableOutputOpt = TableOutput.table,
 ) -> None:
-    """Create or change a tenant's quota (enforced from the next placement decision)."""
+    """Create or change a tenant's quota: bytes (enforced from the next placement decision) and a
+    request rate (from the next request); a limit not given keeps its value."""
+    if max_bytes is None and max_rps is None:
+        raise typer.BadParameter("give --max-bytes, --max-rps or both")
+    body: dict[str, int | str | float] = {}
+    if max_bytes is not None:
+        body["maxBytes"] = int(max_bytes) if max_bytes.isdigit() else max_bytes
+    if max_rps is not None:
+        body["maxRps"] = max_rps
     with client(address, token, cacert) as c:
-        value: int | str = int(max_bytes) if max_bytes.isdigit() else max_bytes
-        row = check(c.put(f"/api/v1/tenants/{name}", json={"maxBytes": value}))
+        row = check(c.put(f"/api/v1/tenants/{name}", json=body))
     emit(row, output, TENANT_COLUMNS, [row], what="tenants")
 
 

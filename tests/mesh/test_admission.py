@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mesh._admission import Admission, AdmissionLimits
+from mesh._admission import Admission, AdmissionLimits, TenantRates
 from mesh._errors import DeadlineExceeded, TooManyRequests, status_for
 
 
@@ -148,3 +148,64 @@ async def test_a_queued_request_gives_up_at_its_deadline_and_frees_its_place() -
     async with adm.slot("a", timeout_s=1):
         assert adm.inflight == 1
     assert adm.inflight == 0
+
+
+def test_tenant_rates_admit_a_burst_then_the_rate_and_say_when_to_retry() -> None:
+    now = [100.0]
+    rates = TenantRates(clock=lambda: now[0])
+    # a full bucket: one second's worth at once, then refused with the time to the next token
+    assert [rates.take("a", 4) for _ in range(4)] == [0.0] * 4
+    assert rates.take("a", 4) == pytest.approx(0.25)
+    now[0] += 0.1
+    assert rates.take("a", 4) == pytest.approx(0.15)  # 0.4 of a token so far
+    now[0] += 0.15
+    assert rates.take("a", 4) == 0.0  # one token refilled: it goes, the next waits again
+    assert rates.take("a", 4) == pytest.approx(0.25)
+    # other tenants have buckets of their own; no rate is no limit
+    assert rates.take("b", 4) == 0.0
+    assert all(rates.take("c", 0) == 0.0 for _ in range(1000))
+    # a long idle time refills only up to the burst
+    now[0] += 3600
+    assert [rates.take("a", 4) == 0.0 for _ in range(5)] == [True] * 4 + [False]
+    # under one request per second: a burst of one, then one each 1/rps seconds
+    assert rates.take("slow", 0.5) == 0.0
+    assert rates.take("slow", 0.5) == pytest.approx(2.0)
+    now[0] += 2.0
+    assert rates.take("slow", 0.5) == 0.0
+    # a clock that steps back refills nothing and refuses nothing it would not have
+    now[0] -= 50
+    assert rates.take("b", 4) == 0.0
+
+
+async def test_a_rate_refusal_is_held_and_counted_like_the_others() -> None:
+    adm = Admission(AdmissionLimits(refusal_hold_s=0.05))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(TooManyRequests) as err:
+        await adm.refuse("over its rate", retry_after_s=0.4, timeout_s=None)
+    assert loop.time() - start >= 0.05 and adm.refused == 1 and adm.held == 0
+    assert err.value.retry_after_s == 0.4
+    assert status_for(err.value)[0].http == 429
+
+
+async def test_refusals_made_together_are_answered_spread_out() -> None:
+    """A flooder's calls refused in one burst must not come back as one burst: each hold is
+    jittered between half and one and a half times ``refusal_hold_s``."""
+    adm = Admission(AdmissionLimits(refusal_hold_s=0.2))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    done: list[float] = []
+
+    async def one() -> None:
+        with pytest.raises(TooManyRequests):
+            await adm.refuse("over", retry_after_s=1.0, timeout_s=None)
+        done.append(loop.time() - start)
+
+    await asyncio.gather(*(one() for _ in range(40)))
+    assert min(done) >= 0.095, done  # at least half the hold
+    assert max(done) - min(done) >= 0.08, done  # spread over (most of) the 0.2 s window
+    # a deadline still bounds the jittered hold to half of it
+    start = loop.time()
+    with pytest.raises(TooManyRequests):
+        await adm.refuse("over", retry_after_s=1.0, timeout_s=0.05)
+    assert loop.time() - start < 0.2

@@ -129,6 +129,8 @@ async def test_cli_moves_one_machine_to_etcd(
         (lambda d: d["models"].append(dict(d["models"][0])), "appears twice"),
         (lambda d: d["tenants"][0].update(max_bytes=-1), "max_bytes"),
         (lambda d: d["tenants"][0].update(max_bytes="lots"), "max_bytes"),
+        (lambda d: d["tenants"][0].update(max_rps=-1.0), "max_rps"),
+        (lambda d: d["tenants"][0].update(max_rps=1e300), "max_rps"),
         (lambda d: d.update(instances=[]), "unknown sections"),
     ],
 )

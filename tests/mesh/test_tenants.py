@@ -187,8 +187,14 @@ async def memory_cluster(tmp_path: Path) -> AsyncIterator[MemoryCluster]:
         ({"maxBytes": "9" * 400}, 400),  # exact, not a float overflow (was a 500)
         ({"maxBytes": 1 << 63}, 400),
         ({}, 400),
+        ({"maxRps": 0}, 400),  # neither limit: not a quota
+        ({"maxRps": -1}, 400),
+        ({"maxRps": "fast"}, 400),
+        ({"maxRps": True}, 400),
+        ({"maxRps": 1e12}, 400),
         ({"maxBytes": "8Gi"}, 200),
         ({"maxBytes": "1.5G"}, 200),
+        ({"maxRps": 2.5}, 200),
     ],
 )
 async def test_quota_validation(memory_cluster: MemoryCluster, body: dict[str, Any], status: int) -> None:
@@ -197,10 +203,14 @@ async def test_quota_validation(memory_cluster: MemoryCluster, body: dict[str, A
         r = await c.put("/api/v1/tenants/t1", json=body)
         assert r.status_code == status, r.text
         if status == 200:
-            assert r.json()["max_bytes"] == {"8Gi": 8 << 30, "1.5G": 1_500_000_000}[body["maxBytes"]]
+            want = {"8Gi": 8 << 30, "1.5G": 1_500_000_000, None: 0}[body.get("maxBytes")]
+            assert (r.json()["max_bytes"], r.json()["max_rps"]) == (want, body.get("maxRps", 0.0))
         else:
             assert "error" in r.json()
         assert (await c.put("/api/v1/tenants/bad%20name", json={"maxBytes": 1})).status_code == 400
+        for raw in (b'{"maxRps": NaN}', b'{"maxRps": Infinity}'):  # Python's json reads them; not a rate
+            r = await c.put("/api/v1/tenants/t2", content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
         assert (await c.get("/api/v1/tenants/nobody")).status_code == 404
 
 
@@ -214,9 +224,17 @@ async def test_tenant_cli(memory_cluster: MemoryCluster) -> None:
     r = await asyncio.to_thread(cli, "set", "team-a", "--max-bytes", "2Gi", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["max_bytes"] == 2 << 30
+    # a limit left out keeps its value: the rate is added to the byte quota, not in its place
+    r = await asyncio.to_thread(cli, "set", "team-a", "--max-rps", "50", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert (json.loads(r.stdout)["max_bytes"], json.loads(r.stdout)["max_rps"]) == (2 << 30, 50.0)
     r = await asyncio.to_thread(cli, "list", "-o", "json")
     assert r.returncode == 0, r.stderr
-    assert {t["tenant"]: t["max_bytes"] for t in json.loads(r.stdout)} == {"team-a": 2 << 30}
+    assert {t["tenant"]: (t["max_bytes"], t["max_rps"]) for t in json.loads(r.stdout)} == {"team-a": (2 << 30, 50.0)}
+    r = await asyncio.to_thread(cli, "list")
+    assert r.returncode == 0 and "2.0GiB   50/s" in r.stdout, r.stdout
+    r = await asyncio.to_thread(cli, "set", "team-a")
+    assert r.returncode == 2 and "--max-bytes, --max-rps" in r.stderr, r.stderr
     r = await asyncio.to_thread(cli, "set", "team-a", "--max-bytes", "nonsense")
     assert r.returncode == 1 and "maxBytes" in r.stdout
     r = await asyncio.to_thread(cli, "delete", "team-a")

@@ -140,6 +140,66 @@ async def test_a_tenant_flood_is_refused_with_429_and_resource_exhausted_while_a
     assert _registrations(cluster) == before
 
 
+async def test_a_tenant_over_its_rate_is_refused_while_another_tenant_sees_no_error(
+    mesh: tuple[MemoryCluster, Client],
+) -> None:
+    """A rate bounds what a tenant takes of the instance even when each request is quick (its
+    in-flight limit is never reached): past ``maxRps`` it gets 429 / RESOURCE_EXHAUSTED with a
+    Retry-After, the other tenant's canary sees no error, and the tenant is served again once
+    its bucket refills."""
+    cluster, client = mesh
+    assert cluster.mesh is not None
+    inst = cluster.mesh.instances[0]
+    before = _registrations(cluster)
+    async with httpx.AsyncClient(base_url=cluster.rest[0], timeout=30) as c:
+        r = await c.put("/api/v1/tenants/alpha", json={"maxRps": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["max_rps"] == 2.0 and r.json()["max_bytes"] == 0
+        await wait_until(lambda: "alpha" in inst.state.tenants.items, 30, "the rate mirrored")
+        with _Canary(cluster, client) as canary:
+            # sequential requests, each well inside the in-flight limit: the burst (2) goes, then
+            # one more per half second at most
+            loop = asyncio.get_running_loop()
+            start, served, refusal = loop.time(), 0, None
+            for _ in range(50):
+                r = await c.post("/v2/models/a1/infer", json=_infer_json())
+                if r.status_code != 200:
+                    refusal = r
+                    break
+                served += 1
+            elapsed = loop.time() - start
+            assert refusal is not None, f"{served} requests at up to 2/s were never refused"
+            assert 2 <= served <= 2 + 2 * elapsed + 1, (served, elapsed)
+            assert refusal.status_code == 429, refusal.text
+            assert "tenant 'alpha' is over its rate of 2 requests per second" in refusal.json()["error"]
+            assert refusal.headers["retry-after"] == "1"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                for _ in range(10):  # the bucket may have refilled a token meanwhile
+                    await client.infer(0, "a1")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "over its rate" in (err.value.details() or "")
+            assert ("retry-after", "1") in tuple(err.value.trailing_metadata() or ())
+            start_ok = canary.ok
+            await wait_until(lambda: canary.ok >= start_ok + 5, 30, "canary progress while alpha is refused")
+
+            # served again once a token is back
+            async def alpha_served() -> bool:
+                return (await c.post("/v2/models/a1/infer", json=_infer_json())).status_code == 200
+
+            await wait_until(alpha_served, 30, "alpha served again")
+            # the rate removed: no refusal however fast
+            r = await c.put("/api/v1/tenants/alpha", json={"maxRps": 0, "maxBytes": "1Gi"})
+            assert r.status_code == 200 and r.json()["max_rps"] == 0.0, r.text
+            await wait_until(lambda: inst.state.tenants.items["alpha"].max_rps == 0, 30, "the rate removal mirrored")
+            for _ in range(20):
+                assert (await c.post("/v2/models/a1/infer", json=_infer_json())).status_code == 200
+            await canary.stop()
+    assert canary.errors == []
+    adm = inst.dataplane.admission.entry
+    assert adm.inflight == 0 and adm.queued == 0 and adm.refused >= 2
+    assert _registrations(cluster) == before
+
+
 async def test_unknown_model_is_404_before_the_body_is_read_and_oversize_is_413_while_streaming(
     mesh: tuple[MemoryCluster, Client],
 ) -> None:

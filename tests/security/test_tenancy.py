@@ -214,10 +214,12 @@ async def test_hostile_tenant_cannot_touch_another_tenants_models(secured: Any, 
     for extra in ({"pinned": True}, {"min_copies": 2}):
         code, _ = await grpc_error(a.register("a-hold", paths["a2"], key=extra))
         assert code == grpc.StatusCode.PERMISSION_DENIED
-    r = await a.http.put(a.rest[0] + "/api/v1/tenants/team-a", json={"maxBytes": 1 << 30})
-    assert r.status_code == 403
-    r = await a.http.put(a.rest[0] + "/api/v1/tenants/team-b", json={"maxBytes": 1})
-    assert r.status_code == 404
+    for body in ({"maxBytes": 1 << 30}, {"maxRps": 1e6}, {"maxRps": 0}):
+        r = await a.http.put(a.rest[0] + "/api/v1/tenants/team-a", json=body)
+        assert r.status_code == 403, body
+    for body in ({"maxBytes": 1}, {"maxRps": 0.01}):  # B throttled by A: no such tenant, as far as A knows
+        r = await a.http.put(a.rest[0] + "/api/v1/tenants/team-b", json=body)
+        assert r.status_code == 404, body
     r = await a.http.delete(a.rest[0] + "/api/v1/tenants/team-b")
     assert r.status_code == 404
     await unchanged("quota and rights")
