@@ -235,9 +235,13 @@ def _apply_quota(
             return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", _error_message(resp))
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "deleted")
     before = client.get(f"/api/v1/tenants/{desired.tenant}")
-    previous = before.json().get("max_bytes", 0) if before.status_code == 200 else 0
-    resp = client.put(f"/api/v1/tenants/{desired.tenant}", json={"maxBytes": desired.max_bytes})
+    old = before.json() if before.status_code == 200 else {}
+    previous = (old.get("max_bytes", 0), old.get("max_rps", 0.0))
+    resp = client.put(f"/api/v1/tenants/{desired.tenant}", json={"maxBytes": desired.max_bytes, "maxRps": desired.max_rps})
     if resp.status_code >= 400:
         return ApplyResult(source, ref.kind, ref.namespace, ref.name, "failed", f"{ref}: {_error_message(resp)}")
-    action = "created" if not previous else ("unchanged" if previous == desired.max_bytes else "configured")
+    if not any(previous):
+        action = "created"
+    else:
+        action = "unchanged" if previous == (desired.max_bytes, desired.max_rps) else "configured"
     return ApplyResult(source, ref.kind, ref.namespace, ref.name, action)

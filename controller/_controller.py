@@ -439,9 +439,11 @@ class Controller:
             else:
                 keep = desired.tenant
                 rec = self.state.tenants.items.get(desired.tenant)
-                if rec is None or (rec.max_bytes, rec.source) != (desired.max_bytes, source_of(ref)):
-                    await self.management.set_tenant_quota(desired.tenant, desired.max_bytes, source=source_of(ref))
-                    log.info("%s: tenant %s quota %d bytes", ref, desired.tenant, desired.max_bytes)
+                if rec is None or (rec.max_bytes, rec.max_rps, rec.source) != (desired.max_bytes, desired.max_rps, source_of(ref)):
+                    await self.management.set_tenant_quota(
+                        desired.tenant, desired.max_bytes, max_rps=desired.max_rps, source=source_of(ref)
+                    )
+                    log.info("%s: tenant %s quota %d bytes, %g/s", ref, desired.tenant, desired.max_bytes, desired.max_rps)
         await self._drop_quotas_from(ref, keep=keep)
         current = obj.get("status") or {}
         status = quota_status(

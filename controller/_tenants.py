@@ -1,10 +1,11 @@
-"""TenantQuota objects (``modelmux.io/v1alpha1``): byte quotas of tenants, set from the cluster.
+"""TenantQuota objects (``modelmux.io/v1alpha1``): quotas of tenants, set from the cluster.
 
 A TenantQuota in namespace N sets the quota of tenant ``spec.tenant`` (default: N, the
 tenant of every Predictor in N unless it names another through the
 ``modelmux.io/tenant-quota`` annotation) to ``spec.maxBytes``, an integer or a Kubernetes
-quantity (``8Gi``, ``500M``). Pure mapping and status here; the controller applies it to
-the mesh store and writes the status back.
+quantity (``8Gi``, ``500M``), and its rate to ``spec.maxRps`` (requests per second each
+instance admits from the tenant; absent or 0: none). Pure mapping and status here; the
+controller applies it to the mesh store and writes the status back.
 
 With one mesh for every namespace (``vmodel_names="namespace.name"``) tenant names are
 resolved within the object's namespace (:func:`tenant_id`): N's own tenant is ``N`` and any
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mesh import InvalidRequest, parse_bytes, validate_id
+from mesh import InvalidRequest, parse_bytes, parse_rate, validate_id
 
 from ._kinds import Kind, ObjectRef, VModelNaming, tenant_id
 from ._status import rfc3339
@@ -35,6 +36,7 @@ TENANT_FINALIZER = "modelmux.io/tenant-quota"
 class QuotaSpec:
     tenant: str
     max_bytes: int
+    max_rps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,10 @@ def quota_spec(obj: Mapping[str, Any], naming: VModelNaming = "name") -> QuotaSp
         max_bytes = parse_bytes(spec["maxBytes"], "spec.maxBytes")
         if max_bytes <= 0:
             raise InvalidRequest(f"spec.maxBytes must be positive, got {spec['maxBytes']!r}")
+        max_rps = parse_rate(spec.get("maxRps", 0), "spec.maxRps")
     except InvalidRequest as exc:
         return QuotaRejection(tenant, "InvalidSpec", exc.message)
-    return QuotaSpec(tenant, max_bytes)
+    return QuotaSpec(tenant, max_bytes, max_rps)
 
 
 def _age_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -102,7 +105,8 @@ def quota_status(
     elif conflict:
         ready, reason, message = "False", "Conflict", conflict
     else:
-        ready, reason, message = "True", "QuotaSet", f"tenant {desired.tenant!r} may hold {desired.max_bytes} bytes"
+        rate = f", {desired.max_rps:g} requests per second on each instance" if desired.max_rps else ""
+        ready, reason, message = "True", "QuotaSet", f"tenant {desired.tenant!r} may hold {desired.max_bytes} bytes{rate}"
     u = usage or {}
     prev_cond = next((c for c in previous.get("conditions") or () if c.get("type") == "Ready"), None)
     same = prev_cond is not None and (prev_cond.get("status"), prev_cond.get("reason"), prev_cond.get("message")) == (ready, reason, message)
@@ -117,6 +121,7 @@ def quota_status(
     return {
         "tenant": desired.tenant,
         "maxBytes": desired.max_bytes if isinstance(desired, QuotaSpec) and not conflict else 0,
+        "maxRps": desired.max_rps if isinstance(desired, QuotaSpec) and not conflict else 0.0,
         "usedBytes": int(u.get("used_bytes", 0)),
         "models": int(u.get("models", 0)),
         "copies": int(u.get("copies", 0)),

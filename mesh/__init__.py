@@ -37,6 +37,7 @@ from ._management import (
     ModelStatus,
     VModelStatus,
     parse_bytes,
+    parse_rate,
     validate_id,
 )
 from ._runtimes import ExternalRuntime, RuntimeSettings
@@ -83,6 +84,7 @@ __all__ = [
     "build_store",
     "canary",
     "parse_bytes",
+    "parse_rate",
     "serve_http",
     "set_traffic_split",
     "status_for",

@@ -53,6 +53,20 @@ def test_quota_spec_rejects_bad_sizes(bad: Any) -> None:
     assert isinstance(got, QuotaRejection) and got.reason == "InvalidSpec" and "maxBytes" in got.message
 
 
+@pytest.mark.parametrize("bad", ["fast", -1, True, 1e12, None])
+def test_quota_spec_rejects_bad_rates(bad: Any) -> None:
+    obj = tq("q", "team-a", "8Gi")
+    obj["spec"]["maxRps"] = bad
+    got = quota_spec(obj)
+    assert isinstance(got, QuotaRejection) and got.reason == "InvalidSpec" and "maxRps" in got.message
+
+
+def test_quota_spec_reads_a_rate() -> None:
+    obj = tq("q", "team-a", "8Gi")
+    obj["spec"]["maxRps"] = 250
+    assert quota_spec(obj) == QuotaSpec("team-a", 8 << 30, 250.0)
+
+
 def test_quota_spec_rejects_a_bad_tenant_and_a_missing_size() -> None:
     assert isinstance(quota_spec(tq("q", "ns", 5, tenant="no spaces allowed")), QuotaRejection)
     obj = tq("q", "ns", 5)
@@ -120,6 +134,19 @@ async def test_tenant_quotas_from_the_cluster(k8s_env: ControllerEnv, tmp_path: 
     obj["spec"]["maxBytes"] = 128 << 20
     env.api.update(obj)
     await wait_until(lambda: tenants.items["team-a"].max_bytes == 128 << 20, 10, "quota changed")
+    # add a rate, then take it away: the object is what the store holds
+    obj = env.api.get("tenantquotas", "team-a", "quota")
+    assert obj is not None
+    obj["spec"]["maxRps"] = 40
+    env.api.update(obj)
+    await wait_until(lambda: tenants.items["team-a"].max_rps == 40.0, 10, "rate set")
+    await env.wait(lambda: env.status("tenantquotas", "quota", "team-a").get("maxRps") == 40.0, what="rate in status")
+    assert tenants.items["team-a"].max_bytes == 128 << 20
+    obj = env.api.get("tenantquotas", "team-a", "quota")
+    assert obj is not None
+    del obj["spec"]["maxRps"]
+    env.api.update(obj)
+    await wait_until(lambda: tenants.items["team-a"].max_rps == 0.0, 10, "rate removed")
 
     # a second claim on the same tenant conflicts and changes nothing
     env.api.create(tq("also", "other", "1Mi", tenant="team-a"))

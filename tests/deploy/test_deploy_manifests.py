@@ -362,7 +362,7 @@ def test_tenant_quota_status_fits_the_crd() -> None:
 
     example = _one("TenantQuota", "quota")
     desired = quota_spec(example)
-    assert desired == QuotaSpec("team-a", 8 << 30)
+    assert desired == QuotaSpec("team-a", 8 << 30, 500.0)
     for d, conflict in ((desired, ""), (desired, "tenant 'team-a' already has its quota from TenantQuota/x/y"), (QuotaRejection("t", "InvalidSpec", "bad"), "")):
         status = quota_status(d, {"used_bytes": 5, "models": 2, "copies": 3}, generation=2, previous={}, now=1_800_000_000.0, conflict=conflict)
         validate_custom({**example, "status": status})
