@@ -16,7 +16,8 @@ any admission runs, and every other tenant's call would wait behind them there. 
 cost a timer each; past ``refusals_held_max`` at once they are answered at once again.
 
 A tenant may also have a rate (``max_rps`` of its quota): :class:`TenantRates` refuses its
-requests past that many per second, before they take or wait for a slot. Concurrency limits
+requests past that many per second, before they take or wait for a slot; those refusals are
+held ``rate_refusal_hold_s`` (1 s, the shortest ``Retry-After`` a client is told). Concurrency limits
 bound what a flood holds at once, not how much of the instance's processor it takes: a
 flooding tenant kept at its in-flight limit still keeps the one event loop busy, and every
 other tenant's call shares it. A rate bounds that share.
@@ -45,6 +46,8 @@ class AdmissionLimits:
     tenant_queued: int = 512
     retry_after_s: float = 1.0
     refusal_hold_s: float = 0.25
+    rate_refusal_hold_s: float = 1.0
+    tenant_max_rps: float = 0.0  # the rate of a tenant whose quota sets none (0: none)
     refusals_held_max: int = 4096
 
 
@@ -104,17 +107,20 @@ class Admission:
             self._take(best)
             fut.set_result(None)
 
-    async def refuse(self, message: str, *, retry_after_s: float, timeout_s: float | None) -> None:
-        """Count a refusal, hold it (see the module doc), then raise it."""
+    async def refuse(
+        self, message: str, *, retry_after_s: float, timeout_s: float | None, hold_s: float | None = None
+    ) -> None:
+        """Count a refusal, hold it (``hold_s``, default ``refusal_hold_s``: see the module doc),
+        then raise it."""
         self.refused += 1
         refusal = TooManyRequests(message, retry_after_s=retry_after_s)
-        await self._hold(timeout_s)
+        await self._hold(timeout_s, self.limits.refusal_hold_s if hold_s is None else hold_s)
         raise refusal
 
-    async def _hold(self, timeout_s: float | None) -> None:
+    async def _hold(self, timeout_s: float | None, hold_s: float) -> None:
         # jittered (0.5x to 1.5x): a flooder's calls refused together would otherwise come back
         # together, a burst the event loop works through while everyone else's calls wait
-        hold = self.limits.refusal_hold_s * (0.5 + random.random())
+        hold = hold_s * (0.5 + random.random())
         if timeout_s is not None:
             hold = min(hold, timeout_s / 2)
         if hold <= 0 or self.held >= self.limits.refusals_held_max:

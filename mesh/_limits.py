@@ -11,9 +11,10 @@ still meets its limit where its model runs; a separate pool keeps an entry insta
 which wait on forwards, from starving the forwarded work that would free them (no wait cycle
 between two instances forwarding to each other).
 
-A tenant's rate (``max_rps`` of its quota record, read from the mirror) is enforced where its
-requests enter: each instance admits at most that many of the tenant's requests per second
-from callers; forwarded requests were counted at their entry and are not counted again.
+A tenant's rate (``max_rps`` of its quota record, read from the mirror; else the instance's
+``tenant_max_rps``, if any) is enforced where its requests enter: each instance admits at
+most that many of the tenant's requests per second from callers; forwarded requests were
+counted at their entry and are not counted again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def admission_limits(settings: object) -> AdmissionLimits:
         tenant_queued=getattr(settings, "tenant_queued", d.tenant_queued),
         retry_after_s=getattr(settings, "retry_after_s", d.retry_after_s),
         refusal_hold_s=getattr(settings, "refusal_hold_s", d.refusal_hold_s),
+        rate_refusal_hold_s=getattr(settings, "rate_refusal_hold_s", d.rate_refusal_hold_s),
+        tenant_max_rps=getattr(settings, "tenant_max_rps", d.tenant_max_rps),
         refusals_held_max=getattr(settings, "refusals_held_max", d.refusals_held_max),
     )
 
@@ -72,12 +75,16 @@ class RequestAdmission:
         pool = self.forwarded if ctx.forwarded else self.entry
         timeout = ctx.timeout_s if ctx.timeout_s is not None else router.default_deadline_s
         tenant = self.tenant_of(mid, ctx)
-        quota = router.mirror.tenants.items.get(tenant) if not ctx.forwarded else None
-        if quota is not None and quota.max_rps > 0 and (wait := self.rates.take(tenant, quota.max_rps)):
+        rps = 0.0
+        if not ctx.forwarded:
+            quota = router.mirror.tenants.items.get(tenant)
+            rps = quota.max_rps if quota is not None and quota.max_rps > 0 else pool.limits.tenant_max_rps
+        if rps > 0 and (wait := self.rates.take(tenant, rps)):
             await pool.refuse(
-                f"tenant '{tenant}' is over its rate of {quota.max_rps:g} requests per second on this instance; retry later",
+                f"tenant '{tenant}' is over its rate of {rps:g} requests per second on this instance; retry later",
                 retry_after_s=wait,
                 timeout_s=timeout,
+                hold_s=pool.limits.rate_refusal_hold_s,
             )
         async with pool.slot(tenant, timeout_s=timeout):
             yield replace(ctx, admitted=True)

@@ -44,6 +44,11 @@ class InstanceSettings(BaseSettings):
     # so a client that retries at once cannot keep the server's call queue full (mesh._admission);
     # past refusals_held_max held at once, refusals are answered at once
     refusal_hold_s: float = Field(default=0.25, ge=0)
+    # a refusal for a tenant over its rate (max_rps) is held this long instead: the tenant has
+    # used a whole second's worth, and each refusal answered sooner costs the instance a call
+    rate_refusal_hold_s: float = Field(default=1.0, ge=0)
+    # the rate of a tenant whose quota sets none (requests per second on this instance; 0: none)
+    tenant_max_rps: float = Field(default=0.0, ge=0, le=1e9)
     refusals_held_max: int = Field(default=4096, ge=0)
     # registration caps (mesh._caps): modelInfo.key bytes, stored record bytes, models per tenant (0: no cap)
     max_key_bytes: int = Field(default=64 << 10, ge=1)

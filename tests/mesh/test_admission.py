@@ -178,14 +178,18 @@ def test_tenant_rates_admit_a_burst_then_the_rate_and_say_when_to_retry() -> Non
 
 
 async def test_a_rate_refusal_is_held_and_counted_like_the_others() -> None:
-    adm = Admission(AdmissionLimits(refusal_hold_s=0.05))
+    adm = Admission(AdmissionLimits(refusal_hold_s=0.02, rate_refusal_hold_s=0.2))
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(TooManyRequests) as err:
-        await adm.refuse("over its rate", retry_after_s=0.4, timeout_s=None)
-    assert loop.time() - start >= 0.05 and adm.refused == 1 and adm.held == 0
+        await adm.refuse("over its rate", retry_after_s=0.4, timeout_s=None, hold_s=adm.limits.rate_refusal_hold_s)
+    assert loop.time() - start >= 0.095 and adm.refused == 1 and adm.held == 0  # half the hold, at least
     assert err.value.retry_after_s == 0.4
     assert status_for(err.value)[0].http == 429
+    start = loop.time()
+    with pytest.raises(TooManyRequests):  # bounded by half the caller's deadline all the same
+        await adm.refuse("over its rate", retry_after_s=0.4, timeout_s=0.02, hold_s=adm.limits.rate_refusal_hold_s)
+    assert loop.time() - start < 0.09 and adm.refused == 2
 
 
 async def test_refusals_made_together_are_answered_spread_out() -> None:

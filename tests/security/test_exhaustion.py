@@ -200,6 +200,36 @@ async def test_a_tenant_over_its_rate_is_refused_while_another_tenant_sees_no_er
     assert _registrations(cluster) == before
 
 
+async def test_the_instance_default_rate_applies_to_tenants_whose_quota_sets_none(tmp_path: Path) -> None:
+    cluster = MemoryCluster(1, tmp_path, capacity_bytes=64 << 20, overrides={"tenant_max_rps": 3.0})
+    await cluster.start()
+    try:
+        async with httpx.AsyncClient(base_url=cluster.rest[0], timeout=30) as c:
+            for mid, tenant in (("a1", "alpha"), ("b1", "beta")):
+                p = add_model(tmp_path / mid / "model.onnx", 1.0)
+                body = {"modelInfo": {"type": "onnx", "path": str(p), "key": {"tenant": tenant}}, "loadNow": True, "sync": True}
+                assert (await c.post(f"/api/v1/models/{mid}", json=body)).status_code == 200
+            # beta's own rate is far above the default: it is not held to 3/s
+            assert (await c.put("/api/v1/tenants/beta", json={"maxRps": 10_000})).status_code == 200
+            assert cluster.mesh is not None
+            inst = cluster.mesh.instances[0]
+            await wait_until(lambda: "beta" in inst.state.tenants.items, 30, "beta's rate mirrored")
+            loop = asyncio.get_running_loop()
+            start, served = loop.time(), 0
+            for _ in range(50):
+                r = await c.post("/v2/models/a1/infer", json=_infer_json())
+                if r.status_code != 200:
+                    assert r.status_code == 429 and "rate of 3 requests per second" in r.json()["error"], r.text
+                    break
+                served += 1
+            assert 3 <= served <= 3 + 3 * (loop.time() - start) + 1, served
+            for _ in range(20):
+                r = await c.post("/v2/models/b1/infer", json=_infer_json())
+                assert r.status_code == 200, r.text
+    finally:
+        await cluster.close()
+
+
 async def test_unknown_model_is_404_before_the_body_is_read_and_oversize_is_413_while_streaming(
     mesh: tuple[MemoryCluster, Client],
 ) -> None:
