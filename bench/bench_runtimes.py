@@ -15,9 +15,12 @@ all variants alike instead of whichever ran during a burst.
    16 in flight) calls a one-instance mesh in its own process serving the same TorchScript model
    in process (``MODELMUX_RUNTIMES_ISOLATED_TYPES=[]``) vs in its runtime process (the default):
    what a caller sees, edge and routing included. Same target, >= 0.75x.
-3. CPU-heavy ONNX model (~10 ms per inference, 1 framework thread, 1 inference worker per
-   runtime), the same offered load (4 in flight) on 1 runtime process vs 2 (a copy on each,
-   round robin). Target >= 1.6x.
+3. CPU-heavy ONNX models (1 framework thread, 1 inference worker per runtime), the same offered
+   load (4 in flight) on 1 runtime process vs 2 (a copy on each, round robin). Target >= 1.6x.
+   Two models: ``heavy`` is compute-bound with its weights in each core's L2 cache (64 layers of
+   tanh(x @ W), one 384 x 384 W, x 32 x 384: ~300M multiply-adds, ~8 ms, 48 KiB each way);
+   ``heavy_membound`` is 8 x 4096 @ 4096 x 4096 (~10 ms, 64 MiB of weights streamed from memory
+   on every call, 128 KiB each way), where two cores also share the memory bandwidth.
 """
 
 from __future__ import annotations
@@ -38,6 +41,29 @@ from typing import Any
 
 Call = Callable[[], Awaitable[Any]]
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def deep_onnx(path: Path, width: int = 384, layers: int = 64) -> Path:
+    """An MLP of ``layers`` x tanh(x @ W) sharing one ``width`` x ``width`` W (input ``x``)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [prev, "W"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])], [numpy_helper.from_array(w, "W")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path / "model.onnx")
+    return path / "model.onnx"
 
 
 async def _rate(call: Call, seconds: float, concurrency: int) -> float:
@@ -173,30 +199,39 @@ async def main_async(seconds: float, rounds: int = 3) -> dict[str, float]:
         await adapter.close()
         out |= await edge_local_hit(ts, payload, seconds, rounds)
 
-        # compute-bound: 8 x 4096 @ 4096 x 4096 (~134M multiply-adds, ~10 ms on one thread here)
-        # for 128 KiB in and out. Until session 5 it was 64 x 1024 @ 1024 x 1024 (256 KiB each
-        # way), heavy only while typed contents cost ~4 ms to convert; once they cost 0.2 ms,
-        # moving its bytes weighed as much as its compute and the bench measured the copies.
-        heavy = open_up(mf.make_onnx_model(root / "heavy", in_features=4096, out_features=4096))
-        heavy_payload = fp32_request("heavy", "x", [0.5] * (8 * 4096), [8, 4096])
+        # Until session 5 the heavy model was 64 x 1024 @ 1024 x 1024 (256 KiB each way), heavy only
+        # while typed contents cost ~4 ms to convert; once they cost 0.2 ms, moving its bytes weighed
+        # as much as its compute and the bench measured the copies. Session 6 adds the cache-resident
+        # model: the 4096 x 4096 one streams its 64 MiB of weights from memory on every call.
+        models = {
+            "heavy": (open_up(deep_onnx(root / "heavy")), fp32_request("heavy", "x", [0.5] * (32 * 384), [32, 384])),
+            "heavy_membound": (
+                open_up(mf.make_onnx_model(root / "heavy_membound", in_features=4096, out_features=4096)),
+                fp32_request("heavy_membound", "x", [0.5] * (8 * 4096), [8, 4096]),
+            ),
+        }
         env = adapter_env(AdapterSettings(infer_workers=1, onnx_intra_op_threads=1, onnx_inter_op_threads=1))
-        scaling: dict[str, Call] = {}
-        pids: dict[str, list[int]] = {}
-        for n in (1, 2):
-            sup = RuntimeSupervisor(RuntimeSettings(count=n, isolated_types=("onnx",), start_workers="at_start"), worker_env=env)
-            sups.append(sup)
-            await sup.start()
-            copies = [await sup.load(ModelSpec("heavy", "onnx"), heavy.parent) for _ in range(n)]
-            assert len({c.runtime_name for c in copies}) == n
+        for name, (path, body) in models.items():
+            scaling: dict[str, Call] = {}
+            pids: dict[str, list[int]] = {}
+            for n in (1, 2):
+                sup = RuntimeSupervisor(RuntimeSettings(count=n, isolated_types=("onnx",), start_workers="at_start"), worker_env=env)
+                sups.append(sup)
+                await sup.start()
+                copies = [await sup.load(ModelSpec(name, "onnx"), path.parent) for _ in range(n)]
+                assert len({c.runtime_name for c in copies}) == n
 
-            def round_robin(rr: Any = itertools.cycle(copies)) -> Awaitable[bytes]:
-                return next(rr).infer_bytes(heavy_payload)  # type: ignore[no-any-return]
+                def round_robin(rr: Any = itertools.cycle(copies), body: bytes = body) -> Awaitable[bytes]:
+                    return next(rr).infer_bytes(body)  # type: ignore[no-any-return]
 
-            scaling[f"heavy_{n}_runtimes_rps"] = round_robin
-            pids[f"heavy_{n}_runtimes_rps"] = [r.pid for r in sup.runtimes if r.pid is not None]
-        # the cores the runtimes got: on a shared host a ratio is only as good as the CPU on offer
-        out |= await _interleaved(scaling, seconds, rounds, 4, pids)
-        out["heavy_2_vs_1_runtimes"] = out["heavy_2_runtimes_rps"] / out["heavy_1_runtimes_rps"]
+                scaling[f"{name}_{n}_runtimes_rps"] = round_robin
+                pids[f"{name}_{n}_runtimes_rps"] = [r.pid for r in sup.runtimes if r.pid is not None]
+            # the cores the runtimes got: on a shared host a ratio is only as good as the CPU on offer
+            out |= await _interleaved(scaling, seconds, rounds, 4, pids)
+            out[f"{name}_2_vs_1_runtimes"] = out[f"{name}_2_runtimes_rps"] / out[f"{name}_1_runtimes_rps"]
+            for sup in sups:
+                await sup.close()
+            sups.clear()
     finally:
         for sup in sups:
             await sup.close()
