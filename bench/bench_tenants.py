@@ -14,7 +14,10 @@ fairness. h2load puts the same 64 streams on the server for a fraction of the CP
 B's quiet phase): past N requests per second A's calls are refused (held, then RESOURCE_EXHAUSTED),
 which bounds the share of the server A's flood takes however cheap each of its calls is.
 
-    python -m bench.bench_tenants [--seconds 5] [--flood 64] [--client h2load|python] [--a-rps N]
+With ``--rounds N`` the quiet and flood phases alternate N times against one server; the ratio of
+the pooled p99s and the median of the per-round ratios are both reported.
+
+    python -m bench.bench_tenants [--seconds 5] [--flood 64] [--client h2load|python] [--a-rps N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -109,7 +113,7 @@ def _h2load_flood(addr: str, flood: int, seconds: float) -> list[str]:
             "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{addr}{INFER}"]  # fmt: skip
 
 
-async def run(seconds: float, flood: int, client: str = "h2load", a_rps: float = 0.0) -> dict[str, float]:
+async def run(seconds: float, flood: int, client: str = "h2load", a_rps: float = 0.0, rounds: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         proc_server, ready = await _serve(tmp)
@@ -131,20 +135,29 @@ async def run(seconds: float, flood: int, client: str = "h2load", a_rps: float =
             call_a, call_b = ch_a.unary_unary(INFER), ch_b.unary_unary(INFER)
             msg_a, msg_b = request_bytes("a"), request_bytes("b")
             await _steady(call_b, msg_b, 0.5)  # warm up
-            quiet = await _steady(call_b, msg_b, seconds)
-            if client == "h2load":
-                cmd = _h2load_flood(ready["grpc"], flood, seconds + 1.5)
-            else:
-                cmd = [sys.executable, "-c", _FLOOD, ready["grpc"], str(flood), str(seconds + 1.5)]
-            proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT))
-            await _steady(call_a, msg_a, 1.0, refusals_ok=True)  # the flood process starts meanwhile
-            loud = await _steady(call_b, msg_b, seconds)
-            out, _ = await proc.communicate()
-            if client == "h2load":  # h2load cannot tell an answer from a refusal (both HTTP 200)
-                m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out.decode())
-                counts = {"ok": int(m.group(1)) if m else -1, "RESOURCE_EXHAUSTED": -1}
-            else:
-                counts = json.loads(out)
+            quiet: list[float] = []
+            loud: list[float] = []
+            ratios: list[float] = []
+            counts: dict[str, int] = {}
+            for _ in range(rounds):  # quiet, then flood, per round: the VM's swings hit both alike
+                q = await _steady(call_b, msg_b, seconds)
+                if client == "h2load":
+                    cmd = _h2load_flood(ready["grpc"], flood, seconds + 1.5)
+                else:
+                    cmd = [sys.executable, "-c", _FLOOD, ready["grpc"], str(flood), str(seconds + 1.5)]
+                proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT))
+                await _steady(call_a, msg_a, 1.0, refusals_ok=True)  # the flood process starts meanwhile
+                f = await _steady(call_b, msg_b, seconds)
+                out, _ = await proc.communicate()
+                if client == "h2load":  # h2load cannot tell an answer from a refusal (both HTTP 200)
+                    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out.decode())
+                    counts["ok"] = counts.get("ok", 0) + (int(m.group(1)) if m else 0)
+                else:
+                    for k, v in json.loads(out).items():
+                        counts[k] = counts.get(k, 0) + v
+                quiet += q
+                loud += f
+                ratios.append(float(np.percentile(f, 99) / np.percentile(q, 99)))
             await ch_a.close()
             await ch_b.close()
         finally:
@@ -154,13 +167,15 @@ async def run(seconds: float, flood: int, client: str = "h2load", a_rps: float =
     return {
         "b_p99_ms_quiet": round(p99q, 2),
         "b_p99_ms_flood": round(p99l, 2),
-        "ratio": round(p99l / p99q, 2),
+        "ratio": round(p99l / p99q, 2),  # of the p99s over every round's calls
+        "ratio_per_round": [round(r, 2) for r in ratios],
+        "ratio_median": round(float(np.median(ratios)), 2),
         "b_requests_quiet": len(quiet),
         "b_requests_flood": len(loud),
         "client": client,
         "a_rps": a_rps,
-        "a_answered_or_refused" if client == "h2load" else "a_ok": counts["ok"],
-        "a_refused": counts.get("RESOURCE_EXHAUSTED", 0),
+        "a_answered_or_refused" if client == "h2load" else "a_ok": counts.get("ok", 0),
+        "a_refused": counts.get("RESOURCE_EXHAUSTED", 0) if client != "h2load" else -1,
     }
 
 
@@ -170,8 +185,9 @@ def main() -> None:
     ap.add_argument("--flood", type=int, default=64)
     ap.add_argument("--client", choices=("h2load", "python"), default="h2load")
     ap.add_argument("--a-rps", type=float, default=0.0, help="tenant A's rate, requests per second (0: none)")
+    ap.add_argument("--rounds", type=int, default=1, help="quiet + flood phases, one after the other")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(args.seconds, args.flood, args.client, args.a_rps)), indent=2))
+    print(json.dumps(asyncio.run(run(args.seconds, args.flood, args.client, args.a_rps, args.rounds)), indent=2))
 
 
 if __name__ == "__main__":
