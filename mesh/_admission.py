@@ -52,8 +52,12 @@ class AdmissionLimits:
 
 
 class Admission:
-    def __init__(self, limits: AdmissionLimits | None = None) -> None:
+    """``on_refuse(reason)`` is told of every refusal: ``instance_queue``, ``tenant_queue`` or the
+    reason the caller of :meth:`refuse` gives."""
+
+    def __init__(self, limits: AdmissionLimits | None = None, *, on_refuse: Callable[[str], None] | None = None) -> None:
         self.limits = limits or AdmissionLimits()
+        self.on_refuse = on_refuse
         self.inflight = 0
         self.queued = 0
         self._tenant_inflight: dict[str, int] = {}
@@ -108,11 +112,13 @@ class Admission:
             fut.set_result(None)
 
     async def refuse(
-        self, message: str, *, retry_after_s: float, timeout_s: float | None, hold_s: float | None = None
+        self, message: str, *, reason: str, retry_after_s: float, timeout_s: float | None, hold_s: float | None = None
     ) -> None:
         """Count a refusal, hold it (``hold_s``, default ``refusal_hold_s``: see the module doc),
         then raise it."""
         self.refused += 1
+        if self.on_refuse is not None:
+            self.on_refuse(reason)
         refusal = TooManyRequests(message, retry_after_s=retry_after_s)
         await self._hold(timeout_s, self.limits.refusal_hold_s if hold_s is None else hold_s)
         raise refusal
@@ -140,8 +146,14 @@ class Admission:
             lim = self.limits
             queue = self._waiting.get(tenant)
             if self.queued >= lim.instance_queued or (len(queue) if queue is not None else 0) >= lim.tenant_queued:
-                who = "this instance" if self.queued >= lim.instance_queued else f"tenant '{tenant}'"
-                await self.refuse(f"too many requests in flight for {who}; retry later", retry_after_s=lim.retry_after_s, timeout_s=timeout_s)
+                full = self.queued >= lim.instance_queued
+                who = "this instance" if full else f"tenant '{tenant}'"
+                await self.refuse(
+                    f"too many requests in flight for {who}; retry later",
+                    reason="instance_queue" if full else "tenant_queue",
+                    retry_after_s=lim.retry_after_s,
+                    timeout_s=timeout_s,
+                )
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if queue is None:
                 queue = self._waiting[tenant] = deque()

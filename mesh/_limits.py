@@ -50,8 +50,9 @@ def admission_limits(settings: object) -> AdmissionLimits:
 class RequestAdmission:
     def __init__(self, router: Router, limits: AdmissionLimits | None = None) -> None:
         self.router = router
-        self.entry = Admission(limits)
-        self.forwarded = Admission(limits)
+        refusals = router.metrics.admission_refusals
+        self.entry = Admission(limits, on_refuse=lambda reason: refusals.labels(reason).inc())
+        self.forwarded = Admission(limits, on_refuse=self.entry.on_refuse)
         self.rates = TenantRates()
 
     def configure(self, limits: AdmissionLimits) -> None:
@@ -82,6 +83,7 @@ class RequestAdmission:
         if rps > 0 and (wait := self.rates.take(tenant, rps)):
             await pool.refuse(
                 f"tenant '{tenant}' is over its rate of {rps:g} requests per second on this instance; retry later",
+                reason="tenant_rate",
                 retry_after_s=wait,
                 timeout_s=timeout,
                 hold_s=pool.limits.rate_refusal_hold_s,

@@ -153,6 +153,10 @@ class Metrics:
             ("vmodel", "result"), registry=r,
         )
         self.puller_hits = Counter("modelmux_puller_cache_hits", "Artifacts staged from the local cache (no download)", registry=r)
+        # admission refusals (RESOURCE_EXHAUSTED / 429): instance_queue, tenant_queue or tenant_rate
+        self.admission_refusals = Counter(
+            "modelmux_admission_refusals", "Requests refused by admission, by reason", ("reason",), registry=r
+        )
         self.batch_size = ms(
             "modelmux_batch_size", "Requests merged into one framework call (1: ran alone)", buckets=BATCH_SIZE_BUCKETS
         )

@@ -182,13 +182,13 @@ async def test_a_rate_refusal_is_held_and_counted_like_the_others() -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(TooManyRequests) as err:
-        await adm.refuse("over its rate", retry_after_s=0.4, timeout_s=None, hold_s=adm.limits.rate_refusal_hold_s)
+        await adm.refuse("over its rate", reason="tenant_rate", retry_after_s=0.4, timeout_s=None, hold_s=adm.limits.rate_refusal_hold_s)
     assert loop.time() - start >= 0.095 and adm.refused == 1 and adm.held == 0  # half the hold, at least
     assert err.value.retry_after_s == 0.4
     assert status_for(err.value)[0].http == 429
     start = loop.time()
     with pytest.raises(TooManyRequests):  # bounded by half the caller's deadline all the same
-        await adm.refuse("over its rate", retry_after_s=0.4, timeout_s=0.02, hold_s=adm.limits.rate_refusal_hold_s)
+        await adm.refuse("over its rate", reason="tenant_rate", retry_after_s=0.4, timeout_s=0.02, hold_s=adm.limits.rate_refusal_hold_s)
     assert loop.time() - start < 0.09 and adm.refused == 2
 
 
@@ -202,7 +202,7 @@ async def test_refusals_made_together_are_answered_spread_out() -> None:
 
     async def one() -> None:
         with pytest.raises(TooManyRequests):
-            await adm.refuse("over", retry_after_s=1.0, timeout_s=None)
+            await adm.refuse("over", reason="test", retry_after_s=1.0, timeout_s=None)
         done.append(loop.time() - start)
 
     await asyncio.gather(*(one() for _ in range(40)))
@@ -211,5 +211,5 @@ async def test_refusals_made_together_are_answered_spread_out() -> None:
     # a deadline still bounds the jittered hold to half of it
     start = loop.time()
     with pytest.raises(TooManyRequests):
-        await adm.refuse("over", retry_after_s=1.0, timeout_s=0.05)
+        await adm.refuse("over", reason="test", retry_after_s=1.0, timeout_s=0.05)
     assert loop.time() - start < 0.2

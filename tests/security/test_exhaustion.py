@@ -137,6 +137,9 @@ async def test_a_tenant_flood_is_refused_with_429_and_resource_exhausted_while_a
         await canary.stop()
     assert canary.errors == []
     assert adm.inflight == 0 and adm.queued == 0
+    sample = inst.metrics.registry.get_sample_value
+    assert sample("modelmux_admission_refusals_total", {"reason": "tenant_queue"}) == adm.refused >= 2
+    assert sample("modelmux_admission_refusals_total", {"reason": "tenant_rate"}) is None
     assert _registrations(cluster) == before
 
 
@@ -197,6 +200,9 @@ async def test_a_tenant_over_its_rate_is_refused_while_another_tenant_sees_no_er
     assert canary.errors == []
     adm = inst.dataplane.admission.entry
     assert adm.inflight == 0 and adm.queued == 0 and adm.refused >= 2
+    refusals = inst.metrics.registry.get_sample_value
+    assert refusals("modelmux_admission_refusals_total", {"reason": "tenant_rate"}) == adm.refused
+    assert refusals("modelmux_admission_refusals_total", {"reason": "tenant_queue"}) is None
     assert _registrations(cluster) == before
 
 
