@@ -17,10 +17,10 @@ cost a timer each; past ``refusals_held_max`` at once they are answered at once 
 
 A tenant may also have a rate (``max_rps`` of its quota): :class:`TenantRates` refuses its
 requests past that many per second, before they take or wait for a slot; those refusals are
-held ``rate_refusal_hold_s`` (1 s, the shortest ``Retry-After`` a client is told). Concurrency limits
-bound what a flood holds at once, not how much of the instance's processor it takes: a
-flooding tenant kept at its in-flight limit still keeps the one event loop busy, and every
-other tenant's call shares it. A rate bounds that share.
+held ``rate_refusal_hold_s`` (1 s, the shortest ``Retry-After`` a client is told).
+Concurrency limits bound what a flood holds at once, not how much of the instance's processor
+it takes: a flooding tenant kept at its in-flight limit still keeps the one event loop busy,
+and every other tenant's call shares it. A rate bounds that share.
 
 No locks: the event loop is the only thread that touches it.
 """
