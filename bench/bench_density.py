@@ -155,6 +155,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             wrk_all(lambda k: lua(100 + k, 20), 3)
             *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), 5, probe=True)
             before = _counters(rest)
+            rss_hot = server.memory_info().rss  # frameworks warmed, the 20 hottest copies loaded
             poller = threading.Thread(target=poll_decisions, daemon=True)
             poller.start()
             t0 = time.monotonic()
@@ -171,6 +172,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
     loads = sum(a["loads"] - b["loads"] for a, b in zip(after, before, strict=True))
     copies = sum(sum(1 for st in a["copies"].values() if st == "loaded") for a in after)
     used = sum(a["used_bytes"] for a in after)
+    used_hot = sum(b["used_bytes"] for b in before)
     size = used / copies if copies else 0.0
     requested = expected_distinct(models, zipf_s, int(requests)) * size
     pairs = ping_pongs(list(decisions.values()))
@@ -187,6 +189,10 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
         "size_per_copy": used / copies if copies else 0.0,
         "rss_per_copy": (rss1 - rss0) / copies if copies else 0.0,
         "rss_base": float(rss0), "rss_end": float(rss1), "used_bytes": float(used),
+        # the growth during the Zipf run against the growth of what the instances account for: the
+        # fixed base then includes the frameworks' one-time start-up and the serving state
+        "rss_hot": float(rss_hot), "used_hot": float(used_hot),
+        "rss_marginal_ratio": (rss1 - rss_hot) / (used - used_hot) if used > used_hot else 0.0,
         "probe_p99_ms": probe["p99_ms"], "probe_hot_p99_ms": hot_probe["p99_ms"],
         "probe_p50_ms": probe["p50_ms"], "probe_hot_p50_ms": hot_probe["p50_ms"], "probe_errors": probe["errors"],
         "requested_bytes": requested, "capacity_share": (3 * (capacity_mib << 20)) / requested if requested else 0.0,
