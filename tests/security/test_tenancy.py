@@ -292,6 +292,57 @@ async def counters(admin: Caller) -> list[dict[str, Any]]:
     return [(await admin.get("/api/v1/cluster", i)).json()["self"] for i in (0, 1)]
 
 
+async def test_a_tenant_flooding_past_its_rate_is_refused_and_the_other_tenant_sees_no_error(secured: Any, tmp_path: Path) -> None:
+    """Over mutual TLS with tokens, on two instances over etcd: A floods both instances past the rate the
+    admin gave it; A's excess gets RESOURCE_EXHAUSTED with a Retry-After, A cannot lift its own
+    rate, B's canary sees no error, and B's registrations, copies and quota stay as they were."""
+    cluster, pki, who = secured
+    admin, a, b = who["admin"], who["a"], who["b"]
+    models = tmp_path / "models"
+    for n, c in (("b1", 1.0), ("a1", 11.0)):
+        caller = b if n.startswith("b") else a
+        st = await caller.register(n, add_model(models / n / "model.onnx", c, table_bytes=TABLE), loadNow=True, sync=True)
+        assert st.status == mm.ModelStatusInfo.LOADED, st
+    for tenant, body in (("team-a", {"maxRps": 5}), ("team-b", {"maxBytes": 8 << 20})):
+        r = await admin.http.put(admin.rest[0] + f"/api/v1/tenants/{tenant}", json=body)
+        assert r.status_code == 200, r.text
+
+    async def rate_everywhere() -> bool:
+        rates = [(await admin.get("/api/v1/tenants/team-a", i)).json().get("max_rps") for i in (0, 1)]
+        return rates == [5.0, 5.0]
+
+    await wait_until(rate_everywhere, 30, "A's rate on both instances")
+    before = await b_state(admin)
+    canary = Canary(b, {"b1": 1.0})
+    canary.start()
+    try:
+        # A's flood: 3 rounds of 40 concurrent calls through each instance
+        codes: dict[str, int] = {}
+        trailers: set[str] = set()
+        for _ in range(3):
+            results = await asyncio.gather(*(a.infer_calls[i % 2](request_bytes("a1"), metadata=a.md, timeout=30) for i in range(80)),
+                                           return_exceptions=True)
+            for res in results:
+                if isinstance(res, grpc.aio.AioRpcError):
+                    codes[res.code().name] = codes.get(res.code().name, 0) + 1
+                    trailers |= {v for k, v in (res.trailing_metadata() or ()) if k == "retry-after"}
+                else:
+                    codes["OK"] = codes.get("OK", 0) + 1
+        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
+        # each instance admits A's burst (5) and then 5 a second; the rounds take a few seconds
+        assert 10 <= codes["OK"] <= 60 and codes["RESOURCE_EXHAUSTED"] >= 180, codes
+        assert trailers == {"1"}
+        # A cannot lift its own rate (or B's)
+        r = await a.http.put(a.rest[0] + "/api/v1/tenants/team-a", json={"maxRps": 0})
+        assert r.status_code == 403
+        start = canary.ok
+        await wait_until(lambda: canary.ok >= start + 10, 30, "B served after A's flood")
+    finally:
+        await stop_canary(canary)
+    assert await b_state(admin) == before
+    assert (await admin.get("/api/v1/tenants/team-a")).json()["max_rps"] == 5.0
+
+
 async def test_exposed_bind_refuses_to_start_without_auth_and_tls(tmp_path: Path) -> None:
     """Secure by default: `serve --host 0.0.0.0` without an auth file and TLS exits, unless --insecure."""
     import subprocess
