@@ -296,7 +296,7 @@ async def test_a_tenant_flooding_past_its_rate_is_refused_and_the_other_tenant_s
     """Over mutual TLS with tokens, on two instances over etcd: A floods both instances past the rate the
     admin gave it; A's excess gets RESOURCE_EXHAUSTED with a Retry-After, A cannot lift its own
     rate, B's canary sees no error, and B's registrations, copies and quota stay as they were."""
-    cluster, pki, who = secured
+    _cluster, _pki, who = secured
     admin, a, b = who["admin"], who["a"], who["b"]
     models = tmp_path / "models"
     for n, c in (("b1", 1.0), ("a1", 11.0)):
