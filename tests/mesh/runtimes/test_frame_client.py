@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import struct
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -55,57 +56,64 @@ class FakeWorker:
             await self.writer.drain()
 
 
-async def test_answers_in_any_order_and_cut_anywhere_reach_their_callers() -> None:
-    assert FRAME_REQUEST_HEAD.size == 10
+@pytest.fixture
+async def wired() -> AsyncIterator[tuple[FakeWorker, FrameClient]]:
+    """A fake worker listening on a Unix socket, and a frame client connected to it."""
     with tempfile.TemporaryDirectory() as d:
         worker = FakeWorker()
         path = str(Path(d) / "w.sock")
         server = await asyncio.start_unix_server(worker.handle, path=path)
         client = FrameClient(path)
         try:
-            calls = [asyncio.create_task(client.call(f"m{i}", f"payload-{i}".encode(), 10)) for i in range(4)]
-            got = [await asyncio.wait_for(worker.requests.get(), 10) for _ in range(4)]
-            assert sorted((mid, body) for _, mid, body in got) == [(f"m{i}", f"payload-{i}".encode()) for i in range(4)]
-            ids = {mid: cid for cid, mid, _ in got}
-            # answers in reverse order, all in one write cut into single bytes
-            blob = b"".join(answer(ids[f"m{i}"], 0, f"answer-{i}".encode()) for i in reversed(range(3)))
-            blob += answer(ids["m3"], grpc.StatusCode.NOT_FOUND.value[0], b"model 'm3' is not loaded")
-            await worker.send(blob, pieces=len(blob))
-            assert [await c for c in calls[:3]] == [f"answer-{i}".encode() for i in range(3)]
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await calls[3]
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not loaded" in (err.value.details() or "")
-
-            # no answer within the deadline: DEADLINE_EXCEEDED, and a late answer is ignored
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await client.call("slow", b"x", 0.05)
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            late_id, _, _ = await asyncio.wait_for(worker.requests.get(), 10)
-            await worker.send(answer(late_id, 0, b"too late"))
-            ok = asyncio.create_task(client.call("m0", b"again", 10))
-            cid, _, body = await asyncio.wait_for(worker.requests.get(), 10)
-            assert body == b"again"
-            await worker.send(answer(cid, 0, b"fine"))
-            assert await ok == b"fine"
-
-            # the worker dies with calls in flight: each fails with UNAVAILABLE, and so do later ones
-            pending = [asyncio.create_task(client.call("m1", b"p", 10)) for _ in range(3)]
-            for _ in range(3):
-                await asyncio.wait_for(worker.requests.get(), 10)
-            assert worker.writer is not None
-            worker.writer.close()
-            for task in pending:
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await asyncio.wait_for(task, 10)
-                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await client.call("m1", b"p", 10)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            yield worker, client
         finally:
             await client.close()
             await worker.close()
             server.close()
             await server.wait_closed()
+
+
+async def test_answers_in_any_order_and_cut_anywhere_reach_their_callers(wired: tuple[FakeWorker, FrameClient]) -> None:
+    assert FRAME_REQUEST_HEAD.size == 10
+    worker, client = wired
+    calls = [asyncio.create_task(client.call(f"m{i}", f"payload-{i}".encode(), 10)) for i in range(4)]
+    got = [await asyncio.wait_for(worker.requests.get(), 10) for _ in range(4)]
+    assert sorted((mid, body) for _, mid, body in got) == [(f"m{i}", f"payload-{i}".encode()) for i in range(4)]
+    ids = {mid: cid for cid, mid, _ in got}
+    # answers in reverse order, all in one write cut into single bytes
+    blob = b"".join(answer(ids[f"m{i}"], 0, f"answer-{i}".encode()) for i in reversed(range(3)))
+    blob += answer(ids["m3"], grpc.StatusCode.NOT_FOUND.value[0], b"model 'm3' is not loaded")
+    await worker.send(blob, pieces=len(blob))
+    assert [await c for c in calls[:3]] == [f"answer-{i}".encode() for i in range(3)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await calls[3]
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not loaded" in (err.value.details() or "")
+
+    # no answer within the deadline: DEADLINE_EXCEEDED, and a late answer is ignored
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.call("slow", b"x", 0.05)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    late_id, _, _ = await asyncio.wait_for(worker.requests.get(), 10)
+    await worker.send(answer(late_id, 0, b"too late"))
+    ok = asyncio.create_task(client.call("m0", b"again", 10))
+    cid, _, body = await asyncio.wait_for(worker.requests.get(), 10)
+    assert body == b"again"
+    await worker.send(answer(cid, 0, b"fine"))
+    assert await ok == b"fine"
+
+    # the worker dies with calls in flight: each fails with UNAVAILABLE, and so do later ones
+    pending = [asyncio.create_task(client.call("m1", b"p", 10)) for _ in range(3)]
+    for _ in range(3):
+        await asyncio.wait_for(worker.requests.get(), 10)
+    assert worker.writer is not None
+    worker.writer.close()
+    for task in pending:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(task, 10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.call("m1", b"p", 10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_unreachable_worker_is_unavailable() -> None:
@@ -117,23 +125,13 @@ async def test_unreachable_worker_is_unavailable() -> None:
         await client.close()
 
 
-async def test_a_frame_shorter_than_its_head_fails_the_connection() -> None:
+async def test_a_frame_shorter_than_its_head_fails_the_connection(wired: tuple[FakeWorker, FrameClient]) -> None:
     """A worker that writes garbage (model code can reach the socket) ends the connection: the
     calls in flight fail with UNAVAILABLE instead of being answered with misparsed bytes."""
-    with tempfile.TemporaryDirectory() as d:
-        worker = FakeWorker()
-        path = str(Path(d) / "w.sock")
-        server = await asyncio.start_unix_server(worker.handle, path=path)
-        client = FrameClient(path)
-        try:
-            call = asyncio.create_task(client.call("m", b"x", 10))
-            await asyncio.wait_for(worker.requests.get(), 10)
-            await worker.send(struct.pack("<I", 2) + b"\0" * 16)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(call, 10)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "malformed" in (err.value.details() or "")
-        finally:
-            await client.close()
-            await worker.close()
-            server.close()
-            await server.wait_closed()
+    worker, client = wired
+    call = asyncio.create_task(client.call("m", b"x", 10))
+    await asyncio.wait_for(worker.requests.get(), 10)
+    await worker.send(struct.pack("<I", 2) + b"\0" * 16)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(call, 10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "malformed" in (err.value.details() or "")
