@@ -8,7 +8,10 @@ pinned to a single holder whatever the traffic). Setups, measured in turn, ``rou
 (median), gRPC via h2load (the Python load generator when it is missing):
 
 * ``bare adapter``: the adapter behind a bare grpc.aio handler (baseline);
-* ``remote hit``: the requests enter the instance without the copy and are forwarded;
+* ``remote hit``: the requests enter the instance without the copy and are forwarded over the
+  holder's peer link (``mesh._peer_link``);
+* ``remote hit, gRPC forward``: the same through a third instance that forwards over gRPC
+  (``MODELMUX_INSTANCE_FORWARD_OVER_LINK=false``), what every forward did before the link;
 * ``direct routing``: the requests go to the address the first answer named in its ``mm-holder``
   trailer -- what :class:`mesh.client.DirectRouter` does after one request (checked: a
   DirectRouter given only the other instance learns the same address).
@@ -38,10 +41,11 @@ NAME = "bench"
 TARGETS = {"remote hit": 0.75, "direct routing": 0.9}
 
 
-def _serve(i: int, tmp: Path, etcd: str, prefix: str, root: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def _serve(i: int, tmp: Path, etcd: str, prefix: str, root: Path, *, link: bool = True) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ready = tmp / f"ready-{i}.json"
     env = dict(
         os.environ,
+        MODELMUX_INSTANCE_FORWARD_OVER_LINK=str(link).lower(),
         PYTHONPATH=str(ROOT),
         MODELMUX_STORE_KIND="etcd",
         MODELMUX_STORE_ENDPOINTS=json.dumps([etcd]),
@@ -108,7 +112,11 @@ def run(duration: float = 5.0, rounds: int = 3, concurrency: tuple[int, ...] = (
             if holder not in addrs:
                 raise RuntimeError(f"mm-holder {holder!r} is not one of the instances {addrs}")
             other = addrs[1] if holder == addrs[0] else addrs[0]
-            targets = {"bare adapter": bare_eps["grpc"][0], "remote hit": other, "direct routing": holder}
+            # joins after the copy is placed (max_copies 1: it stays where it is); never a holder
+            proc, grpc_fwd = _serve(2, tmp, etcd.endpoint, f"/bench-remote-{os.getpid()}", tmp, link=False)
+            procs.append(proc)
+            targets = {"bare adapter": bare_eps["grpc"][0], "remote hit": other, "remote hit, gRPC forward": grpc_fwd["grpc"],
+                       "direct routing": holder}
             reply = None
             for _ in range(rounds):
                 for conc in concurrency:
@@ -124,12 +132,22 @@ def run(duration: float = 5.0, rounds: int = 3, concurrency: tuple[int, ...] = (
 
                             res = asyncio.run(run_load(addr, message, concurrency=conc, duration_s=duration))
                         runs.setdefault(conc, {}).setdefault(setup, []).append(res)
+            linked = _linked(infos, holder)
         finally:
             for proc in reversed(procs):
                 stop_server(proc)
             etcd.stop()
     results = {c: {s: {"grpc": _tools.median_of(rs)} for s, rs in by.items()} for c, by in runs.items()}
-    return {"results": results, "holder_check": learnt == holder}
+    return {"results": results, "holder_check": learnt == holder, "linked": linked}
+
+
+def _linked(infos: list[dict[str, Any]], holder: str) -> dict[str, int]:
+    """The forwarding instance's own counters: how its forwards went (link or gRPC)."""
+    import httpx
+
+    entry = next(x for x in infos if x["grpc"] != holder)
+    me = httpx.get(f"http://{entry['rest']}/api/v1/cluster", timeout=30).json()["self"]
+    return {k: int(me[k]) for k in ("forwarded", "linked", "link_fallbacks")}
 
 
 HEADER = ["in flight", "setup", "req/s", "p50 ms", "p99 ms", "x bare", "target", "errors"]
@@ -157,6 +175,7 @@ def main() -> None:
     a = ap.parse_args()
     out = run(a.duration, a.rounds, tuple(a.concurrency))
     print(f"DirectRouter learnt the mm-holder address: {out['holder_check']}")
+    print(f"forwarding instance: {out['linked']}")
     print("  ".join(HEADER))
     for row in rows(out["results"]):
         print("  ".join(row))

@@ -105,6 +105,7 @@ class Agent:
         self.instance_id = instance_id
         self.address = address
         self.rest_address = rest_address
+        self.link_address = ""  # set by the instance once its peer link listens
         self.store = store
         self.state = state
         self.keys: Keys = state.keys
@@ -187,6 +188,7 @@ class Agent:
             instance_id=self.instance_id,
             address=self.address,
             rest_address=self.rest_address,
+            link_address=self.link_address,
             capacity_bytes=self.settings.capacity_bytes,
             used_bytes=self.used_bytes,
             model_count=len(loaded),

@@ -149,6 +149,11 @@ class ClusterMirror:
         rec = self.instances.items.get(instance_id)
         return rec.address if rec else None
 
+    def link_address(self, instance_id: str) -> str:
+        """The instance's peer-link address ("" when it advertises none)."""
+        rec = self.instances.items.get(instance_id)
+        return rec.link_address if rec else ""
+
     def failure(self, model_id: str) -> str | None:
         """The load error when the model has failed recently and nothing is loading or loaded."""
         copies = self.copies_of(model_id)

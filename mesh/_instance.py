@@ -37,6 +37,7 @@ from ._loaded_copies import LoadedCopies
 from ._management import Management
 from ._metrics import Metrics
 from ._metrics_http import serve_metrics
+from ._peer_link import PeerLinkServer
 from ._request_metrics import RequestMetrics
 from ._rest_edge import build_rest_app
 from ._router import Router
@@ -70,6 +71,7 @@ class Endpoints:
     rest: str
     metrics: str = ""
     health: str = ""
+    link: str = ""  # the peer link (mesh._peer_link); "" when off
 
 
 class Instance:
@@ -170,6 +172,7 @@ class Instance:
         self._rest_sock: socket.socket | None = None
         self._metrics_server: asyncio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
+        self._link_server: PeerLinkServer | None = None
         self._security_tasks: list[asyncio.Task[None]] = []
         self.security = Security()
         self.exposure_warning: str | None = None  # set when --insecure lets an exposed bind start
@@ -196,6 +199,8 @@ class Instance:
         self.router.peer_credentials = security.peer_credentials
         self.router.peer_call_metadata = security.peer_metadata
         self.router.peer_server_name = security.peer_server_name
+        self.router.peer_ssl_context = security.peer_ssl_context
+        self.router.peer_link = self.settings.forward_over_link
         self._security_tasks = [asyncio.create_task(watch()) for watch in security.background_tasks()]
         self.security = security
         return security
@@ -274,14 +279,20 @@ class Instance:
                 s.host, s.metrics_port, self.metrics.registry, ssl=tls.ssl_context if tls is not None else None
             )
             metrics_addr = f"{advertise}:{self._metrics_server.sockets[0].getsockname()[1]}"
+        link_addr = ""
+        if s.peer_link_port >= 0:  # same bind host and TLS as the gRPC port; the caller checked at its hello
+            self._link_server = PeerLinkServer(
+                self.dataplane, max_frame_bytes=s.max_message_bytes + (64 << 10), ssl_context=tls.ssl_context if tls is not None else None
+            )
+            link_addr = f"{advertise}:{await self._link_server.start(s.host, s.peer_link_port)}"
         health_addr = ""
         if s.health_port >= 0:  # plaintext, Health only: kubelet gRPC probes cannot speak TLS
             self._health_server, hport = await start_health_port(s.host, s.health_port, getattr(self, "health", None))
             health_addr = f"{advertise}:{hport}"
         self.series.start(s.dashboard_sample_s)
         self._room_task = asyncio.create_task(self.management.room.watch(STORE_USAGE_INTERVAL_S), name="store-usage")
-        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr, health=health_addr)
-        self.agent.address, self.agent.rest_address = grpc_addr, rest_addr
+        self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr, health=health_addr, link=link_addr)
+        self.agent.address, self.agent.rest_address, self.agent.link_address = grpc_addr, rest_addr, link_addr
         if self.runtimes is not None:
             self.runtimes.on_lost = self.agent.copies_lost
             await self.runtimes.start()
@@ -305,6 +316,12 @@ class Instance:
             "local": self.router.counters.local,
             "forwarded": self.router.counters.forwarded,
             "forward_retries": self.router.counters.forward_retries,
+            # the peer link (mesh._peer_link): its address, forwards sent over links, forwards
+            # that fell back to gRPC, and peers' hellos this instance refused
+            "link_address": self.agent.link_address,
+            "linked": self.router.counters.linked,
+            "link_fallbacks": self.router.counters.link_fallbacks,
+            "link_refused": self._link_server.refused if self._link_server is not None else 0,
             "copies": {m: c.state for m, c in agent.copies.items()},
             "used_bytes": agent.used_bytes,
             "store_connected": self.state.connected,
@@ -344,6 +361,9 @@ class Instance:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
             self._metrics_server = None
+        if self._link_server is not None:
+            await self._link_server.close(grace_s=1.0)
+            self._link_server = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._health_server is not None:

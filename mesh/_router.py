@@ -3,7 +3,8 @@
 Hot path for a loaded model: one vModel/model look-up and one holders look-up in
 the in-memory :class:`ClusterMirror`; a local copy (from the agent's
 :class:`~mesh._loaded_copies.LoadedCopies`, read only here) is served in process, a
-remote one gets the request bytes forwarded unparsed over a cached channel. Nothing on
+remote one gets the request bytes forwarded unparsed over the holder's peer link
+(:mod:`mesh._peer_link`) or, for a peer without one, a cached gRPC channel. Nothing on
 this path touches the store. Request metrics and wire formats are the data plane's
 (:mod:`mesh._dataplane`) and the edges'.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from ._holder import served_by
 from ._load_request import request_load
 from ._loaded_copies import LoadedCopiesView
 from ._metrics import Metrics
+from ._peer_link import LinkDown, PeerLinkClient
 from ._request_metrics import RequestMetrics
 from ._runtimes import RuntimeCopy
 from ._split_routing import SplitRouting
@@ -42,6 +45,8 @@ FORWARDED_HEADER = "mm-forwarded"  # set on forwarded calls: serve locally or an
 MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
 _RETRY_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+LINK_RETRY_S = 30.0
+"""a peer whose link could not be opened is reached over gRPC this long before the link is tried again"""
 
 
 @dataclass
@@ -79,6 +84,8 @@ class RouterCounters:
     forwarded: int = 0
     misses: int = 0
     forward_retries: int = 0
+    linked: int = 0  # forwards sent over a peer link (the rest of ``forwarded`` went over gRPC)
+    link_fallbacks: int = 0  # forwards sent over gRPC because the peer's link could not be opened
 
 
 def _reason(exc: BaseException) -> str:
@@ -133,6 +140,12 @@ class Router:
         self.peer_credentials: grpc.ChannelCredentials | None = None
         self.peer_call_metadata: tuple[tuple[str, str], ...] = ()
         self.peer_server_name = ""
+        # forwards go over a peer's link (mesh._peer_link) when it advertises one; a link that
+        # cannot be opened is not tried again for LINK_RETRY_S (its peer is reached over gRPC)
+        self.peer_link = True
+        self.peer_ssl_context: ssl.SSLContext | None = None
+        self._links: dict[str, PeerLinkClient] = {}
+        self._link_down: dict[str, float] = {}
 
     # ------------------------------------------------------------ names
 
@@ -397,10 +410,38 @@ class Router:
             self._stubs[address] = stub
         return stub
 
+    def _link(self, target: str) -> PeerLinkClient | None:
+        """The link client for a peer that advertises a link and has not refused one lately."""
+        address = self.mirror.link_address(target)
+        if not address:
+            return None
+        if self._link_down and self._link_down.get(address, 0.0) > time.monotonic():
+            return None
+        client = self._links.get(address)
+        if client is None:
+            authorization = next((v for k, v in self.peer_call_metadata if k == "authorization"), "")
+            client = PeerLinkClient(
+                address, authorization=authorization, ssl_context=self.peer_ssl_context, server_hostname=self.peer_server_name
+            )
+            self._links[address] = client
+        return client
+
     async def _forward(self, target: str, address: str, mid: str, payload: bytes, timeout: float) -> bytes:
         self.counters.forwarded += 1
         self._inflight[target] = self._inflight.get(target, 0) + 1
         try:
+            if self.peer_link and (link := self._link(target)) is not None:
+                started = time.monotonic()
+                self.counters.linked += 1
+                try:
+                    return await link.call(mid, payload, max(timeout, 0.001))
+                except LinkDown as exc:  # nothing was sent: this call goes over gRPC
+                    log.warning("%s; forwarding to %s over gRPC for %.0fs", exc, target, LINK_RETRY_S)
+                    self._link_down[link.address] = time.monotonic() + LINK_RETRY_S
+                    self._links.pop(link.address, None)
+                    self.counters.linked -= 1
+                    self.counters.link_fallbacks += 1
+                    timeout -= time.monotonic() - started
             result: bytes = await self._stub(address)(
                 payload,
                 timeout=max(timeout, 0.001),
@@ -510,6 +551,9 @@ class Router:
 
     async def close(self) -> None:
         await self.splits.close()
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Security:
     peer_credentials: grpc.ChannelCredentials | None = None  # None: forward in plaintext
     peer_metadata: tuple[tuple[str, str], ...] = ()  # e.g. the peer bearer token
     peer_server_name: str = ""  # the name checked in a peer's certificate (its pod IP is not in it)
+    peer_ssl_context: ssl.SSLContext | None = None  # the peer link's TLS (the same identity and CA); None: plaintext
 
     @property
     def auth_file(self) -> AuthFile | None:
@@ -104,6 +106,7 @@ def build_security(
         raise InvalidRequest("--tls-client-ca needs --tls-cert and --tls-key")
     server_tls = None
     peer_credentials = None
+    peer_ssl: ssl.SSLContext | None = None
     if tls_cert is not None and tls_key is not None:
         server_tls = ServerTLS(TLSFiles(cert=tls_cert, key=tls_key, client_ca=tls_client_ca))
         if server_tls.files.mutual:
@@ -111,10 +114,27 @@ def build_security(
         else:  # the peers' server certificates checked against their CA (default: the system roots)
             roots = _read_secret_bytes(peer_tls_ca, "peer CA file") if peer_tls_ca is not None else None
             peer_credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        peer_ssl = _peer_ssl_context(server_tls.files, peer_tls_ca)
     peer_metadata: tuple[tuple[str, str], ...] = ()
     if peer_token_file is not None:
         peer_metadata = (("authorization", f"Bearer {_read_secret(peer_token_file, 'peer token file')}"),)
-    return Security(authenticator, server_tls, peer_credentials, peer_metadata, peer_tls_server_name)
+    return Security(authenticator, server_tls, peer_credentials, peer_metadata, peer_tls_server_name, peer_ssl)
+
+
+def _peer_ssl_context(files: TLSFiles, peer_tls_ca: Path | None) -> ssl.SSLContext:
+    """The peer link's client side, as the gRPC forward's credentials: under mutual TLS this
+    instance's certificate is its identity and peers are checked against the client CA (the
+    mesh's CA); otherwise peers are checked against ``peer_tls_ca`` (default: the system roots)."""
+    try:
+        if files.mutual:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.client_ca))
+            ctx.load_cert_chain(str(files.cert), str(files.key))
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(peer_tls_ca) if peer_tls_ca is not None else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise InvalidRequest(f"TLS files for forwarding to peers: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def exposure_warning(hosts: list[str], security: Security, *, insecure: bool) -> str | None:

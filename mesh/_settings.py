@@ -19,6 +19,10 @@ class InstanceSettings(BaseSettings):
     advertise_host: str = ""  # address peers use to reach this instance (default: host)
     grpc_port: int = 8033  # 0 picks a free port
     rest_port: int = 8008  # 0 picks a free port; -1 disables REST
+    # forwards between instances in frames over one connection per peer (mesh._peer_link), same
+    # credentials as the gRPC port; 0 picks a free port; -1: no link (peers forward over gRPC)
+    peer_link_port: int = 0
+    forward_over_link: bool = True  # forward to peers over their links (off: always gRPC, e.g. to compare)
     metrics_port: int = -1  # Prometheus on its own port (ModelMesh: 2112); 0 picks a free port; -1: only REST /metrics
     per_model_metrics: bool = False  # modelId / vModelId labels on histograms (unbounded: off by default)
     dashboard_sample_s: float = Field(default=2.0, gt=0)  # request rate / hit ratio sampling for the dashboard

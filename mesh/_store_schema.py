@@ -123,6 +123,7 @@ class InstanceRecord:
     instance_id: str
     address: str  # host:port of the gRPC server
     rest_address: str = ""
+    link_address: str = ""  # host:port of the peer link (mesh._peer_link); empty: forward over gRPC
     capacity_bytes: int = 0
     used_bytes: int = 0
     model_count: int = 0

@@ -43,6 +43,7 @@ def serve(
     tls_client_ca: Annotated[Path | None, typer.Option(help="mutual TLS: every client (and peer) presents a certificate from this CA")] = None,
     peer_token_file: Annotated[Path | None, typer.Option(help="bearer token this instance sends when forwarding to peers (without --tls-client-ca)")] = None,
     health_port: Annotated[int | None, typer.Option(help="plaintext port serving grpc.health.v1.Health only (kubelet probes); 0 = any")] = None,
+    peer_link_port: Annotated[int | None, typer.Option(help="port of the peer link (forwards between instances, same TLS and credentials as gRPC); 0 = any, -1 = off: peers forward over gRPC (default: MODELMUX_INSTANCE_PEER_LINK_PORT, else 0)")] = None,
     isolated_types: Annotated[str | None, typer.Option(help="model types whose code runs in worker processes, comma separated; '' = none, all in this process (default: MODELMUX_RUNTIMES_ISOLATED_TYPES, else pytorch,torchscript,torch_export)")] = None,
     insecure: Annotated[bool, typer.Option(help="allow listening beyond loopback without --auth-file and TLS (every caller is an admin)")] = False,
     log_level: Annotated[str, typer.Option()] = "info",
@@ -70,7 +71,7 @@ def serve(
     if instance_id:
         overrides["instance_id"] = instance_id
     for name, value in (("auth_file", auth_file), ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_client_ca", tls_client_ca),
-                        ("peer_token_file", peer_token_file), ("health_port", health_port)):
+                        ("peer_token_file", peer_token_file), ("health_port", health_port), ("peer_link_port", peer_link_port)):
         if value is not None:
             overrides[name] = value
     if insecure:

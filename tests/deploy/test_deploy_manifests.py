@@ -156,7 +156,8 @@ def test_instance_deployment_matches_the_agent() -> None:
     assert _quantity(c["resources"]["limits"]["memory"]) > _quantity(c["resources"]["requests"]["memory"])
     assert env["MODELMUX_INSTANCE_ADVERTISE_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 8033, "http": 8008, "metrics": 2112, "health": 8034}
+    assert ports == {"grpc": 8033, "http": 8008, "metrics": 2112, "health": 8034, "peer-link": 8035}
+    assert "--peer-link-port=8035" in c["args"]  # a fixed port, so the network policy can open it to instances only
     assert "--host=0.0.0.0" in c["args"] and "--grpc-port=8033" in c["args"] and "--rest-port=8008" in c["args"]
     assert "--metrics-port=2112" in c["args"]
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "2112"

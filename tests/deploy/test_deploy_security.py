@@ -306,12 +306,12 @@ STRAY_POD = {"ns": NAMESPACE, "ns_labels": {}, "labels": {"app": "debug"}}
 MONITORING = {"ns": "monitoring", "ns_labels": {"modelmux.io/monitoring": "true"}, "labels": {"app": "prometheus"}}
 S3 = {"ip": "52.216.0.10"}
 METADATA = {"ip": "169.254.169.254"}
-PORTS = (8033, 8008, 2112, 8034, 2379, 2380, 2381)
+PORTS = (8033, 8008, 2112, 8034, 8035, 2379, 2380, 2381)
 
 EXPECTED = {  # (source, destination): the ports it may reach; every other port in PORTS is closed
     ("client-ns", "instance"): {8033, 8008},
     ("client-pod", "instance"): {8033, 8008},
-    ("instance", "instance"): {8033},
+    ("instance", "instance"): {8033, 8035},  # gRPC and the peer link
     ("controller", "instance"): {8033},
     ("monitoring", "instance"): {2112},
     ("instance", "etcd"): {2379},

@@ -1,6 +1,7 @@
 """Forwarding between instances with a peer bearer token over TLS (no client certificates): the
 forward is served while the token's principal is an instance, and refused once the operator
-takes that principal out of the auth file (re-read without a restart)."""
+takes that principal out of the auth file (re-read without a restart), also on the peer link
+that was opened before the token was revoked (the holder checks the token on every call)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ async def test_forwarding_with_a_peer_token_and_its_revocation(tmp_path: Path) -
         out = answer(await channels[other].unary_unary(INFER)(request_bytes("m"), metadata=md, timeout=30))
         assert out[0, 0] == 3.0
         assert instances[other].router.counters.forwarded >= 1
+        # over the peer link (TLS checked against the peer CA, the token in its hello)
+        assert instances[other].router.counters.linked == instances[other].router.counters.forwarded
+        assert instances[other].router.counters.link_fallbacks == 0
 
         auth.write_text(yaml.safe_dump(principals))  # the peers' token no longer names an instance
         await wait_until(lambda: all(i.security.auth_file and i.security.auth_file.reloads >= 1 for i in instances), 30, "reload")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +274,49 @@ async def test_hostile_tenant_cannot_touch_another_tenants_models(secured: Any, 
             await plain.get(f"{a.rest[0]}/api/v1/models", headers={"authorization": f"Bearer {TOKENS['b']}"})
 
     await unchanged("TLS")
+
+    # ---- the peer link (instance-to-instance forwards): mutual TLS, then an instance's identity
+    links = [c["link_address"] for c in await counters(admin)]
+    assert all(links), links
+    refused_before = sum(c["link_refused"] for c in await counters(admin))
+    for cert in (None, pki.stranger_ca.issue("stranger", cn="modelmux-instance", server=False)):
+        # no certificate, or one from another CA: the handshake fails (TLS 1.3: the holder hangs up after it)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await link_hello(links[0], pki, cert, "")
+    for cert, token in ((pki.reader_b, ""), (pki.client, TOKENS["a"]), (pki.client, TOKENS["b"])):
+        status, message = await link_hello(links[1], pki, cert, token)
+        assert status == grpc.StatusCode.PERMISSION_DENIED.value[0], (cert.cert.name, message)
+        assert "forward" in message
+    assert sum(c["link_refused"] for c in await counters(admin)) == refused_before + 3
+    await unchanged("peer link")
+
     await stop_canary(canary)
-    forwarded = [c["forwarded"] for c in await counters(admin)]
+    after = await counters(admin)
+    forwarded = [c["forwarded"] for c in after]
     assert sum(forwarded) > 0, "the canary's traffic was never forwarded between the instances (over mutual TLS)"
+    # ... and it went over the peer links (mutual TLS, the instances' certificate), never falling back
+    assert sum(c["linked"] for c in after) == sum(forwarded) and sum(c["link_fallbacks"] for c in after) == 0, after
+
+
+async def link_hello(address: str, pki: Any, cert: Any, token: str) -> tuple[int, str]:
+    """Open a peer link as an attacker would (hand-written hello); the holder's answer to it."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx, server_hostname="localhost")
+    try:
+        hello = json.dumps({"authorization": f"Bearer {token}" if token else ""}).encode()
+        writer.write(struct.pack("<I", len(hello)) + hello)
+        length, call_id, status = struct.unpack("<IIB", await asyncio.wait_for(reader.readexactly(9), 10))
+        assert call_id == 0
+        message = (await reader.readexactly(length - 5)).decode()
+        assert await asyncio.wait_for(reader.read(), 10) == b"", "the holder kept a refused link open"
+        return status, message
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 def mm_request_metadata(name: str) -> Any:
