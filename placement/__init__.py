@@ -44,6 +44,7 @@ from ._types import (
     ModelView,
     TenantQuota,
 )
+from ._usage import Remembered, Usage, UsageHistory, merge_usage
 
 __all__ = [
     "FAMILIES",
@@ -71,12 +72,15 @@ __all__ = [
     "PolicySettings",
     "QuotaExceeded",
     "RateOraclePolicy",
+    "Remembered",
     "Row",
     "SimResult",
     "SimulationError",
     "TenantQuota",
     "Trace",
     "TraceSpec",
+    "Usage",
+    "UsageHistory",
     "VirtualCluster",
     "build_policy",
     "compare",
@@ -85,6 +89,7 @@ __all__ = [
     "generate",
     "generate_family",
     "markdown_table",
+    "merge_usage",
     "plot_comparison",
     "read_csv",
     "simulate",
