@@ -19,10 +19,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from placement import Usage
 from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import (
     AdapterRegistry,
@@ -61,6 +62,10 @@ class LocalCopy:
     artifact_key: str | None = None
     published: CopyRecord | None = None
     reserved: bool = False  # a loading copy's bytes count against capacity once it has room
+    # the copy's traffic as placement meters it (placement.Usage, the simulator's estimator), fed at
+    # each publish with the requests the router counted since the last one
+    meter: Usage = field(default_factory=Usage)
+    counted: int = 0  # the router's request count for the model already in ``meter``
 
 
 @dataclass
@@ -242,8 +247,23 @@ class Agent:
         await self.store.put(self.keys.instance(self.instance_id), encode(rec), lease=self.lease)
         self._published_instance = rec
 
+    def _meter(self, copy: LocalCopy) -> Usage:
+        """The copy's placement meter, fed with the requests served since the last publish.
+
+        The router counts requests and keeps the last one's time (the hot path does no more);
+        requests coalesced into one publish are metered as if they came at the last one's time,
+        which is exact when each publish sees at most one request and otherwise off by at most
+        a publish interval of decay.
+        """
+        st = self.router.usage.get(copy.model_id)
+        if st is not None and st.count > copy.counted and st.last_used > 0:
+            copy.meter = copy.meter.record(st.last_used, self.settings.rate_window_s, st.count - copy.counted)
+            copy.counted = st.count
+        return copy.meter
+
     async def _publish_copy(self, copy: LocalCopy) -> None:
         st = self.router.usage.get(copy.model_id)
+        meter = self._meter(copy)
         rec = CopyRecord(
             model_id=copy.model_id,
             instance_id=self.instance_id,
@@ -254,6 +274,7 @@ class Agent:
             load_time_s=round(copy.load_time_s, 4),
             last_used=st.last_used if st else 0.0,
             rpm=round(self._rpm(copy.model_id), 1),
+            usage_rpm=meter.rate_rpm,
             error=copy.error,
             failed_until=copy.failed_until,
         )
@@ -338,6 +359,8 @@ class Agent:
             if rec is None:
                 continue
             copy = LocalCopy(model_id=mid, state=CopyState.LOADING, since=self.clock())
+            if (st := self.router.usage.get(mid)) is not None:  # a new copy meters only its own requests
+                copy.counted = st.count
             self.copies[mid] = copy
             copy.task = asyncio.create_task(self._load(rec, copy), name=f"load-{mid}")
 
