@@ -101,6 +101,7 @@ class Agent:
         metrics: Metrics | None = None,
         batching: BatchingSettings | None = None,
         runtimes: RuntimeSupervisor | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics or Metrics()
         # adaptive batching of loaded copies (built once by the instance; model options override it)
@@ -118,6 +119,7 @@ class Agent:
         self.puller = puller
         self.version = version
         self.clock = clock
+        self.monotonic = monotonic  # times loads (a copy's load_time_s is its reload cost to placement) and unloads
         self.copies: dict[str, LocalCopy] = {}  # every copy this agent is loading, holds or unloads
         self.loaded = loaded  # the loaded ones: written only here, read by the router
         self.counters = AgentCounters()
@@ -391,10 +393,10 @@ class Agent:
 
     async def _load(self, rec: ModelRecord, copy: LocalCopy) -> None:
         mid = rec.model_id
-        start = time.monotonic()
+        start = self.monotonic()
         try:
             async with self._slots:
-                self.metrics.model(self.metrics.loading_queue_ms, mid).observe((time.monotonic() - start) * 1000)
+                self.metrics.model(self.metrics.loading_queue_ms, mid).observe((self.monotonic() - start) * 1000)
                 adapter: Any = self._adapter_for(rec)
                 assignment = self.state.assignments.items.get(mid)
                 planned = (assignment.planned_bytes if assignment is not None else 0) or rec.predicted_size_bytes
@@ -427,7 +429,7 @@ class Agent:
                 self._freed.set()  # smaller than reserved: a waiting load may fit now
             copy.size_bytes = loaded.size_bytes
             copy.size_measured = True
-            copy.load_time_s = time.monotonic() - start
+            copy.load_time_s = self.monotonic() - start
             copy.state = CopyState.LOADED
             copy.since = self.clock()
             self.loaded.add(mid, loaded)
@@ -515,13 +517,13 @@ class Agent:
                 usage = self.router.usage.get(mid)
                 last = usage.last_used if usage and usage.last_used else copy.since
                 self.metrics.model(self.metrics.age_at_eviction_ms, mid).observe(max(self.clock() - last, 0.0) * 1000)
-            t0 = time.monotonic()
+            t0 = self.monotonic()
             try:
                 await copy.loaded.unload()
             except Exception:
                 self.metrics.unload_failures.inc()
                 log.exception("unload of %s failed", mid)
-            self.metrics.model(self.metrics.unload_ms, mid).observe((time.monotonic() - t0) * 1000)
+            self.metrics.model(self.metrics.unload_ms, mid).observe((self.monotonic() - t0) * 1000)
             self.counters.unloads += 1
         if copy.artifact_key:
             with contextlib.suppress(Exception):
