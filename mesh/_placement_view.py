@@ -136,14 +136,19 @@ class PlacementViewBuilder:
             if ch.new is None and ch.old is not None:  # the copy is gone: its traffic joins the history
                 self._fold(mid, ch.old)
 
-    def _fold(self, mid: str, c: CopyRecord) -> None:
-        measured = c.state == CopyState.LOADED or c.size_measured
-        if c.last_used <= 0 and not measured:
-            return
-        self._history.fold(
-            mid, Usage(c.last_used, c.usage_rpm), self.rate_window_s,
-            load_time_s=c.load_time_s if measured else 0.0, size_bytes=c.size_bytes if c.size_measured else 0,
+    @staticmethod
+    def _report(c: CopyRecord) -> tuple[Usage, float, int]:
+        """A copy's last report as history takes it: traffic, load time (once loaded), measured size."""
+        return (
+            Usage(c.last_used, c.usage_rpm),
+            c.load_time_s if c.state == CopyState.LOADED else 0.0,
+            c.size_bytes if c.size_measured else 0,
         )
+
+    def _fold(self, mid: str, c: CopyRecord) -> None:
+        usage, load_time_s, size = self._report(c)
+        if usage.last_used > 0 or load_time_s or size:
+            self._history.fold(mid, usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
 
     def _rebuild_history(self) -> None:
         """The history as the decision log left it: per model, its newest record that carries it."""
@@ -158,20 +163,13 @@ class PlacementViewBuilder:
     def remembered_after(self, mid: str, removed: Iterable[str]) -> Remembered:
         """What the history will hold for ``mid`` once its copies on ``removed`` are gone (for the log)."""
         self._flush()
-        entry = self._history.get(mid) or Remembered(0.0, 0.0)
         copies = self.state.copies_of(mid)
-        usage = entry.usage
-        load_time_s, size = entry.load_time_s, entry.size_bytes
+        entry = self._history.get(mid) or Remembered(0.0, 0.0)
         for iid in removed:
-            c = copies.get(iid)
-            if c is None:
-                continue
-            usage = usage.merge(Usage(c.last_used, c.usage_rpm), self.rate_window_s)
-            if c.state == CopyState.LOADED:
-                load_time_s = c.load_time_s or load_time_s
-            if c.size_measured:
-                size = c.size_bytes or size
-        return Remembered(usage.last_used, usage.rate_rpm, load_time_s, size)
+            if (c := copies.get(iid)) is not None:
+                usage, load_time_s, size = self._report(c)
+                entry = entry.with_part(usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
+        return entry
 
     def remembered(self, mid: str) -> Remembered | None:
         """The model's history (traffic of its gone copies), if the leader keeps one."""

@@ -82,6 +82,12 @@ class Remembered(NamedTuple):
     def usage(self) -> Usage:
         return Usage(self.last_used, self.rate_rpm)
 
+    def with_part(self, part: Usage, window_s: float, *, load_time_s: float = 0.0, size_bytes: int = 0) -> Remembered:
+        """This entry with the traffic one gone copy counted added; a load time or size given (measured
+        by that copy) replaces the remembered one: the newest measurement wins."""
+        u = self.usage.merge(part, window_s)
+        return Remembered(u.last_used, u.rate_rpm, load_time_s or self.load_time_s, size_bytes or self.size_bytes)
+
 
 class UsageHistory:
     """Bounded memory of models' past traffic, reload cost and size, for models whose copies went.
@@ -134,16 +140,12 @@ class UsageHistory:
             del self._entries[old]
             self.dropped += 1
 
-    def fold(self, model_id: str, part: Usage, window_s: float, *, load_time_s: float = 0.0, size_bytes: int = 0) -> Remembered:
-        """Add the traffic one copy counted (its final report) to the model's history; returns the entry.
-
-        A load time or size given replaces the remembered one (the newest measurement wins).
-        """
+    def fold(
+        self, model_id: str, part: Usage, window_s: float, *, load_time_s: float = 0.0, size_bytes: int = 0
+    ) -> Remembered:
+        """Add one gone copy's final report to the model's history (:meth:`Remembered.with_part`); returns the entry."""
         old = self._entries.get(model_id) or Remembered(0.0, 0.0)
-        u = old.usage.merge(part, window_s)
-        entry = Remembered(
-            u.last_used, u.rate_rpm, load_time_s or old.load_time_s, size_bytes or old.size_bytes
-        )
+        entry = old.with_part(part, window_s, load_time_s=load_time_s, size_bytes=size_bytes)
         self.put(model_id, entry)
         return entry
 
