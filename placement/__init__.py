@@ -7,6 +7,10 @@ calls on a view it keeps incrementally, and writes the actions by compare-and-sw
 lives in ``mesh`` because everything it does besides deciding is store records (misses,
 assignments, vModel promotion); the decisions themselves are made here, with no I/O.
 
+Traffic is metered with one estimator, :class:`Usage` (the simulator per model, the mesh's
+agents per copy, merged by the leader), and the leader keeps gone copies' traffic in a
+:class:`UsageHistory`: so a live mesh replaying a trace decides as the simulator does.
+
 Nothing here imports ``mesh``, ``puller`` or ``runtime_adapters``: the mesh builds
 :class:`ClusterView` snapshots from its store and applies the :class:`Action` lists.
 """
