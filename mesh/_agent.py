@@ -19,10 +19,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from placement import Usage
 from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import (
     AdapterRegistry,
@@ -61,6 +62,10 @@ class LocalCopy:
     artifact_key: str | None = None
     published: CopyRecord | None = None
     reserved: bool = False  # a loading copy's bytes count against capacity once it has room
+    # the copy's traffic as placement meters it (placement.Usage, the simulator's estimator), fed at
+    # each publish with the requests the router counted since the last one
+    meter: Usage = field(default_factory=Usage)
+    counted: int = 0  # the router's request count for the model already in ``meter``
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Agent:
         metrics: Metrics | None = None,
         batching: BatchingSettings | None = None,
         runtimes: RuntimeSupervisor | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics or Metrics()
         # adaptive batching of loaded copies (built once by the instance; model options override it)
@@ -114,6 +120,7 @@ class Agent:
         self.puller = puller
         self.version = version
         self.clock = clock
+        self.monotonic = monotonic  # times loads (a copy's load_time_s is its reload cost to placement) and unloads
         self.copies: dict[str, LocalCopy] = {}  # every copy this agent is loading, holds or unloads
         self.loaded = loaded  # the loaded ones: written only here, read by the router
         self.counters = AgentCounters()
@@ -244,8 +251,23 @@ class Agent:
         await self.store.put(self.keys.instance(self.instance_id), encode(rec), lease=self.lease)
         self._published_instance = rec
 
+    def _meter(self, copy: LocalCopy) -> Usage:
+        """The copy's placement meter, fed with the requests served since the last publish.
+
+        The router counts requests and keeps the last one's time (the hot path does no more);
+        requests coalesced into one publish are metered as if they came at the last one's time,
+        which is exact when each publish sees at most one request and otherwise off by at most
+        a publish interval of decay.
+        """
+        st = self.router.usage.get(copy.model_id)
+        if st is not None and st.count > copy.counted and st.last_used > 0:
+            copy.meter = copy.meter.record(st.last_used, self.settings.rate_window_s, st.count - copy.counted)
+            copy.counted = st.count
+        return copy.meter
+
     async def _publish_copy(self, copy: LocalCopy) -> None:
         st = self.router.usage.get(copy.model_id)
+        meter = self._meter(copy)
         rec = CopyRecord(
             model_id=copy.model_id,
             instance_id=self.instance_id,
@@ -256,6 +278,7 @@ class Agent:
             load_time_s=round(copy.load_time_s, 4),
             last_used=st.last_used if st else 0.0,
             rpm=round(self._rpm(copy.model_id), 1),
+            usage_rpm=meter.rate_rpm,
             error=copy.error,
             failed_until=copy.failed_until,
         )
@@ -340,6 +363,8 @@ class Agent:
             if rec is None:
                 continue
             copy = LocalCopy(model_id=mid, state=CopyState.LOADING, since=self.clock())
+            if (st := self.router.usage.get(mid)) is not None:  # a new copy meters only its own requests
+                copy.counted = st.count
             self.copies[mid] = copy
             copy.task = asyncio.create_task(self._load(rec, copy), name=f"load-{mid}")
 
@@ -370,10 +395,10 @@ class Agent:
 
     async def _load(self, rec: ModelRecord, copy: LocalCopy) -> None:
         mid = rec.model_id
-        start = time.monotonic()
+        start = self.monotonic()
         try:
             async with self._slots:
-                self.metrics.model(self.metrics.loading_queue_ms, mid).observe((time.monotonic() - start) * 1000)
+                self.metrics.model(self.metrics.loading_queue_ms, mid).observe((self.monotonic() - start) * 1000)
                 adapter: Any = self._adapter_for(rec)
                 assignment = self.state.assignments.items.get(mid)
                 planned = (assignment.planned_bytes if assignment is not None else 0) or rec.predicted_size_bytes
@@ -406,7 +431,7 @@ class Agent:
                 self._freed.set()  # smaller than reserved: a waiting load may fit now
             copy.size_bytes = loaded.size_bytes
             copy.size_measured = True
-            copy.load_time_s = time.monotonic() - start
+            copy.load_time_s = self.monotonic() - start
             copy.state = CopyState.LOADED
             copy.since = self.clock()
             self.loaded.add(mid, loaded)
@@ -494,13 +519,13 @@ class Agent:
                 usage = self.router.usage.get(mid)
                 last = usage.last_used if usage and usage.last_used else copy.since
                 self.metrics.model(self.metrics.age_at_eviction_ms, mid).observe(max(self.clock() - last, 0.0) * 1000)
-            t0 = time.monotonic()
+            t0 = self.monotonic()
             try:
                 await copy.loaded.unload()
             except Exception:
                 self.metrics.unload_failures.inc()
                 log.exception("unload of %s failed", mid)
-            self.metrics.model(self.metrics.unload_ms, mid).observe((time.monotonic() - t0) * 1000)
+            self.metrics.model(self.metrics.unload_ms, mid).observe((self.monotonic() - t0) * 1000)
             self.counters.unloads += 1
         if copy.artifact_key:
             with contextlib.suppress(Exception):

@@ -162,6 +162,8 @@ class Instance:
             failure_ttl_s=settings.failure_ttl_s,
             clock=clock,
             metrics=self.metrics,
+            # the window the agents meter copies with: every instance of a cluster runs the same one
+            rate_window_s=settings.rate_window_s,
         )  # campaigns only with enable_scheduler
         self.endpoints: Endpoints | None = None
         self._grpc: grpc.aio.Server | None = None

@@ -15,6 +15,13 @@ While leader:
 Actions are applied in one transaction per decision, guarded by the mod revision
 of every assignment record it rewrites: a stale view (or a leader that lost its
 lease mid-decision) changes nothing, and the decision is retried on a fresh view.
+
+History: the view remembers the traffic, reload cost and size of models whose copies
+went (mesh._placement_view), so a returning model is valued by its past as the
+simulator values it. A decision that removes copies logs what the leader remembers of
+those models (``DecisionRecord.usage``, in the same transaction), and a new leader
+rebuilds the history from the mirrored log: it does not start blind. The adaptive
+policy's ghost lists are seeded from that view.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ class Leader:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         decision_log_size: int = DECISION_LOG_SIZE,
+        rate_window_s: float = 60.0,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.decision_log_size = decision_log_size
@@ -87,7 +95,9 @@ class Leader:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unsubs: list[Callable[[], None]] = []
-        self._views = PlacementViewBuilder(state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock)
+        self._views = PlacementViewBuilder(
+            state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock, rate_window_s=rate_window_s
+        )
 
     async def start(self) -> None:
         self._unsubs.append(self.state.vmodels.subscribe(self._on_vmodels))
@@ -219,7 +229,14 @@ class Leader:
                 ops.append(Put(key, encode(AssignmentRecord(mid, tuple(instances), reasons, now, planned))))
             else:
                 ops.append(Delete(key))
-        log_compares, log_ops = self._decision_log([(a.kind, a.model_id, a.instance_id, a.reason) for a in actions], now)
+        usage: dict[str, list[float]] = {}
+        for mid, acts in by_model.items():
+            removed = [a.instance_id for a in acts if a.kind == "unload"]
+            if removed and mid in self.state.models.items:
+                usage[mid] = list(self._views.remembered_after(mid, removed))
+        log_compares, log_ops = self._decision_log(
+            [(a.kind, a.model_id, a.instance_id, a.reason) for a in actions], now, usage
+        )
         ok, revision = await self.store.txn([*compares, *log_compares], [*ops, *log_ops])
         self._logged(ok and bool(log_ops))
         if ok:
@@ -237,8 +254,13 @@ class Leader:
 
     _next_seq = 0  # next decision-log sequence number; 0: derive it from the mirror
 
-    def _decision_log(self, actions: Sequence[tuple[str, str, str, str]], now: float) -> tuple[list[Compare], list[Put | Delete]]:
+    def _decision_log(
+        self, actions: Sequence[tuple[str, str, str, str]], now: float, usage: dict[str, list[float]] | None = None
+    ) -> tuple[list[Compare], list[Put | Delete]]:
         """The store ops that log a decision (kind, model, instance, reason per action) and trim the log.
+
+        ``usage``: per model whose copies the decision removes, what the history will hold for it
+        (placement.Remembered as a list), for a later leader to rebuild the history from.
 
         Written in the same transaction as the change it records, so the log and the
         assignments never disagree; the newest ``decision_log_size`` records are kept, the
@@ -255,6 +277,7 @@ class Leader:
             at=now,
             leader=self.instance_id,
             actions=tuple({"kind": k, "model_id": m, "instance_id": i, "reason": r} for k, m, i, r in actions),
+            usage=usage or {},
         )
         ops: list[Put | Delete] = [Put(key, encode(record))]
         excess = len(items) + 1 - self.decision_log_size

@@ -14,13 +14,22 @@ its model type (the median over loaded models of that type, at least 1.0: ONNX R
 holds several times the file size), else a default. When a type's ratio moves by more than
 :data:`RATIO_STEP`, every unmeasured model of that type is recomputed.
 
+Traffic: a model's ``last_used`` and ``rate_rpm`` are the merge (:class:`placement.Usage`, the
+simulator's estimator) of what its copies report and of its history: the traffic of copies
+that are gone, folded into a bounded :class:`placement.UsageHistory` when their records go,
+with the last measured load time and size. So a model evicted and requested again is valued
+by its past (rate, recency, reload cost, size), as the simulator values it, not as a model
+never seen. A new leader rebuilds the history from the decision log (each record that removes
+copies carries what the leader then remembered of their models: ``DecisionRecord.usage``),
+which every instance mirrors: no store read, and no store write beyond the log's own.
+
 The view's ``models`` mapping is a read-only proxy over the live dictionary: valid for a
 decision made synchronously on it, not across an ``await`` (the next view reflects changes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -31,11 +40,14 @@ from placement import (
     InstanceView,
     ModelView,
     PlacementIndex,
+    Remembered,
     TenantQuota,
+    Usage,
+    UsageHistory,
 )
 
 from ._cluster_mirror import ClusterMirror
-from ._store_schema import CopyState
+from ._store_schema import CopyRecord, CopyState
 
 PlacementCopyState = Literal["loading", "loaded", "failed"]  # placement's CopyView.state
 
@@ -59,9 +71,12 @@ class PlacementViewBuilder:
         *,
         default_model_size_bytes: int,
         clock: Callable[[], float],
+        rate_window_s: float = 60.0,
+        history_max_models: int = 50_000,
     ) -> None:
         self.state = state
         self.policy = policy
+        self.rate_window_s = rate_window_s  # the instances' meter window (InstanceSettings.rate_window_s)
         self.default_model_size_bytes = default_model_size_bytes
         self.clock = clock
         self._models: dict[str, ModelView] = {}
@@ -77,10 +92,8 @@ class PlacementViewBuilder:
         self._ratios: dict[str, float] = {}
         self._unmeasured: dict[str, set[str]] = {}  # type -> models sized by prediction
         self._type_of: dict[str, str] = {}
-        # traffic seen while a model had copies: (last used, rate). Kept after its copies go, so
-        # a model evicted and requested again is valued by its history, as in the simulator.
-        # Soft state: a new leader starts without it, like a cold cache.
-        self._history: dict[str, tuple[float, float]] = {}
+        # traffic of copies that are gone, their last load time and size (see the module doc)
+        self._history = UsageHistory(history_max_models)
         self._dirty: set[str] = set()
         self._all_dirty = True
         self._unsubs: list[Callable[[], None]] = []
@@ -96,6 +109,7 @@ class PlacementViewBuilder:
             st.copies.subscribe(self._on_copies),
         ]
         self._all_dirty = True
+        self._rebuild_history()
 
     def stop(self) -> None:
         """Stop following and drop what was built (memory only a leader needs)."""
@@ -104,8 +118,9 @@ class PlacementViewBuilder:
         self._unsubs.clear()
         self._models.clear()
         self._index = self.policy.new_index()
-        for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of, self._history):
+        for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of):
             d.clear()
+        self._history.clear()
         self._samples_changed.clear()
         self._dirty.clear()
         self._all_dirty = True
@@ -116,7 +131,50 @@ class PlacementViewBuilder:
 
     def _on_copies(self, changes: list[Any]) -> None:
         for ch in changes:
-            self._dirty.add(ch.key.rpartition("/")[0])
+            mid = ch.key.rpartition("/")[0]
+            self._dirty.add(mid)
+            if ch.new is None and ch.old is not None:  # the copy is gone: its traffic joins the history
+                self._fold(mid, ch.old)
+
+    @staticmethod
+    def _report(c: CopyRecord) -> tuple[Usage, float, int]:
+        """A copy's last report as history takes it: traffic, load time (once loaded), measured size."""
+        return (
+            Usage(c.last_used, c.usage_rpm),
+            c.load_time_s if c.state == CopyState.LOADED else 0.0,
+            c.size_bytes if c.size_measured else 0,
+        )
+
+    def _fold(self, mid: str, c: CopyRecord) -> None:
+        usage, load_time_s, size = self._report(c)
+        if usage.last_used > 0 or load_time_s or size:
+            self._history.fold(mid, usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
+
+    def _rebuild_history(self) -> None:
+        """The history as the decision log left it: per model, its newest record that carries it."""
+        self._history.clear()
+        models = self.state.models.items
+        for rec in sorted(self.state.decisions.items.values(), key=lambda r: r.seq):
+            for mid, values in rec.usage.items():
+                if mid in models and len(values) == 4:
+                    last_used, rate, load_time_s, size = values
+                    self._history.put(mid, Remembered(last_used, rate, load_time_s, int(size)))
+
+    def remembered_after(self, mid: str, removed: Iterable[str]) -> Remembered:
+        """What the history will hold for ``mid`` once its copies on ``removed`` are gone (for the log)."""
+        self._flush()
+        copies = self.state.copies_of(mid)
+        entry = self._history.get(mid) or Remembered(0.0, 0.0)
+        for iid in removed:
+            if (c := copies.get(iid)) is not None:
+                usage, load_time_s, size = self._report(c)
+                entry = entry.with_part(usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
+        return entry
+
+    def remembered(self, mid: str) -> Remembered | None:
+        """The model's history (traffic of its gone copies), if the leader keeps one."""
+        self._flush()
+        return self._history.get(mid)
 
     # ------------------------------------------------------------ upkeep
 
@@ -160,9 +218,11 @@ class PlacementViewBuilder:
             measured = st.measured_size(mid)
             mtype = rec.model_type
             self._type_of[mid] = mtype
-            if measured:
-                size, is_measured = measured, True
-                if rec.predicted_size_bytes > 0:
+            seen = self._history.get(mid)  # the model's gone copies: their traffic, load time and size
+            seen_size = seen.size_bytes if seen is not None else 0
+            if measured or seen_size:
+                size, is_measured = measured or seen_size, True
+                if measured and rec.predicted_size_bytes > 0:
                     self._samples.setdefault(mtype, {})[mid] = size / rec.predicted_size_bytes
                     self._samples_changed.add(mtype)
             else:
@@ -173,15 +233,13 @@ class PlacementViewBuilder:
                 else:
                     size = self.default_model_size_bytes
             load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
-            last_used = max([rec.last_used, *(c.last_used for c in copies.values())])
-            rate = sum(c.rpm for c in copies.values())
-            if any(c.state == CopyState.LOADED for c in copies.values()):
-                # loaded copies report the model's traffic, decayed to 0 when it stops: they are the
-                # truth (falling back to an older, higher rate here kept idle copies from scaling in);
-                # a copy still loading reports nothing yet, so a returning model keeps its history
-                self._history[mid] = (last_used, rate)
-            elif (seen := self._history.get(mid)) is not None:
-                last_used, rate = max(last_used, seen[0]), seen[1]
+            usage = seen.usage if seen is not None else Usage()
+            for cr in copies.values():  # each copy meters the requests it served: merged, they are the model's
+                usage = usage.merge(Usage(cr.last_used, cr.usage_rpm), self.rate_window_s)
+            last_used = max(rec.last_used, usage.last_used)
+            rate = usage.rate_rpm
+            if not load_times and seen is not None and seen.load_time_s > 0:
+                load_times = [seen.load_time_s]  # the reload cost of a model whose copies went
             mv = ModelView(
                 model_id=mid,
                 size_bytes=size,
@@ -204,7 +262,7 @@ class PlacementViewBuilder:
             self._models[mid] = mv
             self._index.update(mv)
         else:
-            self._history.pop(mid, None)
+            self._history.forget(mid)
             if self._models.pop(mid, None) is not None:
                 self._index.remove(mid)
 
@@ -245,7 +303,8 @@ class PlacementViewBuilder:
             for iid, rec in self.state.instances.items.items()
         }
         return ClusterView(
-            now=self.clock(), instances=instances, models=self._models_view, quotas=quotas or {}, index=self._index
+            now=self.clock(), instances=instances, models=self._models_view, quotas=quotas or {}, index=self._index,
+            rate_window_s=self.rate_window_s,
         )
 
     def size_of(self, mid: str) -> int:

@@ -22,7 +22,9 @@ key                                 written by                 content
 The decision log is written by the leader in the same transaction as the assignment
 changes it records (one record per applied decision, ``seq`` zero-padded so that keys sort
 in order), and trimmed by the leader to the newest records; every instance mirrors it, so
-any instance can show why a model is where it is.
+any instance can show why a model is where it is. A record that removes copies also carries
+what the leader remembers of those models' traffic (``usage``): a new leader rebuilds its
+history of evicted models from the log instead of starting blind.
 
 Desired state (assignments) and actual state (copies) are separate key families
 so that the scheduler and each agent write only their own keys: an agent never
@@ -209,7 +211,10 @@ class CopyRecord:
     size_measured: bool = False
     load_time_s: float = 0.0
     last_used: float = 0.0
-    rpm: float = 0.0
+    rpm: float = 0.0  # requests per minute now, over the instance's sliding rate window (dashboards)
+    # the copy's traffic as placement values it: placement.Usage's rate at ``last_used`` (time constant
+    # the instances' rate_window_s), changed only by requests; the leader merges the copies' reports
+    usage_rpm: float = 0.0
     error: str = ""
     failed_until: float = 0.0
 
@@ -253,6 +258,10 @@ class DecisionRecord:
     at: float
     leader: str
     actions: tuple[dict[str, str], ...] = ()
+    # per model a copy of which the decision removes: what the leader remembers of its traffic once
+    # those copies are gone (placement.Remembered: last_used, rate_rpm, load_time_s, size_bytes), so
+    # that a new leader rebuilds that history from the log (mesh._placement_view)
+    usage: dict[str, list[float]] = field(default_factory=dict)
 
 
 R = TypeVar("R")

@@ -7,6 +7,10 @@ calls on a view it keeps incrementally, and writes the actions by compare-and-sw
 lives in ``mesh`` because everything it does besides deciding is store records (misses,
 assignments, vModel promotion); the decisions themselves are made here, with no I/O.
 
+Traffic is metered with one estimator, :class:`Usage` (the simulator per model, the mesh's
+agents per copy, merged by the leader), and the leader keeps gone copies' traffic in a
+:class:`UsageHistory`: so a live mesh replaying a trace decides as the simulator does.
+
 Nothing here imports ``mesh``, ``puller`` or ``runtime_adapters``: the mesh builds
 :class:`ClusterView` snapshots from its store and applies the :class:`Action` lists.
 """
@@ -44,6 +48,7 @@ from ._types import (
     ModelView,
     TenantQuota,
 )
+from ._usage import Remembered, Usage, UsageHistory, merge_usage
 
 __all__ = [
     "FAMILIES",
@@ -71,12 +76,15 @@ __all__ = [
     "PolicySettings",
     "QuotaExceeded",
     "RateOraclePolicy",
+    "Remembered",
     "Row",
     "SimResult",
     "SimulationError",
     "TenantQuota",
     "Trace",
     "TraceSpec",
+    "Usage",
+    "UsageHistory",
     "VirtualCluster",
     "build_policy",
     "compare",
@@ -85,6 +93,7 @@ __all__ = [
     "generate",
     "generate_family",
     "markdown_table",
+    "merge_usage",
     "plot_comparison",
     "read_csv",
     "simulate",

@@ -214,9 +214,10 @@ class AdaptivePolicy(Policy):
     def seed_ghosts(self, view: ClusterView) -> int:
         """Rebuild the ghost lists from a view: models with no copy that were used, most recent first.
 
-        For a new leader: it has not seen the evictions, but every instance reports its
-        models' last use and rate, so a model that was used and is held nowhere was evicted
-        (or never loaded) after its last use. Those are remembered, most recently used first,
+        For a new leader: it has not seen the evictions, but its view carries every model's
+        last use and rate (the copies' reports, and the history of gone copies the mesh leader
+        rebuilds from its decision log), so a model that was used and is held nowhere was
+        evicted (or never loaded) after its last use. Those are remembered, most recently used first,
         up to the ghost byte bound, as if evicted at their last use. Returns how many.
         """
         self._ghosts.clear()

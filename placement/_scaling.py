@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection
 
 from ._index import PlacementIndex
@@ -27,10 +28,11 @@ class Scaling(Placing):
         instances = view.instances
         live = {iid for iid, i in instances.items() if i.state == "live"}
         repairs: list[ModelView] = []
-        hot: list[tuple[float, ModelView]] = []
-        second: list[tuple[float, ModelView]] = []
-        shrink: list[ModelView] = []
+        hot: list[tuple[float, float, ModelView]] = []  # (-load, rate now, model)
+        second: list[tuple[float, float, ModelView]] = []  # (-rate now, rate now, model)
+        shrink: list[tuple[float, ModelView]] = []  # (rate now, model)
         models = view.models
+        window = view.rate_window_s
         if idx.watch is not None:  # the watched models plus the holders of instances that are not live
             candidates: Collection[ModelView] = [
                 m for mid in idx.tick_candidates(live) if (m := models.get(mid)) is not None
@@ -62,13 +64,18 @@ class Scaling(Placing):
             if n_live == 0:
                 continue
             warm = now - m.last_used < s.cold_idle_s
-            load = max(m.rate_rpm / s.scale_out_rpm_per_copy, m.inflight / s.scale_out_inflight_per_copy) / n_live
+            rate = m.rate_rpm
+            if window > 0 and now > m.last_used and rate > 0:
+                # the rate is as of the last use (placement.Usage): decayed to now, traffic that
+                # stopped lets extra copies go and asks for none
+                rate *= math.exp(-(now - m.last_used) / window)
+            load = max(rate / s.scale_out_rpm_per_copy, m.inflight / s.scale_out_inflight_per_copy) / n_live
             if load > 1 and warm and (m.max_copies == 0 or n_live < m.max_copies) and n_live < len(live):
-                hot.append((-load, m))
+                hot.append((-load, rate, m))
             elif n_live > max(emin, 1):
-                shrink.append(m)
-            elif n_live == 1 and warm and m.rate_rpm >= s.second_copy_rpm and m.max_copies != 1 and len(live) > 1:
-                second.append((-m.rate_rpm, m))
+                shrink.append((rate, m))
+            elif n_live == 1 and warm and rate >= s.second_copy_rpm and m.max_copies != 1 and len(live) > 1:
+                second.append((-rate, rate, m))
 
         for m in sorted(repairs, key=lambda x: x.model_id):
             if len(plan.actions) >= budget:
@@ -76,31 +83,32 @@ class Scaling(Placing):
             self._repair(view, plan, idx, m, live)
         self._enforce_quotas(view, plan, idx)
         if self.rate_copies:
-            for _, m in sorted(hot, key=lambda x: (x[0], x[1].model_id)):
+            for _, rate, m in sorted(hot, key=lambda x: (x[0], x[2].model_id)):
                 if len(plan.actions) >= budget:
                     return plan.actions
                 if self._all_loaded(m, plan, live) and self._quota_allows(view, plan, idx, m):
                     n = sum(1 for i in plan.assigned(m) if i in live)
                     self._place(
                         view, plan, idx, m, word="scale_out",
-                        why=f"{m.rate_rpm:.0f} rpm, {m.inflight} in flight over {n} cop{'y' if n == 1 else 'ies'}",
+                        why=f"{rate:.0f} rpm, {m.inflight} in flight over {n} cop{'y' if n == 1 else 'ies'}",
                         allow_evict=True, key_limit=self.value_key(m), require_slot=True, max_tier=0,
                     )
-            for _, m in sorted(second, key=lambda x: (x[0], x[1].model_id)):
+            for _, rate, m in sorted(second, key=lambda x: (x[0], x[2].model_id)):
                 if len(plan.actions) >= budget:
                     return plan.actions
                 if self._all_loaded(m, plan, live) and self._quota_allows(view, plan, idx, m):
                     self._place(
-                        view, plan, idx, m, word="second_copy", why=f"in regular use ({m.rate_rpm:.1f} rpm)",
+                        view, plan, idx, m, word="second_copy", why=f"in regular use ({rate:.1f} rpm)",
                         allow_evict=False, require_slot=True,
                     )
-            for m in sorted(shrink, key=lambda x: x.model_id):
+            for rate, m in sorted(shrink, key=lambda x: x[1].model_id):
                 if len(plan.actions) >= budget:
                     return plan.actions
-                self._shrink(view, plan, m, live)
+                self._shrink(view, plan, m, live, rate)
         return plan.actions
 
     # ------------------------------------------------------------------ tick parts
+
 
     @staticmethod
     def _all_loaded(m: ModelView, plan: Plan, live: set[str]) -> bool:
@@ -156,7 +164,7 @@ class Scaling(Placing):
                         f"drain: {iid} is shutting down" + ("; served elsewhere" if has_loaded_live else "; model is cold"),
                     )
 
-    def _shrink(self, view: ClusterView, plan: Plan, m: ModelView, live: set[str]) -> None:
+    def _shrink(self, view: ClusterView, plan: Plan, m: ModelView, live: set[str], rate: float) -> None:
         s = self.settings
         now = view.now
         emin = max(self.min_copies(m), 1)
@@ -171,8 +179,8 @@ class Scaling(Placing):
             remove, why = n - m.max_copies, f"max_copies: {n} copies, max {m.max_copies}"
         elif idle >= s.cold_idle_s:
             remove, why = n - emin, f"cold: idle {idle:.0f}s"
-        elif m.rate_rpm / (n - 1) < s.scale_in_rpm_per_copy and not (n == 2 and m.rate_rpm >= s.second_copy_off_rpm):
-            remove, why = 1, f"scale_in: {m.rate_rpm:.1f} rpm over {n} copies"
+        elif rate / (n - 1) < s.scale_in_rpm_per_copy and not (n == 2 and rate >= s.second_copy_off_rpm):
+            remove, why = 1, f"scale_in: {rate:.1f} rpm over {n} copies"
         remove = min(remove, n - emin)
         if remove <= 0:
             return

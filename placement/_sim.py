@@ -6,9 +6,15 @@ order is updated on every change - so a decision costs what the policy costs, no
 rebuild of 100k model views. Loads complete at once on the virtual clock (their time is
 summed, not waited for); a request is a hit when some instance holds the model.
 
-Traffic as a mesh would measure it: ``last_used`` is the request time, ``rate_rpm`` an
+Traffic as a mesh measures it: ``last_used`` is the request time, ``rate_rpm`` the rate of
+:class:`~placement.Usage` (the estimator the mesh's instances meter copies with), an
 exponentially weighted rate with time constant ``rate_window_s`` (60/window per request,
-decayed since the previous one), for every model, loaded or not.
+decayed since the previous one), for every model, loaded or not. The views carry that time
+constant (``ClusterView.rate_window_s``), as the mesh leader's do.
+
+``simulate(..., record_decisions=True)`` keeps every decision (time, the model missed or
+``None`` for a tick, its actions) in :attr:`SimResult.decisions`: what a live mesh replaying
+the same trace is compared with, decision by decision (tests/mesh/test_live_parity.py).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ._policy import BasePolicy, LruPolicy, Policy
 from ._settings import PolicySettings
 from ._trace import Trace
 from ._types import Action, ClusterView, CopyView, InstanceView, ModelView, TenantQuota
+from ._usage import Usage
 
 
 class SimulationError(AssertionError):
@@ -145,7 +152,10 @@ class VirtualCluster:
         self._evicted_at: dict[str, float] = {}
 
     def view(self, now: float) -> ClusterView:
-        return ClusterView(now=now, instances=self.instances, models=self.models, quotas=self.quotas, index=self.index)
+        return ClusterView(
+            now=now, instances=self.instances, models=self.models, quotas=self.quotas, index=self.index,
+            rate_window_s=self.rate_window_s,
+        )
 
     def _set(self, m: ModelView) -> None:
         self.models[m.model_id] = m
@@ -154,8 +164,7 @@ class VirtualCluster:
     def touch(self, model_id: str, now: float) -> ModelView:
         """Record one request at ``now``."""
         m = self.models[model_id]
-        w = self.rate_window_s
-        rate = m.rate_rpm * math.exp(-(now - m.last_used) / w) + 60.0 / w if m.last_used > 0 else 60.0 / w
+        _, rate = Usage(m.last_used, m.rate_rpm).record(now, self.rate_window_s)
         m = ModelView(
             m.model_id, m.size_bytes, m.size_measured, m.tenant, m.copies, m.assigned, now, rate,
             m.inflight, m.load_time_s, m.failures, m.min_copies, m.max_copies, m.pinned,
@@ -234,6 +243,8 @@ class SimResult:
     """times the policy's key order changed (an adaptive retune) and the index was rebuilt"""
     wall_s: float = 0.0
     decision_us: list[float] = field(default_factory=list, repr=False)
+    decisions: list[tuple[float, str | None, list[Action]]] = field(default_factory=list, repr=False)
+    """with ``record_decisions``: (time, model missed or None for a tick, actions) of each decision that acted"""
     tenant_requests: dict[str, int] = field(default_factory=dict, repr=False)
     tenant_hits: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -312,6 +323,7 @@ def simulate(
     time_decisions: bool = True,
     window_s: float = 4 * 3600.0,
     progress: Callable[[int], None] | None = None,
+    record_decisions: bool = False,
 ) -> SimResult:
     """Replay ``trace`` through one policy on ``instances`` instances sharing ``capacity_bytes`` equally.
 
@@ -345,7 +357,10 @@ def simulate(
         if windowed is not None and windowed.advance(t):
             cluster.index = policy.build_index(cmodels.values())
         if t >= next_tick:
-            cluster.apply(policy.on_tick(cluster.view(t)), t)
+            ticked = policy.on_tick(cluster.view(t))
+            if record_decisions and ticked:
+                res.decisions.append((t, None, ticked))
+            cluster.apply(ticked, t)
             next_tick = t + tick_s
         mid = names[mi]
         m = cmodels[mid]
@@ -371,6 +386,8 @@ def simulate(
             except PlacementError:
                 res.refused += 1
                 actions = []
+            if record_decisions:
+                res.decisions.append((t, mid, actions))
             cluster.apply(actions, t)
             if cluster.index.key_id != policy.key_id:  # the adaptive policy retuned: its key order changed
                 cluster.index = policy.build_index(cmodels.values())

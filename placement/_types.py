@@ -108,6 +108,10 @@ class ClusterView:
     the holders of instances that are not live, so a producer that keeps the index must call
     ``update`` after every change of a model, assigned or not (a model below its min copies
     with no copy at all is watched too); a missed update delays that model's tick work.
+
+    ``rate_window_s`` is the time constant of the models' ``rate_rpm`` (the
+    :class:`~placement.Usage` estimator, a rate as of ``last_used``): a tick decays each rate
+    to ``now`` with it before deciding copies by rate. 0: rates are read as they are.
     """
 
     now: float
@@ -115,6 +119,7 @@ class ClusterView:
     models: Mapping[str, ModelView]
     quotas: Mapping[str, TenantQuota] = field(default_factory=dict)
     index: PlacementIndex | None = field(default=None, compare=False, repr=False)
+    rate_window_s: float = 0.0
 
 
 @dataclass(frozen=True)

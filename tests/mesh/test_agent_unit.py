@@ -21,6 +21,7 @@ from mesh._store_schema import (
     decode,
     encode,
 )
+from placement import Usage
 from runtime_adapters import AdapterRegistry, AdapterSettings
 from tests.mesh.fakes import FakeAdapter, FakePuller, World, request, world
 
@@ -90,6 +91,18 @@ async def test_assigned_model_is_loaded_registered_and_published_then_unloaded(r
     # the router serves it from the registry, and counts its use
     assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
     assert "m" in rig.router.usage
+    # published with the copy's traffic as placement meters it (placement.Usage, the simulator's estimator);
+    # requests between two publishes count at the last one's time
+    t1 = w.clock()
+    await rig.agent._publish_copy(rig.agent.copies["m"])
+    w.clock.advance(30.0)
+    for _ in range(2):
+        assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
+    await rig.agent._publish_copy(rig.agent.copies["m"])
+    rec = await rig.copy_record("m")
+    window = rig.agent.settings.rate_window_s
+    assert rec is not None and rec.last_used == w.clock()
+    assert rec.usage_rpm == Usage().record(t1, window).record(w.clock(), window, requests=2).rate_rpm
 
     await w.store.delete(w.keys.assignment("m"))
     await w.settle(lambda: ME not in w.mirror.holders("m") and "m" not in rig.agent.copies, "the unload")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -13,18 +14,24 @@ from mesh._store import MemoryStore
 from mesh._store_schema import (
     AssignmentRecord,
     CopyRecord,
+    DecisionRecord,
     InstanceRecord,
     Keys,
     ModelRecord,
     encode,
 )
-from placement import AdaptivePolicy, Policy, PolicySettings
+from placement import AdaptivePolicy, Policy, PolicySettings, Remembered, Usage
 
 MiB = 1 << 20
 
 
-def _fresh(state: ClusterMirror, policy: Policy, now: float) -> PlacementViewBuilder:
+def _fresh(state: ClusterMirror, policy: Policy, now: float, like: PlacementViewBuilder | None = None) -> PlacementViewBuilder:
+    """A builder that builds its view from every record (with ``like``'s history of gone copies, which
+    no record holds)."""
     b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
+    if like is not None:
+        for mid, entry in like._history.items():
+            b._history.put(mid, entry)
     b.view()  # built from every record
     return b
 
@@ -87,7 +94,7 @@ async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
                             size_measured=measured,
                             load_time_s=rnd.random(),
                             last_used=now - rnd.random() * 100,
-                            rpm=rnd.random() * 10,
+                            usage_rpm=rnd.random() * 10,
                             failed_until=now + 10 if state_ == "failed" else 0.0,
                         )
                     ),
@@ -98,16 +105,12 @@ async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
             assert await state.wait_for(lambda m=mirror, r=rev: m.revision >= r, 2.0)
             if step % 10 == 0 or step == 299:
                 got = inc.view()
-                want = _fresh(state, policy, now).view()
+                want = _fresh(state, policy, now, like=inc).view()
                 # sizes of unmeasured models depend on the learned ratio, which the incremental
                 # builder updates in steps: compare everything else exactly
                 assert set(got.models) == set(want.models)
                 for m in want.models:
                     g, w = got.models[m], want.models[m]
-                    if not any(c.state == "loaded" for c in state.copies_of(m).values()):
-                        # traffic history outlives a model's loaded copies in the incremental view only
-                        assert g.last_used >= w.last_used, m
-                        g = g.__class__(**{**g.__dict__, "last_used": w.last_used, "rate_rpm": w.rate_rpm})
                     if w.size_measured:
                         assert g == w, m
                     else:
@@ -153,7 +156,7 @@ async def test_only_changed_models_are_recomputed() -> None:
         await state.stop()
 
 
-async def test_traffic_history_outlives_eviction() -> None:
+async def test_traffic_history_outlives_eviction_and_a_new_leader_rebuilds_it_from_the_log() -> None:
     store = MemoryStore()
     keys = Keys(prefix="/t")
     now = time.time()
@@ -166,18 +169,35 @@ async def test_traffic_history_outlives_eviction() -> None:
     try:
         rev = await store.put(
             keys.copy("m", "i0"),
-            encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=now, size_bytes=MiB, size_measured=True, last_used=now, rpm=42.0)),
+            encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=now, size_bytes=3 * MiB, size_measured=True,
+                              load_time_s=2.5, last_used=now, usage_rpm=42.0)),
         )
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
         assert (b.view().models["m"].last_used, b.view().models["m"].rate_rpm) == (now, 42.0)
+        logged = b.remembered_after("m", ["i0"])  # what the leader logs when it evicts that copy
+        assert logged == Remembered(now, 42.0, 2.5, 3 * MiB)
         await store.delete(keys.copy("m", "i0"))  # evicted
         rev = store.revision
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
         mv = b.view().models["m"]
-        assert (mv.last_used, mv.rate_rpm, mv.copies) == (now, 42.0, ())
-        # a new leader has no history: it values the model from the store alone
+        # its traffic, reload cost and measured size outlive the copy
+        assert (mv.last_used, mv.rate_rpm, mv.load_time_s, mv.size_bytes, mv.size_measured, mv.copies) == (
+            now, 42.0, 2.5, 3 * MiB, True, ()
+        )
+        assert b.remembered("m") == logged
+        # a builder with no decision log values the model from its registration alone
         fresh = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
         assert (fresh.view().models["m"].last_used, fresh.view().models["m"].rate_rpm) == (1.0, 0.0)
+        # a new leader rebuilds the history from the log: the newest record that carries the model wins
+        for seq, entry in ((1, [now - 50, 7.0, 1.0, MiB]), (2, list(logged))):
+            await store.put(keys.decision(seq), encode(DecisionRecord(seq=seq, at=now, leader="old", usage={"m": entry})))
+        rev = store.revision
+        assert await state.wait_for(lambda: state.decisions.revision >= rev, 2.0)
+        fresh.start()
+        try:
+            assert fresh.view().models["m"] == mv
+        finally:
+            fresh.stop()
         # unregistering forgets it
         await store.delete(keys.model("m"))
         rev = store.revision
@@ -188,46 +208,51 @@ async def test_traffic_history_outlives_eviction() -> None:
         await state.stop()
 
 
-async def test_rate_falls_to_what_the_copies_report() -> None:
-    """Copies whose traffic stopped report a rate decayed to 0: the view says 0, not the last rate
-    it saw above 0 (that stale rate kept an idle model's extra copies from ever scaling in)."""
+async def test_rate_is_the_merge_of_the_copies_and_of_gone_copies() -> None:
+    """Each copy reports the rate of the requests it served, as of its last use (placement.Usage):
+    the view merges them with the traffic of copies that are gone; a copy still loading reports
+    nothing yet, so a returning model keeps the rate it had (it is not valued as a cold one)."""
     store = MemoryStore()
     keys = Keys(prefix="/t")
     now = time.time()
-    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
+    w = 60.0
+    for iid in ("i0", "i1"):
+        await store.put(keys.instance(iid), encode(InstanceRecord(instance_id=iid, address="x", capacity_bytes=1 << 40)))
     await store.put(keys.model("m"), encode(ModelRecord(model_id="m", model_type="onnx", predicted_size_bytes=MiB)))
     state = ClusterMirror(store, keys)
     await state.start()
-    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
+    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time, rate_window_s=w)
     b.start()
 
-    async def report(rpm: float) -> None:
+    async def report(iid: str, last_used: float, rate: float, copy_state: str = "loaded") -> None:
         rev = await store.put(
-            keys.copy("m", "i0"),
-            encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=now, size_bytes=MiB, size_measured=True, last_used=now, rpm=rpm)),
+            keys.copy("m", iid),
+            encode(CopyRecord(model_id="m", instance_id=iid, state=copy_state, since=now, size_bytes=MiB,  # type: ignore[arg-type]
+                              size_measured=copy_state == "loaded", last_used=last_used, usage_rpm=rate)),
         )
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
 
-    try:
-        await report(45.0)
-        assert b.view().models["m"].rate_rpm == 45.0
-        await report(0.0)  # traffic stopped two rate windows ago
-        assert (b.view().models["m"].rate_rpm, b.view().models["m"].last_used) == (0.0, now)
-        await store.delete(keys.copy("m", "i0"))  # evicted: the last reported traffic is remembered
+    async def gone(iid: str) -> None:
+        await store.delete(keys.copy("m", iid))
         rev = store.revision
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
-        assert b.view().models["m"].rate_rpm == 0.0
-        # hot again, evicted, and coming back: a copy still loading reports no traffic yet, so the
-        # returning model keeps the rate it had (it is not valued as a cold one while it loads)
-        await report(45.0)
-        assert b.view().models["m"].rate_rpm == 45.0  # the leader looks while the copy lives
-        await store.delete(keys.copy("m", "i0"))
-        rev = await store.put(
-            keys.copy("m", "i0"),
-            encode(CopyRecord(model_id="m", instance_id="i0", state="loading", since=now, size_bytes=MiB, last_used=now, rpm=0.0)),
-        )
-        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
-        assert b.view().models["m"].rate_rpm == 45.0
+
+    def traffic() -> tuple[float, float]:
+        mv = b.view().models["m"]
+        return mv.last_used, mv.rate_rpm
+
+    try:
+        await report("i0", now - w, 30.0)
+        await report("i1", now, 15.0)
+        assert traffic() == Usage(now - w, 30.0).merge(Usage(now, 15.0), w) == (now, pytest.approx(30.0 / math.e + 15.0))
+        await gone("i0")  # evicted: its traffic stays counted
+        assert traffic() == (now, pytest.approx(30.0 / math.e + 15.0))
+        await gone("i1")
+        assert traffic() == (now, pytest.approx(30.0 / math.e + 15.0))
+        await report("i0", 0.0, 0.0, "loading")  # the model returns: no traffic reported yet
+        assert traffic() == (now, pytest.approx(30.0 / math.e + 15.0))
+        await report("i0", now + w, 1.0)  # its first request served
+        assert traffic() == (now + w, pytest.approx((30.0 / math.e + 15.0) / math.e + 1.0))
     finally:
         b.stop()
         await state.stop()
@@ -247,7 +272,7 @@ async def test_adaptive_retune_rebuilds_the_leader_index_in_the_new_order() -> N
             await store.put(
                 keys.copy(mid, "i0"),
                 encode(CopyRecord(model_id=mid, instance_id="i0", state="loaded", since=now - 600, size_bytes=MiB,
-                                  size_measured=True, load_time_s=0.5 + k / 10, last_used=now - 30 * k, rpm=k / 5)),
+                                  size_measured=True, load_time_s=0.5 + k / 10, last_used=now - 30 * k, usage_rpm=k / 5)),
             )
     state = ClusterMirror(store, keys)
     await state.start()

@@ -1,0 +1,158 @@
+"""Request rates and the history of models' traffic: the one estimator the simulator and the mesh share.
+
+A model's traffic is a :class:`Usage`: the time of its last request and an exponentially
+weighted rate at that time, with time constant ``window_s`` (each request adds
+``60 / window_s`` requests per minute to the rate, decayed since the previous one). The rate
+is the one at ``last_used``, not at "now": it changes only when a request comes, so an
+eviction key built on it holds its order while the model is idle (the decay since the last
+use is the key's recency term), and a record that publishes it is written only on traffic.
+Code that needs the rate *now* (a tick deciding copies by rate) decays it with :meth:`Usage.at`.
+
+The estimator is linear, so the traffic of a model is the :meth:`~Usage.merge` of the traffic
+each part of the cluster saw (each copy counts the requests it served): exactly what one
+meter over all its requests would say, up to float rounding.
+
+* The simulator (:class:`~placement.VirtualCluster`) meters every request with
+  :meth:`Usage.record`.
+* A mesh instance meters each copy the same way and reports it; the placement leader merges
+  the copies' reports, and keeps, in a :class:`UsageHistory`, the traffic of copies that are
+  gone (evicted, unloaded, lost with their instance), with the model's reload cost and
+  measured size: so a model that returns is valued by its past, as in the simulator, and
+  not as a model never seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+
+class Usage(NamedTuple):
+    """Traffic of a model (or of one copy): last request time and the rate (rpm) at that time."""
+
+    last_used: float = 0.0
+    rate_rpm: float = 0.0
+
+    def record(self, now: float, window_s: float, requests: int = 1) -> Usage:
+        """The usage after ``requests`` requests at ``now`` (the simulator's and the instances' meter)."""
+        add = requests * 60.0 / window_s
+        if self.last_used > 0:
+            return Usage(now, self.rate_rpm * math.exp(-(now - self.last_used) / window_s) + add)
+        return Usage(now, add)
+
+    def at(self, now: float, window_s: float) -> float:
+        """The rate (rpm) at ``now``: decayed since the last request (never raised for a ``now`` before it)."""
+        if now <= self.last_used or self.rate_rpm == 0.0:
+            return self.rate_rpm
+        return self.rate_rpm * math.exp(-(now - self.last_used) / window_s)
+
+    def merge(self, other: Usage, window_s: float) -> Usage:
+        """The usage of the requests counted by both (disjoint request sets: each copy counts its own)."""
+        if other.last_used <= 0:
+            return self
+        if self.last_used <= 0:
+            return other
+        old, new = (self, other) if self.last_used <= other.last_used else (other, self)
+        if old.rate_rpm == 0.0:
+            return Usage(new.last_used, new.rate_rpm)
+        return Usage(new.last_used, old.rate_rpm * math.exp(-(new.last_used - old.last_used) / window_s) + new.rate_rpm)
+
+
+def merge_usage(parts: Iterable[Usage], window_s: float) -> Usage:
+    """:meth:`Usage.merge` over several parts (a model's copies and its history)."""
+    out = Usage()
+    for u in parts:
+        out = out.merge(u, window_s)
+    return out
+
+
+class Remembered(NamedTuple):
+    """What the policy needs of a model whose copies went: its traffic, reload cost and measured size."""
+
+    last_used: float
+    rate_rpm: float
+    load_time_s: float = 0.0
+    """seconds the last measured load took (0: none measured)"""
+    size_bytes: int = 0
+    """measured size (0: none measured)"""
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.last_used, self.rate_rpm)
+
+    def with_part(self, part: Usage, window_s: float, *, load_time_s: float = 0.0, size_bytes: int = 0) -> Remembered:
+        """This entry with the traffic one gone copy counted added; a load time or size given (measured
+        by that copy) replaces the remembered one: the newest measurement wins."""
+        u = self.usage.merge(part, window_s)
+        return Remembered(u.last_used, u.rate_rpm, load_time_s or self.load_time_s, size_bytes or self.size_bytes)
+
+
+class UsageHistory:
+    """Bounded memory of models' past traffic, reload cost and size, for models whose copies went.
+
+    At most ``max_models`` entries; past that, the entries whose last use is oldest go first
+    (they are the ones the policy values least: their recency term is the smallest). Reading
+    an entry does not refresh it; writing one does.
+    """
+
+    def __init__(self, max_models: int = 50_000) -> None:
+        if max_models < 1:
+            raise ValueError("max_models must be at least 1")
+        self.max_models = max_models
+        self._entries: dict[str, Remembered] = {}
+        self._by_use: OrderedDict[str, None] = OrderedDict()  # models in order of last use, oldest first
+        self.dropped = 0
+        """entries dropped for the bound so far"""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._entries
+
+    def get(self, model_id: str) -> Remembered | None:
+        return self._entries.get(model_id)
+
+    def items(self) -> Iterator[tuple[str, Remembered]]:
+        """Entries, oldest last use first."""
+        for mid in self._by_use:
+            yield mid, self._entries[mid]
+
+    def put(self, model_id: str, entry: Remembered) -> None:
+        """Remember ``entry`` for the model (replacing what was there)."""
+        self._entries[model_id] = entry
+        order = self._by_use
+        order.pop(model_id, None)
+        # keep the order by last use: an entry is almost always the newest; walk back from the end otherwise
+        if order and self._entries[next(reversed(order))].last_used > entry.last_used:
+            tail: list[str] = []
+            while order and self._entries[next(reversed(order))].last_used > entry.last_used:
+                tail.append(order.popitem(last=True)[0])
+            order[model_id] = None
+            for mid in reversed(tail):
+                order[mid] = None
+        else:
+            order[model_id] = None
+        while len(self._entries) > self.max_models:
+            old, _ = order.popitem(last=False)
+            del self._entries[old]
+            self.dropped += 1
+
+    def fold(
+        self, model_id: str, part: Usage, window_s: float, *, load_time_s: float = 0.0, size_bytes: int = 0
+    ) -> Remembered:
+        """Add one gone copy's final report to the model's history (:meth:`Remembered.with_part`); returns the entry."""
+        old = self._entries.get(model_id) or Remembered(0.0, 0.0)
+        entry = old.with_part(part, window_s, load_time_s=load_time_s, size_bytes=size_bytes)
+        self.put(model_id, entry)
+        return entry
+
+    def forget(self, model_id: str) -> None:
+        if self._entries.pop(model_id, None) is not None:
+            self._by_use.pop(model_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_use.clear()
