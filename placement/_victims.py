@@ -10,13 +10,12 @@ tenant's own cheapest copies.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Collection
 from typing import Any
 
 from ._core import PolicyCore
 from ._errors import QuotaExceeded
-from ._index import Entry, PlacementIndex
+from ._index import PlacementIndex
 from ._plan import Plan, fmt_bytes
 from ._types import ClusterView, ModelView
 
@@ -170,40 +169,12 @@ class VictimSelection(PolicyCore):
         read = 0
         budget = -1  # entries left to read for an old alternative once young copies would do
         with idx.scan(None, instances, offsets) as scan:
-            # Scan.rows inlined: the heap a row came from is advanced only when the next row is
-            # read, so a read that stops leaves it as it was
-            heads = scan._heads
-            heaps = idx._heaps
-            live = idx._live
-            seen = scan._seen
-            popped = scan._popped
-            offs = scan._offsets
-            pop = heapq.heappop
-            push = heapq.heappush
-            h: list[Entry] | None = None
-            tenant = ""
-            while True:
-                if h is not None:
-                    while h:
-                        e = pop(h)
-                        ekey, emid, eiid = e
-                        rec = live.get(emid)
-                        if rec is not None and rec.key == ekey and rec.tenant == tenant and eiid in rec.assigned:
-                            sk = (emid, eiid)
-                            if sk not in seen:
-                                seen.add(sk)
-                                popped.append((h, e))
-                                push(heads, (ekey + (offs.get(tenant, 0.0) if offs else 0.0), ekey, emid, eiid, tenant))
-                                break
-                        idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
-                if not heads:
-                    break
-                order, key, mid, iid, tenant = pop(heads)
+            for order, e, tenant, _ in scan.raw():
                 if order >= stop or budget == 0:
                     break
-                h = heaps[(iid, tenant)]
                 read += 1
                 budget -= 1
+                key, mid, iid = e
                 if key >= key_limit:
                     continue
                 need = needs.get(iid)
