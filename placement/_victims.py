@@ -159,21 +159,18 @@ class VictimSelection(PolicyCore):
         clean = not (plan._added or plan._removed)
         now = view.now
         min_res = self.settings.min_residency_s if self.residency else None
-        acc0: dict[str, int] = {}
-        acc1: dict[str, int] = {}
-        old: dict[str, list[ModelView]] = {}
-        any_: dict[str, list[ModelView]] = {}
+        # per instance read so far: [old copies' bytes, old copies, any copies' bytes, any copies]
+        acc: dict[str, list[Any]] = {}
         fallback: tuple[str, list[ModelView]] | None = None
         max_off = max(offsets.values(), default=0.0) if offsets else 0.0
         stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
         read = 0
-        budget = -1  # entries left to read for an old alternative once young copies would do
+        limit = -1  # once young copies would do: the read stops after this many entries (for an old alternative)
         with idx.scan(None, instances, offsets) as scan:
             for order, e, tenant, _ in scan.raw():
-                if order >= stop or budget == 0:
+                if order >= stop or read == limit:
                     break
                 read += 1
-                budget -= 1
                 key, mid, iid = e
                 if key >= key_limit:
                     continue
@@ -198,24 +195,21 @@ class VictimSelection(PolicyCore):
                     if c.state == "loading":
                         continue
                     tier = 1 if min_res is not None and c.state == "loaded" and now - c.since < min_res else 0
+                st = acc.get(iid)
+                if st is None:
+                    st = acc[iid] = [0, [], 0, []]
                 if tier == 0:
-                    lst = old.get(iid)
-                    if lst is None:
-                        lst = old[iid] = []
-                    lst.append(vm)
-                    total = acc0[iid] = acc0.get(iid, 0) + vm.size_bytes
-                    if total >= need:
-                        return iid, lst
+                    st[1].append(vm)
+                    st[0] += vm.size_bytes
+                    if st[0] >= need:
+                        return iid, st[1]
                 if allow_young and fallback is None:
-                    lst = any_.get(iid)
-                    if lst is None:
-                        lst = any_[iid] = []
-                    lst.append(vm)
-                    total = acc1[iid] = acc1.get(iid, 0) + vm.size_bytes
-                    if total >= need:
-                        fallback = iid, lst
+                    st[3].append(vm)
+                    st[2] += vm.size_bytes
+                    if st[2] >= need:
+                        fallback = iid, st[3]
                         stop = min(stop, order + self.young_margin())
-                        budget = max(read, 16)
+                        limit = read + max(read, 16)
         return fallback
 
     def _evict_tenant(
