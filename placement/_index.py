@@ -61,6 +61,25 @@ class _Rec:
     tenant: str
     assigned: frozenset[str]
     size_bytes: int
+    view: ModelView
+    """the model view this record was made from (a reader holding the same object may trust ``since``)"""
+    since: dict[str, float | None] | None
+    """per instance the model has a copy on: when a loaded copy loaded, -inf for a failed one, None for
+    one still loading (first copy per instance, as ``ModelView.copies`` lists them); None for a model
+    with min copies, requests in flight or pinned (whose evictability needs the whole view)"""
+
+
+def _rec(m: ModelView, key: float | None) -> _Rec:
+    since: dict[str, float | None] | None = None
+    if not (m.min_copies > 0 or m.inflight > 0 or m.pinned):
+        since = {}
+        for c in m.copies:
+            if c.instance_id not in since:
+                since[c.instance_id] = c.since if c.state == "loaded" else (None if c.state == "loading" else _NEVER)
+    return _Rec(key, m.tenant, m.assigned, m.size_bytes, m, since)
+
+
+_NEVER = float("-inf")
 
 
 class PlacementIndex:
@@ -110,7 +129,7 @@ class PlacementIndex:
             if not m.assigned:
                 continue
             k = key(m)
-            live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
+            live[m.model_id] = _rec(m, k)
             tb[t] = tb.get(t, 0) + m.size_bytes * len(m.assigned)
             for iid in m.assigned:
                 hs = holders.get(iid)
@@ -164,6 +183,8 @@ class PlacementIndex:
         k = self.key(m)
         if old is not None:
             if old.key == k and old.tenant == t and old.assigned == m.assigned and old.size_bytes == m.size_bytes:
+                if old.view is not m:
+                    self._live[mid] = _rec(m, k)
                 return
             self._tenant_bytes[old.tenant] -= old.size_bytes * len(old.assigned)
             if old.key is not None:
@@ -172,7 +193,7 @@ class PlacementIndex:
                 self._hold(mid, old.assigned, m.assigned)
         else:
             self._hold(mid, frozenset(), m.assigned)
-        self._live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
+        self._live[m.model_id] = _rec(m, k)
         self._tenant_bytes[t] = self._tenant_bytes.get(t, 0) + m.size_bytes * len(m.assigned)
         if k is None:
             return
@@ -349,8 +370,8 @@ class PlacementIndex:
         return Scan(self, self._keys(instances, tenants), offsets or {})
 
 
-Row = tuple[float, Entry, str, list[Entry]]
-"""A scan's row as read: ``(order, entry, tenant, heap it came from)``; rows compare as
+Row = tuple[float, Entry, str, list[Entry], _Rec]
+"""A scan's row as read: ``(order, entry, tenant, heap it came from, the model's record)``; rows compare as
 ``(order, key, model_id, instance_id, tenant)`` (one row per heap is in flight, so the heap
 itself is never compared)."""
 
@@ -399,7 +420,7 @@ class Scan:
                     if e != prev:
                         rec = live.get(e[1])
                         if rec is not None and rec.key == e[0] and rec.tenant == tenant and e[2] in rec.assigned:
-                            push(heads, (e[0] + off, e, tenant, h))
+                            push(heads, (e[0] + off, e, tenant, h, rec))
                             break
                     dropped += 1  # dead, or a duplicate of a live entry: dropped for good
             if dropped:
@@ -416,12 +437,12 @@ class Scan:
         return self._stream
 
     def __iter__(self) -> Iterator[Candidate]:
-        for order, e, tenant, _ in self._stream:
+        for order, e, tenant, _, _ in self._stream:
             yield Candidate(order, e[0], e[1], e[2], tenant)
 
     def rows(self) -> Iterator[tuple[float, float, str, str, str]]:
         """The read as plain ``(order, key, model_id, instance_id, tenant)`` tuples."""
-        for order, e, tenant, _ in self._stream:
+        for order, e, tenant, _, _ in self._stream:
             yield order, e[0], e[1], e[2], tenant
 
     def close(self) -> None:
@@ -433,9 +454,9 @@ class Scan:
         for iid in self._instances:
             cache.pop(iid, None)
         push = heapq.heappush
-        for _, e, _, h in self._read:
+        for _, e, _, h, _ in self._read:
             push(h, e)
-        for _, e, _, h in self._heads:
+        for _, e, _, h, _ in self._heads:
             push(h, e)
         self._read.clear()
         self._heads.clear()

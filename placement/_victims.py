@@ -167,7 +167,7 @@ class VictimSelection(PolicyCore):
         read = 0
         limit = -1  # once young copies would do: the read stops after this many entries (for an old alternative)
         with idx.scan(None, instances, offsets) as scan:
-            for order, e, tenant, _ in scan.raw():
+            for order, e, tenant, _, rec in scan.raw():
                 if order >= stop or read == limit:
                     break
                 read += 1
@@ -178,12 +178,26 @@ class VictimSelection(PolicyCore):
                 if need is None:
                     continue
                 vm = models.get(mid)
-                if vm is None or vm.tenant != tenant:
+                if vm is None:
                     continue
-                if not inline or vm.min_copies > 0 or vm.inflight > 0:
-                    tier = tier_of(view, plan, vm, iid)
-                    if tier is None:
+                since = rec.since
+                if vm is rec.view and since is not None and inline and clean:
+                    # the index's record was made from this very (immutable) view and the row is
+                    # live in it: tenant, assignment and size as recorded; the copy's state and
+                    # age precomputed (what the branch below reads from the view)
+                    loaded_at = since.get(iid)
+                    if loaded_at is None:
                         continue
+                    tier = 1 if min_res is not None and now - loaded_at < min_res else 0
+                    size = rec.size_bytes
+                elif vm.tenant != tenant:
+                    continue
+                elif not inline or vm.min_copies > 0 or vm.inflight > 0:
+                    judged = tier_of(view, plan, vm, iid)
+                    if judged is None:
+                        continue
+                    tier = judged
+                    size = vm.size_bytes
                 else:
                     if vm.pinned or iid not in (vm.assigned if clean else plan.assigned(vm)):
                         continue
@@ -195,17 +209,18 @@ class VictimSelection(PolicyCore):
                     if c.state == "loading":
                         continue
                     tier = 1 if min_res is not None and c.state == "loaded" and now - c.since < min_res else 0
+                    size = vm.size_bytes
                 st = acc.get(iid)
                 if st is None:
                     st = acc[iid] = [0, [], 0, []]
                 if tier == 0:
                     st[1].append(vm)
-                    st[0] += vm.size_bytes
+                    st[0] += size
                     if st[0] >= need:
                         return iid, st[1]
                 if allow_young and fallback is None:
                     st[3].append(vm)
-                    st[2] += vm.size_bytes
+                    st[2] += size
                     if st[2] >= need:
                         fallback = iid, st[3]
                         stop = min(stop, order + self.young_margin())
