@@ -400,7 +400,11 @@ class Scan:
 
     def _merge(self, start: list[tuple[list[Entry], str, Entry | None]]) -> Generator[Row, None, None]:
         """The read itself: every heap in ``start`` advanced to its first live entry, then one row
-        at a time, advancing only the heap of the row read last (the one heap-advance loop)."""
+        at a time, advancing only the heap of the row read last (the one heap-advance loop).
+
+        A row read stays on top of ``_heads`` until its heap is advanced, which replaces it
+        with that heap's next live row (one sift instead of a pop and a push).
+        """
         idx = self._index
         live = idx._live
         heads = self._heads
@@ -408,7 +412,9 @@ class Scan:
         offsets = self._offsets
         pop = heapq.heappop
         push = heapq.heappush
+        replace = heapq.heapreplace
         pending: Iterable[tuple[list[Entry], str, Entry | None]] = start
+        started = False
         while True:
             dropped = 0
             for h, tenant, prev in pending:
@@ -420,17 +426,21 @@ class Scan:
                     if e != prev:
                         rec = live.get(e[1])
                         if rec is not None and rec.key == e[0] and rec.tenant == tenant and e[2] in rec.assigned:
-                            push(heads, (e[0] + off, e, tenant, h, rec))
+                            (replace if started else push)(heads, (e[0] + off, e, tenant, h, rec))
                             break
                     dropped += 1  # dead, or a duplicate of a live entry: dropped for good
+                else:
+                    if started:  # the heap is used up: its row leaves the heads
+                        pop(heads)
             if dropped:
                 idx._entries -= dropped
             if not heads:
                 return
-            row = pop(heads)
-            read.append(row)
+            row = heads[0]
             yield row
+            read.append(row)  # from here on the row is no longer among the heads
             pending = ((row[3], row[2], row[1]),)
+            started = True
 
     def raw(self) -> Iterator[Row]:
         """The read as :data:`Row` tuples (the hot loop of a miss: no tuple rebuilt per row)."""
