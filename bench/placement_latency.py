@@ -16,6 +16,12 @@ fills, so later misses must evict), each call is timed alone:
   index's watch switched off for that call; this is what a tick cost before the watch set),
   on every ``--full-every``-th tick.
 
+``--against DIR`` times another checkout's ``placement`` package (``DIR/placement``, e.g. main's)
+against this one in the same process: both replay the same trace in lockstep, each miss is
+timed on both sides in alternating order (so the machine's load weighs on both alike), the
+garbage collector is off while timing, and every decision (actions with reasons, errors,
+ticks) is asserted equal; it prints p50/p99 of both sides per kind of miss.
+
 Target (shared/DESIGN.md): a placement decision <= 1 ms p99 with 100 instances and 100k models.
 ``--write-results`` replaces the "### Decision latency" part of the Placement section of bench/RESULTS.md.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +39,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -149,6 +157,84 @@ def run(policy: BasePolicy, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _load_package(root: Path, name: str) -> ModuleType:
+    """``root/placement`` imported as the package ``name`` (its imports are relative)."""
+    init = root / "placement" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no placement package under {root}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_against(pkgs: list[tuple[str, ModuleType]], policy: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both packages replay one trace in lockstep; each miss timed on both sides, decisions asserted equal."""
+    sides = []
+    for label, pkg in pkgs:
+        settings = pkg.PolicySettings()
+        pol = {"ours": pkg.Policy, "adaptive": pkg.AdaptivePolicy, "lru": pkg.LruPolicy}[policy](settings, args.seed)
+        tr = pkg.generate(pkg.TraceSpec(models=args.models, requests=args.requests, alpha=args.alpha, seed=args.seed))
+        per = int(tr.total_bytes * args.capacity) // args.instances
+        insts = [pkg.InstanceView(f"i{k:03d}", per, 0, zone=f"z{k % 3}") for k in range(args.instances)]
+        names, sizes, loads = tr.names, tr.sizes.tolist(), tr.load_times.tolist()
+        models = [pkg.ModelView(names[i], sizes[i], True, tr.tenants[i], load_time_s=loads[i]) for i in range(len(names))]
+        cluster = pkg.VirtualCluster(pol, insts, models, rate_window_s=settings.rate_tau_s)
+        sides.append((label, pkg, pol, cluster, {"miss_evict": [], "miss_fit": []}))
+    perf = time.thread_time if args.clock == "thread" else time.perf_counter
+    warm_from = int(len(tr) * args.warmup)
+    next_tick = float(tr.times[0]) + args.tick_s
+
+    def plain(actions: list[Any]) -> list[tuple[str, str, str, str]]:
+        return [(a.kind, a.model_id, a.instance_id, a.reason) for a in actions]
+
+    load = []
+    for k, (t, mi) in enumerate(zip(tr.times.tolist(), tr.models.tolist(), strict=True)):
+        timed = k >= warm_from
+        if k == warm_from:
+            gc.collect()
+            gc.disable()
+        if t >= next_tick:
+            next_tick = t + args.tick_s
+            ticks = []
+            for _, _, pol, cluster, _ in sides:
+                actions = pol.on_tick(cluster.view(t))
+                cluster.apply(actions, t)
+                ticks.append(plain(actions))
+            assert all(x == ticks[0] for x in ticks), f"tick at {t}: decisions differ"
+        mid = names[mi]
+        if not sides[0][3].models[mid].assigned:
+            got = []
+            for label, pkg, pol, cluster, out in sides[:: 1 if k % 2 else -1]:
+                view = cluster.view(t)
+                try:
+                    s0 = perf()
+                    actions = pol.on_miss(view, mid)
+                    us = (perf() - s0) * 1e6
+                    got.append((label, plain(actions)))
+                except pkg.PlacementError as e:
+                    actions, us = [], math.nan
+                    got.append((label, [("error", type(e).__name__, str(e), "")]))
+                if timed and not math.isnan(us):
+                    out["miss_evict" if any(a.kind == "unload" for a in actions) else "miss_fit"].append(us)
+                cluster.apply(actions, t)
+                if cluster.index.key_id != pol.key_id:
+                    cluster.index = pol.build_index(cluster.models.values())
+            assert all(g[1] == got[0][1] for g in got), f"miss of {mid} at {t}: decisions differ"
+        for _, _, _, cluster, _ in sides:
+            cluster.touch(mid, t)
+        if timed and k % 1000 == 0:
+            load.append(os.getloadavg()[0])
+    gc.enable()
+    return {
+        "policy": policy,
+        "requests": len(tr),
+        "load_avg_1m": [min(load, default=math.nan), max(load, default=math.nan)],
+        **{label: {key: _stats(xs) for key, xs in out.items()} for label, _, _, _, out in sides},
+    }
+
+
 def section(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
     def us(x: float) -> str:
         return "-" if math.isnan(x) else (f"{x / 1000:.1f} ms" if x >= 10_000 else f"{x:.0f} us")
@@ -228,7 +314,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "placement")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument(
+        "--against", type=Path, default=None,
+        help="a checkout whose placement package is timed against this one in lockstep (decisions asserted equal)",
+    )
     args = ap.parse_args()
+    if args.against is not None:
+        pkgs = [("against", _load_package(args.against.resolve(), "placement_against")), ("this", sys.modules["placement"])]
+        print(f"{'policy':8} {'miss':8} {'n':>6} {'against p50':>12} {'p99':>8} {'this p50':>9} {'p99':>8}  load", flush=True)
+        for name in args.policies.split(","):
+            r = run_against(pkgs, name, args)
+            for key in ("miss_evict", "miss_fit"):
+                a, b = r["against"][key], r["this"][key]
+                print(
+                    f"{name:8} {key[5:]:8} {a['n']:>6} {a['p50_us']:>9.0f} us {a['p99_us']:>5.0f} us "
+                    f"{b['p50_us']:>6.0f} us {b['p99_us']:>5.0f} us  {r['load_avg_1m'][0]:.1f}-{r['load_avg_1m'][1]:.1f}",
+                    flush=True,
+                )
+        return
     settings = PolicySettings()
     make = {
         "ours": lambda: Policy(settings, args.seed),

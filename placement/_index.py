@@ -27,7 +27,7 @@ holders of instances that are not live, instead of every registered model.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -61,6 +61,25 @@ class _Rec:
     tenant: str
     assigned: frozenset[str]
     size_bytes: int
+    view: ModelView
+    """the model view this record was made from (a reader holding the same object may trust ``since``)"""
+    since: dict[str, float | None] | None
+    """per instance the model has a copy on: when a loaded copy loaded, -inf for a failed one, None for
+    one still loading (first copy per instance, as ``ModelView.copies`` lists them); None for a model
+    with min copies, requests in flight or pinned (whose evictability needs the whole view)"""
+
+
+def _rec(m: ModelView, key: float | None) -> _Rec:
+    since: dict[str, float | None] | None = None
+    if not (m.min_copies > 0 or m.inflight > 0 or m.pinned):
+        since = {}
+        for c in m.copies:
+            if c.instance_id not in since:
+                since[c.instance_id] = c.since if c.state == "loaded" else (None if c.state == "loading" else _NEVER)
+    return _Rec(key, m.tenant, m.assigned, m.size_bytes, m, since)
+
+
+_NEVER = float("-inf")
 
 
 class PlacementIndex:
@@ -110,7 +129,7 @@ class PlacementIndex:
             if not m.assigned:
                 continue
             k = key(m)
-            live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
+            live[m.model_id] = _rec(m, k)
             tb[t] = tb.get(t, 0) + m.size_bytes * len(m.assigned)
             for iid in m.assigned:
                 hs = holders.get(iid)
@@ -164,6 +183,8 @@ class PlacementIndex:
         k = self.key(m)
         if old is not None:
             if old.key == k and old.tenant == t and old.assigned == m.assigned and old.size_bytes == m.size_bytes:
+                if old.view is not m:
+                    self._live[mid] = _rec(m, k)
                 return
             self._tenant_bytes[old.tenant] -= old.size_bytes * len(old.assigned)
             if old.key is not None:
@@ -172,7 +193,7 @@ class PlacementIndex:
                 self._hold(mid, old.assigned, m.assigned)
         else:
             self._hold(mid, frozenset(), m.assigned)
-        self._live[m.model_id] = _Rec(k, t, m.assigned, m.size_bytes)
+        self._live[m.model_id] = _rec(m, k)
         self._tenant_bytes[t] = self._tenant_bytes.get(t, 0) + m.size_bytes * len(m.assigned)
         if k is None:
             return
@@ -280,7 +301,7 @@ class PlacementIndex:
             keys = [hk for iid in instances for hk in self._by_instance.get(iid, ())]
         if tenants is not None:
             keys = [hk for hk in keys if hk[1] in tenants]
-        return sorted(keys)
+        return list(dict.fromkeys(keys))  # each heap once (the order of the heaps does not matter)
 
     def head(self, instance_id: str, tenants: Collection[str] | None = None) -> float:
         """Lowest key on the instance among ``tenants`` (all when None); inf if none.
@@ -349,91 +370,105 @@ class PlacementIndex:
         return Scan(self, self._keys(instances, tenants), offsets or {})
 
 
+Row = tuple[float, Entry, str, list[Entry], _Rec]
+"""A scan's row as read: ``(order, entry, tenant, heap it came from, the model's record)``; rows compare as
+``(order, key, model_id, instance_id, tenant)`` (one row per heap is in flight, so the heap
+itself is never compared)."""
+
+
 class Scan:
-    """An ordered read of some of an index's heaps that restores them when closed."""
+    """An ordered read of some of an index's heaps that restores them when closed.
+
+    The read is a merge of the heaps through a heap of their heads; a heap is advanced past
+    its dead entries (dropped for good) only when its row has been read and the next row is
+    asked for, so a read that stops after a row leaves that row's heap as it was.
+    """
 
     def __init__(self, index: PlacementIndex, keys: list[tuple[str, str]], offsets: Mapping[str, float]) -> None:
         self._index = index
         self._offsets = offsets
-        self._popped: list[tuple[list[Entry], Entry]] = []
-        self._heads: list[tuple[float, float, str, str, str]] = []
-        self._seen: set[tuple[str, str]] = set()
+        self._read: list[Row] = []
+        """rows read: their entries go back into their heaps on close (as do those still in ``_heads``)"""
+        self._heads: list[Row] = []
         self._closed = False
         self._instances = {hk[0] for hk in keys}
         cache = index._head
         for iid in self._instances:
             cache.pop(iid, None)
-        for hk in keys:
-            self._advance(hk)
+        heaps = index._heaps
+        self._stream = self._merge([(heaps[hk], hk[1], None) for hk in keys])
 
-    def _advance(self, hk: tuple[str, str]) -> None:
-        idx = self._index
-        h = idx._heaps[hk]
-        tenant = hk[1]
-        live = idx._live
-        seen = self._seen
-        while h:
-            e = heapq.heappop(h)
-            key, mid, iid = e
-            rec = live.get(mid)
-            if rec is not None and rec.key == key and rec.tenant == tenant and iid in rec.assigned:
-                sk = (mid, iid)
-                if sk not in seen:
-                    seen.add(sk)
-                    self._popped.append((h, e))
-                    off = self._offsets.get(tenant, 0.0) if self._offsets else 0.0
-                    heapq.heappush(self._heads, (key + off, key, mid, iid, tenant))
-                    return
-            idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
+    def _merge(self, start: list[tuple[list[Entry], str, Entry | None]]) -> Generator[Row, None, None]:
+        """The read itself: every heap in ``start`` advanced to its first live entry, then one row
+        at a time, advancing only the heap of the row read last (the one heap-advance loop).
 
-    def __iter__(self) -> Iterator[Candidate]:
-        for row in self.rows():
-            yield Candidate(*row)
-
-    def rows(self) -> Iterator[tuple[float, float, str, str, str]]:
-        """The read as plain ``(order, key, model_id, instance_id, tenant)`` tuples (what ``__iter__`` wraps).
-
-        The heap a row came from is advanced when the next row is asked for, so a read that
-        stops after a row leaves that heap as it was (the hot loop of a miss: one
-        function, no per-entry calls).
+        A row read stays on top of ``_heads`` until its heap is advanced, which replaces it
+        with that heap's next live row (one sift instead of a pop and a push).
         """
         idx = self._index
-        heaps = idx._heaps
         live = idx._live
-        seen = self._seen
-        popped = self._popped
         heads = self._heads
+        read = self._read
         offsets = self._offsets
         pop = heapq.heappop
         push = heapq.heappush
-        while heads:
-            row = pop(heads)
+        replace = heapq.heapreplace
+        pending: Iterable[tuple[list[Entry], str, Entry | None]] = start
+        started = False
+        while True:
+            dropped = 0
+            for h, tenant, prev in pending:
+                off = offsets.get(tenant, 0.0) if offsets else 0.0
+                while h:
+                    e = pop(h)
+                    # a live entry equal to the row just read from this heap is its duplicate
+                    # (identical entries pop one after the other)
+                    if e != prev:
+                        rec = live.get(e[1])
+                        if rec is not None and rec.key == e[0] and rec.tenant == tenant and e[2] in rec.assigned:
+                            (replace if started else push)(heads, (e[0] + off, e, tenant, h, rec))
+                            break
+                    dropped += 1  # dead, or a duplicate of a live entry: dropped for good
+                else:
+                    if started:  # the heap is used up: its row leaves the heads
+                        pop(heads)
+            if dropped:
+                idx._entries -= dropped
+            if not heads:
+                return
+            row = heads[0]
             yield row
-            tenant = row[4]
-            h = heaps[(row[3], tenant)]
-            while h:
-                e = pop(h)
-                key, mid, iid = e
-                rec = live.get(mid)
-                if rec is not None and rec.key == key and rec.tenant == tenant and iid in rec.assigned:
-                    sk = (mid, iid)
-                    if sk not in seen:
-                        seen.add(sk)
-                        popped.append((h, e))
-                        push(heads, (key + (offsets.get(tenant, 0.0) if offsets else 0.0), key, mid, iid, tenant))
-                        break
-                idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
+            read.append(row)  # from here on the row is no longer among the heads
+            pending = ((row[3], row[2], row[1]),)
+            started = True
+
+    def raw(self) -> Iterator[Row]:
+        """The read as :data:`Row` tuples (the hot loop of a miss: no tuple rebuilt per row)."""
+        return self._stream
+
+    def __iter__(self) -> Iterator[Candidate]:
+        for order, e, tenant, _, _ in self._stream:
+            yield Candidate(order, e[0], e[1], e[2], tenant)
+
+    def rows(self) -> Iterator[tuple[float, float, str, str, str]]:
+        """The read as plain ``(order, key, model_id, instance_id, tenant)`` tuples."""
+        for order, e, tenant, _, _ in self._stream:
+            yield order, e[0], e[1], e[2], tenant
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._stream.close()
         cache = self._index._head
         for iid in self._instances:
             cache.pop(iid, None)
-        for h, e in self._popped:
-            heapq.heappush(h, e)
-        self._popped.clear()
+        push = heapq.heappush
+        for _, e, _, h, _ in self._read:
+            push(h, e)
+        for _, e, _, h, _ in self._heads:
+            push(h, e)
+        self._read.clear()
         self._heads.clear()
 
     def __enter__(self) -> Scan:

@@ -53,17 +53,20 @@ class Placing(VictimSelection):
                 continue
             if failures and failures.get(iid, ninf) > now:
                 continue
-            loading = inst.loading
-            if load_d:
-                loading += load_d.get(iid, 0)
-            slot = loading < inst.loading_slots
-            if require_slot and not slot:
-                continue
+            if require_slot:
+                loading = inst.loading
+                if load_d:
+                    loading += load_d.get(iid, 0)
+                if loading >= inst.loading_slots:
+                    continue
             free = cap - inst.used_bytes
             if used_d:
                 free -= used_d.get(iid, 0)
-            if free >= size:
-                score = (inst.zone not in zones, slot, free, -loading)
+            if free >= size:  # loads in flight matter only here (and above when a slot is required)
+                loading = inst.loading
+                if load_d:
+                    loading += load_d.get(iid, 0)
+                score = (inst.zone not in zones, loading < inst.loading_slots, free, -loading)
                 if (
                     best is None
                     or score > best

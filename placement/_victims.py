@@ -10,13 +10,12 @@ tenant's own cheapest copies.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Collection
 from typing import Any
 
 from ._core import PolicyCore
 from ._errors import QuotaExceeded
-from ._index import Entry, PlacementIndex
+from ._index import PlacementIndex
 from ._plan import Plan, fmt_bytes
 from ._types import ClusterView, ModelView
 
@@ -160,62 +159,45 @@ class VictimSelection(PolicyCore):
         clean = not (plan._added or plan._removed)
         now = view.now
         min_res = self.settings.min_residency_s if self.residency else None
-        acc0: dict[str, int] = {}
-        acc1: dict[str, int] = {}
-        old: dict[str, list[ModelView]] = {}
-        any_: dict[str, list[ModelView]] = {}
+        # per instance read so far: [old copies' bytes, old copies, any copies' bytes, any copies]
+        acc: dict[str, list[Any]] = {}
         fallback: tuple[str, list[ModelView]] | None = None
         max_off = max(offsets.values(), default=0.0) if offsets else 0.0
         stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
         read = 0
-        budget = -1  # entries left to read for an old alternative once young copies would do
+        limit = -1  # once young copies would do: the read stops after this many entries (for an old alternative)
         with idx.scan(None, instances, offsets) as scan:
-            # Scan.rows inlined: the heap a row came from is advanced only when the next row is
-            # read, so a read that stops leaves it as it was
-            heads = scan._heads
-            heaps = idx._heaps
-            live = idx._live
-            seen = scan._seen
-            popped = scan._popped
-            offs = scan._offsets
-            pop = heapq.heappop
-            push = heapq.heappush
-            h: list[Entry] | None = None
-            tenant = ""
-            while True:
-                if h is not None:
-                    while h:
-                        e = pop(h)
-                        ekey, emid, eiid = e
-                        rec = live.get(emid)
-                        if rec is not None and rec.key == ekey and rec.tenant == tenant and eiid in rec.assigned:
-                            sk = (emid, eiid)
-                            if sk not in seen:
-                                seen.add(sk)
-                                popped.append((h, e))
-                                push(heads, (ekey + (offs.get(tenant, 0.0) if offs else 0.0), ekey, emid, eiid, tenant))
-                                break
-                        idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
-                if not heads:
+            for order, e, tenant, _, rec in scan.raw():
+                if order >= stop or read == limit:
                     break
-                order, key, mid, iid, tenant = pop(heads)
-                if order >= stop or budget == 0:
-                    break
-                h = heaps[(iid, tenant)]
                 read += 1
-                budget -= 1
+                key, mid, iid = e
                 if key >= key_limit:
                     continue
                 need = needs.get(iid)
                 if need is None:
                     continue
                 vm = models.get(mid)
-                if vm is None or vm.tenant != tenant:
+                if vm is None:
                     continue
-                if not inline or vm.min_copies > 0 or vm.inflight > 0:
-                    tier = tier_of(view, plan, vm, iid)
-                    if tier is None:
+                since = rec.since
+                if vm is rec.view and since is not None and inline and clean:
+                    # the index's record was made from this very (immutable) view and the row is
+                    # live in it: tenant, assignment and size as recorded; the copy's state and
+                    # age precomputed (what the branch below reads from the view)
+                    loaded_at = since.get(iid)
+                    if loaded_at is None:
                         continue
+                    tier = 1 if min_res is not None and now - loaded_at < min_res else 0
+                    size = rec.size_bytes
+                elif vm.tenant != tenant:
+                    continue
+                elif not inline or vm.min_copies > 0 or vm.inflight > 0:
+                    judged = tier_of(view, plan, vm, iid)
+                    if judged is None:
+                        continue
+                    tier = judged
+                    size = vm.size_bytes
                 else:
                     if vm.pinned or iid not in (vm.assigned if clean else plan.assigned(vm)):
                         continue
@@ -227,24 +209,22 @@ class VictimSelection(PolicyCore):
                     if c.state == "loading":
                         continue
                     tier = 1 if min_res is not None and c.state == "loaded" and now - c.since < min_res else 0
+                    size = vm.size_bytes
+                st = acc.get(iid)
+                if st is None:
+                    st = acc[iid] = [0, [], 0, []]
                 if tier == 0:
-                    lst = old.get(iid)
-                    if lst is None:
-                        lst = old[iid] = []
-                    lst.append(vm)
-                    total = acc0[iid] = acc0.get(iid, 0) + vm.size_bytes
-                    if total >= need:
-                        return iid, lst
+                    st[1].append(vm)
+                    st[0] += size
+                    if st[0] >= need:
+                        return iid, st[1]
                 if allow_young and fallback is None:
-                    lst = any_.get(iid)
-                    if lst is None:
-                        lst = any_[iid] = []
-                    lst.append(vm)
-                    total = acc1[iid] = acc1.get(iid, 0) + vm.size_bytes
-                    if total >= need:
-                        fallback = iid, lst
+                    st[3].append(vm)
+                    st[2] += size
+                    if st[2] >= need:
+                        fallback = iid, st[3]
                         stop = min(stop, order + self.young_margin())
-                        budget = max(read, 16)
+                        limit = read + max(read, 16)
         return fallback
 
     def _evict_tenant(

@@ -2,7 +2,8 @@
 
 ``reference(cls)`` is ``cls`` with these methods: ``_place``'s pass over every instance,
 ``_shortlist`` by ``heapq.nsmallest``, ``_fair_offsets`` over the sorted tenants and
-``_scan_victims`` reading the index through the per-entry ``Scan._advance``.
+``_scan_victims`` reading the index through the per-entry ``_OldScan._advance`` (the index's scan as it
+was, kept here so that the reference does not follow changes to ``placement._index.Scan``).
 ``test_decision_latency_equivalence`` replays traces through both, in lockstep, and checks
 that every decision is the same: the optimised code may only be faster, never different.
 """
@@ -14,12 +15,76 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from placement import BasePolicy, ClusterView, ModelView, PlacementIndex
-from placement._index import Candidate, Scan
+from placement._index import Candidate, Entry
 from placement._plan import INF as _INF
 from placement._plan import Plan, fmt_bytes
 
 
-def _old_iter(scan: Scan) -> Iterator[Candidate]:
+class _OldScan:
+    """``placement._index.Scan`` as it was: lazy heaps read through a heap of heads, a seen set."""
+
+    def __init__(self, index: PlacementIndex, keys: list[tuple[str, str]], offsets: dict[str, float]) -> None:
+        self._index = index
+        self._offsets = offsets
+        self._popped: list[tuple[list[Entry], Entry]] = []
+        self._heads: list[tuple[float, float, str, str, str]] = []
+        self._seen: set[tuple[str, str]] = set()
+        self._closed = False
+        self._instances = {hk[0] for hk in keys}
+        cache = index._head
+        for iid in self._instances:
+            cache.pop(iid, None)
+        for hk in keys:
+            self._advance(hk)
+
+    def _advance(self, hk: tuple[str, str]) -> None:
+        idx = self._index
+        h = idx._heaps[hk]
+        tenant = hk[1]
+        live = idx._live
+        seen = self._seen
+        while h:
+            e = heapq.heappop(h)
+            key, mid, iid = e
+            rec = live.get(mid)
+            if rec is not None and rec.key == key and rec.tenant == tenant and iid in rec.assigned:
+                sk = (mid, iid)
+                if sk not in seen:
+                    seen.add(sk)
+                    self._popped.append((h, e))
+                    off = self._offsets.get(tenant, 0.0) if self._offsets else 0.0
+                    heapq.heappush(self._heads, (key + off, key, mid, iid, tenant))
+                    return
+            idx._entries -= 1  # dead, or a duplicate of a live entry: dropped for good
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        cache = self._index._head
+        for iid in self._instances:
+            cache.pop(iid, None)
+        for h, e in self._popped:
+            heapq.heappush(h, e)
+        self._popped.clear()
+        self._heads.clear()
+
+    def __enter__(self) -> _OldScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _old_scan(idx: PlacementIndex, instances: list[str] | None, offsets: dict[str, float] | None) -> _OldScan:
+    if instances is None:
+        keys = list(idx._heaps)
+    else:
+        keys = [hk for iid in instances for hk in idx._by_instance.get(iid, ())]
+    return _OldScan(idx, sorted(keys), offsets or {})
+
+
+def _old_iter(scan: _OldScan) -> Iterator[Candidate]:
     heads = scan._heads
     while heads:
         order, key, mid, iid, tenant = heapq.heappop(heads)
@@ -161,7 +226,7 @@ class _Reference(BasePolicy):
         stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
         read = 0
         budget = -1  # entries left to read for an old alternative once young copies would do
-        with idx.scan(None, instances, offsets) as scan:
+        with _old_scan(idx, instances, offsets) as scan:
             for c in _old_iter(scan):
                 if c.order >= stop or budget == 0:
                     break

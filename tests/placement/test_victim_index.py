@@ -151,13 +151,31 @@ def _reference_read(
     return fallback
 
 
+def _restate(rng: random.Random, m: ModelView, now: float) -> ModelView:
+    """``m`` as a view may hold it while the index was last told otherwise: its copies' states and ages
+    changed (not its key, tenant, assignment or size), or the same fields in a new object."""
+    if rng.random() < 0.5:
+        return replace(m)
+    copies = tuple(
+        CopyView(c.instance_id, rng.choice(["loaded", "loading", "failed"]), now - rng.uniform(0, 200)) for c in m.copies
+    )
+    return replace(m, copies=copies, inflight=rng.choice([0, 0, 1]))
+
+
 @pytest.mark.parametrize("make", [Policy, LruPolicy, AdaptivePolicy], ids=lambda c: c.__name__)
-def test_victim_read_matches_brute_force(make: type[BasePolicy]) -> None:
+@pytest.mark.parametrize("stale", [False, True], ids=["same-views", "views-differ-from-index"])
+def test_victim_read_matches_brute_force(make: type[BasePolicy], stale: bool) -> None:
+    """The read judges each copy by the view: through the index's record only when the view holds
+    the very object the record was made from (``stale``: a third of the views are other objects)."""
     policy = make(PolicySettings(min_residency_s=100.0), 0)
     rng = random.Random(7)
     found = young = 0
     for step, models, idx, now in _walk(policy, 11, 300):
-        view = ClusterView(now, {}, dict(models), index=idx)
+        in_view = dict(models)
+        if stale:
+            for mid in rng.sample(sorted(in_view), len(in_view) // 3):
+                in_view[mid] = _restate(rng, in_view[mid], now)
+        view = ClusterView(now, {}, in_view, index=idx)
         plan = Plan(view)
         if step % 3 == 0 and models:  # a plan with earlier actions: assignments seen through it
             m = models[rng.choice(sorted(models))]
