@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from mesh._errors import ERROR_ROOTS, STATUS_TABLE, status_for
-from mesh._grpc_edge import ErrorInterceptor
+from mesh._grpc_edge import error_mapped
 from mesh._rest_edge import install_error_handler
 
 
@@ -55,10 +55,8 @@ async def _grpc_server() -> tuple[grpc.aio.Server, int]:
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise _instance(ALL_ERRORS[int(request.decode())])
 
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("t.T", {"Raise": grpc.unary_unary_rpc_method_handler(handler)}),)
-    )
+    server = grpc.aio.server()
+    server.add_registered_method_handlers("t.T", {"Raise": error_mapped(grpc.unary_unary_rpc_method_handler(handler), "/t.T/Raise")})
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
