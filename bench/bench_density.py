@@ -99,8 +99,17 @@ def _counters(rest: list[str]) -> list[dict[str, Any]]:
     return [httpx.get(f"http://{r}/api/v1/cluster", timeout=30).json()["self"] for r in rest]
 
 
+def pair_detail(decisions: list[dict[str, Any]], a: str, b: str) -> str:
+    """The decisions that evicted ``a`` for ``b`` and ``b`` for ``a``, with their reasons, in time order."""
+    rows = [d for d in decisions if d.get("kind") == "unload" and (
+        (d["model_id"] == a and f"room for {b} " in d.get("reason", "")) or (d["model_id"] == b and f"room for {a} " in d.get("reason", "")))]
+    rows.sort(key=lambda d: float(d["at"]))
+    t0 = float(rows[0]["at"]) if rows else 0.0
+    return "; ".join(f"+{float(d['at']) - t0:.1f}s {d['model_id']}: {d.get('reason', '')}" for d in rows)
+
+
 def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 40,
-        connections: int = 4) -> dict[str, Any]:
+        connections: int = 4, dump: Path | None = None) -> dict[str, Any]:
     from mesh._demo import make_onnx
 
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
@@ -176,6 +185,8 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
     size = used / copies if copies else 0.0
     requested = expected_distinct(models, zipf_s, int(requests)) * size
     pairs = ping_pongs(list(decisions.values()))
+    if dump is not None:
+        dump.write_text(json.dumps(sorted(decisions.values(), key=lambda d: float(d.get("at", 0))), indent=1))
     return {
         "models": float(models), "zipf_s": zipf_s, "capacity_mib": float(capacity_mib), "duration_s": elapsed,
         "requests": requests, "rps": requests / elapsed,
@@ -198,6 +209,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
         "requested_bytes": requested, "capacity_share": (3 * (capacity_mib << 20)) / requested if requested else 0.0,
         "decisions_seen": float(len(decisions)), "ping_pongs": float(len(pairs)),
         "ping_pong_examples": ", ".join(f"{a}<->{b}" for a, b in pairs[:5]),
+        "ping_pong_detail": " | ".join(pair_detail(list(decisions.values()), a, b) for a, b in pairs[:3]),
     }
 
 
@@ -206,8 +218,9 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--duration", type=float, default=40.0)
     ap.add_argument("--zipf", type=float, default=1.0)
+    ap.add_argument("--decisions", type=Path, default=None, help="write every decision the leader logged (JSON) here")
     a = ap.parse_args()
-    r = run(a.models, a.duration, a.zipf)
+    r = run(a.models, a.duration, a.zipf, dump=a.decisions)
     for k, v in r.items():
         print(f"{k:<20}{v:,.3f}" if isinstance(v, float) else f"{k:<20}{v}")
 

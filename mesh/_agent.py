@@ -46,6 +46,11 @@ from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+FIRST_USE_POLL_S = 0.05
+"""how often copies just loaded are checked for their first served requests"""
+FIRST_USE_WAIT_S = 10.0
+"""a copy loaded longer ago than this reports its traffic with the regular publish only"""
+
 
 @dataclass
 class LocalCopy:
@@ -130,6 +135,7 @@ class Agent:
         self._freed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._fresh: set[str] = set()  # copies loaded whose first served requests are not published yet
         self._unsub: Callable[[], None] | None = None
         self._published_instance: InstanceRecord | None = None
         self._started_at = clock()
@@ -146,6 +152,7 @@ class Agent:
             asyncio.create_task(self._keepalive_loop(), name=f"keepalive-{self.instance_id}"),
             asyncio.create_task(self._reconcile_loop(), name=f"reconcile-{self.instance_id}"),
             asyncio.create_task(self._publish_loop(), name=f"publish-{self.instance_id}"),
+            asyncio.create_task(self._first_use_loop(), name=f"first-use-{self.instance_id}"),
         ]
         self._dirty.set()
 
@@ -310,6 +317,28 @@ class Agent:
             except StoreError as exc:
                 log.warning("keepalive failed (store unreachable?): %s", exc)
 
+    async def _first_use_loop(self) -> None:
+        """A copy just loaded reports its first served requests within FIRST_USE_POLL_S instead of
+        at the next publish: the leader protects the copies of a model a request waits for
+        (placement's ``awaiting``) until a copy reports serving it, so the sooner it knows, the
+        sooner those copies are ordinary victims again. Bounded: copies loaded in the last
+        FIRST_USE_WAIT_S, one store write each."""
+        while True:
+            await asyncio.sleep(FIRST_USE_POLL_S)
+            if not self._fresh:
+                continue
+            now = self.clock()
+            for mid in list(self._fresh):
+                c = self.copies.get(mid)
+                if c is None or c.state != CopyState.LOADED or now - c.since > FIRST_USE_WAIT_S:
+                    self._fresh.discard(mid)
+                    continue
+                st = self.router.usage.get(mid)
+                if st is not None and st.count > c.counted:
+                    self._fresh.discard(mid)
+                    with contextlib.suppress(StoreError):
+                        await self._publish_copy(c)
+
     async def _publish_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.publish_interval_s)
@@ -435,6 +464,7 @@ class Agent:
             copy.state = CopyState.LOADED
             copy.since = self.clock()
             self.loaded.add(mid, loaded)
+            self._fresh.add(mid)
             self.counters.loads += 1
             self.metrics.model(self.metrics.load_ms, mid).observe(copy.load_time_s * 1000)
             self.metrics.model(self.metrics.loaded_size, mid).observe(copy.size_bytes)

@@ -305,6 +305,7 @@ class Leader:
             if mid not in self.state.models.items:
                 await self.store.delete(key)
                 continue
+            self._views.note_miss(mid, miss.at)  # the request that missed is a use, as in the simulator
             for _attempt in range(5):
                 view = self.view()
                 try:

@@ -59,6 +59,13 @@ _PLACEMENT_STATE: dict[CopyState, PlacementCopyState] = {
     CopyState.UNLOADING: "loaded",
 }
 
+MAX_MISSED = 100_000
+"""models whose missed request is counted before any copy reported it (oldest dropped first)"""
+AWAIT_MAX_S = 60.0
+"""a missed request not reported served after this long no longer protects the model's copies"""
+MISS_CLOCK_SLACK_S = 1.0
+"""a copy's report this much before the miss (another instance's clock) still covers the missed request"""
+
 RATIO_STEP = 0.05
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
 
@@ -96,6 +103,8 @@ class PlacementViewBuilder:
         self._history = UsageHistory(history_max_models)
         self._dirty: set[str] = set()
         self._all_dirty = True
+        # the request that missed, per model, until a copy reports serving traffic after it
+        self._missed: dict[str, Usage] = {}
         self._unsubs: list[Callable[[], None]] = []
         self.recomputed = 0  # models recomputed so far (for tests and metrics)
 
@@ -121,9 +130,24 @@ class PlacementViewBuilder:
         for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of):
             d.clear()
         self._history.clear()
+        self._missed.clear()
         self._samples_changed.clear()
         self._dirty.clear()
         self._all_dirty = True
+
+    def note_miss(self, mid: str, at: float) -> None:
+        """A request for ``mid`` found no copy at ``at``: it counts as a use from now on, as the
+        simulator counts a request when it arrives, until a copy of the model reports traffic at
+        or after it (the copy's meter then holds that request). Without it a copy loaded for a
+        request looks idle until its first usage report, and the next miss evicts it at once."""
+        pending = self._missed.get(mid)
+        if pending is not None and pending.last_used >= at:
+            return
+        self._missed.pop(mid, None)
+        self._missed[mid] = Usage().record(at, self.rate_window_s)
+        while len(self._missed) > MAX_MISSED:
+            del self._missed[next(iter(self._missed))]
+        self._dirty.add(mid)
 
     def _on_keyed(self, changes: list[Any]) -> None:
         for ch in changes:
@@ -179,6 +203,14 @@ class PlacementViewBuilder:
     # ------------------------------------------------------------ upkeep
 
     def _flush(self) -> None:
+        if self._missed:  # a request that waited this long has been answered or given up
+            cutoff = self.clock() - AWAIT_MAX_S
+            while self._missed:
+                mid, pending = next(iter(self._missed.items()))
+                if pending.last_used >= cutoff:
+                    break
+                del self._missed[mid]
+                self._dirty.add(mid)
         if self._all_dirty:
             self._all_dirty = False
             self._dirty.clear()
@@ -236,6 +268,15 @@ class PlacementViewBuilder:
             usage = seen.usage if seen is not None else Usage()
             for cr in copies.values():  # each copy meters the requests it served: merged, they are the model's
                 usage = usage.merge(Usage(cr.last_used, cr.usage_rpm), self.rate_window_s)
+            missed = self._missed.get(mid)
+            awaiting = False
+            if missed is not None:
+                # served since (clocks of two instances: a second's slack): the copies' reports count it
+                if any(cr.last_used >= missed.last_used - MISS_CLOCK_SLACK_S for cr in copies.values()):
+                    del self._missed[mid]
+                else:
+                    usage = usage.merge(missed, self.rate_window_s)
+                    awaiting = True  # the request that missed waits for this model's copy
             last_used = max(rec.last_used, usage.last_used)
             rate = usage.rate_rpm
             if not load_times and seen is not None and seen.load_time_s > 0:
@@ -258,11 +299,13 @@ class PlacementViewBuilder:
                 min_copies=rec.min_copies,
                 max_copies=rec.max_copies,
                 pinned=rec.pinned,
+                awaiting=awaiting,
             )
             self._models[mid] = mv
             self._index.update(mv)
         else:
             self._history.forget(mid)
+            self._missed.pop(mid, None)
             if self._models.pop(mid, None) is not None:
                 self._index.remove(mid)
 

@@ -59,7 +59,10 @@ class ModelView:
     ``rate_rpm`` is the request rate (per minute) measured around ``last_used``;
     ``load_time_s`` the observed (else expected) time one load takes; ``failures`` maps an
     instance id to the time until which loading there is not retried; ``max_copies`` 0 means
-    no limit beyond the number of instances.
+    no limit beyond the number of instances. ``awaiting``: a request that missed is waiting
+    for this model (live only: no copy has reported serving it yet; the simulator serves a
+    request the moment its copy loads), so its copies are evicted only when nothing else
+    anywhere can make room: evicting one would throw its load away and load it again.
     """
 
     model_id: str
@@ -76,6 +79,7 @@ class ModelView:
     min_copies: int = 0
     max_copies: int = 0
     pinned: bool = False
+    awaiting: bool = False
 
     def copy_on(self, instance_id: str) -> CopyView | None:
         for c in self.copies:

@@ -2,7 +2,8 @@
 
 Eviction never touches pinned copies, copies still loading, or a copy whose removal would
 leave fewer live copies than min copies; young copies (and the last copy serving requests)
-go only as a last resort. A miss reads the policy's eviction index in ascending key order
+go only as a last resort, and copies of a model a request is waiting for (``awaiting``: its
+load would be thrown away) only when nothing else anywhere makes room. A miss reads the policy's eviction index in ascending key order
 (shortlist of instances first) until one instance's candidates cover its shortfall; fair
 eviction between tenants is a key offset on other active tenants' copies. Quotas evict a
 tenant's own cheapest copies.
@@ -39,7 +40,8 @@ class VictimSelection(PolicyCore):
     """Evictability, fair-eviction offsets, the ordered victim scan, and tenant (quota) evictions."""
 
     def _victim_tier(self, view: ClusterView, plan: Plan, vm: ModelView, iid: str) -> int | None:
-        """0: evictable; 1: evictable only as a last resort (young, or serving its last requests); None: never."""
+        """0: evictable; 1: evictable only as a last resort (young, or serving its last requests);
+        2: only when no tier 0 or 1 copy anywhere makes room (a request awaits it); None: never."""
         if vm.pinned:
             return None
         assigned = plan.assigned(vm) if (plan._added or plan._removed) else vm.assigned
@@ -65,6 +67,8 @@ class VictimSelection(PolicyCore):
                         live_n += 1
                 if live_n <= emin:
                     return None
+        if vm.awaiting:
+            return 2
         if c.state == "loaded" and self.residency and view.now - c.since < self.settings.min_residency_s:
             return 1
         if vm.inflight > 0 and live_n == 1:
@@ -116,10 +120,16 @@ class VictimSelection(PolicyCore):
         """
         offsets = self._fair_offsets(view, plan, idx, m)
         short = self._shortlist(idx, needs, None)
-        for instances in ([short, None] if short is not None else [None]):
+        passes = [short, None] if short is not None else [None]
+        for instances in passes:
             found = self._scan_victims(view, plan, idx, needs, offsets, instances, key_limit, max_tier >= 1)
             if found is not None:
                 return found
+        if max_tier >= 1 and any(vm.awaiting for vm in view.models.values()):  # nothing else anywhere: awaited copies too
+            for instances in passes:
+                found = self._scan_victims(view, plan, idx, needs, offsets, instances, key_limit, True, allow_awaited=True)
+                if found is not None:
+                    return found
         return None
 
     def _shortlist(self, idx: PlacementIndex, needs: dict[str, int], tenants: Collection[str] | None) -> list[str] | None:
@@ -144,8 +154,10 @@ class VictimSelection(PolicyCore):
         instances: list[str] | None,
         key_limit: float,
         allow_young: bool,
+        allow_awaited: bool = False,
     ) -> tuple[str, list[ModelView]] | None:
-        """One ordered read: the first instance covered by old copies, else by any.
+        """One ordered read: the first instance covered by old copies, else by any (copies of an
+        awaited model, tier 2, only when ``allow_awaited``, and then as young ones).
 
         Once young copies would cover an instance, the read goes on for old ones only within
         :meth:`young_margin` of that key and for as many entries again as it has read (at
@@ -188,7 +200,7 @@ class VictimSelection(PolicyCore):
                     loaded_at = since.get(iid)
                     if loaded_at is None:
                         continue
-                    tier = 1 if min_res is not None and now - loaded_at < min_res else 0
+                    tier = 2 if vm.awaiting else 1 if min_res is not None and now - loaded_at < min_res else 0
                     size = rec.size_bytes
                 elif vm.tenant != tenant:
                     continue
@@ -208,8 +220,12 @@ class VictimSelection(PolicyCore):
                         continue
                     if c.state == "loading":
                         continue
-                    tier = 1 if min_res is not None and c.state == "loaded" and now - c.since < min_res else 0
+                    tier = 2 if vm.awaiting else 1 if min_res is not None and c.state == "loaded" and now - c.since < min_res else 0
                     size = vm.size_bytes
+                if tier == 2:  # awaited: only in the read that allows them, then as young
+                    if not allow_awaited:
+                        continue
+                    tier = 1
                 st = acc.get(iid)
                 if st is None:
                     st = acc[iid] = [0, [], 0, []]
@@ -233,7 +249,8 @@ class VictimSelection(PolicyCore):
         """Plan evictions of the tenant's cheapest copies, on any instance, until ``nbytes`` are freed."""
         freed = 0
         models = view.models
-        for tier_max in range(max_tier + 1):
+        # past young copies, awaited ones too: a quota holds even against copies just loaded
+        for tier_max in range(max_tier + 2 if max_tier >= 1 else 1):
             with idx.scan([tenant]) as scan:
                 for c in scan:
                     vm = models.get(c.model_id)

@@ -238,3 +238,27 @@ async def test_loads_waiting_for_room_do_not_wait_on_each_other(rig: Rig) -> Non
     other = "b" if started == "a" else "a"
     await w.store.delete(w.keys.assignment(started))  # placement moves it away: room for the other
     await w.settle(lambda: w.mirror.holders(other) == (ME,), "the waiting load went ahead")
+
+
+async def test_a_copy_just_loaded_reports_its_first_requests_at_once(rig: Rig) -> None:
+    """publish_interval_s is an hour here: the first request a new copy serves is still published
+    within moments (the leader protects the copies of a model a request waits for until then)."""
+    w = rig.w
+    await w.model("m")
+    await w.settle(lambda: "m" in w.mirror.models.items)
+    await w.assign("m", ME)
+    await w.settle(lambda: w.mirror.holders("m") == (ME,), "the copy published as loaded")
+    rec = await rig.copy_record("m")
+    assert rec is not None and rec.last_used == 0.0  # nothing served yet, nothing reported
+    w.clock.advance(1.0)
+    assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
+    served_at = w.clock()
+    await w.settle(lambda: (c := w.mirror.copies_of("m").get(ME)) is not None and c.last_used == served_at, "the first use published")
+    rec = await rig.copy_record("m")
+    assert rec is not None and rec.usage_rpm == Usage().record(served_at, rig.agent.settings.rate_window_s).rate_rpm
+    # only the first: later requests wait for the regular publish
+    w.clock.advance(1.0)
+    assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
+    assert "m" not in rig.agent._fresh
+    rec = await rig.copy_record("m")
+    assert rec is not None and rec.last_used == served_at

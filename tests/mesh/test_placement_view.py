@@ -294,3 +294,55 @@ async def test_adaptive_retune_rebuilds_the_leader_index_in_the_new_order() -> N
     finally:
         b.stop()
         await state.stop()
+
+
+async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports_serving_it() -> None:
+    """The request that missed is counted at once (as the simulator counts it) and marks the model
+    ``awaiting``; a copy's report of traffic after the miss replaces it (counted once, not twice);
+    a miss nobody reported serving stops protecting the model after AWAIT_MAX_S."""
+    from mesh._placement_view import AWAIT_MAX_S
+
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    clock = [1_000_000.0]
+    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=64 * MiB)))
+    for mid in ("m", "n"):
+        await store.put(keys.model(mid), encode(ModelRecord(model_id=mid, model_type="onnx", predicted_size_bytes=MiB)))
+    state = ClusterMirror(store, keys)
+    await state.start()
+    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=lambda: clock[0])
+    b.start()
+    try:
+        assert await state.wait_for(lambda: len(state.models.items) == 2, 2.0)
+        v = b.view()
+        assert not v.models["m"].awaiting and v.models["m"].rate_rpm == 0.0
+        miss_at = clock[0]
+        b.note_miss("m", miss_at)
+        m = b.view().models["m"]
+        one = Usage().record(miss_at, b.rate_window_s)
+        assert m.awaiting and m.last_used == miss_at and m.rate_rpm == pytest.approx(one.rate_rpm)
+        assert not b.view().models["n"].awaiting
+
+        # loaded, not yet reporting traffic: still awaited
+        rev = await store.put(keys.assignment("m"), encode(AssignmentRecord(model_id="m", instances=("i0",))))
+        rev = await store.put(keys.copy("m", "i0"), encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=miss_at + 0.2,
+                                                                  size_bytes=MiB, size_measured=True)))
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+        assert b.view().models["m"].awaiting
+        # the copy reports serving the request: one request counted, not protected any more
+        served = Usage().record(miss_at + 0.3, b.rate_window_s)
+        rev = await store.put(keys.copy("m", "i0"), encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=miss_at + 0.2,
+                                                                  size_bytes=MiB, size_measured=True, last_used=miss_at + 0.3,
+                                                                  usage_rpm=served.rate_rpm)))
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+        m = b.view().models["m"]
+        assert not m.awaiting and m.rate_rpm == pytest.approx(served.rate_rpm)
+
+        # a miss for n that nobody serves protects n for AWAIT_MAX_S, then no more
+        b.note_miss("n", clock[0])
+        assert b.view().models["n"].awaiting
+        clock[0] += AWAIT_MAX_S + 1
+        assert not b.view().models["n"].awaiting
+    finally:
+        b.stop()
+        await state.stop()

@@ -78,3 +78,21 @@ def test_first_requests_do_not_ping_pong_a_pair() -> None:
     for mid, evs in seen.items():
         loads = [t for t, kind in evs if kind == "load"]
         assert len(loads) <= 1 or loads[-1] - loads[0] >= 60, f"{mid} ping-pongs: {evs}"
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_copy_a_request_awaits_goes_last(policy: Policy) -> None:
+    """A copy just loaded for a waiting request (``awaiting``) is the cheapest by value, yet a
+    miss evicts a dearer, older copy instead; only when nothing else anywhere makes room does
+    the awaited copy go (the miss is still placed)."""
+    now = 50_000.0
+    fresh = model("fresh", 2 * GB, ["a"], last_used=now - 30, rate_rpm=0.01, since=now - 0.1, awaiting=True)
+    older = model("older", 2 * GB, ["b"], last_used=now - 5, rate_rpm=2, since=now - 3600)
+    acts = policy.on_miss(view(now, {"a": 2 * GB, "b": 2 * GB}, [fresh, older, model("new", 2 * GB)]), "new")
+    assert _kinds(acts) == [("load", "new", "b"), ("unload", "older", "b")]
+    # the same copy not awaited any more is the victim again
+    acts = policy.on_miss(view(now, {"a": 2 * GB, "b": 2 * GB}, [replace(fresh, awaiting=False), older, model("new", 2 * GB)]), "new")
+    assert _kinds(acts) == [("load", "new", "a"), ("unload", "fresh", "a")]
+    # nothing else can make room (the other copy is pinned): the awaited copy goes, the miss is placed
+    acts = policy.on_miss(view(now, {"a": 2 * GB, "b": 2 * GB}, [fresh, replace(older, pinned=True), model("new", 2 * GB)]), "new")
+    assert _kinds(acts) == [("load", "new", "a"), ("unload", "fresh", "a")]
