@@ -127,14 +127,28 @@ class DataPlane:
         A peer's forwarded request is not timed again: it was counted where it entered the mesh.
         """
         await self.authorize(name, ctx)
+        admission = self.admission
         if ctx.forwarded:
-            async with self.admission.admit(name, ctx):
+            held = admission.try_admit(name, ctx)  # a free slot at once: no context managers
+            if held is None:
+                async with admission.admit(name, ctx):
+                    return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
+            try:
                 return await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, forwarded=True)
+            finally:
+                admission.release(held)
         session = ctx.metadata.get(SESSION_HEADER)
         with self.measure(name, ctx) as timer:
             timer.request_bytes = len(payload)
-            async with self.admission.admit(name, ctx):
-                out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, session=session)
+            held = admission.try_admit(name, ctx)
+            if held is None:
+                async with admission.admit(name, ctx):
+                    out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, session=session)
+            else:
+                try:
+                    out = await self.router.infer_bytes(name, payload, timeout_s=ctx.timeout_s, session=session)
+                finally:
+                    admission.release(held)
             timer.response_bytes = len(out)
             return out
 

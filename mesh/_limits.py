@@ -65,6 +65,33 @@ class RequestAdmission:
         rec = self.router.mirror.model(model_id)
         return rec.tenant if rec is not None else ""
 
+    def try_admit(self, name: str, ctx: RequestContext) -> tuple[Admission, str] | None:
+        """The common case of :meth:`admit`, without awaiting: ``name`` is in the mirror, a slot is
+        free at once and the tenant is under its rate. The slot is taken; give it back with
+        :meth:`release`. None: nothing was taken, go through :meth:`admit` (which resolves from the
+        store, queues or refuses, as the case may be)."""
+        if ctx.admitted:
+            return None
+        router = self.router
+        mid = router.mirror.resolve(name)
+        if mid is None:
+            return None
+        pool = self.forwarded if ctx.forwarded else self.entry
+        tenant = self.tenant_of(mid, ctx)
+        if not pool._may_run(tenant) or tenant in pool._waiting:
+            return None
+        if not ctx.forwarded:
+            quota = router.mirror.tenants.items.get(tenant)
+            rps = quota.max_rps if quota is not None and quota.max_rps > 0 else pool.limits.tenant_max_rps
+            if rps > 0 and self.rates.take(tenant, rps):
+                return None  # over its rate (no token taken): admit() refuses it
+        pool._take(tenant)
+        return pool, tenant
+
+    @staticmethod
+    def release(held: tuple[Admission, str]) -> None:
+        held[0]._give_back(held[1])
+
     @contextlib.asynccontextmanager
     async def admit(self, name: str, ctx: RequestContext) -> AsyncIterator[RequestContext]:
         """Resolve ``name`` (NOT_FOUND when unknown) and hold a slot; yields the context marked admitted."""

@@ -74,6 +74,8 @@ def packed_contents(contents: v2.InferTensorContents, field: str) -> np.ndarray 
 
 def params_from_pb(params: Mapping[str, v2.InferParameter]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if not params:  # the usual case: iterating an empty protobuf map still costs a Mapping iterator
+        return out
     for key, p in params.items():
         which = p.WhichOneof("parameter_choice")
         out[key] = getattr(p, which) if which else None
