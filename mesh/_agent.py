@@ -189,7 +189,13 @@ class Agent:
 
     @property
     def used_bytes(self) -> int:
-        return sum(c.size_bytes for c in self.copies.values() if c.state in (CopyState.LOADING, CopyState.LOADED, CopyState.UNLOADING))
+        """Bytes held or reserved: loaded and unloading copies, and loads that have room (a load
+        still waiting for room holds nothing yet; counted, it showed the instance over capacity)."""
+        return sum(
+            c.size_bytes
+            for c in self.copies.values()
+            if c.state in (CopyState.LOADED, CopyState.UNLOADING) or (c.state == CopyState.LOADING and c.reserved)
+        )
 
     @property
     def loading(self) -> int:

@@ -233,6 +233,8 @@ async def test_loads_waiting_for_room_do_not_wait_on_each_other(rig: Rig) -> Non
     await w.settle(lambda: len(rig.adapter.calls) == 1, "one load started")
     started = rig.adapter.calls[0]
     assert len(rig.adapter.calls) == 1  # the other waits for room
+    # ... and holds nothing while it waits: the instance reports only what fits
+    assert rig.agent.used_bytes == 600_000 <= rig.agent.settings.capacity_bytes
     gate.set()
     await w.settle(lambda: w.mirror.holders(started) == (ME,), "the first copy loaded")
     other = "b" if started == "a" else "a"
