@@ -5,8 +5,8 @@
   the RSS it had with one model loaded + capacity + ``LOAD_OVERHEAD_BYTES`` (stated bound: a
   load transiently holds the artifact bytes and the runtime's copy of the weights, allocator
   slack, the gRPC and store buffers of a busy process);
-- unloading returns memory: after load/unload cycles of 1,000 distinct models (each loaded
-  exactly once: none evicted before it served its request), RSS is back
+- unloading returns memory: after load/unload cycles of 1,000 distinct models (hardly any loaded
+  twice: a copy is not evicted before it served its request while anything else can go), RSS is back
   within ``CYCLE_GROWTH_BYTES`` of what it was after the first 100 cycles (a leak of even
   40 KiB per model would show as 36 MiB).
 """
@@ -146,9 +146,10 @@ async def test_rss_returns_after_1000_load_unload_cycles(make_cluster: Any, tmp_
             f"(growth {(after_1000 - after_100) / MiB:+.1f} MiB, bound {CYCLE_GROWTH_BYTES / MiB:.0f} MiB)"
         )
         held = sum(1 for st in counters["copies"].values() if st == "loaded")
-        # every model loaded once (a copy is never evicted before it served the request it was
-        # loaded for), and every load beyond what fits unloaded another: only what fits stays
-        assert counters["loads"] == 1000 and counters["loads"] - counters["unloads"] == held
+        # every model loaded, hardly any twice (a copy is evicted before it served the request it
+        # was loaded for only when nothing else could go: 1,024-1,031 loads before that rule, 1,000-1,002
+        # after), and every load beyond what fits unloaded another: only what fits stays
+        assert 1000 <= counters["loads"] <= 1010 and counters["loads"] - counters["unloads"] == held
         assert counters["used_bytes"] <= 8 * (table + (64 << 10)) and held <= 8 * (table + (64 << 10)) // table
         assert after_1000 - after_100 <= CYCLE_GROWTH_BYTES
     finally:
