@@ -6,13 +6,15 @@ How a size is measured (see also each adapter's docstring):
   which are its serialized initializers plus a small graph; torch: bytes of the unique
   parameter and buffer storages; XGBoost: the booster's serialized UBJSON bytes). This is a
   floor: the model cannot cost less.
-* ``rss_delta`` -- the process resident set after the load minus before it, each taken
+* ``delta`` -- what the process holds after the load minus before it, each reading taken
   after a young-generation ``gc.collect`` and glibc ``malloc_trim(0)`` so freed memory is
-  given back first (a full collection runs after unloading models that hold cycles).
+  given back first (a full collection runs after unloading models that hold cycles): the
+  larger of the resident set's growth and the C heap's in-use growth (glibc ``mallinfo2``;
+  RSS alone misses a load that reuses chunks earlier unloads freed, see :class:`LoadMeter`).
   It also catches what the framework does not report (ONNX Runtime's arena and pre-packed
   weights, torch.export's graph module, external data files).
 
-The reported size is ``max(framework_bytes, rss_delta)`` when the delta is trustworthy.
+The reported size is ``max(framework_bytes, delta)`` when the delta is trustworthy.
 It is not trustworthy when another load overlapped this one in the same meter (their
 allocations mix; the meter counts loads in flight and an epoch of load starts). Such a load
 reports the framework floor scaled by what trusted loads of the same format really cost per
@@ -40,29 +42,68 @@ import psutil
 log = logging.getLogger(__name__)
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        fn = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    libc = _libc()
+    fn = getattr(libc, "malloc_trim", None)  # glibc only
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
     return fn  # type: ignore[no-any-return]
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def _find_heap_in_use() -> Callable[[], int] | None:
+    """Bytes the C heap has handed out and not had back (glibc >= 2.33 ``mallinfo2``: in-use
+    chunks of every arena plus mmapped blocks), or None where that is not available."""
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None)
+    if fn is None:
+        return None
+    fn.argtypes = []
+    fn.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
 @dataclass(frozen=True)
 class LoadToken:
     rss_before: int
+    heap_before: int
     epoch: int
     solitary: bool
 
 
 class LoadMeter:
-    """Process-RSS deltas across loads, discarded when loads overlap (thread-safe)."""
+    """Memory deltas across loads, discarded when loads overlap (thread-safe).
+
+    A delta is the larger of two readings taken after settling: the process RSS and the C
+    heap's bytes in use. RSS alone under-counts once the process has unloaded models: a load
+    reuses chunks that earlier unloads freed but that stayed resident (partly used pages
+    ``malloc_trim`` cannot give back), so it costs real bytes without raising RSS. The heap's
+    in-use count does not depend on which chunks a load reuses. RSS still catches what is
+    not heap (mmapped files, thread stacks).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -70,6 +111,7 @@ class LoadMeter:
         self._epoch = 0
         self._process = psutil.Process()
         self._malloc_trim = _find_malloc_trim()
+        self._heap_in_use = _find_heap_in_use()
 
     def settle(self, *, full: bool = False) -> int:
         """Collect garbage, give freed heap back to the OS, and return the RSS in bytes.
@@ -83,22 +125,29 @@ class LoadMeter:
             self._malloc_trim(0)
         return int(self._process.memory_info().rss)
 
+    def heap_in_use(self) -> int:
+        """The C heap's bytes in use (0 where the C library does not say)."""
+        return self._heap_in_use() if self._heap_in_use is not None else 0
+
     def begin(self) -> LoadToken:
         with self._lock:
             self._active += 1
             self._epoch += 1
             epoch, solitary = self._epoch, self._active == 1
-        return LoadToken(rss_before=self.settle() if solitary else 0, epoch=epoch, solitary=solitary)
+        if not solitary:
+            return LoadToken(rss_before=0, heap_before=0, epoch=epoch, solitary=False)
+        rss = self.settle()
+        return LoadToken(rss_before=rss, heap_before=self.heap_in_use(), epoch=epoch, solitary=True)
 
     def end(self, token: LoadToken, *, measure: bool = True) -> int | None:
-        """Finish a load; the RSS delta in bytes, or None when it cannot be trusted."""
-        after = self.settle() if (measure and token.solitary) else 0
+        """Finish a load; its memory delta in bytes, or None when it cannot be trusted."""
+        after, heap_after = (self.settle(), self.heap_in_use()) if (measure and token.solitary) else (0, 0)
         with self._lock:
             self._active -= 1
             trusted = token.solitary and self._epoch == token.epoch
         if not (measure and trusted):
             return None
-        return max(0, after - token.rss_before)
+        return max(0, after - token.rss_before, heap_after - token.heap_before)
 
 
 class SizeCalibration:
