@@ -37,6 +37,7 @@ from ._management import Management, ModelInfoSpec, ModelStatus, VModelStatus, p
 from ._metrics import Metrics
 from ._model_status import ModelState
 from ._rest_binary import HEADER_LENGTH
+from ._rest_fast import V2InferFastPath
 from ._rest_protocols import install_v1, v2_infer
 from ._security import AuthMiddleware, rest_principal
 from ._traffic_split import SESSION_HEADER
@@ -108,7 +109,11 @@ _MAX_TIMEOUT_S = 24 * 3600.0
 
 def _timeout(request: Request) -> float | None:
     """The request's timeout header in seconds; a value that is not a positive finite number is a 400."""
-    value = request.headers.get("grpc-timeout") or request.headers.get("x-request-timeout")
+    return timeout_header(request.headers.get("grpc-timeout") or request.headers.get("x-request-timeout"))
+
+
+def timeout_header(value: str | None) -> float | None:
+    """A timeout header's value in seconds (None: absent or not a number; <= 0 or not finite: a 400)."""
     if not value:
         return None
     try:
@@ -138,18 +143,23 @@ def _retry_after(exc: BaseException) -> dict[str, str] | None:
     return None
 
 
+def error_response(exc: BaseException) -> JSONResponse:
+    """Any exception as its table status and ``{"error": message}`` (the REST edge's one answer to errors)."""
+    if isinstance(exc, grpc.aio.AioRpcError):  # a forwarded call failed on the holder
+        return JSONResponse(
+            {"error": exc.details() or str(exc.code())},
+            status_code=_GRPC_TO_HTTP.get(exc.code(), 500),
+            headers={"retry-after": "1"} if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None,
+        )
+    status, message = status_for(exc)
+    return JSONResponse({"error": message}, status_code=status.http, headers=_retry_after(exc))
+
+
 def install_error_handler(app: FastAPI) -> None:
-    """The one REST error handler: every exception becomes its table status and ``{"error": message}``."""
+    """The one REST error handler: every exception becomes :func:`error_response`."""
 
     async def _errors(_request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, grpc.aio.AioRpcError):  # a forwarded call failed on the holder
-            return JSONResponse(
-                {"error": exc.details() or str(exc.code())},
-                status_code=_GRPC_TO_HTTP.get(exc.code(), 500),
-                headers={"retry-after": "1"} if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None,
-            )
-        status, message = status_for(exc)
-        return JSONResponse({"error": message}, status_code=status.http, headers=_retry_after(exc))
+        return error_response(exc)
 
     # one handler, registered per error root (a handler for bare Exception would run in
     # Starlette's outermost middleware, which re-raises after answering)
@@ -169,12 +179,33 @@ def build_rest_app(
     metrics: Metrics | None = None,
     extra: dict[str, Any] | None = None,
     views: ClusterOverview | None = None,
+    fast_v2_infer: bool = True,
 ) -> FastAPI:
-    app = FastAPI(title="modelmux", version=version, docs_url="/docs", redoc_url=None)
+    """The instance's REST app. ``fast_v2_infer`` off: V2 inference goes through its FastAPI route
+    too (the tests compare the two)."""
+    # FastAPI's native OpenTelemetry is off: modelmux exports Prometheus metrics, and the check for
+    # configured global providers it makes on every request was ~10% of a small inference's CPU
+    app = FastAPI(
+        title="modelmux",
+        version=version,
+        docs_url="/docs",
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     if metrics is not None:
         app.mount("/metrics", make_asgi_app(metrics.registry))
 
     install_error_handler(app)
+    # V2 inference is answered in front of FastAPI's routing (the routes below stay for the rest);
+    # added first, so that AuthMiddleware (added next) runs outside it
+    if fast_v2_infer:
+        app.add_middleware(
+            V2InferFastPath,
+            dataplane=dataplane,
+            max_message_bytes=max_message_bytes,
+            error_response=error_response,
+            timeout_header=timeout_header,
+        )
     if dataplane.authenticator.enabled:  # every route but the public ones needs a principal
         app.add_middleware(AuthMiddleware, authenticator=dataplane.authenticator)
     if views is not None:

@@ -207,7 +207,13 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], *, www_authen
 def rest_principal(request: Any) -> Principal:
     """The principal :class:`AuthMiddleware` established: LOCAL_ADMIN on an app built without it
     (authentication off); UNAUTHENTICATED on a public path, which is not meant to ask."""
-    principal = getattr(request.state, "principal", LOCAL_ADMIN)
+    return scope_principal(request.scope)
+
+
+def scope_principal(scope: MutableMapping[str, Any]) -> Principal:
+    """:func:`rest_principal` from an ASGI scope."""
+    state = scope.get("state")
+    principal = state.get("principal", LOCAL_ADMIN) if state is not None else LOCAL_ADMIN
     if not isinstance(principal, Principal):
         raise Unauthenticated("authentication required")
     return principal

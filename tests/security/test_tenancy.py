@@ -254,6 +254,10 @@ async def test_hostile_tenant_cannot_touch_another_tenants_models(secured: Any, 
             r = await anon.get(path, i)
             assert r.status_code == 401, (path, r.status_code)
         assert (await anon.http.delete(anon.rest[i] + "/api/v1/models/b1")).status_code == 401
+        # V2 REST inference is answered in front of FastAPI's routes (mesh._rest_fast), still behind authentication
+        for headers in ({}, {"authorization": "Bearer not-a-token"}):
+            r = await anon.http.post(anon.rest[i] + "/v2/models/b1/infer", json={"inputs": []}, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.status_code)
     forged = Caller(pki, cluster.grpc, [r.removeprefix("https://") for r in a.rest], token="not-a-token", cert=None)
     try:
         code, _ = await grpc_error(forged.infer(0, "b1"))
