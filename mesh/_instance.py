@@ -18,6 +18,7 @@ from importlib import metadata as _md
 
 import grpc
 import uvicorn
+from fastapi import FastAPI
 
 from placement import Policy, PolicySettings
 from puller import Puller, PullerSettings, StorageConfig
@@ -170,6 +171,7 @@ class Instance:
         # grpc.health.v1.Health of the serving port (also served by a plaintext health port when one is set)
         self.health: Health | None = None
         self._uvicorn: uvicorn.Server | None = None
+        self.rest_app: FastAPI | None = None  # the REST edge's ASGI app (None: no REST port)
         self._rest_task: asyncio.Task[None] | None = None
         self._rest_sock: socket.socket | None = None
         self._metrics_server: asyncio.Server | None = None
@@ -263,6 +265,7 @@ class Instance:
             sock.listen(1024)
             sock.setblocking(False)
             self._rest_sock = sock
+            self.rest_app = app
             tls_kwargs: dict[str, object] = {}
             if tls is not None:  # one reloading SSLContext; the client certificate's names reach the routes
                 tls_kwargs = {"ssl_context_factory": lambda _config, _default: tls.ssl_context, "http": peer_cert_protocol()}
