@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from runtime_adapters import FrameReader
+
 from ._errors import InvalidRequest, status_for
 from ._frame_client import ANSWER_HEAD, HIGH_WATER_BYTES, AnswerReader, FramedCalls
 from ._tls import cert_names_from_peercert
@@ -126,21 +128,20 @@ class PeerLinkServer:
         return principal
 
 
-class _PeerConnection(asyncio.Protocol):
+class _PeerConnection(FrameReader):
     """One forwarding peer's connection: its hello, then request frames parsed as they arrive."""
 
     def __init__(self, server: PeerLinkServer) -> None:
+        super().__init__(0, MAX_HELLO_BYTES)  # a request's bounds once the hello is accepted
         self._server = server
-        self._buf = bytearray()
-        self._transport: asyncio.Transport | None = None
         self._principal: Principal | None = None  # set by the hello
         self._authorization: str | None = None
         self._cert_names: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER_BYTES)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (2, 10):  # AF_INET / AF_INET6: small answers go out at once
@@ -155,71 +156,51 @@ class _PeerConnection(asyncio.Protocol):
             task.cancel()  # the forwarding peer is gone: nobody reads these answers
 
     def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     # the answers are not read as fast as they are written: stop reading requests until they are
     def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.resume_reading()
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def _refuse(self, exc: BaseException, call_id: int = 0) -> None:
         """Answer the refusal (the hello's, call id 0, or a call's) and close the connection."""
-        transport = self._transport
+        transport = self.transport
         assert transport is not None
         self._server.refused += 1
         transport.write(_error_frame(call_id, exc))
         transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
-        buf = self._buf
-        if buf:
-            buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data  # the usual case: whole frames, parsed without a copy into the buffer
-        pos, end = 0, len(view)
-        limit = self._server.max_frame_bytes
-        while end - pos >= 4:
-            (length,) = _LENGTH.unpack_from(view, pos)
-            if self._principal is None:
-                if length > MAX_HELLO_BYTES:
-                    self._refuse(InvalidRequest("peer-link hello too large"))
-                    return
-            elif length < _REQUEST_FIXED or length > limit:
-                log.warning("peer link: bad frame length %d from %s: closing the connection", length, transport.get_extra_info("peername"))
-                self._buf = bytearray()
-                transport.close()
-                return
-            stop = pos + 4 + length
-            if stop > end:
-                break
-            if self._principal is None:
-                try:
-                    self._authorization = self._server.read_hello(bytes(view[pos + 4 : stop]))
-                    self._cert_names = cert_names_from_peercert(transport.get_extra_info("peercert"))
-                    self._principal = self._server.authenticate(self._authorization, self._cert_names)
-                except Exception as exc:
-                    self._refuse(exc)
-                    return
-                transport.write(answer_frame(0, 0, b""))
-            else:
-                self._request(view, pos + 4, stop)
-            pos = stop
-            if transport.is_closing():
-                return
-        if view is buf:
-            del buf[:pos]
-        elif pos < end:
-            buf += view[pos:]
+    def bad_frame_length(self, length: int) -> None:
+        if self._principal is None:
+            self._refuse(InvalidRequest("peer-link hello too large"))
+            return
+        assert self.transport is not None
+        log.warning("peer link: bad frame length %d from %s: closing the connection", length, self.transport.get_extra_info("peername"))
+        self.transport.close()
 
-    def _request(self, body: bytes | bytearray, start: int, stop: int) -> None:
+    def _hello(self, body: bytes | bytearray, start: int, stop: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            self._authorization = self._server.read_hello(bytes(body[start:stop]))
+            self._cert_names = cert_names_from_peercert(transport.get_extra_info("peercert"))
+            self._principal = self._server.authenticate(self._authorization, self._cert_names)
+        except Exception as exc:
+            self._refuse(exc)
+            return
+        transport.write(answer_frame(0, 0, b""))
+        self.min_frame_bytes, self.max_frame_bytes = _REQUEST_FIXED, self._server.max_frame_bytes
+
+    def frame_received(self, body: bytes | bytearray, start: int, stop: int) -> None:
+        if self._principal is None:
+            self._hello(body, start, stop)
+            return
         call_id, timeout_ms, mid_len = _CALL.unpack_from(body, start)
         at = start + _REQUEST_FIXED
         mid_end = min(at + mid_len, stop)  # a model id longer than its frame ends with the frame
@@ -235,7 +216,7 @@ class _PeerConnection(asyncio.Protocol):
         try:
             principal = self._server.authenticate(self._authorization, self._cert_names)
         except Exception as exc:  # revoked since the hello: this call and the connection end
-            if self._transport is not None and not self._transport.is_closing():
+            if self.transport is not None and not self.transport.is_closing():
                 self._refuse(exc, call_id)
             return
         ctx = RequestContext(timeout_s=timeout_s, forwarded=True, principal=principal)
@@ -246,7 +227,7 @@ class _PeerConnection(asyncio.Protocol):
             raise
         except Exception as exc:  # every failure is answered, as a gRPC status
             frame = _error_frame(call_id, exc)
-        transport = self._transport
+        transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(frame)
 
