@@ -23,7 +23,8 @@ Frames (little-endian):
 * request: ``u32 length`` ``u32 call id`` ``u32 timeout (ms)`` ``u16 model id length`` model id
   (UTF-8), then a serialized V2 ``ModelInferRequest``.
 * answer: ``u32 length`` ``u32 call id`` ``u8 status`` (0 = OK, else a ``grpc.StatusCode`` value)
-  then a serialized ``ModelInferResponse`` (OK) or the error message (UTF-8).
+  then a serialized ``ModelInferResponse`` (OK) or the error message (UTF-8): the runtime
+  frames' answer, read by the same calling side (``mesh._frame_client``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from runtime_adapters import FrameReader
+
 from ._errors import InvalidRequest, status_for
-from ._runtimes._frames import rpc_error
+from ._frame_client import ANSWER_HEAD, HIGH_WATER_BYTES, AnswerReader, FramedCalls
 from ._tls import cert_names_from_peercert
 
 if TYPE_CHECKING:
@@ -49,15 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUEST_HEAD = struct.Struct("<IIIH")  # length, call id, timeout ms, model id length
-ANSWER_HEAD = struct.Struct("<IIB")  # length, call id, status
 _LENGTH = struct.Struct("<I")
 _CALL = struct.Struct("<IIH")
 _REQUEST_FIXED = _CALL.size  # bytes after the length before the model id
-_STATUS = {s.value[0]: s for s in grpc.StatusCode}
 MAX_HELLO_BYTES = 64 << 10
-# a payload this small is copied into the head's buffer: one write, one send
-_JOIN_BELOW = 64 << 10
-_HIGH_WATER = 1 << 20
 
 
 def answer_frame(call_id: int, status: int, body: bytes) -> bytes:
@@ -130,22 +128,21 @@ class PeerLinkServer:
         return principal
 
 
-class _PeerConnection(asyncio.Protocol):
+class _PeerConnection(FrameReader):
     """One forwarding peer's connection: its hello, then request frames parsed as they arrive."""
 
     def __init__(self, server: PeerLinkServer) -> None:
+        super().__init__(0, MAX_HELLO_BYTES)  # a request's bounds once the hello is accepted
         self._server = server
-        self._buf = bytearray()
-        self._transport: asyncio.Transport | None = None
         self._principal: Principal | None = None  # set by the hello
         self._authorization: str | None = None
         self._cert_names: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        transport.set_write_buffer_limits(high=HIGH_WATER_BYTES)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (2, 10):  # AF_INET / AF_INET6: small answers go out at once
             import socket
@@ -159,71 +156,51 @@ class _PeerConnection(asyncio.Protocol):
             task.cancel()  # the forwarding peer is gone: nobody reads these answers
 
     def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     # the answers are not read as fast as they are written: stop reading requests until they are
     def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.resume_reading()
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def _refuse(self, exc: BaseException, call_id: int = 0) -> None:
         """Answer the refusal (the hello's, call id 0, or a call's) and close the connection."""
-        transport = self._transport
+        transport = self.transport
         assert transport is not None
         self._server.refused += 1
         transport.write(_error_frame(call_id, exc))
         transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
-        buf = self._buf
-        if buf:
-            buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data  # the usual case: whole frames, parsed without a copy into the buffer
-        pos, end = 0, len(view)
-        limit = self._server.max_frame_bytes
-        while end - pos >= 4:
-            (length,) = _LENGTH.unpack_from(view, pos)
-            if self._principal is None:
-                if length > MAX_HELLO_BYTES:
-                    self._refuse(InvalidRequest("peer-link hello too large"))
-                    return
-            elif length < _REQUEST_FIXED or length > limit:
-                log.warning("peer link: bad frame length %d from %s: closing the connection", length, transport.get_extra_info("peername"))
-                self._buf = bytearray()
-                transport.close()
-                return
-            stop = pos + 4 + length
-            if stop > end:
-                break
-            if self._principal is None:
-                try:
-                    self._authorization = self._server.read_hello(bytes(view[pos + 4 : stop]))
-                    self._cert_names = cert_names_from_peercert(transport.get_extra_info("peercert"))
-                    self._principal = self._server.authenticate(self._authorization, self._cert_names)
-                except Exception as exc:
-                    self._refuse(exc)
-                    return
-                transport.write(answer_frame(0, 0, b""))
-            else:
-                self._request(view, pos + 4, stop)
-            pos = stop
-            if transport.is_closing():
-                return
-        if view is buf:
-            del buf[:pos]
-        elif pos < end:
-            buf += view[pos:]
+    def bad_frame_length(self, length: int) -> None:
+        if self._principal is None:
+            self._refuse(InvalidRequest("peer-link hello too large"))
+            return
+        assert self.transport is not None
+        log.warning("peer link: bad frame length %d from %s: closing the connection", length, self.transport.get_extra_info("peername"))
+        self.transport.close()
 
-    def _request(self, body: bytes | bytearray, start: int, stop: int) -> None:
+    def _hello(self, body: bytes | bytearray, start: int, stop: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            self._authorization = self._server.read_hello(bytes(body[start:stop]))
+            self._cert_names = cert_names_from_peercert(transport.get_extra_info("peercert"))
+            self._principal = self._server.authenticate(self._authorization, self._cert_names)
+        except Exception as exc:
+            self._refuse(exc)
+            return
+        transport.write(answer_frame(0, 0, b""))
+        self.min_frame_bytes, self.max_frame_bytes = _REQUEST_FIXED, self._server.max_frame_bytes
+
+    def frame_received(self, body: bytes | bytearray, start: int, stop: int) -> None:
+        if self._principal is None:
+            self._hello(body, start, stop)
+            return
         call_id, timeout_ms, mid_len = _CALL.unpack_from(body, start)
         at = start + _REQUEST_FIXED
         mid_end = min(at + mid_len, stop)  # a model id longer than its frame ends with the frame
@@ -239,7 +216,7 @@ class _PeerConnection(asyncio.Protocol):
         try:
             principal = self._server.authenticate(self._authorization, self._cert_names)
         except Exception as exc:  # revoked since the hello: this call and the connection end
-            if self._transport is not None and not self._transport.is_closing():
+            if self.transport is not None and not self.transport.is_closing():
                 self._refuse(exc, call_id)
             return
         ctx = RequestContext(timeout_s=timeout_s, forwarded=True, principal=principal)
@@ -250,7 +227,7 @@ class _PeerConnection(asyncio.Protocol):
             raise
         except Exception as exc:  # every failure is answered, as a gRPC status
             frame = _error_frame(call_id, exc)
-        transport = self._transport
+        transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(frame)
 
@@ -263,68 +240,15 @@ class LinkDown(Exception):
     forwards over gRPC instead."""
 
 
-def _expire(fut: asyncio.Future[bytes], timeout_s: float) -> None:
-    if not fut.done():
-        fut.set_exception(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer from the peer in {timeout_s:.3f}s"))
+class PeerLinkClient(FramedCalls):
+    """Calls to one peer over its link; connects on first use and again after a connection is lost.
 
+    ``call`` returns the answer's bytes; it raises ``LinkDown`` when the link cannot be opened
+    (nothing was sent), else the ``grpc.aio.AioRpcError`` a gRPC forward would raise."""
 
-class _AnswerReader(asyncio.Protocol):
-    def __init__(self, client: PeerLinkClient) -> None:
-        self._client = client
-        self._buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self.lost = False  # no new call may use this connection
-        self.failed = False  # its calls have been failed (once)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        if buf:
-            buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data
-        pos, end = 0, len(view)
-        answer = self._client._answer
-        while end - pos >= ANSWER_HEAD.size:
-            length, call_id, status = ANSWER_HEAD.unpack_from(view, pos)
-            if length < ANSWER_HEAD.size - 4:  # shorter than its own head: not our protocol
-                self._buf = bytearray()
-                self._client._lost(self, "peer sent a malformed frame")
-                return
-            stop = pos + 4 + length
-            if stop > end:
-                break
-            answer(call_id, status, bytes(view[pos + ANSWER_HEAD.size : stop]))
-            pos = stop
-        if view is buf:
-            del buf[:pos]
-        elif pos < end:
-            buf += view[pos:]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        why = f"peer link lost ({type(exc).__name__}: {exc})" if exc else "peer closed the link"
-        self._client._lost(self, why)
-        self._drained.set()
-
-    def pause_writing(self) -> None:
-        self._drained.clear()
-
-    def resume_writing(self) -> None:
-        self._drained.set()
-
-    async def drain(self) -> None:
-        await self._drained.wait()
-
-
-class PeerLinkClient:
-    """Calls to one peer over its link; connects on first use and again after a connection is lost."""
+    who = "the peer"
+    malformed = "peer sent a malformed frame"
+    why_closed = "peer link closed"
 
     def __init__(
         self,
@@ -335,19 +259,23 @@ class PeerLinkClient:
         server_hostname: str = "",
         connect_timeout_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self.address = address
         self.authorization = authorization
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
         self.connect_timeout_s = connect_timeout_s
-        self._proto: _AnswerReader | None = None
-        self._connecting = asyncio.Lock()
-        self._calls: dict[int, asyncio.Future[bytes]] = {}
-        self._next_id = 0
-        self._closed = False
         self.connects = 0
 
-    async def _connect(self, timeout_s: float) -> _AnswerReader:
+    def lost_reason(self, exc: Exception | None) -> str:
+        return f"peer link lost ({type(exc).__name__}: {exc})" if exc else "peer closed the link"
+
+    def _head(self, call_id: int, mid: bytes, payload_len: int, timeout_s: float) -> bytes:
+        timeout_ms = min(max(int(timeout_s * 1000), 1), 0xFFFFFFFF)
+        return REQUEST_HEAD.pack(_REQUEST_FIXED + len(mid) + payload_len, call_id, timeout_ms, len(mid)) + mid
+
+    async def _connect(self, timeout_s: float) -> AnswerReader:
+        """Raises ``LinkDown`` when the link cannot be opened (nothing was sent)."""
         async with self._connecting:
             if self._proto is not None and not self._proto.lost:
                 return self._proto
@@ -361,7 +289,7 @@ class PeerLinkClient:
                 async with asyncio.timeout(max(min(timeout_s, self.connect_timeout_s), 0.001)):
                     hostname = (self.server_hostname or host) if self.ssl_context is not None else None
                     transport, proto = await loop.create_connection(
-                        lambda: _AnswerReader(self), host, int(port), ssl=self.ssl_context, server_hostname=hostname
+                        lambda: AnswerReader(self), host, int(port), ssl=self.ssl_context, server_hostname=hostname
                     )
                     self._calls[0] = hello_fut
                     hello = json.dumps({"authorization": self.authorization}).encode()
@@ -379,59 +307,9 @@ class PeerLinkClient:
             self._proto = proto
             return proto
 
-    def _answer(self, call_id: int, status: int, body: bytes) -> None:
-        fut = self._calls.pop(call_id, None)
-        if fut is None or fut.done():
-            return  # its caller gave up
-        if status == 0:
-            fut.set_result(body)
-        else:
-            fut.set_exception(rpc_error(_STATUS.get(status, grpc.StatusCode.UNKNOWN), body.decode("utf-8", errors="replace")))
-
-    def _lost(self, proto: _AnswerReader, why: str) -> None:
-        """The connection ``proto`` is gone: its calls fail UNAVAILABLE; the next call reconnects."""
-        if proto.failed:
-            return  # already handled (a malformed frame, then the close it caused)
-        proto.failed = proto.lost = True
+    def _on_lost(self, proto: AnswerReader, why: str) -> None:
         if self._proto is proto:
-            self._proto = None
-        calls, self._calls = self._calls, {}
-        for fut in calls.values():
-            if not fut.done():
-                fut.set_exception(rpc_error(grpc.StatusCode.UNAVAILABLE, why))
-        if proto.transport is not None:
-            proto.transport.close()
-
-    async def call(self, model_id: str, payload: bytes, timeout_s: float) -> bytes:
-        """The answer's bytes; raises ``LinkDown`` when the link cannot be opened (nothing was
-        sent), else the ``grpc.aio.AioRpcError`` a gRPC forward would raise."""
-        proto = self._proto
-        if proto is None or proto.lost:
-            proto = await self._connect(timeout_s)
-        transport = proto.transport
-        if transport is None or transport.is_closing():
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "peer link closed")
-        self._next_id = (self._next_id % 0xFFFFFFFF) + 1  # 0 is the hello's
-        call_id = self._next_id
-        mid = model_id.encode()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        self._calls[call_id] = fut
-        timer = loop.call_later(timeout_s, _expire, fut, timeout_s)
-        timeout_ms = min(max(int(timeout_s * 1000), 1), 0xFFFFFFFF)
-        head = REQUEST_HEAD.pack(_REQUEST_FIXED + len(mid) + len(payload), call_id, timeout_ms, len(mid)) + mid
-        if len(payload) < _JOIN_BELOW:
-            transport.write(head + payload)
-        else:
-            transport.write(head)
-            transport.write(payload)
-        try:
-            if transport.get_write_buffer_size() > _HIGH_WATER:
-                await proto.drain()
-            return await fut
-        finally:
-            timer.cancel()
-            self._calls.pop(call_id, None)
+            self._proto = None  # the next call reconnects
 
     async def close(self) -> None:
         self._closed = True

@@ -9,7 +9,9 @@ model so that concurrent requests are merged into one framework call (adaptive b
 in the load pool; importing this package imports no framework.
 
 External runtime: :class:`RuntimeService` + :func:`start_runtime_server` serve
-``mmesh.ModelRuntime`` and V2 inference over a registry (``python -m runtime_adapters``).
+``mmesh.ModelRuntime`` and V2 inference over a registry (``python -m runtime_adapters``);
+:func:`start_frame_server` serves inference in length-prefixed frames, read by a
+:class:`FrameReader` (the base of any protocol of such frames).
 """
 
 from ._base import LoadedModel, RuntimeAdapter, WorkerPools
@@ -31,6 +33,7 @@ from ._errors import (
     RequestTooLarge,
     UnsupportedModelType,
 )
+from ._frame_reader import FrameReader
 from ._frame_server import ANSWER_HEAD as FRAME_ANSWER_HEAD
 from ._frame_server import REQUEST_HEAD as FRAME_REQUEST_HEAD
 from ._frame_server import start_frame_server
@@ -79,6 +82,7 @@ __all__ = [
     "BatchingModel",
     "BatchingSettings",
     "DeviceUnavailable",
+    "FrameReader",
     "InferInput",
     "InferOutput",
     "InferRequest",

@@ -35,6 +35,7 @@ from protos import grpc_predict_v2_pb2 as v2
 
 from ._base import LoadedModel
 from ._errors import AdapterError, InvalidInput
+from ._frame_reader import FrameReader
 from ._types import InferRequest, InferResponse
 from ._v2 import request_from_pb, response_to_pb
 
@@ -45,8 +46,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_HEAD = struct.Struct("<IIH")  # length, call id, model id length
 ANSWER_HEAD = struct.Struct("<IIB")  # length, call id, status
-_LENGTH = struct.Struct("<I")
-_CALL = struct.Struct("<IH")
+_CALL = struct.Struct("<IH")  # call id, model id length
 MAX_FRAME_BYTES = 1 << 31
 # a fast model's large request (a big batch) goes to the pool: an inline call must stay short,
 # the loop also answers the supervisor's health probes
@@ -77,25 +77,6 @@ class FrameServer:
         self.inline_below_s = inline_below_s
         self._speed: dict[str, _Speed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def _request(self, transport: asyncio.Transport, body: bytes | bytearray, start: int, stop: int) -> None:
-        """One request frame (``body[start:stop]``, after its length): answered here, or by a task."""
-        call_id, mid_len = _CALL.unpack_from(body, start)
-        at = start + 6
-        mid_end = min(at + mid_len, stop)  # a model id longer than its frame ends with the frame
-        mid = bytes(body[at:mid_end]).decode("utf-8", errors="replace")
-        payload = bytes(body[mid_end:stop])
-        speed = self._speed.get(mid)
-        if speed is not None and speed.avg_s < self.inline_below_s and len(payload) <= INLINE_MAX_BYTES:
-            # this loop serves only this runtime: a call of well under a millisecond is cheaper
-            # here, in the callback that read it, than a task and the two thread hand-offs of the pool
-            answer = self._inline(call_id, mid, payload)
-            if answer is not None:
-                transport.write(answer)
-                return
-        task = asyncio.get_running_loop().create_task(self._answer(transport, call_id, mid, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _error(self, call_id: int, mid: str, exc: Exception) -> bytes:
         if isinstance(exc, AdapterError):
@@ -148,46 +129,38 @@ def _finish(msg: v2.ModelInferRequest, resp: InferResponse) -> bytes:
     return bytes(out.SerializeToString())
 
 
-class _RequestReader(asyncio.Protocol):
+class _RequestReader(FrameReader):
     """One connection of the instance: request frames parsed as they arrive."""
 
     def __init__(self, frames: FrameServer) -> None:
+        super().__init__(_CALL.size, MAX_FRAME_BYTES)
         self._frames = frames
-        self._buf = bytearray()
-        self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
+    def frame_received(self, body: bytes | bytearray, start: int, stop: int) -> None:
+        """One request frame (``body[start:stop]``, after its length): answered here, or by a task."""
+        transport = self.transport
         assert transport is not None
-        buf = self._buf
-        if buf:
-            buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data  # the usual case: whole frames, parsed without a copy into the buffer
-        pos, end = 0, len(view)
-        while end - pos >= 4:
-            (length,) = _LENGTH.unpack_from(view, pos)
-            if length < 6 or length > MAX_FRAME_BYTES:
-                log.warning("bad frame length %d: closing the connection", length)
-                buf.clear()
-                transport.close()
+        frames = self._frames
+        call_id, mid_len = _CALL.unpack_from(body, start)
+        at = start + 6  # _CALL.size
+        mid_end = min(at + mid_len, stop)  # a model id longer than its frame ends with the frame
+        mid = bytes(body[at:mid_end]).decode("utf-8", errors="replace")
+        payload = bytes(body[mid_end:stop])
+        speed = frames._speed.get(mid)
+        if speed is not None and speed.avg_s < frames.inline_below_s and len(payload) <= INLINE_MAX_BYTES:
+            # this loop serves only this runtime: a call of well under a millisecond is cheaper
+            # here, in the callback that read it, than a task and the two thread hand-offs of the pool
+            answer = frames._inline(call_id, mid, payload)
+            if answer is not None:
+                transport.write(answer)
                 return
-            stop = pos + 4 + length
-            if stop > end:
-                break
-            self._frames._request(transport, view, pos + 4, stop)
-            pos = stop
-            if transport.is_closing():
-                return
-        if view is buf:
-            del buf[:pos]
-        elif pos < end:
-            buf += view[pos:]
+        task = asyncio.get_running_loop().create_task(frames._answer(transport, call_id, mid, payload))
+        frames._tasks.add(task)
+        task.add_done_callback(frames._tasks.discard)
+
+    def bad_frame_length(self, length: int) -> None:
+        log.warning("bad frame length %d: closing the connection", length)
+        super().bad_frame_length(length)
 
 
 async def start_frame_server(service: RuntimeService, path: str, *, inline_below_s: float) -> asyncio.Server:

@@ -7,8 +7,13 @@ memory footprint (it is used by a Gather, so the runtime cannot drop it).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mesh import Instance
+    from tests.mesh.cluster import MemoryCluster
 
 WIDTH = 4
 
@@ -53,3 +58,23 @@ def answer(data: bytes) -> np.ndarray:
 
     msg = pb.ModelInferResponse.FromString(data)
     return np.frombuffer(msg.raw_output_contents[0], dtype=np.float32).reshape(tuple(msg.outputs[0].shape))
+
+
+async def loaded(c: MemoryCluster, tmp_path: Path, model: str, md: Any = ()) -> tuple[Instance, Instance]:
+    """Register and load ``model`` (``output = input + 3``) in a two-instance cluster through its
+    first instance, with call metadata ``md``; returns (holder, other)."""
+    import grpc
+
+    from protos import model_mesh_pb2 as mm
+    from protos import model_mesh_pb2_grpc as mm_grpc
+
+    assert c.mesh is not None
+    path = add_model(tmp_path / model / "model.onnx", 3.0, table_bytes=16 << 10)
+    async with grpc.aio.insecure_channel(c.grpc[0]) as ch:
+        info = mm.ModelInfo(type="onnx", path=str(path))
+        st = await mm_grpc.ModelMeshStub(ch).registerModel(
+            mm.RegisterModelRequest(modelId=model, modelInfo=info, loadNow=True, sync=True), metadata=md, timeout=30
+        )
+        assert st.status == mm.ModelStatusInfo.LOADED, st
+    a, b = c.mesh.instances
+    return (a, b) if model in a.loaded else (b, a)

@@ -11,12 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from mesh import Instance
 from mesh.client import DirectRouter
-from protos import model_mesh_pb2 as mm
-from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.mesh.cluster import MemoryCluster
-from tests.mesh.models import WIDTH, add_model, answer, request_bytes
+from tests.mesh.models import WIDTH, answer, loaded, request_bytes
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -34,25 +31,12 @@ async def cluster(tmp_path: Path) -> Any:
     await c.close()
 
 
-async def _loaded(c: MemoryCluster, tmp_path: Path, model: str) -> tuple[Instance, Instance]:
-    """Register and load ``model``; returns (holder, other)."""
-    assert c.mesh is not None
-    path = add_model(tmp_path / model / "model.onnx", 3.0, table_bytes=16 << 10)
-    async with grpc.aio.insecure_channel(c.grpc[0]) as ch:
-        info = mm.ModelInfo(type="onnx", path=str(path))
-        await mm_grpc.ModelMeshStub(ch).registerModel(
-            mm.RegisterModelRequest(modelId=model, modelInfo=info, loadNow=True, sync=True), timeout=30
-        )
-    a, b = c.mesh.instances
-    return (a, b) if model in a.loaded else (b, a)
-
-
 def _x(k: float) -> np.ndarray:
     return np.full((1, WIDTH), k, dtype=np.float32)
 
 
 async def test_answers_carry_the_holder_and_the_router_goes_there(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert holder.endpoints is not None and other.endpoints is not None
     # a plain client asking the other instance: forwarded, and the answer names the holder
     async with grpc.aio.insecure_channel(other.endpoints.grpc) as ch:
@@ -76,7 +60,7 @@ async def test_answers_carry_the_holder_and_the_router_goes_there(cluster: Memor
 
 
 async def test_a_stale_holder_still_answers_and_names_the_new_one(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert holder.endpoints is not None and other.endpoints is not None
     async with DirectRouter([other.endpoints.grpc]) as router:
         # the copy "moved": the router believes the other instance holds it
@@ -90,7 +74,7 @@ async def test_a_stale_holder_still_answers_and_names_the_new_one(cluster: Memor
 
 
 async def test_a_dead_holder_falls_back_to_an_entry(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert holder.endpoints is not None and other.endpoints is not None
     dead = holder.endpoints.grpc
     async with DirectRouter([dead, other.endpoints.grpc]) as router:
@@ -109,7 +93,7 @@ async def test_a_dead_holder_falls_back_to_an_entry(cluster: MemoryCluster, tmp_
 
 
 async def test_rejected_addresses_are_never_learnt(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert holder.endpoints is not None and other.endpoints is not None
     async with DirectRouter([other.endpoints.grpc], accept=lambda a: a == other.endpoints.grpc) as router:  # type: ignore[union-attr]
         for k in range(3):

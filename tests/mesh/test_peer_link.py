@@ -17,13 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mesh import Instance
 from mesh._auth import token_sha256
 from mesh._peer_link import PeerLinkClient
-from protos import model_mesh_pb2 as mm
-from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.mesh.cluster import MemoryCluster
-from tests.mesh.models import WIDTH, add_model, answer, request_bytes
+from tests.mesh.models import WIDTH, answer, loaded, request_bytes
 from tests.security.tenancy_help import TOKENS, write_auth_file
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -33,20 +30,6 @@ PEER_TOKEN = "tok-peer-link-instances-0042"
 @pytest.fixture(autouse=True)
 def _one_copy_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELMUX_PLACEMENT_SECOND_COPY_RPM", "1000000")
-
-
-async def _loaded(c: MemoryCluster, tmp_path: Path, model: str, md: Any = ()) -> tuple[Instance, Instance]:
-    """Register and load ``model``; returns (holder, other)."""
-    assert c.mesh is not None
-    path = add_model(tmp_path / model / "model.onnx", 3.0, table_bytes=16 << 10)
-    async with grpc.aio.insecure_channel(c.grpc[0]) as ch:
-        info = mm.ModelInfo(type="onnx", path=str(path))
-        st = await mm_grpc.ModelMeshStub(ch).registerModel(
-            mm.RegisterModelRequest(modelId=model, modelInfo=info, loadNow=True, sync=True), metadata=md, timeout=30
-        )
-        assert st.status == mm.ModelStatusInfo.LOADED, st
-    a, b = c.mesh.instances
-    return (a, b) if model in a.loaded else (b, a)
 
 
 def _x(k: float) -> np.ndarray:
@@ -62,7 +45,7 @@ async def cluster(tmp_path: Path) -> Any:
 
 
 async def test_forwards_use_the_link_and_answer_as_a_grpc_forward(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert holder.endpoints is not None and other.endpoints is not None
     assert holder.endpoints.link and holder.describe()["link_address"] == holder.endpoints.link
     async with grpc.aio.insecure_channel(other.endpoints.grpc) as ch, grpc.aio.insecure_channel(holder.endpoints.grpc) as direct:
@@ -85,7 +68,7 @@ async def test_forwards_use_the_link_and_answer_as_a_grpc_forward(cluster: Memor
 
 
 async def test_a_link_that_cannot_be_opened_falls_back_to_grpc(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert other.endpoints is not None and holder._link_server is not None
     await holder._link_server.close()  # still advertised, nothing listening
     async with grpc.aio.insecure_channel(other.endpoints.grpc) as ch:
@@ -97,7 +80,7 @@ async def test_a_link_that_cannot_be_opened_falls_back_to_grpc(cluster: MemoryCl
 
 
 async def test_a_dropped_link_fails_its_calls_unavailable_and_the_next_call_reconnects(cluster: MemoryCluster, tmp_path: Path) -> None:
-    holder, other = await _loaded(cluster, tmp_path, "m")
+    holder, other = await loaded(cluster, tmp_path, "m")
     assert other.endpoints is not None and holder._link_server is not None
     async with grpc.aio.insecure_channel(other.endpoints.grpc) as ch:
         infer = ch.unary_unary(INFER)
@@ -181,7 +164,7 @@ async def test_the_link_refuses_callers_without_an_instances_credentials(tmp_pat
     await c.start()
     md = (("authorization", f"Bearer {TOKENS['b']}"),)
     try:
-        holder, other = await _loaded(c, tmp_path, "m", md)
+        holder, other = await loaded(c, tmp_path, "m", md)
         assert holder.endpoints is not None and other.endpoints is not None and holder._link_server is not None
         link = holder.endpoints.link
         local_before = holder.router.counters.local
