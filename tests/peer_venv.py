@@ -18,19 +18,32 @@ PACKAGES = ("mlserver", "mlserver-sklearn", "mlserver-xgboost", "uvloop<0.22")
 PROBE = "import mlserver, mlserver_sklearn, mlserver_xgboost, sklearn, joblib"
 
 
-def ready() -> bool:
-    py = VENV / "bin" / "python"
-    return py.exists() and subprocess.run([str(py), "-c", PROBE], capture_output=True, check=False).returncode == 0
+# ONNX on MLServer: it ships no ONNX runtime of its own; its MLflow runtime serves an MLflow model of
+# the ONNX flavour (onnxruntime inside). Only bench/bench_peer.py --model onnx uses it (not make test):
+# MLflow and its dependencies are a large install.
+ONNX_VENV = VENV.parent / "mlserver-onnx-venv"
+ONNX_PACKAGES = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1", "onnx", "onnxruntime", "uvloop<0.22")
+ONNX_PROBE = "import mlserver, mlserver_mlflow, mlflow.onnx, onnx, onnxruntime"
 
 
-def ensure(timeout_s: float = 900) -> Path:
+def ready(venv: Path = VENV, probe: str = PROBE) -> bool:
+    py = venv / "bin" / "python"
+    return py.exists() and subprocess.run([str(py), "-c", probe], capture_output=True, check=False).returncode == 0
+
+
+def ensure(timeout_s: float = 900, *, venv: Path = VENV, packages: tuple[str, ...] = PACKAGES, probe: str = PROBE) -> Path:
     """The venv's python, the venv made and MLServer installed first when needed (raises
     CalledProcessError / TimeoutExpired when pip cannot)."""
-    if not ready():
-        if not (VENV / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES], check=True, capture_output=True, timeout=timeout_s)
-    return VENV / "bin" / "python"
+    if not ready(venv, probe):
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *packages], check=True, capture_output=True, timeout=timeout_s)
+    return venv / "bin" / "python"
+
+
+def ensure_onnx(timeout_s: float = 900) -> Path:
+    """The python of MLServer's venv for ONNX (its MLflow runtime), made on first use."""
+    return ensure(timeout_s, venv=ONNX_VENV, packages=ONNX_PACKAGES, probe=ONNX_PROBE)
 
 
 if __name__ == "__main__":
