@@ -157,7 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--write", action="store_true", help="write RESULTS.md and plots even with --quick")
-    ap.add_argument("--only", nargs="*", default=["routing", "peer", "remote", "density", "memory", "coldstart", "control"])
+    ap.add_argument("--only", nargs="*", default=["routing", "peer", "peer-onnx", "remote", "density", "memory", "coldstart", "control"])
     ap.add_argument("--duration", type=float, default=None, help="seconds per measurement (routing, peer, remote)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (routing, peer, remote)")
     a = ap.parse_args()
@@ -189,6 +189,15 @@ def main() -> None:
         except Exception as exc:  # report why, keep the rest of the run
             peer_out = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             print(f"\npeer: MLServer could not be measured: {peer_out['error']}")
+    peer_onnx_out: dict[str, Any] = {}
+    if "peer-onnx" in a.only:
+        from bench import bench_peer
+
+        try:
+            peer_onnx_out = bench_peer.run(duration=dur, rounds=rounds, model_type="onnx")
+        except Exception as exc:  # report why, keep the rest of the run
+            peer_onnx_out = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+            print(f"\npeer-onnx: MLServer could not be measured: {peer_onnx_out['error']}")
     remote: dict[str, Any] | None = None
     if "remote" in a.only:
         from bench import bench_remote
@@ -261,6 +270,22 @@ def main() -> None:
                     md.append(line + "\n")
         else:
             md.append(f"MLServer could not be measured in this run: {peer_out.get('error', 'not run')}\n")
+    if "peer-onnx" in a.only:
+        md.append("### Peer: MLServer, ONNX\n")
+        if "results" in peer_onnx_out:
+            from bench.bench_peer import HEADER as PEER_HEADER
+            from bench.bench_peer import rows as peer_rows
+
+            rows = peer_rows(peer_onnx_out["results"])
+            _print_table(f"peer (ONNX): MLServer {peer_onnx_out['mlserver']}", PEER_HEADER, rows)
+            md.append(f"The tiny ONNX MLP of the routing section. MLServer {peer_onnx_out['mlserver']} ships no ONNX runtime: "
+                      "it serves ONNX through its MLflow runtime (mlserver-mlflow, an MLflow model of the ONNX flavour "
+                      "with a tensor signature; onnxruntime inside), from its own venv (var/mlserver-onnx-venv). Same three "
+                      "MLServer settings, same load and rounds as above; every answer checked against onnxruntime first. "
+                      "Target at 16 in flight: >= 1.5x the fastest MLServer setting.\n")
+            md.append(_fmt_rows(rows, PEER_HEADER) + "\n")
+        else:
+            md.append(f"MLServer could not be measured in this run: {peer_onnx_out.get('error', 'not run')}\n")
     if remote:
         from bench.bench_remote import HEADER as REMOTE_HEADER
         from bench.bench_remote import rows as remote_rows
