@@ -129,8 +129,9 @@ class FitTable:
 
     Short columns (states, counts, sizes) keep their width and never wrap; the flexible ones
     (ids, lists of ids, reasons) share what is left and fold their text onto more lines. The
-    first of :data:`LAYOUTS` where that fits is used; when none does, every column folds. Either
-    way no cell is cut or ellipsised."""
+    first of :data:`LAYOUTS` where that fits is used; then the same with the short columns'
+    headers stacked a word a line; when none fits, every column folds. Either way no cell is cut
+    or ellipsised."""
 
     def __init__(self, columns: Sequence[Column], rows: Sequence[Row], *, title: str | None = None) -> None:
         self.columns = list(columns)
@@ -138,35 +139,50 @@ class FitTable:
         self.title = title
         self.cells = [[c.cell(r) if c.graphic is None else "" for c in self.columns] for r in self.rows]
 
-    def _natural(self, k: int) -> int:
+    def _header(self, k: int, stacked: bool) -> str:
+        """Column ``k``'s header; ``stacked`` puts each word of a short column's header on a line
+        of its own (``LAST USED`` over two lines) to spare width before any cell has to fold."""
         c = self.columns[k]
-        if c.graphic is not None:
-            return max(c.graphic_width, cell_len(c.header))
-        return max([cell_len(c.header), *(cell_len(line[k]) for line in self.cells)])
+        return "\n".join(c.header.split()) if stacked and not c.flex and c.graphic is None else c.header
 
-    def min_text_width(self) -> int:
+    def _natural(self, k: int, stacked: bool = False) -> int:
+        c = self.columns[k]
+        head = max(cell_len(w) for w in self._header(k, stacked).splitlines())
+        if c.graphic is not None:
+            return max(c.graphic_width, head)
+        return max([head, *(cell_len(line[k]) for line in self.cells)])
+
+    def min_text_width(self, stacked: bool = False) -> int:
         """Text columns needed: the short columns' full width, each flexible one's minimum."""
         need = 0
         for k, c in enumerate(self.columns):
-            natural = self._natural(k)
+            natural = self._natural(k, stacked)
             if c.flex and c.graphic is None:
                 need += min(natural, max([FLEX_MIN, *(cell_len(w) for w in c.header.split())]))
             else:
                 need += natural
         return need
 
-    def table(self, width: int) -> Table:
-        need = self.min_text_width()
+    def _layout(self, width: int) -> tuple[Layout, bool] | None:
+        """The first layout that fits ``width`` with whole headers, else with stacked ones."""
         n = len(self.columns)
-        layout = next((lay for lay in LAYOUTS if need + lay.overhead(n) <= width), None)
-        fold_all = layout is None
-        lay = layout or LAYOUTS[-1]
+        for stacked in (False, True):
+            need = self.min_text_width(stacked)
+            for lay in LAYOUTS:
+                if need + lay.overhead(n) <= width:
+                    return lay, stacked
+        return None
+
+    def table(self, width: int) -> Table:
+        chosen = self._layout(width)
+        fold_all = chosen is None
+        lay, stacked = chosen or (LAYOUTS[-1], True)
         t = Table(title=self.title, title_justify="left", box=lay.box, show_edge=lay.edge, pad_edge=lay.edge, padding=(0, lay.pad))
-        for c in self.columns:
+        for k, c in enumerate(self.columns):
             if c.graphic is not None:
                 t.add_column(c.header, no_wrap=True)
             else:
-                t.add_column(c.header, justify=c.justify, overflow="fold", no_wrap=not (c.flex or fold_all))
+                t.add_column(self._header(k, stacked), justify=c.justify, overflow="fold", no_wrap=not (c.flex or fold_all))
         for r, line in zip(self.rows, self.cells, strict=True):
             cells: list[RenderableType] = []
             for c, text in zip(self.columns, line, strict=True):

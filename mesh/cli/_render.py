@@ -48,6 +48,12 @@ def ago(t: float, now: float | None = None) -> str:
     return a if a == "-" else f"{a} ago"
 
 
+def rate(x: float) -> str:
+    """A request rate in at most three significant digits below 100 (``0.0167``, ``1.5``, ``42.3``)
+    and whole above (``1234``): as wide as the number needs, never ``0.0166667``."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))
 
@@ -74,7 +80,7 @@ MODEL_COLUMNS = (
     Column("LOADING", lambda m: str(m["copies"]["loading"]), justify="right"),
     Column("FAILED", lambda m: str(m["copies"]["failed"]), style=lambda m: "red" if m["copies"]["failed"] else "", justify="right"),
     Column("SIZE", lambda m: _bytes(m["size_bytes"]), justify="right"),
-    Column("REQ/MIN", lambda m: f"{m['rpm']:g}", justify="right"),
+    Column("REQ/MIN", lambda m: rate(m["rpm"]), justify="right"),
     Column("LAST USED", lambda m: age(m["last_used"])),
     Column("WHERE", lambda m: _ids(m["where"]), flex=True),
     Column("TENANT", lambda m: m["tenant"] or "-", wide=True, flex=True),
@@ -119,7 +125,7 @@ def instance_columns(leader: str = "", *, bars: bool = True) -> tuple[Column, ..
         Column("CAPACITY", lambda i: size(i["capacity_bytes"], sep=""), justify="right"),
         Column("MODELS", lambda i: str(i["models"]), justify="right"),
         Column("LOADING", lambda i: str(i["loading"]), justify="right"),
-        Column("REQ/MIN", lambda i: f"{i['rpm']:g}", justify="right"),
+        Column("REQ/MIN", lambda i: rate(i["rpm"]), justify="right"),
         Column("ADDRESS", lambda i: i["address"] or "-", flex=True),
         Column("STATUS", lambda i: "draining" if i["shutting_down"] else "serving"),
         Column("ROLE", lambda i: "leader" if i["instance_id"] == leader else "-", style=lambda i: "cyan" if i["instance_id"] == leader else ""),
@@ -177,7 +183,7 @@ def describe(d: dict[str, Any]) -> RenderableType:
     else:
         head.add_row("Registered", Text("no (unregistered; history only)", style="yellow"))
     head.add_row("Size", size(st["size_bytes"]) if st["size_bytes"] else "-")
-    head.add_row("Rate", f"{st['rpm']:g} req/min")
+    head.add_row("Rate", f"{rate(st['rpm'])} req/min")
     head.add_row("Last used", ago(st["last_used"]))
     head.add_row("vModels", ", ".join(d["vmodels"]) or "-")
     reasons = (d["assignment"] or {}).get("reasons", {})
@@ -188,7 +194,7 @@ def describe(d: dict[str, Any]) -> RenderableType:
         Column("LOAD TIME", lambda c: f"{c['load_time_s']:.3f}s" if c["load_time_s"] else "-", justify="right"),
         Column("SINCE", lambda c: ago(c["since"])),
         Column("LAST USED", lambda c: ago(c["last_used"])),
-        Column("REQ/MIN", lambda c: f"{c['rpm']:g}", justify="right"),
+        Column("REQ/MIN", lambda c: rate(c["rpm"]), justify="right"),
         Column("WHY PLACED", lambda c: reasons.get(c["instance_id"], "-"), flex=True),
     )
     parts: list[RenderableType] = [head, rich_table(copy_columns, d["copies"], title="Copies")]
@@ -219,7 +225,7 @@ def top(o: dict[str, Any], *, limit: int = 10) -> RenderableType:
     summary.append(f"  leader {o['leader'] or '-'}", style="cyan")
     hot_columns = (
         Column("MODEL", lambda h: h["model_id"], flex=True),
-        Column("REQ/MIN", lambda h: f"{h['rpm']:g}", justify="right"),
+        Column("REQ/MIN", lambda h: rate(h["rpm"]), justify="right"),
         Column("WHERE", lambda h: _ids(h["where"]), flex=True),
     )
     hot = rich_table(hot_columns, o["hottest"][:limit], title="Hottest models")

@@ -38,9 +38,12 @@ VMODEL = long_id("vmodel")
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> Any:
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """One instance, three models with 80-character ids (the first loaded, in a tenant with a
-    quota), a vModel with an 80-character name."""
+    quota), a vModel with an 80-character name. A copy's size is the framework's own bytes, not an
+    RSS delta of this shared process, so every column but the ids has the same width on every run
+    (a first ONNX Runtime session once measured 10 MiB or more, one column wider than 80 allows)."""
+    monkeypatch.setenv("MODELMUX_ADAPTER_MEASURE_LOAD_RSS", "false")
     c = MemoryCluster(1, tmp_path, capacity_bytes=64 << 20)
     await c.start()
     try:
@@ -202,3 +205,34 @@ async def test_terminal_table_folds_long_ids_instead_of_cutting_them(cluster: Me
     out = await asyncio.to_thread(run_in_terminal, ["get", "models", "-a", cluster.rest[0]], 200)
     assert "┃ MODEL" in out and "…" not in out, out
     assert all(any(line.startswith(f"│ {mid} ") for line in out.splitlines()) for mid in MODELS), out
+
+
+def _model_row(state: str, size_bytes: int, rpm: float) -> dict[str, Any]:
+    return {
+        "model_id": "m" * LONG, "type": "onnx", "state": state, "copies": {"loaded": 1, "loading": 0, "failed": 0},
+        "size_bytes": size_bytes, "rpm": rpm, "last_used": 0.0, "where": ["local-0"], "tenant": "",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("size_bytes,rpm,stacked", [(123 << 10, 0.0, True), (12 << 20, 1 / 60, False)])
+def test_a_narrow_terminal_stacks_two_word_headers_before_it_folds_a_short_cell(size_bytes: int, rpm: float, stacked: bool) -> None:
+    # an 8-character size, or a rate of 1/60 written 0.0166667, made the short columns too wide for
+    # 80: every column folded and NOT_LOADED was cut over two lines. Now a stacked "LAST USED"
+    # spares the size, and a rate has at most three significant digits
+    from rich.console import Console
+
+    from mesh.cli._output import rich_table, shown
+    from mesh.cli._render import MODEL_COLUMNS
+
+    console = Console(width=80, record=True, color_system=None)
+    console.print(rich_table(shown(MODEL_COLUMNS, wide=False), [_model_row("LOADED", size_bytes, rpm), _model_row("NOT_LOADED", 0, rpm)]))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    at = next(k for k, line in enumerate(lines) if line.startswith("MODEL"))
+    if stacked:
+        assert lines[at - 1].split() == ["LAST"] and lines[at].split()[-2:] == ["USED", "WHERE"]
+    else:
+        assert lines[at].split()[-3:] == ["LAST", "USED", "WHERE"]
+    states = [line.split()[2] for line in lines[at + 2 :] if len(line.split()) > 2]
+    assert states == ["LOADED", "NOT_LOADED"], lines
+    assert "0.0166667" not in console.export_text() and ("0.0167" in "\n".join(lines)) == (rpm > 0)
