@@ -157,8 +157,11 @@ class DataPlane:
         since only it knows the sizes on its wire). An edge that admits the request before reading
         its body (:meth:`admit`) passes the admitted context."""
         await self.authorize(name, ctx)
+        session = ctx.metadata.get(SESSION_HEADER)
+        if ctx.admitted:
+            return await self.router.infer(name, request, timeout_s=ctx.timeout_s, session=session)
         async with self.admission.admit(name, ctx):
-            return await self.router.infer(name, request, timeout_s=ctx.timeout_s, session=ctx.metadata.get(SESSION_HEADER))
+            return await self.router.infer(name, request, timeout_s=ctx.timeout_s, session=session)
 
     def admit(self, name: str, ctx: RequestContext) -> contextlib.AbstractAsyncContextManager[RequestContext]:
         """Resolve ``name`` (NOT_FOUND when unknown) and hold an admission slot for one request

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from ._dataplane import DataPlane, RequestContext
 from ._errors import PayloadTooLarge
+from ._request_metrics import RequestTimer
 from ._rest_binary import HEADER_LENGTH
 from ._rest_protocols import v2_infer
 from ._security import scope_principal
@@ -98,11 +99,19 @@ class V2InferFastPath:
             )
             await dataplane.authorize(name, ctx)  # before the body is read: another tenant's model is NOT_FOUND
             with dataplane.measure(name, ctx) as timer:
-                # the name is resolved (404) and a slot held (429) before the body is read
-                async with dataplane.admit(name, ctx) as ctx:
-                    body = await self._read_body(headers.get("content-length"), receive)
-                    timer.request_bytes = len(body)
-                    content, out_headers = await v2_infer(dataplane, name, body, headers.get(_HEADER_LENGTH), ctx)
+                # the name is resolved (404) and a slot held (429) before the body is read; a slot
+                # free at once is taken without the admission's context managers (as gRPC does)
+                admission = dataplane.admission
+                held = admission.try_admit(name, ctx)
+                if held is None:
+                    async with dataplane.admit(name, ctx) as ctx:
+                        content, out_headers = await self._serve(name, headers, receive, ctx, timer)
+                else:
+                    try:
+                        admitted = RequestContext(timeout_s=ctx.timeout_s, admitted=True, principal=ctx.principal, metadata=ctx.metadata)
+                        content, out_headers = await self._serve(name, headers, receive, admitted, timer)
+                    finally:
+                        admission.release(held)
                 timer.response_bytes = len(content)
             response = Response(content, headers=out_headers)
         except _Disconnected:
@@ -110,6 +119,14 @@ class V2InferFastPath:
         except Exception as exc:  # every failure is answered, as the route's error handler would
             response = self.error_response(exc)
         await response(scope, receive, send)
+
+    async def _serve(
+        self, name: str, headers: dict[str, str], receive: Receive, ctx: RequestContext, timer: RequestTimer
+    ) -> tuple[bytes, dict[str, str]]:
+        """The admitted request: its body read, then served."""
+        body = await self._read_body(headers.get("content-length"), receive)
+        timer.request_bytes = len(body)
+        return await v2_infer(self.dataplane, name, body, headers.get(_HEADER_LENGTH), ctx)
 
     async def _read_body(self, length: str | None, receive: Receive) -> bytearray:
         """The body, refused (413) the moment it passes the limit; a declared length over the
