@@ -337,6 +337,7 @@ class PlacementViewBuilder:
                 # desired bytes, or what the instance reports holding when that is more
                 # (copies still unloading, sizes measured after the decision)
                 used_bytes=max(self._used.get(iid, 0), rec.used_bytes),
+                assigned_bytes=self._used.get(iid, 0),
                 loading=self._loading.get(iid, 0),
                 loading_slots=rec.loading_slots,
                 zone=rec.zone,

@@ -31,7 +31,11 @@ Both share one engine (:class:`BasePolicy`):
   nothing older can make room at all). Churn is bounded, yet a request is never refused
   for it.
 * **No OOM by design:** every load is planned against the instance's capacity minus its
-  assigned bytes (loading copies included) after the planned evictions.
+  assigned bytes (loading copies included) after the planned evictions. A copy measured
+  larger than it was planned at can still leave an instance's assigned bytes over its
+  capacity (a load planned beside it then waits there for room); the next tick evicts the
+  cheapest copies on that instance until they fit (young ones, then awaited ones, only if
+  nothing else covers the excess).
 * **Tenants:** a hard per-tenant byte quota (evicting the tenant's own copies to make room),
   and fair eviction: a tenant above its fair share (capacity divided among tenants used in
   the last ``cold_idle_s``) makes room from its own copies and idle tenants' copies, unless

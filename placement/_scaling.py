@@ -1,4 +1,4 @@
-"""The periodic tick: repairs (dead, draining, failed copies; min copies), quotas, scale-out/in by rate."""
+"""The periodic tick: repairs (dead, draining, failed copies; min copies), quotas, overcommitted instances, scale-out/in by rate."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from collections.abc import Collection
 from ._index import PlacementIndex
 from ._placing import Placing
 from ._plan import INF as _INF
-from ._plan import Plan
+from ._plan import Plan, fmt_bytes
 from ._types import Action, ClusterView, ModelView
 
 log = logging.getLogger(__name__)
 
 
 class Scaling(Placing):
-    """``on_tick``: repairs first, then quota trims, then extra copies for traffic and removal of idle ones."""
+    """``on_tick``: repairs first, then quota trims and overcommitted instances, then extra copies for traffic and
+    removal of idle ones."""
 
     def on_tick(self, view: ClusterView) -> list[Action]:
-        """Periodic repairs and copy counts: dead/draining/failed copies, min copies, quotas, rates."""
+        """Periodic repairs and copy counts: dead/draining/failed copies, min copies, quotas, overcommitment, rates."""
         s = self.settings
         now = view.now
         idx = self.index_for(view)
@@ -82,6 +83,7 @@ class Scaling(Placing):
                 return plan.actions
             self._repair(view, plan, idx, m, live)
         self._enforce_quotas(view, plan, idx)
+        self._relieve_overcommit(view, plan, idx)
         if self.rate_copies:
             for _, rate, m in sorted(hot, key=lambda x: (x[0], x[2].model_id)):
                 if len(plan.actions) >= budget:
@@ -108,6 +110,35 @@ class Scaling(Placing):
         return plan.actions
 
     # ------------------------------------------------------------------ tick parts
+
+    def _relieve_overcommit(self, view: ClusterView, plan: Plan, idx: PlacementIndex) -> None:
+        """Evict from an instance whose assigned copies hold more bytes than its capacity.
+
+        Placement decides with a model's size as it knows it; a copy measured larger after it
+        loaded can leave the instance overcommitted. A load planned beside it then waits on the
+        instance for room that no decision makes, until its request's deadline. The cheapest
+        copies go (young ones if nothing older covers the excess, a copy a request awaits only
+        if nothing else does); copies still loading never."""
+        for iid, inst in view.instances.items():
+            if inst.state != "live":
+                continue
+            held = inst.used_bytes if inst.assigned_bytes is None else inst.assigned_bytes
+            over = held + plan._used.get(iid, 0) - inst.capacity_bytes
+            if over <= 0:
+                continue
+            needs = {iid: over}
+            found = self._scan_victims(view, plan, idx, needs, None, [iid], _INF, True) or self._scan_victims(
+                view, plan, idx, needs, None, [iid], _INF, True, allow_awaited=True
+            )
+            if found is None:
+                log.warning("instance %s holds %d bytes over its capacity and no copy on it may go", iid, over)
+                continue
+            for vm in found[1]:
+                plan.unload(
+                    vm, iid,
+                    f"over capacity: {iid}'s copies hold {fmt_bytes(held)} of {fmt_bytes(inst.capacity_bytes)} "
+                    f"as measured after placement ({self._victim_detail(vm, view.now)})",
+                )
 
 
     @staticmethod

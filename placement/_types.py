@@ -37,6 +37,10 @@ class InstanceView:
     zone: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     state: InstanceState = "live"
+    assigned_bytes: int | None = None
+    """The bytes of the copies assigned to it, where ``used_bytes`` may be more (a live view's
+    ``used_bytes`` is the larger of these and what the instance reports, which includes copies
+    still unloading); None: the same as ``used_bytes``."""
 
     @property
     def free_bytes(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -343,6 +344,50 @@ async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports
         assert b.view().models["n"].awaiting
         clock[0] += AWAIT_MAX_S + 1
         assert not b.view().models["n"].awaiting
+    finally:
+        b.stop()
+        await state.stop()
+
+
+async def test_a_copy_measured_larger_than_planned_is_an_overcommitment_the_leader_relieves() -> None:
+    """The view gives placement the bytes the instance's assigned copies hold (``assigned_bytes``)
+    besides the larger ``used_bytes``: a copy measured at 3.5 MiB where room was made for less,
+    plus a load planned beside it, hold 4.5 MiB of 4; the load waits on the instance for room.
+    The tick evicts for it. An instance reporting more while an unload finishes is not over."""
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    now = 1_000_000.0
+    inst = InstanceRecord(instance_id="i0", address="x", capacity_bytes=4 * MiB, used_bytes=int(3.5 * MiB))
+    await store.put(keys.instance("i0"), encode(inst))
+    for mid, kind in (("grown", "onnx"), ("waiting", "xgboost")):  # (another type: no size ratio learnt from "grown")
+        await store.put(keys.model(mid), encode(ModelRecord(model_id=mid, model_type=kind, predicted_size_bytes=MiB)))
+        await store.put(keys.assignment(mid), encode(AssignmentRecord(model_id=mid, instances=("i0",))))
+    rev = await store.put(keys.copy("grown", "i0"), encode(CopyRecord(
+        model_id="grown", instance_id="i0", state="loaded", since=now - 600, size_bytes=int(3.5 * MiB), size_measured=True)))
+    rev = await store.put(keys.copy("waiting", "i0"), encode(CopyRecord(
+        model_id="waiting", instance_id="i0", state="loading", since=now - 1, size_bytes=MiB)))
+    state = ClusterMirror(store, keys)
+    await state.start()
+    policy = Policy(PolicySettings())
+    b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
+    b.start()
+    try:
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+        v = b.view()
+        assert v.instances["i0"].assigned_bytes == int(4.5 * MiB) and v.instances["i0"].used_bytes == int(4.5 * MiB)
+        acts = policy.on_tick(v)
+        assert [(a.kind, a.model_id) for a in acts] == [("unload", "grown")], acts
+        assert acts[0].reason.startswith("over capacity: i0's copies hold 4.5 MiB of 4.0 MiB"), acts[0].reason
+
+        # measured as planned; the instance still reports 5 MiB (an unload finishing): nothing to relieve
+        rev = await store.put(keys.copy("grown", "i0"), encode(CopyRecord(
+            model_id="grown", instance_id="i0", state="loaded", since=now - 600, size_bytes=3 * MiB, size_measured=True)))
+        rev = max(rev, await store.put(keys.instance("i0"), encode(replace(inst, used_bytes=5 * MiB))))
+        assert await state.wait_for(lambda: state.copies.revision >= rev or state.instances.revision >= rev, 2.0)
+        assert await state.wait_for(lambda: b.view().instances["i0"].used_bytes == 5 * MiB, 2.0)
+        v = b.view()
+        assert v.instances["i0"].assigned_bytes == 4 * MiB
+        assert [a for a in policy.on_tick(v) if a.kind == "unload"] == []
     finally:
         b.stop()
         await state.stop()

@@ -393,3 +393,44 @@ def test_tick_reads_watched_models_and_holders_of_instances_not_live() -> None:
     # once the extra copy is gone and the rate drops, the model leaves the watched set
     idx.update(replace(twice, assigned=frozenset({"a"}), copies=twice.copies[:1]))
     assert "two" not in idx.tick_candidates({"a", "b", "c"})
+
+
+# ---------------------------------------------------------------- on_tick: sizes measured after placement
+
+
+@pytest.mark.parametrize("make", [Policy, LruPolicy], ids=["ours", "lru"])
+def test_an_instance_overcommitted_by_a_measured_size_is_relieved_on_tick(make: type[Policy]) -> None:
+    """A copy measured at twice the size placement planned with leaves the instance's assigned
+    copies over its capacity, and a load planned beside it would wait there for room no decision
+    makes. The tick evicts the cheapest copies until they fit; the loading copy stays."""
+    policy = make(PolicySettings(min_residency_s=60))
+    now = 10_000.0
+    ms = [
+        model("cold", GB, ["a"], last_used=now - 3000, rate_rpm=0.1, since=now - 5000),
+        model("warm", GB, ["a"], last_used=now - 5, rate_rpm=30, since=now - 5000),
+        model("grown", 2 * GB, ["a"], last_used=now - 1, rate_rpm=30, since=now - 1),  # measured 2 GB, planned 1
+        model("pending", GB, ["a"], state="loading", since=now - 1),
+    ]
+    v = view(now, {"a": 4 * GB}, ms)
+    assert v.instances["a"].used_bytes == 5 * GB
+    acts = policy.on_tick(v)
+    assert unloads(acts) == [("cold", "a")] and not loads(acts), acts
+    assert acts[0].reason.startswith("over capacity: a's copies hold 5.0 GiB of 4.0 GiB"), acts[0].reason
+    after = apply(v, acts)
+    check_capacity(after)
+    assert after.models["pending"].assigned == {"a"}
+    assert unloads(policy.on_tick(after)) == []  # relieved once, not again
+
+
+@pytest.mark.parametrize("make", [Policy, LruPolicy], ids=["ours", "lru"])
+def test_bytes_reported_while_an_unload_finishes_evict_nothing(make: type[Policy]) -> None:
+    """An instance reports more than its assigned copies hold while an unload is in flight; that
+    is not an overcommitment, and nothing more is evicted for it."""
+    policy = make(PolicySettings(min_residency_s=60))
+    now = 10_000.0
+    ms = [model("x", GB, ["a"], last_used=now - 3000, rate_rpm=0.1, since=now - 5000), model("y", GB, ["a"], last_used=now - 1, rate_rpm=60, since=now - 5000)]
+    v = view(now, {"a": 2 * GB}, ms)
+    reporting = replace(v, instances={"a": replace(v.instances["a"], used_bytes=3 * GB, assigned_bytes=2 * GB)})
+    assert unloads(policy.on_tick(reporting)) == []
+    over = replace(v, instances={"a": replace(v.instances["a"], used_bytes=3 * GB, assigned_bytes=3 * GB)})
+    assert unloads(policy.on_tick(over)) == [("x", "a")]
