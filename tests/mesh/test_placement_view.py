@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,22 @@ from mesh._store_schema import (
 from placement import AdaptivePolicy, Policy, PolicySettings, Remembered, Usage
 
 MiB = 1 << 20
+
+
+@contextlib.asynccontextmanager
+async def _leader_view(
+    store: MemoryStore, keys: Keys, policy: Policy, clock: Callable[[], float], **kw: Any
+) -> AsyncIterator[tuple[ClusterMirror, PlacementViewBuilder]]:
+    """A started mirror of ``store`` and a started view builder over it (as a leader has); both stopped after."""
+    state = ClusterMirror(store, keys)
+    await state.start()
+    b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=clock, **kw)
+    b.start()
+    try:
+        yield state, b
+    finally:
+        b.stop()
+        await state.stop()
 
 
 def _fresh(state: ClusterMirror, policy: Policy, now: float, like: PlacementViewBuilder | None = None) -> PlacementViewBuilder:
@@ -46,13 +65,9 @@ async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
     instances = [f"i{k}" for k in range(4)]
     for iid in instances:
         await store.put(keys.instance(iid), encode(InstanceRecord(instance_id=iid, address="x", capacity_bytes=64 * MiB)))
-    state = ClusterMirror(store, keys)
-    await state.start()
     policy = Policy(PolicySettings())
-    inc = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
-    inc.start()
-    inc.view()
-    try:
+    async with _leader_view(store, keys, policy, lambda: now) as (state, inc):
+        inc.view()
         models = [f"m{k}" for k in range(30)]
         for step in range(300):
             mid = rnd.choice(models)
@@ -126,9 +141,6 @@ async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
         idx = view.index
         assert idx is not None
         assert sum(len(m.assigned) * m.size_bytes for m in view.models.values()) == sum(idx.tenant_usage().values())
-    finally:
-        inc.stop()
-        await state.stop()
 
 
 async def test_only_changed_models_are_recomputed() -> None:
@@ -137,11 +149,7 @@ async def test_only_changed_models_are_recomputed() -> None:
     await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
     for k in range(500):
         await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
-    state = ClusterMirror(store, keys)
-    await state.start()
-    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
-    b.start()
-    try:
+    async with _leader_view(store, keys, Policy(PolicySettings()), time.time) as (state, b):
         b.view()
         before = b.recomputed
         assert before >= 500
@@ -152,9 +160,6 @@ async def test_only_changed_models_are_recomputed() -> None:
         assert view.models["m7"].assigned == frozenset({"i0"})
         assert view.instances["i0"].used_bytes == MiB
         assert view.instances["i0"].loading == 1
-    finally:
-        b.stop()
-        await state.stop()
 
 
 async def test_traffic_history_outlives_eviction_and_a_new_leader_rebuilds_it_from_the_log() -> None:
@@ -163,11 +168,7 @@ async def test_traffic_history_outlives_eviction_and_a_new_leader_rebuilds_it_fr
     now = time.time()
     await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
     await store.put(keys.model("m"), encode(ModelRecord(model_id="m", model_type="onnx", predicted_size_bytes=MiB, last_used=1.0)))
-    state = ClusterMirror(store, keys)
-    await state.start()
-    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time)
-    b.start()
-    try:
+    async with _leader_view(store, keys, Policy(PolicySettings()), time.time) as (state, b):
         rev = await store.put(
             keys.copy("m", "i0"),
             encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=now, size_bytes=3 * MiB, size_measured=True,
@@ -204,9 +205,6 @@ async def test_traffic_history_outlives_eviction_and_a_new_leader_rebuilds_it_fr
         rev = store.revision
         assert await state.wait_for(lambda: state.models.revision >= rev, 2.0)
         assert "m" not in b.view().models and "m" not in b._history
-    finally:
-        b.stop()
-        await state.stop()
 
 
 async def test_rate_is_the_merge_of_the_copies_and_of_gone_copies() -> None:
@@ -220,11 +218,6 @@ async def test_rate_is_the_merge_of_the_copies_and_of_gone_copies() -> None:
     for iid in ("i0", "i1"):
         await store.put(keys.instance(iid), encode(InstanceRecord(instance_id=iid, address="x", capacity_bytes=1 << 40)))
     await store.put(keys.model("m"), encode(ModelRecord(model_id="m", model_type="onnx", predicted_size_bytes=MiB)))
-    state = ClusterMirror(store, keys)
-    await state.start()
-    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=time.time, rate_window_s=w)
-    b.start()
-
     async def report(iid: str, last_used: float, rate: float, copy_state: str = "loaded") -> None:
         rev = await store.put(
             keys.copy("m", iid),
@@ -242,7 +235,8 @@ async def test_rate_is_the_merge_of_the_copies_and_of_gone_copies() -> None:
         mv = b.view().models["m"]
         return mv.last_used, mv.rate_rpm
 
-    try:
+    # (report, gone and traffic read the mirror and the builder made here)
+    async with _leader_view(store, keys, Policy(PolicySettings()), time.time, rate_window_s=w) as (state, b):
         await report("i0", now - w, 30.0)
         await report("i1", now, 15.0)
         assert traffic() == Usage(now - w, 30.0).merge(Usage(now, 15.0), w) == (now, pytest.approx(30.0 / math.e + 15.0))
@@ -254,9 +248,6 @@ async def test_rate_is_the_merge_of_the_copies_and_of_gone_copies() -> None:
         assert traffic() == (now, pytest.approx(30.0 / math.e + 15.0))
         await report("i0", now + w, 1.0)  # its first request served
         assert traffic() == (now + w, pytest.approx((30.0 / math.e + 15.0) / math.e + 1.0))
-    finally:
-        b.stop()
-        await state.stop()
 
 
 async def test_adaptive_retune_rebuilds_the_leader_index_in_the_new_order() -> None:
@@ -275,12 +266,8 @@ async def test_adaptive_retune_rebuilds_the_leader_index_in_the_new_order() -> N
                 encode(CopyRecord(model_id=mid, instance_id="i0", state="loaded", since=now - 600, size_bytes=MiB,
                                   size_measured=True, load_time_s=0.5 + k / 10, last_used=now - 30 * k, usage_rpm=k / 5)),
             )
-    state = ClusterMirror(store, keys)
-    await state.start()
     policy = AdaptivePolicy(PolicySettings())
-    b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
-    b.start()
-    try:
+    async with _leader_view(store, keys, policy, lambda: now) as (_, b):
         view = b.view()
         assert policy.seed_ghosts(view) == 20  # the models held nowhere, as a new leader rebuilds them
         key0 = policy.key_id
@@ -292,9 +279,6 @@ async def test_adaptive_retune_rebuilds_the_leader_index_in_the_new_order() -> N
         want = policy.build_index(b.view().models.values())
         with got.scan() as s1, want.scan() as s2:
             assert [(c.model_id, c.key) for c in s1] == [(c.model_id, c.key) for c in s2]
-    finally:
-        b.stop()
-        await state.stop()
 
 
 async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports_serving_it() -> None:
@@ -309,11 +293,7 @@ async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports
     await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=64 * MiB)))
     for mid in ("m", "n"):
         await store.put(keys.model(mid), encode(ModelRecord(model_id=mid, model_type="onnx", predicted_size_bytes=MiB)))
-    state = ClusterMirror(store, keys)
-    await state.start()
-    b = PlacementViewBuilder(state, Policy(PolicySettings()), default_model_size_bytes=MiB, clock=lambda: clock[0])
-    b.start()
-    try:
+    async with _leader_view(store, keys, Policy(PolicySettings()), lambda: clock[0]) as (state, b):
         assert await state.wait_for(lambda: len(state.models.items) == 2, 2.0)
         v = b.view()
         assert not v.models["m"].awaiting and v.models["m"].rate_rpm == 0.0
@@ -344,9 +324,6 @@ async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports
         assert b.view().models["n"].awaiting
         clock[0] += AWAIT_MAX_S + 1
         assert not b.view().models["n"].awaiting
-    finally:
-        b.stop()
-        await state.stop()
 
 
 async def test_a_copy_measured_larger_than_planned_is_an_overcommitment_the_leader_relieves() -> None:
@@ -366,12 +343,8 @@ async def test_a_copy_measured_larger_than_planned_is_an_overcommitment_the_lead
         model_id="grown", instance_id="i0", state="loaded", since=now - 600, size_bytes=int(3.5 * MiB), size_measured=True)))
     rev = await store.put(keys.copy("waiting", "i0"), encode(CopyRecord(
         model_id="waiting", instance_id="i0", state="loading", since=now - 1, size_bytes=MiB)))
-    state = ClusterMirror(store, keys)
-    await state.start()
     policy = Policy(PolicySettings())
-    b = PlacementViewBuilder(state, policy, default_model_size_bytes=MiB, clock=lambda: now)
-    b.start()
-    try:
+    async with _leader_view(store, keys, policy, lambda: now) as (state, b):
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
         v = b.view()
         assert v.instances["i0"].assigned_bytes == int(4.5 * MiB) and v.instances["i0"].used_bytes == int(4.5 * MiB)
@@ -388,6 +361,3 @@ async def test_a_copy_measured_larger_than_planned_is_an_overcommitment_the_lead
         v = b.view()
         assert v.instances["i0"].assigned_bytes == 4 * MiB
         assert [a for a in policy.on_tick(v) if a.kind == "unload"] == []
-    finally:
-        b.stop()
-        await state.stop()
