@@ -124,11 +124,28 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
 
         for start in range(0, models, 1000):
             await asyncio.gather(*(reg(i) for i in range(start, min(start + 1000, models))))
+        probe = ready.with_suffix(".memory")
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _memory_reading, probe)
         _write_ready(ready, ({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],
                                      "rest": [i.endpoints.rest for i in local.instances if i.endpoints],
-                                     "pid": os.getpid(), "rss": psutil.Process().memory_info().rss}))
+                                     "pid": os.getpid(), "rss": psutil.Process().memory_info().rss,
+                                     "memory": str(probe)}))
         await _wait_signal()
         await local.stop()
+
+
+def _memory_reading(path: Path) -> None:
+    """SIGUSR1 in the density server: append where the process's memory is (settled as the load
+    meter settles it: gc and malloc_trim) to ``path`` as a JSON line: RSS, the C heap's bytes in
+    use (glibc mallinfo2: arenas' in-use chunks plus mmapped blocks) and its free bytes kept in
+    arenas. What is neither is outside the C heap: libraries, Python's small-object arenas, stacks."""
+    from runtime_adapters._memory import process_meter
+
+    meter, _ = process_meter()
+    rss = meter.settle()
+    reading = {"rss": rss, "heap_in_use": meter.heap_in_use(), "heap_free": meter.heap_free()}
+    with path.open("a") as f:
+        f.write(json.dumps(reading) + "\n")
 
 
 async def _wait_signal() -> None:

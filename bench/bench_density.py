@@ -14,6 +14,14 @@ the mesh process (after registration -> end, divided by the copies loaded at the
 copy's measured size (the adapter's ``size_bytes``). Baseline for the latency: a hit-only run
 (the 20 hottest models, loaded) in the same process.
 
+Memory: the server settles (gc, malloc_trim) and reads its RSS and C heap (bytes in use, free
+bytes kept) after registration, after the hits-only phase and at the end. The target (RSS <=
+1.3x used capacity + a fixed base) is read from the hits-only phase on: (RSS end - RSS then) /
+(used end - used then), so the base holds the frameworks' one-time start-up and the serving
+state; the whole-run ratio (base: after registration, before any framework ran) is reported too.
+The C heap's in-use growth against the used growth says how far the measured sizes are from what
+the copies really hold; the rest of the RSS growth is outside the heap or free heap kept resident.
+
 Hits under misses: a fourth wrk (the probe, 2 connections) asks only for the 5 hottest models
 (loaded before it starts and requested often enough to stay) during both phases; its p99
 while the Zipf traffic loads and evicts all the time vs its p99 in the hits-only phase is the
@@ -30,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -95,6 +104,21 @@ def ping_pongs(decisions: list[dict[str, Any]], window_s: float = 60.0) -> list[
     return out
 
 
+def memory_reading(server: psutil.Process, path: Path, timeout_s: float = 60.0) -> dict[str, int]:
+    """Ask the density server where its memory is (SIGUSR1: it settles, then appends a JSON line to
+    ``path``: rss, heap_in_use, heap_free; see bench._servers) and wait for the answer."""
+    seen = len(path.read_text().splitlines()) if path.exists() else 0
+    server.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) > seen:
+            return {k: int(v) for k, v in json.loads(lines[seen]).items()}
+        if time.monotonic() > deadline or not server.is_running():
+            raise RuntimeError("the density server did not answer a memory reading")
+        time.sleep(0.05)
+
+
 def _counters(rest: list[str]) -> list[dict[str, Any]]:
     return [httpx.get(f"http://{r}/api/v1/cluster", timeout=30).json()["self"] for r in rest]
 
@@ -127,7 +151,9 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             info = json.loads(ready.read_text())
             rest = info["rest"]
             server = psutil.Process(info["pid"])
-            rss0 = server.memory_info().rss
+            memfile = Path(info["memory"])
+            mem0 = memory_reading(server, memfile)
+            rss0 = mem0["rss"]
 
             def lua(seed: int, n: int) -> str:
                 return _ZIPF_LUA.format(n=n, s=zipf_s, seed=seed, body=json.dumps(body))
@@ -164,7 +190,8 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             wrk_all(lambda k: lua(100 + k, 20), 3)
             *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), 5, probe=True)
             before = _counters(rest)
-            rss_hot = server.memory_info().rss  # frameworks warmed, the 20 hottest copies loaded
+            mem_hot = memory_reading(server, memfile)  # frameworks warmed, the 20 hottest copies loaded
+            rss_hot = mem_hot["rss"]
             poller = threading.Thread(target=poll_decisions, daemon=True)
             poller.start()
             t0 = time.monotonic()
@@ -173,7 +200,8 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             polling.set()
             poller.join(15)
             after = _counters(rest)
-            rss1 = server.memory_info().rss
+            mem1 = memory_reading(server, memfile)
+            rss1 = mem1["rss"]
         finally:
             stop_server(proc)
     requests = sum(r["n"] for r in runs)
@@ -204,6 +232,11 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
         # fixed base then includes the frameworks' one-time start-up and the serving state
         "rss_hot": float(rss_hot), "used_hot": float(used_hot),
         "rss_marginal_ratio": (rss1 - rss_hot) / (used - used_hot) if used > used_hot else 0.0,
+        # where it goes: the C heap's bytes in use (models' framework memory, large Python objects)
+        # and its free bytes kept in arenas; the rest of RSS is outside the C heap
+        "heap_in_use_base": float(mem0["heap_in_use"]), "heap_in_use_hot": float(mem_hot["heap_in_use"]),
+        "heap_in_use_end": float(mem1["heap_in_use"]), "heap_free_hot": float(mem_hot["heap_free"]),
+        "heap_free_end": float(mem1["heap_free"]),
         "probe_p99_ms": probe["p99_ms"], "probe_hot_p99_ms": hot_probe["p99_ms"],
         "probe_p50_ms": probe["p50_ms"], "probe_hot_p50_ms": hot_probe["p50_ms"], "probe_errors": probe["errors"],
         "requested_bytes": requested, "capacity_share": (3 * (capacity_mib << 20)) / requested if requested else 0.0,

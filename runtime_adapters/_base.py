@@ -241,6 +241,9 @@ class FrameworkModel(LoadedModel):
         if self._state is ModelState.UNLOADED:
             return
         self._state = ModelState.UNLOADED
+        # The framework's objects are dropped in the load pool inside the meter (LoadMeter.free),
+        # so that a load measured meanwhile does not count this model's freed bytes against its own.
+        held = [self._handle, self._extra]
         self._handle = None
         self._extra = None
         self._adapter._forget(self)
@@ -249,7 +252,7 @@ class FrameworkModel(LoadedModel):
             try:
                 # collect cycles and hand freed heap back to the OS, off the event loop
                 await asyncio.get_running_loop().run_in_executor(
-                    pools.load, functools.partial(pools.meter.settle, full=self._cyclic)
+                    pools.load, functools.partial(pools.meter.free, held.clear, full=self._cyclic)
                 )
             except RuntimeError:  # pools shut down meanwhile: nothing left to tidy
                 pass

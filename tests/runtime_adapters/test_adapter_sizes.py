@@ -3,6 +3,8 @@ the load meter's rules for trusting an RSS delta; the first-load warm-up."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +90,31 @@ def test_meter_trusts_only_solitary_loads() -> None:
     del block
 
 
+def test_meter_distrusts_a_load_measured_while_memory_is_freed() -> None:
+    """An unload frees memory through the meter: a load in flight meanwhile would see its
+    delta shrink by the freed bytes, and a load that starts meanwhile is not alone."""
+    meter = LoadMeter()
+    victim = [bytearray(16 * MB)]
+    victim[0][:: 4096] = b"\x01" * len(victim[0][:: 4096])
+    t = meter.begin()
+    kept = bytearray(4 * MB)
+    kept[:: 4096] = b"\x01" * len(kept[:: 4096])
+    started: list[Any] = []
+
+    def drop() -> None:
+        victim.clear()
+        started.append(meter.begin())  # a load that starts while the free runs
+
+    meter.free(drop)
+    assert victim == []
+    assert meter.end(t) is None
+    assert not started[0].solitary and meter.end(started[0]) is None
+    # the free is over: the next load is trusted again
+    t = meter.begin()
+    assert meter.end(t) is not None
+    del kept
+
+
 def test_meter_counts_a_load_that_reuses_memory_freed_before_it() -> None:
     """After unloads the heap holds freed chunks on pages it cannot give back (their neighbours
     are still in use). A load that reuses them costs real bytes but does not raise RSS; the
@@ -129,6 +156,48 @@ async def test_first_load_of_a_format_is_warmed_up_once(built: Built, monkeypatc
         finally:
             await registry.close()
         assert calls == expected
+
+
+async def test_a_load_measured_while_another_model_unloads_is_sized_by_the_calibration(
+    tmp_path: Path, built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under churn, evictions run beside loads. A load whose measurement overlapped an unload
+    must not be sized (nor teach the calibration) by a delta the freed bytes shrank: here
+    64 MiB freed during the load would leave it its bare file bytes, about half of what an MLP
+    costs in ONNX Runtime (pre-packed weights)."""
+    from mesh._demo import make_onnx
+
+    mlp = make_onnx(tmp_path / "mlp" / "model.onnx", 3072, seed=1)
+    registry = build_registry(AdapterSettings(load_workers=2))
+    adapter = registry.for_type("onnx")
+    try:
+        victim = await adapter.load(ModelSpec("victim", "onnx"), built("make_onnx_model", weight_bytes=32 * MB))
+        alone = await adapter.load(ModelSpec("alone", "onnx"), mlp)
+        taught: list[tuple[int, int]] = []
+        monkeypatch.setattr(adapter.pools.calibration, "learn", lambda key, floor, measured: taught.append((floor, measured)))
+        inside, release = threading.Event(), threading.Event()
+        original = OnnxAdapter._load_model
+
+        def held(self: OnnxAdapter, spec: ModelSpec, model_file: Path) -> Any:
+            result = original(self, spec, model_file)
+            if spec.model_id == "overlapped":
+                inside.set()
+                release.wait(60)
+            return result
+
+        monkeypatch.setattr(OnnxAdapter, "_load_model", held)
+        loading = asyncio.create_task(adapter.load(ModelSpec("overlapped", "onnx"), mlp))
+        assert await asyncio.to_thread(inside.wait, 60)
+        await victim.unload()  # its memory is freed while the other load is measured
+        release.set()
+        overlapped = await loading
+        assert taught == []
+        assert overlapped.size_bytes >= 0.8 * alone.size_bytes, (overlapped.size_bytes, alone.size_bytes)
+        assert alone.size_bytes > 1.5 * mlp.stat().st_size  # the pre-packed weights: a floor would be far below
+        await overlapped.unload()
+        await alone.unload()
+    finally:
+        await registry.close()
 
 
 @pytest.mark.parametrize(
