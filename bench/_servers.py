@@ -157,6 +157,10 @@ async def _wait_signal() -> None:
 
 
 def main() -> None:
+    from runtime_adapters import (
+        run_event_loop,  # the loop modelmux serve runs on, for every server here
+    )
+
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["bare", "mesh", "density"])
     ap.add_argument("--type", default="onnx")
@@ -169,11 +173,11 @@ def main() -> None:
     ap.add_argument("--capacity-bytes", type=int, default=32 << 20)
     a = ap.parse_args()
     if a.kind == "density":
-        asyncio.run(density(a.model, a.ready, a.instances, a.models, a.capacity_bytes))
+        run_event_loop(density(a.model, a.ready, a.instances, a.models, a.capacity_bytes))
     elif a.kind == "bare":
-        asyncio.run(bare(a.type, a.model, a.ready, a.name, a.batching))
+        run_event_loop(bare(a.type, a.model, a.ready, a.name, a.batching))
     else:
-        asyncio.run(mesh(a.type, a.model, a.ready, a.instances, a.name))
+        run_event_loop(mesh(a.type, a.model, a.ready, a.instances, a.name))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from ._errors import (
     RequestTooLarge,
     UnsupportedModelType,
 )
+from ._event_loop import EventLoopChoiceError
+from ._event_loop import run as run_event_loop
 from ._frame_reader import FrameReader
 from ._frame_server import ANSWER_HEAD as FRAME_ANSWER_HEAD
 from ._frame_server import REQUEST_HEAD as FRAME_REQUEST_HEAD
@@ -82,6 +84,7 @@ __all__ = [
     "BatchingModel",
     "BatchingSettings",
     "DeviceUnavailable",
+    "EventLoopChoiceError",
     "FrameReader",
     "InferInput",
     "InferOutput",
@@ -116,6 +119,7 @@ __all__ = [
     "list_to_raw",
     "numpy_dtype",
     "raw_to_list",
+    "run_event_loop",
     "start_frame_server",
     "start_runtime_server",
     "v2_params_from_pb",

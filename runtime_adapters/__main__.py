@@ -14,6 +14,7 @@ import logging
 import signal
 
 from ._batching import BatchingSettings
+from ._event_loop import run as run_event_loop
 from ._frame_server import start_frame_server
 from ._registry import build_registry
 from ._runtime_server import RuntimeService, start_runtime_server
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.address, args.frames))
+    run_event_loop(serve(args.address, args.frames))
 
 
 if __name__ == "__main__":

@@ -129,8 +129,19 @@ def _run_owning_store(main: Any) -> None:
     from .._store import StoreLocked
 
     try:
-        asyncio.run(main)
+        _run(main)
     except StoreLocked as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
+
+def _run(main: Any) -> Any:
+    """Run a command's main on the event loop MODELMUX_EVENT_LOOP chooses; a bad choice exits 2 with why."""
+    from runtime_adapters import EventLoopChoiceError, run_event_loop
+
+    try:
+        return run_event_loop(main)
+    except EventLoopChoiceError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
 
@@ -246,10 +257,10 @@ def demo_cmd(
 
     if data_dir is None:
         with tempfile.TemporaryDirectory(prefix="modelmux-demo-") as tmp:
-            result = asyncio.run(main(Path(tmp)))
+            result = _run(main(Path(tmp)))
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(main(data_dir))
+        result = _run(main(data_dir))
     if json_out:
         json_out.write_text(json.dumps(result, indent=2))
     if result["requests"] == 0 or result["errors"] > result["requests"] * 0.01:
