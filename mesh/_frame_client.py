@@ -15,6 +15,7 @@ Failures look like the gRPC path's: an error status is raised as the same
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import grpc
 
@@ -52,9 +53,9 @@ class AnswerReader(asyncio.Protocol):
         self.failed = False  # its calls have been failed (once)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=HIGH_WATER_BYTES)
+        # a stream transport (uvloop's does not subclass asyncio.Transport: no isinstance check)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=HIGH_WATER_BYTES)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import cast
 
 _LENGTH = struct.Struct("<I")
 
@@ -27,8 +28,8 @@ class FrameReader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's does not subclass asyncio.Transport: no isinstance check)
+        self.transport = cast(asyncio.Transport, transport)
 
     def frame_received(self, body: bytes | bytearray, start: int, stop: int) -> None:
         """One whole frame: ``body[start:stop]``, after its length (valid during this call only)."""

@@ -45,6 +45,28 @@ async def cluster(tmp_path: Path) -> Any:
 
 
 async def test_forwards_use_the_link_and_answer_as_a_grpc_forward(cluster: MemoryCluster, tmp_path: Path) -> None:
+    await _forwards_over_the_link(cluster, tmp_path)
+
+
+def test_the_link_works_on_uvloop(tmp_path: Path) -> None:
+    """The same on uvloop, the loop a serving process runs on by default (run_event_loop): its
+    transports are not asyncio's classes, and the link once refused them (every forward then
+    waited for the link to time out and went over gRPC)."""
+    from runtime_adapters import run_event_loop
+
+    async def scenario() -> str:
+        c = MemoryCluster(2, tmp_path, capacity_bytes=64 << 20, overrides={"forward_retry_backoff_s": 0.1})
+        await c.start()
+        try:
+            await _forwards_over_the_link(c, tmp_path)
+        finally:
+            await c.close()
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_event_loop(scenario(), loop="uvloop").startswith("uvloop")
+
+
+async def _forwards_over_the_link(cluster: MemoryCluster, tmp_path: Path) -> None:
     holder, other = await loaded(cluster, tmp_path, "m")
     assert holder.endpoints is not None and other.endpoints is not None
     assert holder.endpoints.link and holder.describe()["link_address"] == holder.endpoints.link
