@@ -25,6 +25,7 @@ import sysconfig
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import runtime_adapters
 
@@ -150,6 +151,16 @@ class WorkerProcess:
             "WARNING",
             *(("--frames", self.frames_path) if self.frames_path else ()),
         ]
+        switch_user: dict[str, Any] = {}
+        if ids is not None:
+            setpriv = shutil.which("setpriv")
+            if setpriv is not None:
+                # util-linux's setpriv takes the runtime user's ids (no supplementary groups) and
+                # execs the worker: no Python between fork and exec, and any event loop (uvloop's
+                # subprocess_exec has no user / group arguments)
+                command = [setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", "--", *command]
+            else:  # asyncio's own loop does the switch itself
+                switch_user = {"user": ids[0], "group": ids[1], "extra_groups": []}
         in_child: Callable[[], None] | None = None
         prlimit = shutil.which("prlimit")
         if prlimit is not None:
@@ -161,7 +172,7 @@ class WorkerProcess:
         else:
 
             def in_child() -> None:
-                # between fork and exec, after the switch to the runtime user
+                # between fork and exec (after the switch to the runtime user when the loop makes it)
                 if limit:
                     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
                 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -175,9 +186,7 @@ class WorkerProcess:
             cwd=str(self.dir),
             preexec_fn=in_child,
             start_new_session=True,
-            user=ids[0] if ids else None,
-            group=ids[1] if ids else None,
-            extra_groups=[] if ids else None,
+            **switch_user,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._readers.append(asyncio.create_task(self._drain_stderr(self.proc.stderr)))

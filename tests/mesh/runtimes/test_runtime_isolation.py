@@ -66,6 +66,36 @@ async def test_worker_runs_unprivileged_with_a_scrubbed_environment(hostile_env:
     assert os.environ["MODELMUX_STORE_PASSWORD"] == SECRET  # the instance itself is unchanged
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged user is used only when the instance is root")
+@pytest.mark.parametrize(("loop", "setpriv"), [("uvloop", True), ("asyncio", True), ("asyncio", False)])
+def test_worker_takes_the_runtime_users_ids_on_either_loop(loop: str, setpriv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serving process runs on uvloop by default, whose subprocess_exec cannot switch users:
+    util-linux's setpriv does it (uid, gid, no supplementary groups) on any loop; without setpriv,
+    asyncio's loop does it itself."""
+    import shutil
+
+    from runtime_adapters import run_event_loop
+
+    if not setpriv:
+        which = shutil.which
+        monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k))
+
+    async def worker_status() -> str:
+        sup = RuntimeSupervisor(RuntimeSettings(count=1, worker_module=HOSTILE_WORKER, isolated_types=("pytorch",), start_workers="at_start"))
+        await sup.start()
+        try:
+            assert sup.runtimes[0].pid is not None
+            return Path(f"/proc/{sup.runtimes[0].pid}/status").read_text()
+        finally:
+            await sup.close()
+
+    status = {line.split(":")[0]: line.split()[1:] for line in run_event_loop(worker_status(), loop=loop).splitlines()}
+    nobody = pwd.getpwnam("nobody")
+    assert status["Uid"] == [str(nobody.pw_uid)] * 4
+    assert status["Gid"] == [str(nobody.pw_gid)] * 4
+    assert status["Groups"] == []
+
+
 async def test_hostile_torchscript_cannot_read_the_secret_file(hostile_env: tuple[RuntimeSupervisor, Path, Path]) -> None:
     sup, d, secret = hostile_env
     model = make_file_reader(d / "reader", secret, 16)
