@@ -7,6 +7,7 @@ forwards a serialized ``ModelInferRequest`` unparsed, as the router forwards to 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,14 @@ METADATA_METHOD = "/inference.GRPCInferenceService/ModelMetadata"
 MODEL_ID_HEADER = "mm-model-id"
 # the runtime is gone or going: the copy is lost, not the request's fault
 LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+def cancelled_by_a_close() -> bool:
+    """Whether a CancelledError just caught was not asked for by the running task: grpc.aio
+    cancels the calls of a channel closed under them (the supervisor closes a torn-down
+    runtime's client), and a caller must see that as the runtime lost, not as its own cancellation."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def _ser(msg: Any) -> bytes:
@@ -185,6 +194,11 @@ class RuntimeCopy(LoadedModel):
                 lost = True
                 raise self._gone(f"{exc.code().name}: {exc.details()}") from exc
             raise
+        except asyncio.CancelledError:
+            if self._state is ModelState.LOADED or not cancelled_by_a_close():
+                raise
+            lost = True  # the runtime was torn down during the call: routed again, like UNAVAILABLE
+            raise self._gone("its channel closed during the call") from None
         finally:
             self._on_done(mid, lost)
 
@@ -206,5 +220,8 @@ class RuntimeCopy(LoadedModel):
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in LOST_CODES:
                 raise
+        except asyncio.CancelledError:
+            if not cancelled_by_a_close():
+                raise  # a runtime closed under the call holds nothing any more: unloaded
         finally:
             self._on_unload(self)

@@ -42,7 +42,7 @@ import psutil
 from runtime_adapters import AdapterSettings, ModelLoadError, ModelSpec, UnsupportedModelType
 
 from .._tasks import cancel_and_wait
-from ._client import LOST_CODES, RuntimeClient, RuntimeCopy
+from ._client import LOST_CODES, RuntimeClient, RuntimeCopy, cancelled_by_a_close
 from ._mlserver import MLServerClient
 from ._process import WorkerProcess, describe_exit
 from ._settings import ExternalRuntime, RuntimeSettings
@@ -458,6 +458,12 @@ class RuntimeSupervisor:
         except grpc.aio.AioRpcError as exc:
             self._unshare(share)
             raise await self._load_failed(rt, mid, exc) from exc
+        except asyncio.CancelledError:
+            self._unshare(share)
+            if rt.client is client or not cancelled_by_a_close():
+                raise
+            # the runtime was torn down during the load and its channel closed under the call
+            raise ModelLoadError(f"model '{mid}': runtime {rt.name} failed during the load: {rt.last_reason}") from None
         except BaseException:
             self._unshare(share)
             raise

@@ -186,3 +186,57 @@ async def test_unloads_without_a_leak_do_not_recycle() -> None:
             assert rt.restarts == 0
         finally:
             await sup.close()
+
+
+async def test_a_call_whose_runtime_is_torn_down_under_it_is_lost_not_cancelled() -> None:
+    """The supervisor closes a torn-down runtime's channel, and grpc.aio cancels the calls still
+    on it: the caller must get ModelNotLoaded (the router routes the request again) or, for
+    an unload, nothing; a CancelledError it did not ask for would end the request instead (seen
+    as a flaky crash-loop test: the load raised CancelledError, not 'failed during the load')."""
+    from mesh._runtimes._client import INFER_METHOD, RuntimeClient, RuntimeCopy
+    from runtime_adapters import ModelMetadata
+
+    entered, never = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        entered.set()
+        await never.wait()
+        return b""
+
+    service, method = INFER_METHOD.strip("/").split("/")
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(hang)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    done: list[str] = []
+    try:
+        client = RuntimeClient(f"127.0.0.1:{port}")
+        copy = RuntimeCopy(
+            ModelSpec("m", "hostile"), 1, ModelMetadata("m", "", (), (), ()), client, runtime_name="rt0",
+            call_timeout_s=30, default_timeout_s=30, on_call=lambda mid: None,
+            on_done=lambda mid, lost: done.append(f"{mid}:{lost}"), on_unload=lambda c: None,
+        )
+        call = asyncio.create_task(copy.infer_bytes(b"", 30))
+        await asyncio.wait_for(entered.wait(), 30)
+        copy.mark_lost("runtime crashed (exit code 9)")  # what the supervisor's teardown does, in its order
+        await client.close()
+        with pytest.raises(ModelNotLoaded, match="runtime crashed"):
+            await call
+        assert done == ["m:True"]
+        # the caller's own cancellation is still a cancellation
+        client2 = RuntimeClient(f"127.0.0.1:{port}")
+        copy2 = RuntimeCopy(
+            ModelSpec("m2", "hostile"), 1, ModelMetadata("m2", "", (), (), ()), client2, runtime_name="rt0",
+            call_timeout_s=30, default_timeout_s=30, on_call=lambda mid: None,
+            on_done=lambda mid, lost: done.append(f"{mid}:{lost}"), on_unload=lambda c: None,
+        )
+        entered.clear()
+        call = asyncio.create_task(copy2.infer_bytes(b"", 30))
+        await asyncio.wait_for(entered.wait(), 30)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await client2.close()
+    finally:
+        never.set()
+        await server.stop(None)
