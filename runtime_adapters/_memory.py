@@ -16,12 +16,13 @@ How a size is measured (see also each adapter's docstring):
 
 The reported size is ``max(framework_bytes, delta)`` when the delta is trustworthy.
 It is not trustworthy when another load overlapped this one in the same meter (their
-allocations mix; the meter counts loads in flight and an epoch of load starts). Such a load
+allocations mix; the meter counts loads in flight and an epoch of load starts), nor when an
+unload freed a model meanwhile (unloads free through the meter, :meth:`LoadMeter.free`: the
+freed bytes would shrink the delta). Such a load
 reports the framework floor scaled by what trusted loads of the same format really cost per
 floor byte (:class:`SizeCalibration`: over the last trusted loads big enough to measure), so that a busy instance, whose loads overlap, does not under-count: ONNX
 Runtime's pre-packed weights alone double an MLP's floor (bench/bench_memory.py). Inference running meanwhile can add a
-little temporary memory to a delta; unloads meanwhile can only make it smaller, which the
-floor bounds. One-time framework initialisation (imports, thread pools, kernel registries)
+little temporary memory to a delta. One-time framework initialisation (imports, thread pools, kernel registries)
 is paid by each adapter's warm-up before its first measured load, so the first model is
 not charged for it.
 """
