@@ -159,6 +159,11 @@ class WorkerProcess:
                 # execs the worker: no Python between fork and exec, and any event loop (uvloop's
                 # subprocess_exec has no user / group arguments)
                 command = [setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", "--", *command]
+            elif type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
+                raise RuntimeError(
+                    f"runtime {self.name} must run as user '{self._user}', and on uvloop only util-linux's setpriv "
+                    "can switch to it: install setpriv, or set MODELMUX_EVENT_LOOP=asyncio"
+                )
             else:  # asyncio's own loop does the switch itself
                 switch_user = {"user": ids[0], "group": ids[1], "extra_groups": []}
         in_child: Callable[[], None] | None = None

@@ -96,6 +96,29 @@ def test_worker_takes_the_runtime_users_ids_on_either_loop(loop: str, setpriv: b
     assert status["Groups"] == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged user is used only when the instance is root")
+def test_on_uvloop_without_setpriv_a_worker_refuses_to_start_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a worker that keeps root because the loop could not switch users: the start fails and says why."""
+    import shutil
+
+    from mesh._runtimes._process import WorkerProcess
+    from runtime_adapters import run_event_loop
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k))
+    worker = WorkerProcess("rt0", module=HOSTILE_WORKER, env={}, memory_limit_bytes=0, user="nobody", start_timeout_s=30)
+
+    async def start() -> None:
+        await worker.start()
+
+    try:
+        with pytest.raises(RuntimeError, match="install setpriv, or set MODELMUX_EVENT_LOOP=asyncio"):
+            run_event_loop(start(), loop="uvloop")
+        assert worker.proc is None  # nothing was started
+    finally:
+        shutil.rmtree(worker.dir, ignore_errors=True)
+
+
 async def test_hostile_torchscript_cannot_read_the_secret_file(hostile_env: tuple[RuntimeSupervisor, Path, Path]) -> None:
     sup, d, secret = hostile_env
     model = make_file_reader(d / "reader", secret, 16)
