@@ -105,8 +105,6 @@ async def mesh(model_type: str, model: Path, ready: Path, instances: int, name: 
 
 async def density(artifacts: Path, ready: Path, instances: int, models: int, capacity_bytes: int) -> None:
     """A local mesh with ``models`` registered models over the ONNX files in ``artifacts`` (round robin)."""
-    import psutil
-
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
 
     files = sorted(artifacts.glob("*/model.onnx"))
@@ -128,8 +126,7 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _memory_reading, probe)
         _write_ready(ready, ({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],
                                      "rest": [i.endpoints.rest for i in local.instances if i.endpoints],
-                                     "pid": os.getpid(), "rss": psutil.Process().memory_info().rss,
-                                     "memory": str(probe)}))
+                                     "pid": os.getpid(), "memory": str(probe)}))
         await _wait_signal()
         await local.stop()
 
@@ -157,9 +154,8 @@ async def _wait_signal() -> None:
 
 
 def main() -> None:
-    from runtime_adapters import (
-        run_event_loop,  # the loop modelmux serve runs on, for every server here
-    )
+    # every server here runs on the loop modelmux serve runs on
+    from runtime_adapters import run_event_loop
 
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["bare", "mesh", "density"])

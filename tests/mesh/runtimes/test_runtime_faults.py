@@ -209,13 +209,17 @@ async def test_a_call_whose_runtime_is_torn_down_under_it_is_lost_not_cancelled(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     done: list[str] = []
-    try:
-        client = RuntimeClient(f"127.0.0.1:{port}")
-        copy = RuntimeCopy(
-            ModelSpec("m", "hostile"), 1, ModelMetadata("m", "", (), (), ()), client, runtime_name="rt0",
+
+    def copy_on(client: RuntimeClient, mid: str) -> RuntimeCopy:
+        return RuntimeCopy(
+            ModelSpec(mid, "hostile"), 1, ModelMetadata(mid, "", (), (), ()), client, runtime_name="rt0",
             call_timeout_s=30, default_timeout_s=30, on_call=lambda mid: None,
             on_done=lambda mid, lost: done.append(f"{mid}:{lost}"), on_unload=lambda c: None,
         )
+
+    try:
+        client = RuntimeClient(f"127.0.0.1:{port}")
+        copy = copy_on(client, "m")
         call = asyncio.create_task(copy.infer_bytes(b"", 30))
         await asyncio.wait_for(entered.wait(), 30)
         copy.mark_lost("runtime crashed (exit code 9)")  # what the supervisor's teardown does, in its order
@@ -225,11 +229,7 @@ async def test_a_call_whose_runtime_is_torn_down_under_it_is_lost_not_cancelled(
         assert done == ["m:True"]
         # the caller's own cancellation is still a cancellation
         client2 = RuntimeClient(f"127.0.0.1:{port}")
-        copy2 = RuntimeCopy(
-            ModelSpec("m2", "hostile"), 1, ModelMetadata("m2", "", (), (), ()), client2, runtime_name="rt0",
-            call_timeout_s=30, default_timeout_s=30, on_call=lambda mid: None,
-            on_done=lambda mid, lost: done.append(f"{mid}:{lost}"), on_unload=lambda c: None,
-        )
+        copy2 = copy_on(client2, "m2")
         entered.clear()
         call = asyncio.create_task(copy2.infer_bytes(b"", 30))
         await asyncio.wait_for(entered.wait(), 30)

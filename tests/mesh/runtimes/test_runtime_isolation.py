@@ -66,19 +66,24 @@ async def test_worker_runs_unprivileged_with_a_scrubbed_environment(hostile_env:
     assert os.environ["MODELMUX_STORE_PASSWORD"] == SECRET  # the instance itself is unchanged
 
 
+def _hide_setpriv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without util-linux's setpriv."""
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k))
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged user is used only when the instance is root")
 @pytest.mark.parametrize(("loop", "setpriv"), [("uvloop", True), ("asyncio", True), ("asyncio", False)])
 def test_worker_takes_the_runtime_users_ids_on_either_loop(loop: str, setpriv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A serving process runs on uvloop by default, whose subprocess_exec cannot switch users:
     util-linux's setpriv does it (uid, gid, no supplementary groups) on any loop; without setpriv,
     asyncio's loop does it itself."""
-    import shutil
-
     from runtime_adapters import run_event_loop
 
     if not setpriv:
-        which = shutil.which
-        monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k))
+        _hide_setpriv(monkeypatch)
 
     async def worker_status() -> str:
         sup = RuntimeSupervisor(RuntimeSettings(count=1, worker_module=HOSTILE_WORKER, isolated_types=("pytorch",), start_workers="at_start"))
@@ -104,8 +109,7 @@ def test_on_uvloop_without_setpriv_a_worker_refuses_to_start_as_root(tmp_path: P
     from mesh._runtimes._process import WorkerProcess
     from runtime_adapters import run_event_loop
 
-    which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k))
+    _hide_setpriv(monkeypatch)
     worker = WorkerProcess("rt0", module=HOSTILE_WORKER, env={}, memory_limit_bytes=0, user="nobody", start_timeout_s=30)
 
     async def start() -> None:
