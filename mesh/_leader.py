@@ -62,6 +62,14 @@ DECISION_LOG_SIZE = 2000  # decision records kept in the store (each one applied
 _TRIM_BATCH = 25  # the log is trimmed once this many records over its size (bounded ops per transaction)
 
 
+def _logged_action(kind: str, model_id: str, instance_id: str, reason: str, room_for: str = "") -> dict[str, str]:
+    """One action as the decision log keeps it; ``room_for`` only on evictions that made room for a model."""
+    out = {"kind": kind, "model_id": model_id, "instance_id": instance_id, "reason": reason}
+    if room_for:
+        out["room_for"] = room_for
+    return out
+
+
 class Leader:
     def __init__(
         self,
@@ -235,11 +243,12 @@ class Leader:
             if removed and mid in self.state.models.items:
                 usage[mid] = list(self._views.remembered_after(mid, removed))
         log_compares, log_ops = self._decision_log(
-            [(a.kind, a.model_id, a.instance_id, a.reason) for a in actions], now, usage
+            [(a.kind, a.model_id, a.instance_id, a.reason, a.room_for) for a in actions], now, usage
         )
         ok, revision = await self.store.txn([*compares, *log_compares], [*ops, *log_ops])
         self._logged(ok and bool(log_ops))
         if ok:
+            self._views.note_applied(actions, now)
             for a in actions:
                 self.metrics.decisions.labels(a.kind, a.reason.split(":", 1)[0].split(" ", 1)[0][:40]).inc()
                 log.info("placement: %s %s on %s (%s)", a.kind, a.model_id, a.instance_id, a.reason)
@@ -255,9 +264,10 @@ class Leader:
     _next_seq = 0  # next decision-log sequence number; 0: derive it from the mirror
 
     def _decision_log(
-        self, actions: Sequence[tuple[str, str, str, str]], now: float, usage: dict[str, list[float]] | None = None
+        self, actions: Sequence[tuple[str, ...]], now: float, usage: dict[str, list[float]] | None = None
     ) -> tuple[list[Compare], list[Put | Delete]]:
-        """The store ops that log a decision (kind, model, instance, reason per action) and trim the log.
+        """The store ops that log a decision (kind, model, instance, reason and, on an eviction that
+        makes room for a model, ``room_for`` per action) and trim the log.
 
         ``usage``: per model whose copies the decision removes, what the history will hold for it
         (placement.Remembered as a list), for a later leader to rebuild the history from.
@@ -276,7 +286,7 @@ class Leader:
             seq=self._next_seq,
             at=now,
             leader=self.instance_id,
-            actions=tuple({"kind": k, "model_id": m, "instance_id": i, "reason": r} for k, m, i, r in actions),
+            actions=tuple(_logged_action(*a) for a in actions),
             usage=usage or {},
         )
         ops: list[Put | Delete] = [Put(key, encode(record))]

@@ -34,9 +34,11 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from placement import (
+    Action,
     BasePolicy,
     ClusterView,
     CopyView,
+    EvictionMemory,
     InstanceView,
     ModelView,
     PlacementIndex,
@@ -101,6 +103,8 @@ class PlacementViewBuilder:
         self._type_of: dict[str, str] = {}
         # traffic of copies that are gone, their last load time and size (see the module doc)
         self._history = UsageHistory(history_max_models)
+        # which model each recent eviction made room for (the policy's swap guard), from the decisions
+        self._evictions = EvictionMemory(policy.settings.swap_guard_s)
         self._dirty: set[str] = set()
         self._all_dirty = True
         # the request that missed, per model, until a copy reports serving traffic after it
@@ -130,6 +134,7 @@ class PlacementViewBuilder:
         for d in (self._contrib, self._used, self._loading, self._samples, self._ratios, self._unmeasured, self._type_of):
             d.clear()
         self._history.clear()
+        self._evictions.clear()
         self._missed.clear()
         self._samples_changed.clear()
         self._dirty.clear()
@@ -175,14 +180,23 @@ class PlacementViewBuilder:
             self._history.fold(mid, usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
 
     def _rebuild_history(self) -> None:
-        """The history as the decision log left it: per model, its newest record that carries it."""
+        """The history as the decision log left it: per model, its newest record that carries it;
+        and the recent evictions with the model each made room for."""
         self._history.clear()
+        self._evictions.clear()
         models = self.state.models.items
         for rec in sorted(self.state.decisions.items.values(), key=lambda r: r.seq):
             for mid, values in rec.usage.items():
                 if mid in models and len(values) == 4:
                     last_used, rate, load_time_s, size = values
                     self._history.put(mid, Remembered(last_used, rate, load_time_s, int(size)))
+            for a in rec.actions:
+                if a.get("kind") == "unload" and a.get("room_for"):
+                    self._evictions.note(a["model_id"], a["room_for"], rec.at)
+
+    def note_applied(self, actions: Iterable[Action], at: float) -> None:
+        """The leader applied ``actions`` at ``at``: remember the evictions among them (the swap guard)."""
+        self._evictions.note_actions(actions, at)
 
     def remembered_after(self, mid: str, removed: Iterable[str]) -> Remembered:
         """What the history will hold for ``mid`` once its copies on ``removed`` are gone (for the log)."""
@@ -348,7 +362,7 @@ class PlacementViewBuilder:
         }
         return ClusterView(
             now=self.clock(), instances=instances, models=self._models_view, quotas=quotas or {}, index=self._index,
-            rate_window_s=self.rate_window_s,
+            rate_window_s=self.rate_window_s, evicted_for=self._evictions.recent,
         )
 
     def size_of(self, mid: str) -> int:

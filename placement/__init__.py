@@ -27,6 +27,7 @@ from ._errors import (
     PlacementError,
     QuotaExceeded,
 )
+from ._evictions import EvictionMemory
 from ._families import FAMILIES, FamilySpec, family, family_spec, generate_family
 from ._index import PlacementIndex
 from ._policy import BasePolicy, LruPolicy, Policy
@@ -58,6 +59,7 @@ __all__ = [
     "BasePolicy",
     "ClusterView",
     "CopyView",
+    "EvictionMemory",
     "FamilySpec",
     "Ghost",
     "InstanceView",

@@ -32,6 +32,8 @@ class PolicyCore:
     """fair eviction between tenants"""
     residency: ClassVar[bool] = True
     """protect copies younger than min_residency_s (second pass only)"""
+    swap_guard: ClassVar[bool] = True
+    """a miss does not evict a model it was just evicted for (ClusterView.evicted_for), unless nothing else makes room"""
 
     def __init__(self, settings: PolicySettings, seed: int = 0) -> None:
         self.settings = settings
@@ -123,6 +125,9 @@ class PolicyCore:
 
     def young_margin(self) -> float:
         """How much further (in key) a scan looks for old victims once young ones would do."""
+        return _INF
+    def swap_margin(self) -> float:
+        """Key offset of a copy whose model the miss's model was just evicted for (infinite: last resort)."""
         return _INF
     def fair_margin(self) -> float:
         """Key offset of other tenants' copies for a tenant over its share (in the units of the key)."""

@@ -83,12 +83,17 @@ class Placing(VictimSelection):
             return None
         if idx is None:  # only now: a view without an index pays for building one only when it must evict
             idx = self.index_for(view)
-        found = self._find_victims(view, plan, idx, m, needs, key_limit, max_tier)
+        guarded = self._guarded(view, m)
+        found = self._find_victims(view, plan, idx, m, needs, key_limit, max_tier, guarded)
         if found is None:
             return None
         iid, victims = found
         for vm in victims:
-            plan.unload(vm, iid, f"evict: room for {m.model_id} on {iid} ({self._victim_detail(vm, now)})")
+            detail = self._victim_detail(vm, now)
+            swapped = guarded.get(vm.model_id) if guarded else None
+            if swapped is not None:
+                detail += self._swap_detail(m, swapped, now)
+            plan.unload(vm, iid, f"evict: room for {m.model_id} on {iid} ({detail})", m.model_id)
         plan.load(m, iid, f"{word}: {why}; on {iid} after {len(victims)} eviction(s)")
         return iid
 

@@ -58,11 +58,11 @@ class Plan:
         self._tenant[m.tenant] = self._tenant.get(m.tenant, 0) + m.size_bytes
         self.actions.append(Action("load", m.model_id, iid, reason))
 
-    def unload(self, m: ModelView, iid: str, reason: str) -> None:
+    def unload(self, m: ModelView, iid: str, reason: str, room_for: str = "") -> None:
         self._removed.setdefault(m.model_id, set()).add(iid)
         self._used[iid] = self._used.get(iid, 0) - m.size_bytes
         c = m.copy_on(iid)
         if c is None or c.state == "loading":
             self._loading[iid] = self._loading.get(iid, 0) - 1
         self._tenant[m.tenant] = self._tenant.get(m.tenant, 0) - m.size_bytes
-        self.actions.append(Action("unload", m.model_id, iid, reason))
+        self.actions.append(Action("unload", m.model_id, iid, reason, room_for))

@@ -96,6 +96,7 @@ class Policy(BasePolicy):
         self._floor = settings.value_floor
         self._young = math.log(settings.young_eviction_penalty)
         self._fair = math.log(settings.fair_eviction_penalty)
+        self._swap = math.log(settings.swap_guard_penalty)
 
     def evict_key(self, m: ModelView) -> float | None:
         if m.pinned:
@@ -124,6 +125,9 @@ class Policy(BasePolicy):
     def fair_margin(self) -> float:
         return self._fair
 
+    def swap_margin(self) -> float:
+        return self._swap
+
 
 class LruPolicy(BasePolicy):
     """Baseline, as ModelMesh does it: place where most free, evict the least recently used copies.
@@ -136,6 +140,7 @@ class LruPolicy(BasePolicy):
     rate_copies = False
     fair = False
     residency = False
+    swap_guard = False
 
     def evict_key(self, m: ModelView) -> float | None:
         return None if m.pinned else m.last_used

@@ -39,6 +39,16 @@ class PolicySettings(BaseSettings):
         ge=0,
         description="a copy younger than this is evicted only when nothing older can make room",
     )
+    swap_guard_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="for this long after a model was evicted for another, a miss of it weighs the other's copies more (0: off)",
+    )
+    swap_guard_penalty: float = Field(
+        default=4.0,
+        ge=1,
+        description="a miss evicts a model it was evicted for within swap_guard_s only if other victims would cost this factor more",
+    )
     replica_eviction_discount: float = Field(
         default=0.25,
         gt=0,

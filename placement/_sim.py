@@ -28,6 +28,7 @@ import numpy as np
 
 from ._adaptive import AdaptivePolicy
 from ._errors import PlacementError
+from ._evictions import EvictionMemory
 from ._index import PlacementIndex
 from ._policy import BasePolicy, LruPolicy, Policy
 from ._settings import PolicySettings
@@ -63,6 +64,7 @@ class OraclePolicy(BasePolicy):
     rate_copies = False
     fair = False
     residency = False
+    swap_guard = False
 
     def __init__(self, settings: PolicySettings, next_use: Mapping[str, float], seed: int = 0) -> None:
         super().__init__(settings, seed)
@@ -88,6 +90,7 @@ class RateOraclePolicy(BasePolicy):
     rate_copies = False
     fair = False
     residency = False
+    swap_guard = False
 
     def __init__(
         self, settings: PolicySettings, trace: Trace, seed: int = 0, *, window_s: float = 0.0
@@ -150,11 +153,13 @@ class VirtualCluster:
         """loads of a model within ``quick_reload_s`` of its last eviction (load/evict ping-pong)"""
         self.quick_reload_s = 300.0
         self._evicted_at: dict[str, float] = {}
+        self.evictions = EvictionMemory(policy.settings.swap_guard_s)
+        """which model each recent eviction made room for (``ClusterView.evicted_for``)"""
 
     def view(self, now: float) -> ClusterView:
         return ClusterView(
             now=now, instances=self.instances, models=self.models, quotas=self.quotas, index=self.index,
-            rate_window_s=self.rate_window_s,
+            rate_window_s=self.rate_window_s, evicted_for=self.evictions.recent,
         )
 
     def _set(self, m: ModelView) -> None:
@@ -216,6 +221,8 @@ class VirtualCluster:
                 assigned = m.assigned - {a.instance_id}
                 self.unloads += 1
                 self._evicted_at[a.model_id] = now
+                if a.room_for:
+                    self.evictions.note(a.model_id, a.room_for, now)
             self._set(
                 ModelView(
                     m.model_id, m.size_bytes, True, m.tenant, copies, assigned, m.last_used, m.rate_rpm,

@@ -120,6 +120,11 @@ class ClusterView:
     ``rate_window_s`` is the time constant of the models' ``rate_rpm`` (the
     :class:`~placement.Usage` estimator, a rate as of ``last_used``): a tick decays each rate
     to ``now`` with it before deciding copies by rate. 0: rates are read as they are.
+
+    ``evicted_for``: per model evicted lately, the models those evictions made room for and
+    when (a :class:`~placement.EvictionMemory` the producer keeps from the decisions it
+    applied). A miss of ``a`` does not evict ``b`` for it when ``a`` was evicted for ``b``
+    within ``swap_guard_s``, unless nothing else makes room (no load/evict ping-pong).
     """
 
     now: float
@@ -128,6 +133,7 @@ class ClusterView:
     quotas: Mapping[str, TenantQuota] = field(default_factory=dict)
     index: PlacementIndex | None = field(default=None, compare=False, repr=False)
     rate_window_s: float = 0.0
+    evicted_for: Mapping[str, Mapping[str, float]] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -135,13 +141,15 @@ class Action:
     """Load (add ``instance_id`` to the model's assignments) or unload (remove it).
 
     ``reason`` starts with a short machine word (``miss``, ``evict``, ``scale_out`` ...),
-    then ``": "`` and a human detail.
+    then ``": "`` and a human detail. ``room_for``: on an eviction a miss or another copy
+    asked for, the model it makes room for ("" otherwise).
     """
 
     kind: ActionKind
     model_id: str
     instance_id: str
     reason: str
+    room_for: str = ""
 
     @property
     def reason_word(self) -> str:

@@ -11,12 +11,14 @@ tenant's own cheapest copies.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import heapq
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ._core import PolicyCore
 from ._errors import QuotaExceeded
 from ._index import PlacementIndex
+from ._plan import INF as _INF
 from ._plan import Plan, fmt_bytes
 from ._types import ClusterView, ModelView
 
@@ -111,18 +113,19 @@ class VictimSelection(PolicyCore):
         needs: dict[str, int],
         key_limit: float,
         max_tier: int,
+        guarded: Mapping[str, float] | None = None,
     ) -> tuple[str, list[ModelView]] | None:
         """The instance whose cheapest evictable copies cover its shortfall first, in key order, and those copies.
 
         Other tenants' copies may weigh more (fair eviction, :meth:`_fair_offsets`). The
         read covers a shortlist of instances first (smallest shortfall, cheapest head),
-        then all of them.
+        then all of them. Copies of ``guarded`` models (:meth:`_guarded`) weigh more.
         """
         offsets = self._fair_offsets(view, plan, idx, m)
         short = self._shortlist(idx, needs, None)
         passes = [short, None] if short is not None else [None]
         for instances in passes:
-            found = self._scan_victims(view, plan, idx, needs, offsets, instances, key_limit, max_tier >= 1)
+            found = self._scan_victims(view, plan, idx, needs, offsets, instances, key_limit, max_tier >= 1, guarded=guarded)
             if found is not None:
                 return found
         if max_tier >= 1 and any(vm.awaiting for vm in view.models.values()):  # nothing else anywhere: awaited copies too
@@ -131,6 +134,28 @@ class VictimSelection(PolicyCore):
                 if found is not None:
                     return found
         return None
+
+    def _guarded(self, view: ClusterView, m: ModelView) -> dict[str, float] | None:
+        """The models ``m`` was evicted for within ``swap_guard_s`` (and when), or None.
+
+        Evicting one of them for ``m`` would reverse a swap just made: the two would take turns
+        evicting each other (load/evict ping-pong), so a miss of ``m`` counts their copies at
+        ``swap_guard_penalty`` times their value (:meth:`swap_margin`)."""
+        if not self.swap_guard:
+            return None
+        seen = view.evicted_for.get(m.model_id) if view.evicted_for else None
+        if not seen:
+            return None
+        cutoff = view.now - self.settings.swap_guard_s
+        out = {b: t for b, t in seen.items() if t >= cutoff}
+        return out or None
+
+    def _swap_detail(self, m: ModelView, swapped_at: float, now: float) -> str:
+        """What an eviction's reason adds when the victim is a model ``m`` was evicted for lately."""
+        bound = "nothing else makes room" if self.swap_margin() == _INF else (
+            f"no other victim within {self.settings.swap_guard_penalty:g}x its value"
+        )
+        return f"; {m.model_id} was evicted for it {now - swapped_at:.0f}s ago, {bound}"
 
     def _shortlist(self, idx: PlacementIndex, needs: dict[str, int], tenants: Collection[str] | None) -> list[str] | None:
         d = self.settings.eviction_shortlist
@@ -155,9 +180,14 @@ class VictimSelection(PolicyCore):
         key_limit: float,
         allow_young: bool,
         allow_awaited: bool = False,
+        guarded: Mapping[str, float] | None = None,
     ) -> tuple[str, list[ModelView]] | None:
         """One ordered read: the first instance covered by old copies, else by any (copies of an
         awaited model, tier 2, only when ``allow_awaited``, and then as young ones).
+
+        Copies of ``guarded`` models (:meth:`_guarded`) are read as if their key were
+        :meth:`swap_margin` higher (``swap_guard_penalty`` times their value): another copy
+        goes instead unless it is worth that much more; with nothing else, they still go.
 
         Once young copies would cover an instance, the read goes on for old ones only within
         :meth:`young_margin` of that key and for as many entries again as it has read (at
@@ -178,6 +208,30 @@ class VictimSelection(PolicyCore):
         stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
         read = 0
         limit = -1  # once young copies would do: the read stops after this many entries (for an old alternative)
+        # copies of guarded models, put off: (order + swap margin, read, instance, model, tier, size)
+        deferred: list[tuple[float, int, str, ModelView, int, int]] = []
+        swap_margin = self.swap_margin() if guarded else 0.0
+
+        def take(iid: str, vm: ModelView, tier: int, size: int, order: float) -> tuple[str, list[ModelView]] | None:
+            """Count a put-off copy as read at ``order`` (the loop below does the same inline)."""
+            nonlocal fallback, stop, limit
+            st = acc.get(iid)
+            if st is None:
+                st = acc[iid] = [0, [], 0, []]
+            if tier == 0:
+                st[1].append(vm)
+                st[0] += size
+                if st[0] >= needs[iid]:
+                    return iid, st[1]
+            if allow_young and fallback is None:
+                st[3].append(vm)
+                st[2] += size
+                if st[2] >= needs[iid]:
+                    fallback = iid, st[3]
+                    stop = min(stop, order + self.young_margin())
+                    limit = read + max(read, 16)
+            return None
+
         with idx.scan(None, instances, offsets) as scan:
             for order, e, tenant, _, rec in scan.raw():
                 if order >= stop or read == limit:
@@ -226,6 +280,13 @@ class VictimSelection(PolicyCore):
                     if not allow_awaited:
                         continue
                     tier = 1
+                if guarded is not None and mid in guarded:  # read again later, as if its key were swap_margin higher
+                    heapq.heappush(deferred, (order + swap_margin, read, iid, vm, tier, size))
+                    continue
+                while deferred and deferred[0][0] <= order:
+                    _, _, d_iid, d_vm, d_tier, d_size = heapq.heappop(deferred)
+                    if (found := take(d_iid, d_vm, d_tier, d_size, order)) is not None:
+                        return found
                 st = acc.get(iid)
                 if st is None:
                     st = acc[iid] = [0, [], 0, []]
@@ -241,6 +302,13 @@ class VictimSelection(PolicyCore):
                         fallback = iid, st[3]
                         stop = min(stop, order + self.young_margin())
                         limit = read + max(read, 16)
+        # the guarded copies not read yet: within the read's bound, or all of them when nothing else made room
+        while deferred:
+            eff, _, d_iid, d_vm, d_tier, d_size = heapq.heappop(deferred)
+            if fallback is not None and eff >= stop:
+                break
+            if (found := take(d_iid, d_vm, d_tier, d_size, eff)) is not None:
+                return found
         return fallback
 
     def _evict_tenant(

@@ -258,7 +258,10 @@ async def test_a_new_leader_rebuilds_the_history_and_decides_as_the_old_one_woul
         await live.replay(clock, 0, half)
         old = live.nodes[0].leader
         before = old.view()
-        snapshot = replace(before, models=dict(before.models), index=None)  # the old leader's view outlives it
+        # the old leader's view outlives it
+        snapshot = replace(before, models=dict(before.models), index=None,
+                           evicted_for={mid: dict(seen) for mid, seen in before.evicted_for.items()})
+        assert snapshot.evicted_for, "recent evictions for the swap guard"
         gone = {mid: mv for mid, mv in snapshot.models.items() if not mv.assigned and mv.last_used > 0}
         assert len(gone) >= 5, "evicted models with history"
         remembered = {mid: old._views.remembered(mid) for mid in gone}
@@ -276,6 +279,8 @@ async def test_a_new_leader_rebuilds_the_history_and_decides_as_the_old_one_woul
             # leader knew nothing of would show last use 0, rate 0, a 1 s reload and its predicted size)
             assert after.models[mid] == mv, mid
             assert new._views.remembered(mid) == remembered[mid], mid
+        # and the evictions of the last swap_guard_s with the model each made room for (from the log)
+        assert {mid: dict(seen) for mid, seen in after.evicted_for.items()} == snapshot.evicted_for
         clock.now = float(trace.times[nxt])
         probe = trace.names[int(trace.models[nxt])]
         decided = new.policy.on_miss(new.view(), probe)

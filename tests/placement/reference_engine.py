@@ -11,7 +11,7 @@ that every decision is the same: the optimised code may only be faster, never di
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from placement import BasePolicy, ClusterView, ModelView, PlacementIndex
@@ -156,12 +156,16 @@ class _Reference(BasePolicy):
             return None
         if idx is None:  # only now: a view without an index pays for building one only when it must evict
             idx = self.index_for(view)
-        found = self._find_victims(view, plan, idx, m, needs, key_limit, max_tier)
+        guarded = self._guarded(view, m)
+        found = self._find_victims(view, plan, idx, m, needs, key_limit, max_tier, guarded)
         if found is None:
             return None
         iid, victims = found
         for vm in victims:
-            plan.unload(vm, iid, f"evict: room for {m.model_id} on {iid} ({self._victim_detail(vm, now)})")
+            detail = self._victim_detail(vm, now)
+            if guarded and vm.model_id in guarded:
+                detail += self._swap_detail(m, guarded[vm.model_id], now)
+            plan.unload(vm, iid, f"evict: room for {m.model_id} on {iid} ({detail})", m.model_id)
         plan.load(m, iid, f"{word}: {why}; on {iid} after {len(victims)} eviction(s)")
         return iid
 
@@ -208,8 +212,12 @@ class _Reference(BasePolicy):
         instances: list[str] | None,
         key_limit: float,
         allow_young: bool,
+        allow_awaited: bool = False,
+        guarded: Mapping[str, float] | None = None,
     ) -> tuple[str, list[ModelView]] | None:
-        """One ordered read: the first instance covered by old copies, else by any.
+        """One ordered read: the first instance covered by old copies, else by any (awaited copies
+        only with ``allow_awaited``, as young ones; ``guarded`` models' copies read at their order
+        plus :meth:`swap_margin`).
 
         Once young copies would cover an instance, the read goes on for old ones only within
         :meth:`young_margin` of that key and for as many entries again as it has read (at
@@ -226,6 +234,28 @@ class _Reference(BasePolicy):
         stop = key_limit + max_off  # in scan order; past it no victim's own key is below key_limit
         read = 0
         budget = -1  # entries left to read for an old alternative once young copies would do
+        put_off: list[tuple[float, int, Candidate, ModelView, int]] = []  # guarded copies: (order + margin, seq, ...)
+
+        def count(c: Candidate, vm: ModelView, tier: int, order: float) -> tuple[str, list[ModelView]] | None:
+            nonlocal fallback, stop, budget
+            iid = c.instance_id
+            need = needs[iid]
+            if tier == 0:
+                lst = old.setdefault(iid, [])
+                lst.append(vm)
+                total = acc0[iid] = acc0.get(iid, 0) + vm.size_bytes
+                if total >= need:
+                    return iid, lst
+            if allow_young and fallback is None:
+                lst = any_.setdefault(iid, [])
+                lst.append(vm)
+                total = acc1[iid] = acc1.get(iid, 0) + vm.size_bytes
+                if total >= need:
+                    fallback = iid, lst
+                    stop = min(stop, order + self.young_margin())
+                    budget = max(read, 16)
+            return None
+
         with _old_scan(idx, instances, offsets) as scan:
             for c in _old_iter(scan):
                 if c.order >= stop or budget == 0:
@@ -244,20 +274,28 @@ class _Reference(BasePolicy):
                 tier = self._victim_tier(view, plan, vm, iid)
                 if tier is None:
                     continue
-                if tier == 0:
-                    lst = old.setdefault(iid, [])
-                    lst.append(vm)
-                    total = acc0[iid] = acc0.get(iid, 0) + vm.size_bytes
-                    if total >= need:
-                        return iid, lst
-                if allow_young and fallback is None:
-                    lst = any_.setdefault(iid, [])
-                    lst.append(vm)
-                    total = acc1[iid] = acc1.get(iid, 0) + vm.size_bytes
-                    if total >= need:
-                        fallback = iid, lst
-                        stop = min(stop, c.order + self.young_margin())
-                        budget = max(read, 16)
+                if tier == 2:
+                    if not allow_awaited:
+                        continue
+                    tier = 1
+                if guarded and c.model_id in guarded:
+                    put_off.append((c.order + self.swap_margin(), read, c, vm, tier))
+                    put_off.sort(key=lambda p: (p[0], p[1]))
+                    continue
+                while put_off and put_off[0][0] <= c.order:
+                    _, _, pc, pvm, ptier = put_off.pop(0)
+                    found = count(pc, pvm, ptier, c.order)
+                    if found is not None:
+                        return found
+                found = count(c, vm, tier, c.order)
+                if found is not None:
+                    return found
+        for eff, _, pc, pvm, ptier in put_off:
+            if fallback is not None and eff >= stop:
+                break
+            found = count(pc, pvm, ptier, eff)
+            if found is not None:
+                return found
         return fallback
 
 

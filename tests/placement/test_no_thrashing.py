@@ -12,7 +12,17 @@ from dataclasses import replace
 
 import pytest
 
-from placement import LruPolicy, Policy, PolicySettings
+from placement import (
+    Action,
+    AdaptivePolicy,
+    ClusterView,
+    LruPolicy,
+    Policy,
+    PolicySettings,
+    TraceSpec,
+    generate,
+    simulate,
+)
 from tests.placement.placement_views import GB, apply, model, view
 
 POLICIES = [pytest.param(Policy(PolicySettings(min_residency_s=60)), id="ours"), pytest.param(LruPolicy(PolicySettings(min_residency_s=60)), id="lru")]
@@ -96,3 +106,88 @@ def test_a_copy_a_request_awaits_goes_last(policy: Policy) -> None:
     # nothing else can make room (the other copy is pinned): the awaited copy goes, the miss is placed
     acts = policy.on_miss(view(now, {"a": 2 * GB, "b": 2 * GB}, [fresh, replace(older, pinned=True), model("new", 2 * GB)]), "new")
     assert _kinds(acts) == [("load", "new", "a"), ("unload", "fresh", "a")]
+
+
+GUARDED = [
+    pytest.param(Policy(PolicySettings(min_residency_s=60)), id="ours"),
+    pytest.param(AdaptivePolicy(PolicySettings(min_residency_s=60)), id="adaptive"),
+]
+
+
+def _swap_view(now: float, other_rpm: float, *, swapped_at: float | None) -> ClusterView:
+    """Instance a holds ``b`` (1 rpm) and ``c`` (``other_rpm``), both old and just used; ``a`` misses.
+    ``swapped_at``: when ``a`` was evicted to make room for ``b`` (None: never)."""
+    ms = [
+        model("b", GB, ["a"], last_used=now - 1, rate_rpm=1, load_time_s=5, since=now - 3600),
+        model("c", GB, ["a"], last_used=now - 1, rate_rpm=other_rpm, load_time_s=5, since=now - 3600),
+        model("a", GB, last_used=now - 10, rate_rpm=1, load_time_s=5),
+    ]
+    v = view(now, {"a": 2 * GB}, ms)
+    return v if swapped_at is None else replace(v, evicted_for={"a": {"b": swapped_at}})
+
+
+@pytest.mark.parametrize("policy", GUARDED)
+def test_a_miss_does_not_evict_the_model_it_was_just_evicted_for(policy: Policy) -> None:
+    """``a`` was evicted for ``b`` 5 s ago; now ``a`` misses: ``b`` is the cheapest copy, yet ``c``
+    (worth 2x ``b``, within the 4x guard) goes instead, so the pair does not take turns."""
+    now = 50_000.0
+    assert _kinds(policy.on_miss(_swap_view(now, 2, swapped_at=None), "a")) == [("load", "a", "a"), ("unload", "b", "a")]
+    acts = policy.on_miss(_swap_view(now, 2, swapped_at=now - 5), "a")
+    assert _kinds(acts) == [("load", "a", "a"), ("unload", "c", "a")]
+    assert [a.room_for for a in acts if a.kind == "unload"] == ["a"]
+    # the guard lasts swap_guard_s (60 s): a swap 61 s ago no longer counts
+    assert _kinds(policy.on_miss(_swap_view(now, 2, swapped_at=now - 61), "a")) == [("load", "a", "a"), ("unload", "b", "a")]
+
+
+@pytest.mark.parametrize("policy", GUARDED)
+def test_the_guard_gives_way_to_a_much_more_valuable_copy(policy: Policy) -> None:
+    """When the only other victim is worth more than swap_guard_penalty (4x) ``b``, ``b`` goes after
+    all (a hot copy is not sacrificed to a cold pair), and the reason says why."""
+    now = 50_000.0
+    acts = policy.on_miss(_swap_view(now, 8, swapped_at=now - 5), "a")
+    assert _kinds(acts) == [("load", "a", "a"), ("unload", "b", "a")]
+    (unload,) = [a for a in acts if a.kind == "unload"]
+    assert "a was evicted for it 5s ago, no other victim within 4x its value" in unload.reason
+
+
+def test_lru_has_no_guard() -> None:
+    """The baseline evicts the least recently used copy whatever it was evicted for (ModelMesh's way)."""
+    now = 50_000.0
+    lru = LruPolicy(PolicySettings())
+    v = _swap_view(now, 2, swapped_at=now - 5)
+    ms = dict(v.models)
+    ms["b"] = replace(ms["b"], last_used=now - 2)  # b is the least recently used
+    acts = lru.on_miss(replace(v, models=ms), "a")
+    assert _kinds(acts) == [("load", "a", "a"), ("unload", "b", "a")]
+
+
+def _pairs(decisions: list[tuple[float, str | None, list[Action]]], window_s: float = 60.0) -> list[tuple[str, str]]:
+    """Pairs that evicted each other within ``window_s`` (as bench.bench_density counts them)."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for t, _, acts in decisions:
+        for a in acts:
+            if a.kind == "unload" and a.room_for:
+                times.setdefault((a.model_id, a.room_for), []).append(t)
+    return [
+        (a, b) for (a, b), ts in times.items()
+        if a < b and any(abs(x - y) <= window_s for x in ts for y in times.get((b, a), ()))
+    ]
+
+
+def test_a_churning_cluster_has_fewer_ping_pong_pairs_with_the_guard() -> None:
+    """Zipf traffic over 2,000 models at 20 requests/s, a tenth of the bytes fit: without the guard
+    pairs of models evict each other within a minute; with it (same trace) fewer, at no cost in hits."""
+    got: dict[float, list[int]] = {60.0: [], 0.0: []}
+    hits: dict[float, int] = {60.0: 0, 0.0: 0}
+    for seed in (2, 3):
+        tr = generate(TraceSpec(models=2000, requests=6000, rate_per_s=20, alpha=1.0, seed=seed))
+        for guard in got:
+            res = simulate(
+                tr, "ours", instances=3, capacity_bytes=int(tr.total_bytes * 0.1), rate_window_s=60,
+                settings=PolicySettings(swap_guard_s=guard, min_residency_s=60), record_decisions=True, time_decisions=False,
+            )
+            got[guard].append(len(_pairs(res.decisions)))
+            hits[guard] += res.hits
+    assert sum(got[0.0]) >= 5, got  # the trace makes pairs without the guard
+    assert got[60.0] == [0, 0], got
+    assert hits[60.0] >= 0.99 * hits[0.0], hits
