@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from placement import Usage
+from placement import PolicySettings, Usage
 from puller import Puller, StagedArtifact, StorageRef
 from runtime_adapters import (
     AdapterRegistry,
@@ -47,6 +47,8 @@ from ._tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 FIRST_USE_POLL_S = 0.05
+# the placement meter's window when neither the instance nor its settings name one: the policy's default horizon
+DEFAULT_USAGE_WINDOW_S: float = PolicySettings.model_fields["rate_tau_s"].default
 """how often copies just loaded are checked for their first served requests"""
 FIRST_USE_WAIT_S = 10.0
 """a copy loaded longer ago than this reports its traffic with the regular publish only"""
@@ -70,6 +72,7 @@ class LocalCopy:
     # the copy's traffic as placement meters it (placement.Usage, the simulator's estimator), fed at
     # each publish with the requests the router counted since the last one
     meter: Usage = field(default_factory=Usage)
+    recent: Usage = field(default_factory=Usage)  # the same requests over the short rate window (copies by rate)
     counted: int = 0  # the router's request count for the model already in ``meter``
 
 
@@ -107,8 +110,12 @@ class Agent:
         batching: BatchingSettings | None = None,
         runtimes: RuntimeSupervisor | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        usage_window_s: float | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # the placement meter's time constant (InstanceSettings.usage_window_s; the instance passes
+        # its policy's rate_tau_s when that is unset): what the leader merges the reports with
+        self.usage_window_s = usage_window_s or settings.usage_window_s or DEFAULT_USAGE_WINDOW_S
         # adaptive batching of loaded copies (built once by the instance; model options override it)
         self.batching = batching or BatchingSettings()
         self.runtimes = runtimes  # model types it handles load in runtime processes (issue 14)
@@ -274,7 +281,9 @@ class Agent:
         """
         st = self.router.usage.get(copy.model_id)
         if st is not None and st.count > copy.counted and st.last_used > 0:
-            copy.meter = copy.meter.record(st.last_used, self.settings.rate_window_s, st.count - copy.counted)
+            n = st.count - copy.counted
+            copy.meter = copy.meter.record(st.last_used, self.usage_window_s, n)
+            copy.recent = copy.recent.record(st.last_used, self.settings.rate_window_s, n)
             copy.counted = st.count
         return copy.meter
 
@@ -292,6 +301,7 @@ class Agent:
             last_used=st.last_used if st else 0.0,
             rpm=round(self._rpm(copy.model_id), 1),
             usage_rpm=meter.rate_rpm,
+            recent_rpm=copy.recent.rate_rpm,
             error=copy.error,
             failed_until=copy.failed_until,
         )

@@ -137,6 +137,9 @@ class Instance:
         self.management.caps = RegistrationCaps(settings.max_key_bytes, settings.max_record_bytes, settings.max_models_per_tenant)
         self.management.room.on_usage = lambda u: self.metrics.set_store_usage(u.used_bytes, u.quota_bytes)
         self._room_task: asyncio.Task[None] | None = None
+        # the placement meter's window: what the copies report and the leader merges with; the
+        # policy's own frequency horizon unless set (every instance of a cluster runs the same)
+        usage_window_s = settings.usage_window_s or self.policy.settings.rate_tau_s
         self.agent = Agent(
             settings,
             self.instance_id,
@@ -152,6 +155,7 @@ class Instance:
             clock=clock,
             metrics=self.metrics,
             batching=batching or BatchingSettings(),  # MODELMUX_BATCHING_*, read once per instance
+            usage_window_s=usage_window_s,
         )
         self.leader = Leader(
             self.instance_id,
@@ -165,6 +169,7 @@ class Instance:
             metrics=self.metrics,
             # the window the agents meter copies with: every instance of a cluster runs the same one
             rate_window_s=settings.rate_window_s,
+            usage_window_s=usage_window_s,
         )  # campaigns only with enable_scheduler
         self.endpoints: Endpoints | None = None
         self._grpc: grpc.aio.Server | None = None

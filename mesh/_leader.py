@@ -86,6 +86,7 @@ class Leader:
         metrics: Metrics | None = None,
         decision_log_size: int = DECISION_LOG_SIZE,
         rate_window_s: float = 60.0,
+        usage_window_s: float | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.decision_log_size = decision_log_size
@@ -104,7 +105,8 @@ class Leader:
         self._wake = asyncio.Event()
         self._unsubs: list[Callable[[], None]] = []
         self._views = PlacementViewBuilder(
-            state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock, rate_window_s=rate_window_s
+            state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock, rate_window_s=rate_window_s,
+            usage_window_s=usage_window_s,
         )
 
     async def start(self) -> None:

@@ -81,11 +81,15 @@ class PlacementViewBuilder:
         default_model_size_bytes: int,
         clock: Callable[[], float],
         rate_window_s: float = 60.0,
+        usage_window_s: float | None = None,
         history_max_models: int = 50_000,
     ) -> None:
         self.state = state
         self.policy = policy
-        self.rate_window_s = rate_window_s  # the instances' meter window (InstanceSettings.rate_window_s)
+        # the copies' placement meter (usage_rpm, what eviction values): the instances' usage window,
+        # the policy's frequency horizon by default, as the simulator meters
+        self.usage_window_s = usage_window_s or policy.settings.rate_tau_s
+        self.rate_window_s = rate_window_s  # the copies' short-window rate (recent_rpm, copies by rate)
         self.default_model_size_bytes = default_model_size_bytes
         self.clock = clock
         self._models: dict[str, ModelView] = {}
@@ -149,7 +153,7 @@ class PlacementViewBuilder:
         if pending is not None and pending.last_used >= at:
             return
         self._missed.pop(mid, None)
-        self._missed[mid] = Usage().record(at, self.rate_window_s)
+        self._missed[mid] = Usage().record(at, self.usage_window_s)
         while len(self._missed) > MAX_MISSED:
             del self._missed[next(iter(self._missed))]
         self._dirty.add(mid)
@@ -177,7 +181,7 @@ class PlacementViewBuilder:
     def _fold(self, mid: str, c: CopyRecord) -> None:
         usage, load_time_s, size = self._report(c)
         if usage.last_used > 0 or load_time_s or size:
-            self._history.fold(mid, usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
+            self._history.fold(mid, usage, self.usage_window_s, load_time_s=load_time_s, size_bytes=size)
 
     def _rebuild_history(self) -> None:
         """The history as the decision log left it: per model, its newest record that carries it;
@@ -206,7 +210,7 @@ class PlacementViewBuilder:
         for iid in removed:
             if (c := copies.get(iid)) is not None:
                 usage, load_time_s, size = self._report(c)
-                entry = entry.with_part(usage, self.rate_window_s, load_time_s=load_time_s, size_bytes=size)
+                entry = entry.with_part(usage, self.usage_window_s, load_time_s=load_time_s, size_bytes=size)
         return entry
 
     def remembered(self, mid: str) -> Remembered | None:
@@ -280,8 +284,10 @@ class PlacementViewBuilder:
                     size = self.default_model_size_bytes
             load_times = [c.load_time_s for c in copies.values() if c.load_time_s > 0]
             usage = seen.usage if seen is not None else Usage()
+            recent = Usage()
             for cr in copies.values():  # each copy meters the requests it served: merged, they are the model's
-                usage = usage.merge(Usage(cr.last_used, cr.usage_rpm), self.rate_window_s)
+                usage = usage.merge(Usage(cr.last_used, cr.usage_rpm), self.usage_window_s)
+                recent = recent.merge(Usage(cr.last_used, cr.recent_rpm), self.rate_window_s)
             missed = self._missed.get(mid)
             awaiting = False
             if missed is not None:
@@ -289,7 +295,7 @@ class PlacementViewBuilder:
                 if any(cr.last_used >= missed.last_used - MISS_CLOCK_SLACK_S for cr in copies.values()):
                     del self._missed[mid]
                 else:
-                    usage = usage.merge(missed, self.rate_window_s)
+                    usage = usage.merge(missed, self.usage_window_s)
                     awaiting = True  # the request that missed waits for this model's copy
             last_used = max(rec.last_used, usage.last_used)
             rate = usage.rate_rpm
@@ -314,6 +320,7 @@ class PlacementViewBuilder:
                 max_copies=rec.max_copies,
                 pinned=rec.pinned,
                 awaiting=awaiting,
+                recent_rpm=recent.rate_rpm,
             )
             self._models[mid] = mv
             self._index.update(mv)
@@ -362,7 +369,7 @@ class PlacementViewBuilder:
         }
         return ClusterView(
             now=self.clock(), instances=instances, models=self._models_view, quotas=quotas or {}, index=self._index,
-            rate_window_s=self.rate_window_s, evicted_for=self._evictions.recent,
+            rate_window_s=self.usage_window_s, recent_window_s=self.rate_window_s, evicted_for=self._evictions.recent,
         )
 
     def size_of(self, mid: str) -> int:

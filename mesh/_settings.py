@@ -34,6 +34,10 @@ class InstanceSettings(BaseSettings):
     store_connect_timeout_s: float = Field(default=60.0, ge=0)  # at start, retry an unreachable store this long
     publish_interval_s: float = 1.0  # coalescing window for instance / usage records
     rate_window_s: float = Field(default=60.0, gt=0)  # request rates (rpm, for copies by rate) are over this sliding window
+    # time constant of the placement meter (each copy's usage_rpm: the request count eviction values
+    # a model by). None: the placement policy's rate_tau_s, as the simulator meters. Every instance
+    # of a cluster must run the same (the leader merges the copies' reports with it).
+    usage_window_s: float | None = Field(default=None, gt=0)
     failure_ttl_s: float = 30.0  # a failed load blocks retries on that instance this long
     max_message_bytes: int = 64 * MiB  # larger requests: RESOURCE_EXHAUSTED / 413
     grpc_reflection: bool = True  # gRPC server reflection on the serving port (grpcurl list / describe)

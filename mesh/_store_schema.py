@@ -213,8 +213,11 @@ class CopyRecord:
     last_used: float = 0.0
     rpm: float = 0.0  # requests per minute now, over the instance's sliding rate window (dashboards)
     # the copy's traffic as placement values it: placement.Usage's rate at ``last_used`` (time constant
-    # the instances' rate_window_s), changed only by requests; the leader merges the copies' reports
+    # the instances' usage window: the policy's frequency horizon, hours), changed only by requests;
+    # the leader merges the copies' reports
     usage_rpm: float = 0.0
+    # the same estimator over the instances' rate_window_s (a minute): the rate ticks add copies by
+    recent_rpm: float = 0.0
     error: str = ""
     failed_until: float = 0.0
 

@@ -81,11 +81,8 @@ class PolicyCore:
         if len(a) > 1:
             return True
         s = self.settings
-        return (
-            m.rate_rpm >= s.second_copy_rpm
-            or m.rate_rpm > s.scale_out_rpm_per_copy
-            or m.inflight > s.scale_out_inflight_per_copy
-        )
+        rate = max(m.rate_rpm, m.recent_rpm)  # whichever the tick reads (ClusterView.recent_window_s)
+        return rate >= s.second_copy_rpm or rate > s.scale_out_rpm_per_copy or m.inflight > s.scale_out_inflight_per_copy
 
     def new_index(self) -> PlacementIndex:
         """An empty index in this policy's eviction order, for producers that keep one current."""

@@ -33,7 +33,8 @@ class Scaling(Placing):
         second: list[tuple[float, float, ModelView]] = []  # (-rate now, rate now, model)
         shrink: list[tuple[float, ModelView]] = []  # (rate now, model)
         models = view.models
-        window = view.rate_window_s
+        recent = view.recent_window_s > 0  # copies by the short-window rate (else the eviction meter's)
+        window = view.recent_window_s if recent else view.rate_window_s
         if idx.watch is not None:  # the watched models plus the holders of instances that are not live
             candidates: Collection[ModelView] = [
                 m for mid in idx.tick_candidates(live) if (m := models.get(mid)) is not None
@@ -65,7 +66,7 @@ class Scaling(Placing):
             if n_live == 0:
                 continue
             warm = now - m.last_used < s.cold_idle_s
-            rate = m.rate_rpm
+            rate = m.recent_rpm if recent else m.rate_rpm
             if window > 0 and now > m.last_used and rate > 0:
                 # the rate is as of the last use (placement.Usage): decayed to now, traffic that
                 # stopped lets extra copies go and asks for none

@@ -137,6 +137,7 @@ class VirtualCluster:
         *,
         quotas: Mapping[str, TenantQuota] | None = None,
         rate_window_s: float = 600.0,
+        recent_window_s: float = 0.0,
     ) -> None:
         self.policy = policy
         self.instances: dict[str, InstanceView] = {i.instance_id: i for i in instances}
@@ -144,6 +145,7 @@ class VirtualCluster:
         self.quotas: dict[str, TenantQuota] = dict(quotas or {})
         self.index: PlacementIndex = policy.build_index(self.models.values())
         self.rate_window_s = rate_window_s
+        self.recent_window_s = recent_window_s  # 0: ticks read rate_rpm (ClusterView.recent_window_s)
         self.loads = 0
         self.unloads = 0
         self.load_time_s = 0.0
@@ -159,7 +161,7 @@ class VirtualCluster:
     def view(self, now: float) -> ClusterView:
         return ClusterView(
             now=now, instances=self.instances, models=self.models, quotas=self.quotas, index=self.index,
-            rate_window_s=self.rate_window_s, evicted_for=self.evictions.recent,
+            rate_window_s=self.rate_window_s, recent_window_s=self.recent_window_s, evicted_for=self.evictions.recent,
         )
 
     def _set(self, m: ModelView) -> None:
@@ -170,9 +172,10 @@ class VirtualCluster:
         """Record one request at ``now``."""
         m = self.models[model_id]
         _, rate = Usage(m.last_used, m.rate_rpm).record(now, self.rate_window_s)
+        recent = Usage(m.last_used, m.recent_rpm).record(now, self.recent_window_s)[1] if self.recent_window_s else 0.0
         m = ModelView(
             m.model_id, m.size_bytes, m.size_measured, m.tenant, m.copies, m.assigned, now, rate,
-            m.inflight, m.load_time_s, m.failures, m.min_copies, m.max_copies, m.pinned,
+            m.inflight, m.load_time_s, m.failures, m.min_copies, m.max_copies, m.pinned, m.awaiting, recent,
         )
         self._set(m)
         return m
@@ -226,7 +229,8 @@ class VirtualCluster:
             self._set(
                 ModelView(
                     m.model_id, m.size_bytes, True, m.tenant, copies, assigned, m.last_used, m.rate_rpm,
-                    m.inflight, m.load_time_s, m.failures, m.min_copies, m.max_copies, m.pinned,
+                    m.inflight, m.load_time_s, m.failures, m.min_copies, m.max_copies, m.pinned, m.awaiting,
+                    m.recent_rpm,
                 )
             )
 
@@ -326,6 +330,7 @@ def simulate(
     zones: int = 1,
     tick_s: float = 0.0,
     rate_window_s: float | None = None,
+    recent_window_s: float = 0.0,
     seed: int = 0,
     time_decisions: bool = True,
     window_s: float = 4 * 3600.0,
@@ -335,7 +340,9 @@ def simulate(
     """Replay ``trace`` through one policy on ``instances`` instances sharing ``capacity_bytes`` equally.
 
     ``rate_window_s`` is the time constant of the request rates the cluster measures
-    (default: the policy's ``rate_tau_s``, so that ``rate_rpm * tau / 60`` is the decayed count).
+    (default: the policy's ``rate_tau_s``, so that ``rate_rpm * tau / 60`` is the decayed count);
+    ``recent_window_s`` (not 0) meters a second, short-window rate that ticks add and remove
+    copies by, as the mesh's instances do (``ClusterView.recent_window_s``).
     """
     settings = settings or PolicySettings()
     if rate_window_s is None:
@@ -350,7 +357,7 @@ def simulate(
     models = [
         ModelView(names[i], sizes[i], True, trace.tenants[i], load_time_s=loads[i]) for i in range(len(names))
     ]
-    cluster = VirtualCluster(policy, insts, models, rate_window_s=rate_window_s)
+    cluster = VirtualCluster(policy, insts, models, rate_window_s=rate_window_s, recent_window_s=recent_window_s)
     nxt = trace.next_use().tolist() if policy_name == "oracle" else None
     res = SimResult(policy=policy.name, capacity_bytes=capacity_bytes)
     timings = res.decision_us

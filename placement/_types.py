@@ -67,6 +67,9 @@ class ModelView:
     for this model (live only: no copy has reported serving it yet; the simulator serves a
     request the moment its copy loads), so its copies are evicted only when nothing else
     anywhere can make room: evicting one would throw its load away and load it again.
+    ``recent_rpm``: the rate over the view's short window (``ClusterView.recent_window_s``),
+    as of ``last_used``, which ticks add and remove copies by; unused when that window is 0
+    (``rate_rpm`` then serves both).
     """
 
     model_id: str
@@ -84,6 +87,7 @@ class ModelView:
     max_copies: int = 0
     pinned: bool = False
     awaiting: bool = False
+    recent_rpm: float = 0.0
 
     def copy_on(self, instance_id: str) -> CopyView | None:
         for c in self.copies:
@@ -121,6 +125,12 @@ class ClusterView:
     :class:`~placement.Usage` estimator, a rate as of ``last_used``): a tick decays each rate
     to ``now`` with it before deciding copies by rate. 0: rates are read as they are.
 
+    ``recent_window_s``: when not 0, models also carry ``recent_rpm``, the same estimator over
+    this (short) window, and ticks add and remove copies by it, while eviction values keep
+    ``rate_rpm``: a frequency horizon of hours for what to keep, a minute for how many copies
+    traffic needs now (the mesh's leader: the instances' ``rate_window_s``). 0: ``rate_rpm``
+    serves both (the simulator's default).
+
     ``evicted_for``: per model evicted lately, the models those evictions made room for and
     when (a :class:`~placement.EvictionMemory` the producer keeps from the decisions it
     applied). A miss of ``a`` does not evict ``b`` for it when ``a`` was evicted for ``b``
@@ -133,6 +143,7 @@ class ClusterView:
     quotas: Mapping[str, TenantQuota] = field(default_factory=dict)
     index: PlacementIndex | None = field(default=None, compare=False, repr=False)
     rate_window_s: float = 0.0
+    recent_window_s: float = 0.0
     evicted_for: Mapping[str, Mapping[str, float]] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -21,7 +21,7 @@ from mesh._store_schema import (
     decode,
     encode,
 )
-from placement import Usage
+from placement import PolicySettings, Usage
 from runtime_adapters import AdapterRegistry, AdapterSettings
 from tests.mesh.fakes import FakeAdapter, FakePuller, World, request, world
 
@@ -100,9 +100,13 @@ async def test_assigned_model_is_loaded_registered_and_published_then_unloaded(r
         assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
     await rig.agent._publish_copy(rig.agent.copies["m"])
     rec = await rig.copy_record("m")
-    window = rig.agent.settings.rate_window_s
+    # usage_rpm over the placement meter's window (the policy's horizon, hours), recent_rpm over the
+    # short rate window (a minute) that copies by rate read
+    window, short = rig.agent.usage_window_s, rig.agent.settings.rate_window_s
+    assert window == PolicySettings().rate_tau_s and short == 60.0
     assert rec is not None and rec.last_used == w.clock()
     assert rec.usage_rpm == Usage().record(t1, window).record(w.clock(), window, requests=2).rate_rpm
+    assert rec.recent_rpm == Usage().record(t1, short).record(w.clock(), short, requests=2).rate_rpm
 
     await w.store.delete(w.keys.assignment("m"))
     await w.settle(lambda: ME not in w.mirror.holders("m") and "m" not in rig.agent.copies, "the unload")
@@ -257,7 +261,7 @@ async def test_a_copy_just_loaded_reports_its_first_requests_at_once(rig: Rig) -
     served_at = w.clock()
     await w.settle(lambda: (c := w.mirror.copies_of("m").get(ME)) is not None and c.last_used == served_at, "the first use published")
     rec = await rig.copy_record("m")
-    assert rec is not None and rec.usage_rpm == Usage().record(served_at, rig.agent.settings.rate_window_s).rate_rpm
+    assert rec is not None and rec.usage_rpm == Usage().record(served_at, rig.agent.usage_window_s).rate_rpm
     # only the first: later requests wait for the regular publish
     w.clock.advance(1.0)
     assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"

@@ -4,7 +4,8 @@ The mesh is the real thing on a memory store: a router that serves requests and 
 an agent that loads and unloads copies (a fake adapter that answers in process, with the trace's
 sizes, and whose loads take the trace's load time on the agent's monotonic clock), and the
 placement leader, all on an injected wall clock set to each request's trace time. The simulator
-replays the same trace with the same policy, settings and rate window. Both meter traffic with
+replays the same trace with the same policy and settings, each at its default rate window (the
+instances' placement meter and the simulator's both use the policy's horizon). Both meter traffic with
 placement.Usage (the instances per copy, merged by the leader; the simulator per model), and the
 leader remembers gone copies as the simulator's model views do, so every miss sees the same view:
 the decision log must equal the simulator's decisions, one by one (which model loads where, which
@@ -39,7 +40,6 @@ from runtime_adapters import AdapterRegistry, AdapterSettings, LoadedModel, Mode
 from tests.mesh.cluster import wait_until
 from tests.mesh.fakes import FakeAdapter, FakePuller, ManualClock, World, request, world
 
-WINDOW_S = 60.0  # the instances' rate window, and the simulator's
 INSTANCES = 2
 SPEC = TraceSpec(
     models=30,
@@ -191,7 +191,6 @@ async def live_mesh(trace: Trace, settings: PolicySettings, clock: ManualClock) 
                 iid = f"i{k:03d}"  # the simulator's instance names and zones
                 st = InstanceSettings(
                     instance_id=iid, capacity_bytes=per, zone="z0", publish_interval_s=0.005, lease_ttl_s=30,
-                    rate_window_s=WINDOW_S,
                 )
                 loaded = LoadedCopies()
                 router = edge.router = Router(iid, w.mirror, w.store, loaded, clock=clock)
@@ -202,8 +201,10 @@ async def live_mesh(trace: Trace, settings: PolicySettings, clock: ManualClock) 
                               loaded=loaded, clock=clock, monotonic=mono)
                 await agent.start()
                 # ticks off (the simulator replays misses only): one tick at start, then none within the test
+                # rate windows as a `modelmux serve` instance has them by default: the placement
+                # meter's is the policy's horizon (rate_tau_s), as the simulator's default
                 leader = Leader(iid, w.store, w.mirror, build_policy(settings), lambda a=agent: a.lease, tick_s=3600,
-                                clock=clock, rate_window_s=WINDOW_S)
+                                clock=clock)
                 nodes.append(Node(iid, router, agent, leader))
             await w.settle(lambda: len(w.mirror.instances.items) == INSTANCES, "both instances")
             await nodes[0].leader.start()  # the first node leads; the other campaigns once it stops
@@ -222,7 +223,7 @@ async def live_mesh(trace: Trace, settings: PolicySettings, clock: ManualClock) 
 def simulated(trace: Trace, settings: PolicySettings, policy: str, live: LiveMesh) -> tuple[list[tuple[tuple[str, str, str, str], ...]], int]:
     per = live.nodes[0].agent.settings.capacity_bytes
     res = simulate(trace, policy, instances=INSTANCES, capacity_bytes=per * INSTANCES, settings=settings,
-                   rate_window_s=WINDOW_S, record_decisions=True, time_decisions=False)
+                   record_decisions=True, time_decisions=False)
     out = [tuple((a.kind, a.model_id, a.instance_id, a.reason) for a in acts) for _, _, acts in res.decisions if acts]
     return out, res.hits
 

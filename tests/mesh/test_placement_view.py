@@ -236,7 +236,7 @@ async def test_rate_is_the_merge_of_the_copies_and_of_gone_copies() -> None:
         return mv.last_used, mv.rate_rpm
 
     # (report, gone and traffic read the mirror and the builder made here)
-    async with _leader_view(store, keys, Policy(PolicySettings()), time.time, rate_window_s=w) as (state, b):
+    async with _leader_view(store, keys, Policy(PolicySettings()), time.time, usage_window_s=w) as (state, b):
         await report("i0", now - w, 30.0)
         await report("i1", now, 15.0)
         assert traffic() == Usage(now - w, 30.0).merge(Usage(now, 15.0), w) == (now, pytest.approx(30.0 / math.e + 15.0))
@@ -300,7 +300,7 @@ async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports
         miss_at = clock[0]
         b.note_miss("m", miss_at)
         m = b.view().models["m"]
-        one = Usage().record(miss_at, b.rate_window_s)
+        one = Usage().record(miss_at, b.usage_window_s)
         assert m.awaiting and m.last_used == miss_at and m.rate_rpm == pytest.approx(one.rate_rpm)
         assert not b.view().models["n"].awaiting
 
@@ -311,7 +311,7 @@ async def test_a_miss_counts_as_a_use_and_protects_the_copy_until_a_copy_reports
         assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
         assert b.view().models["m"].awaiting
         # the copy reports serving the request: one request counted, not protected any more
-        served = Usage().record(miss_at + 0.3, b.rate_window_s)
+        served = Usage().record(miss_at + 0.3, b.usage_window_s)
         rev = await store.put(keys.copy("m", "i0"), encode(CopyRecord(model_id="m", instance_id="i0", state="loaded", since=miss_at + 0.2,
                                                                   size_bytes=MiB, size_measured=True, last_used=miss_at + 0.3,
                                                                   usage_rpm=served.rate_rpm)))
@@ -361,3 +361,37 @@ async def test_a_copy_measured_larger_than_planned_is_an_overcommitment_the_lead
         v = b.view()
         assert v.instances["i0"].assigned_bytes == 4 * MiB
         assert [a for a in policy.on_tick(v) if a.kind == "unload"] == []
+
+
+async def test_eviction_values_use_the_policy_horizon_and_copies_the_recent_rate() -> None:
+    """By default the placement meter's window is the policy's frequency horizon (rate_tau_s, as the
+    simulator meters): a one-minute meter would value models by their last minute only, and on the
+    trace families that made ours worse than LRU. Ticks still add copies by the short-window rate
+    (``recent_rpm``, the instances' rate_window_s): a model busy right now gets its extra copy at once."""
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    now = time.time()
+    settings = PolicySettings(scale_out_rpm_per_copy=600, scale_in_rpm_per_copy=60, second_copy_rpm=300, second_copy_off_rpm=100)
+    for iid in ("i0", "i1"):
+        await store.put(keys.instance(iid), encode(InstanceRecord(instance_id=iid, address="x", capacity_bytes=1 << 40)))
+    await store.put(keys.model("m"), encode(ModelRecord(model_id="m", model_type="onnx", predicted_size_bytes=MiB)))
+    await store.put(keys.assignment("m"), encode(AssignmentRecord(model_id="m", instances=("i0",))))
+    # 1,200 requests in the last minute: 1,200 rpm over a minute, 10 rpm over two hours
+    long = Usage().record(now, settings.rate_tau_s, requests=1200)
+    short = Usage().record(now, 60.0, requests=1200)
+    rev = await store.put(keys.copy("m", "i0"), encode(CopyRecord(
+        model_id="m", instance_id="i0", state="loaded", since=now - 3600, size_bytes=MiB, size_measured=True,  # type: ignore[arg-type]
+        last_used=now, usage_rpm=long.rate_rpm, recent_rpm=short.rate_rpm)))
+    policy = Policy(settings)
+    async with _leader_view(store, keys, policy, lambda: now, rate_window_s=60.0) as (state, b):
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+        v = b.view()
+        assert (v.rate_window_s, v.recent_window_s) == (settings.rate_tau_s, 60.0)
+        m = v.models["m"]
+        assert m.rate_rpm == pytest.approx(10.0) and m.recent_rpm == pytest.approx(1200.0)
+        acts = policy.on_tick(v)
+        assert [(a.kind, a.instance_id) for a in acts] == [("load", "i1")] and acts[0].reason.startswith("scale_out: 1200 rpm")
+        # it is the recent rate that asks for the copy: by the two-hour meter alone (10 rpm) none is added,
+        assert policy.on_tick(replace(v, recent_window_s=0.0)) == []
+        # nor five minutes later, once the minute's burst has decayed
+        assert policy.on_tick(replace(v, now=now + 300)) == []
