@@ -39,18 +39,25 @@ CAPACITIES = (0.05, 0.1, 0.2)
 _CACHE: dict[tuple[str, float], Any] = {}
 
 
-def _run(job: tuple[str, float, float, str]) -> dict[str, Any]:
-    fam, scale, cap, policy = job
+def _run(job: tuple[str, float, float, str, float, float]) -> dict[str, Any]:
+    fam, scale, cap, policy, tau, window = job
     key = (fam, scale)
     if key not in _CACHE:
         _CACHE.clear()
         _CACHE[key] = family(fam, scale=scale)
     tr = _CACHE[key]
-    r = simulate(tr, policy, instances=8, capacity_bytes=int(tr.total_bytes * cap), settings=PolicySettings(),
-                 time_decisions=False)
+    settings = PolicySettings(rate_tau_s=tau) if tau else PolicySettings()
+    r = simulate(tr, policy, instances=8, capacity_bytes=int(tr.total_bytes * cap), settings=settings,
+                 rate_window_s=window or None, time_decisions=False)
     first = np.unique(tr.models)  # every policy loads each requested model at least once
     return {"family": fam, "capacity": cap, "policy": policy, "requests": len(tr),
             "compulsory_s": float(tr.load_times[first].sum()), **r.summary()}
+
+
+def _knobs(args: argparse.Namespace) -> str:
+    """The non-default policy knobs of a run, as its command line spells them."""
+    out = f" --rate-tau-s {args.rate_tau_s:g}" if args.rate_tau_s else ""
+    return out + (f" --meter-window-s {args.meter_window_s:g}" if args.meter_window_s else "")
 
 
 def section(args: argparse.Namespace, done: list[dict[str, Any]], wall_s: float) -> str:
@@ -58,7 +65,7 @@ def section(args: argparse.Namespace, done: list[dict[str, Any]], wall_s: float)
     lines = [
         "## Placement: trace families",
         "",
-        f"`python -m bench.placement_families --scale {args.scale:g}` on {platform.machine()} ({os.cpu_count()} CPUs, "
+        f"`python -m bench.placement_families --scale {args.scale:g}{_knobs(args)}` on {platform.machine()} ({os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}), {time.strftime('%Y-%m-%d')}, {wall_s:.0f} s on {args.jobs} processes "
         "(a shared, loaded machine). One simulator run per family, capacity and policy; 8 instances; capacity is a "
         "fraction of the bytes the trace requests; ticks off. Families: `placement.FAMILIES` "
@@ -128,8 +135,16 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "placement")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--rate-tau-s", type=float, default=0.0,
+                    help="the policies' frequency horizon (PolicySettings.rate_tau_s; 0: the default)")
+    ap.add_argument("--meter-window-s", type=float, default=0.0,
+                    help="the window traffic is metered over (0: rate_tau_s, as a mesh instance meters by default; "
+                         "60 is what instances metered with before usage_window_s)")
     args = ap.parse_args()
-    jobs = [(f, args.scale, c, p) for f in args.families for c in CAPACITIES for p in POLICIES]
+    if args.write_results and (args.rate_tau_s or args.meter_window_s):
+        ap.error("--write-results records the defaults only")
+    jobs = [(f, args.scale, c, p, args.rate_tau_s, args.meter_window_s)
+            for f in args.families for c in CAPACITIES for p in POLICIES]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = []
