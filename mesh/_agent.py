@@ -46,9 +46,10 @@ from ._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-FIRST_USE_POLL_S = 0.05
-# the placement meter's window when neither the instance nor its settings name one: the policy's default horizon
 DEFAULT_USAGE_WINDOW_S: float = PolicySettings.model_fields["rate_tau_s"].default
+"""the placement meter's window when neither the instance nor its settings name one: the policy's default horizon"""
+
+FIRST_USE_POLL_S = 0.05
 """how often copies just loaded are checked for their first served requests"""
 FIRST_USE_WAIT_S = 10.0
 """a copy loaded longer ago than this reports its traffic with the regular publish only"""

@@ -33,7 +33,7 @@ class PolicyCore:
     residency: ClassVar[bool] = True
     """protect copies younger than min_residency_s (second pass only)"""
     swap_guard: ClassVar[bool] = True
-    """a miss does not evict a model it was just evicted for (ClusterView.evicted_for), unless nothing else makes room"""
+    """a miss weighs the copies of a model it was just evicted for (ClusterView.evicted_for) :meth:`swap_margin` more"""
 
     def __init__(self, settings: PolicySettings, seed: int = 0) -> None:
         self.settings = settings

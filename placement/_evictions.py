@@ -3,8 +3,9 @@
 When a miss of ``b`` evicts a copy of ``a``, and ``a`` is requested again a few seconds later,
 the cheapest victim for ``a`` is often ``b`` itself: both are young, both were just used, and
 the two models would evict each other for as long as they take turns. The policy breaks that
-cycle with this memory: a miss of ``a`` skips copies of every model ``a`` was evicted for
-within ``PolicySettings.swap_guard_s``, unless nothing else anywhere makes room.
+cycle with this memory: a miss of ``a`` weighs the copies of every model ``a`` was evicted for
+within ``PolicySettings.swap_guard_s`` at ``swap_guard_penalty`` times their value, so another
+copy goes unless every other is worth that much more (a hot copy is not given up for a cold pair).
 
 The producer of views keeps one :class:`EvictionMemory` and passes :attr:`EvictionMemory.recent`
 as ``ClusterView.evicted_for``: the simulator from the actions it applies, the mesh's

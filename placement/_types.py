@@ -133,8 +133,8 @@ class ClusterView:
 
     ``evicted_for``: per model evicted lately, the models those evictions made room for and
     when (a :class:`~placement.EvictionMemory` the producer keeps from the decisions it
-    applied). A miss of ``a`` does not evict ``b`` for it when ``a`` was evicted for ``b``
-    within ``swap_guard_s``, unless nothing else makes room (no load/evict ping-pong).
+    applied). A miss of ``a`` weighs the copies of ``b`` at ``swap_guard_penalty`` times their
+    value when ``a`` was evicted for ``b`` within ``swap_guard_s`` (no load/evict ping-pong).
     """
 
     now: float
