@@ -244,5 +244,15 @@ class ClusterMirror:
             self._recompute_holders(mid)
 
     def _on_instances(self, changes: list[Any]) -> None:
-        for mid in list(self._copies_by_model):
-            self._recompute_holders(mid)
+        # holders depend on which instances exist and which are shutting down, nothing else: an
+        # instance's usage and capacity change at every publish under load, and recomputing every
+        # model's holders for each of those took a large share of the event loop in a churn run
+        moved = {
+            ch.key for ch in changes
+            if ch.old is None or ch.new is None or ch.old.shutting_down != ch.new.shutting_down
+        }
+        if not moved:
+            return
+        for mid, copies in list(self._copies_by_model.items()):
+            if not moved.isdisjoint(copies):
+                self._recompute_holders(mid)

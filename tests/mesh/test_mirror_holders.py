@@ -1,0 +1,45 @@
+"""Which instances hold a model (the mirror's derived index): it follows instances coming, going and
+shutting down, and an instance's routine usage updates do not make the mirror recompute it."""
+
+from __future__ import annotations
+
+from mesh._store_schema import InstanceRecord, encode
+from tests.mesh.fakes import world
+
+
+async def test_holders_follow_instances_and_ignore_usage_updates() -> None:
+    async with world() as w:
+        await w.instance("a", "a:1")
+        await w.instance("b", "b:1")
+        for mid in ("m", "n"):
+            await w.copy(mid, "a")
+        await w.copy("m", "b")
+        await w.settle(lambda: w.mirror.holders("m") == ("a", "b") and w.mirror.holders("n") == ("a",))
+
+        recomputed: list[str] = []
+        real = w.mirror._recompute_holders
+
+        def spy(mid: str) -> None:
+            recomputed.append(mid)
+            real(mid)
+
+        w.mirror._recompute_holders = spy  # type: ignore[method-assign]
+        # a usage update (what every publish under load writes): nothing to recompute
+        rev = await w.store.put(w.keys.instance("a"), encode(InstanceRecord(
+            instance_id="a", address="a:1", capacity_bytes=1 << 30, used_bytes=123 << 20, loading=1)))
+        await w.settle(lambda: w.mirror.instances.revision >= rev, "the usage update")
+        assert recomputed == [] and w.mirror.holders("m") == ("a", "b")
+
+        # b shuts down: m is served by a alone; only models with a copy on b are looked at
+        await w.instance("b", "b:1", shutting_down=True)
+        await w.settle(lambda: w.mirror.holders("m") == ("a",), "b shutting down")
+        assert recomputed == ["m"]
+        # a goes: b, though shutting down, still serves m (nothing else holds it); n has no holder
+        await w.store.delete(w.keys.instance("a"))
+        await w.settle(lambda: w.mirror.holders("m") == ("b",) and w.mirror.holders("n") == (), "a gone")
+        # a copy published before its instance record counts once the instance appears
+        await w.copy("n", "c")
+        await w.settle(lambda: "n/c" in w.mirror.copies.items, "the early copy")
+        assert w.mirror.holders("n") == ()
+        await w.instance("c", "c:1")
+        await w.settle(lambda: w.mirror.holders("n") == ("c",), "c appearing")
