@@ -213,7 +213,7 @@ class VictimSelection(PolicyCore):
         swap_margin = self.swap_margin() if guarded else 0.0
 
         def take(iid: str, vm: ModelView, tier: int, size: int, order: float) -> tuple[str, list[ModelView]] | None:
-            """Count a put-off copy as read at ``order`` (the loop below does the same inline)."""
+            """Count a candidate copy as read at ``order``: the instance and its victims once they cover it."""
             nonlocal fallback, stop, limit
             st = acc.get(iid)
             if st is None:
@@ -240,8 +240,7 @@ class VictimSelection(PolicyCore):
                 key, mid, iid = e
                 if key >= key_limit:
                     continue
-                need = needs.get(iid)
-                if need is None:
+                if iid not in needs:
                     continue
                 vm = models.get(mid)
                 if vm is None:
@@ -287,21 +286,8 @@ class VictimSelection(PolicyCore):
                     _, _, d_iid, d_vm, d_tier, d_size = heapq.heappop(deferred)
                     if (found := take(d_iid, d_vm, d_tier, d_size, order)) is not None:
                         return found
-                st = acc.get(iid)
-                if st is None:
-                    st = acc[iid] = [0, [], 0, []]
-                if tier == 0:
-                    st[1].append(vm)
-                    st[0] += size
-                    if st[0] >= need:
-                        return iid, st[1]
-                if allow_young and fallback is None:
-                    st[3].append(vm)
-                    st[2] += size
-                    if st[2] >= need:
-                        fallback = iid, st[3]
-                        stop = min(stop, order + self.young_margin())
-                        limit = read + max(read, 16)
+                if (found := take(iid, vm, tier, size, order)) is not None:
+                    return found
         # the guarded copies not read yet: within the read's bound, or all of them when nothing else made room
         while deferred:
             eff, _, d_iid, d_vm, d_tier, d_size = heapq.heappop(deferred)
