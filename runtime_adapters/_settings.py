@@ -28,6 +28,10 @@ class AdapterSettings(BaseSettings):
     onnx_first_run_at_load: bool = True
     torch_threads: int = Field(default=1, ge=1)
     xgboost_threads: int = Field(default=1, ge=1)
+    # a call of a tree-ensemble booster with rows x trees up to this runs on Treelite's GTIL
+    # (runtime_adapters._treelite: ~10x cheaper than inplace_predict for small batches, worse
+    # for large ones); 0 = always xgboost
+    xgboost_treelite_max_work: int = Field(default=2048, ge=0)
     infer_workers: int = Field(default=4, ge=1)
     load_workers: int = Field(default=2, ge=1)
     # "cpu", "cuda" or "cuda:N"; a spec's "device" option overrides it per model.
