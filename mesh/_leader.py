@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -410,7 +411,7 @@ class Leader:
     def describe(self) -> dict[str, Any]:
         """Leadership and the newest decisions of the one decision log (the store's, written with
         each decision: see :meth:`_decision_log`), oldest first."""
-        records = heapq.nlargest(50, self.state.decisions.items.values(), key=lambda r: r.seq)
+        records = list(itertools.islice(self.state.decisions.records(newest_first=True), 50))
         flat = [
             {"at": r.at, "kind": a["kind"], "model_id": a["model_id"], "instance_id": a["instance_id"], "reason": a["reason"]}
             for r in reversed(records)

@@ -189,7 +189,7 @@ class PlacementViewBuilder:
         self._history.clear()
         self._evictions.clear()
         models = self.state.models.items
-        for rec in sorted(self.state.decisions.items.values(), key=lambda r: r.seq):
+        for rec in self.state.decisions.records():
             for mid, values in rec.usage.items():
                 if mid in models and len(values) == 4:
                     last_used, rate, load_time_s, size = values

@@ -277,12 +277,14 @@ class ClusterOverview:
         entries past that position (a page token's key: record seq, index of the action within it)).
         ``next_page_token`` continues with the older entries ('' when there are none)."""
         limit = max(1, min(limit, MAX_DECISIONS_PAGE))
-        records = sorted(self.state.decisions.items.values(), key=lambda r: r.seq, reverse=True)
+        newest = self.state.decisions.newest()
+        # a model or instance filter skips records whose bytes do not name it before decoding them
+        records = self.state.decisions.records(newest_first=True, after=after, mentions=model or instance)
         out: list[dict[str, Any]] = []
         last: tuple[int, int] = (0, 0)
         more = False
         mine = self._mine(tenant)
-        for pos, d in _flatten(r for r in records if r.seq > after and (before is None or r.seq <= before[0])):
+        for pos, d in _flatten(r for r in records if before is None or r.seq <= before[0]):
             if before is not None and pos[0] == before[0] and pos[1] <= before[1]:
                 continue
             if (model and d["model_id"] != model) or (instance and d["instance_id"] != instance) or (kind and d["kind"] != kind):
@@ -296,7 +298,7 @@ class ClusterOverview:
             last = pos
         return {
             "decisions": out,
-            "last_seq": records[0].seq if records else 0,
+            "last_seq": newest.seq if newest is not None else 0,
             "next_page_token": encode_token(DECISIONS_LIST, list(last)) if more else "",
         }
 
@@ -305,7 +307,7 @@ class ClusterOverview:
     def leader_id(self) -> str:
         if self.is_leader():
             return self.instance_id
-        newest = max(self.state.decisions.items.values(), key=lambda r: r.seq, default=None)
+        newest = self.state.decisions.newest()
         return newest.leader if newest is not None else ""
 
     def overview(self, tenant: str | None = None) -> dict[str, Any]:

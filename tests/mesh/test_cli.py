@@ -182,8 +182,8 @@ async def test_decision_log_is_bounded_and_continues_across_records(mesh2: Memor
     for name in names * 4:
         await _infer(mesh2, name)
     state = mesh2.mesh.instances[1].state  # any instance mirrors the log
-    await wait_until(lambda: max((r.seq for r in state.decisions.items.values()), default=0) >= 5, what="decisions logged")
-    seqs = sorted(r.seq for r in state.decisions.items.values())
+    await wait_until(lambda: max((r.seq for r in state.decisions.records()), default=0) >= 5, what="decisions logged")
+    seqs = [r.seq for r in state.decisions.records()]
     assert len(seqs) <= 4 + 1  # trimmed (one record over at most, before the next trim)
     assert seqs == list(range(seqs[0], seqs[-1] + 1)) and seqs[0] > 1  # the newest, contiguous; the oldest gone
     flat = mesh2.mesh.instances[1].views.decisions(limit=100)["decisions"]

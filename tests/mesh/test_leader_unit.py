@@ -48,7 +48,7 @@ async def test_a_miss_becomes_one_assignment_and_one_logged_decision(rig: Rig) -
     await w.settle(lambda: bool(w.mirror.assigned("m")) and "m" not in w.mirror.misses.items, "the assignment")
     assert len(w.mirror.assigned("m")) == 1
     await w.settle(lambda: bool(w.mirror.decisions.items), "the decision record")
-    (rec,) = w.mirror.decisions.items.values()
+    (rec,) = w.mirror.decisions.records()
     assert rec.leader == ME and rec.at == w.clock()
     assert [(a["kind"], a["model_id"]) for a in rec.actions] == [("load", "m")]
     # describe() reads the same log, not a second one
@@ -68,7 +68,7 @@ async def test_a_failed_copy_is_unassigned(rig: Rig) -> None:
     await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
 
     await w.settle(lambda: not w.mirror.assigned("bad"), "the failed copy unassigned")
-    reasons = [a["reason"] for r in w.mirror.decisions.items.values() for a in r.actions if a["model_id"] == "bad"]
+    reasons = [a["reason"] for r in w.mirror.decisions.records() for a in r.actions if a["model_id"] == "bad"]
     assert reasons == ["load_failed: boom"]
 
 

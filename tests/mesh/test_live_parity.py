@@ -156,7 +156,7 @@ class LiveMesh:
         return True
 
     def decisions(self) -> list[tuple[tuple[str, str, str, str], ...]]:
-        recs = sorted(self.mirror.decisions.items.values(), key=lambda r: r.seq)
+        recs = list(self.mirror.decisions.records())
         return [tuple((a["kind"], a["model_id"], a["instance_id"], a["reason"]) for a in r.actions) for r in recs]
 
     async def replay(self, clock: ManualClock, start: int, stop: int, on_request: Callable[[int], Any] | None = None) -> int:
@@ -293,4 +293,4 @@ async def test_a_new_leader_rebuilds_the_history_and_decides_as_the_old_one_woul
     for k, (g, s) in enumerate(zip(got, want, strict=False)):
         assert g == s, f"decision {k} differs:\nlive {g}\nsim  {s}"
     assert len(got) == len(want)
-    assert {r.leader for r in live.mirror.decisions.items.values()} == {"i000", "i001"}
+    assert {r.leader for r in live.mirror.decisions.records()} == {"i000", "i001"}

@@ -194,7 +194,7 @@ async def test_traffic_history_outlives_eviction_and_a_new_leader_rebuilds_it_fr
         for seq, entry in ((1, [now - 50, 7.0, 1.0, MiB]), (2, list(logged))):
             await store.put(keys.decision(seq), encode(DecisionRecord(seq=seq, at=now, leader="old", usage={"m": entry})))
         rev = store.revision
-        assert await state.wait_for(lambda: state.decisions.revision >= rev, 2.0)
+        assert await state.wait_for(lambda: state.decisions.mirror.revision >= rev, 2.0)
         fresh.start()
         try:
             assert fresh.view().models["m"] == mv
