@@ -129,6 +129,7 @@ class TreeliteForward:
     num_feature: int
     per_row: int
     max_rows: int  # rows up to which a call comes here (rows x trees <= max work)
+    nbytes: int  # the converted trees' serialized size: part of the model's size floor
 
     def takes(self, x: np.ndarray) -> bool:
         return 0 < x.shape[0] <= self.max_rows and x.ndim == 2 and x.shape[1] == self.num_feature
@@ -182,6 +183,7 @@ def build(
         num_feature=int(model.num_feature),
         per_row=lib.values_per_row(handle, cfg),
         max_rows=max_rows,
+        nbytes=len(model.serialize_bytes()),
     )
     why = self_check(forward, booster)
     if why:

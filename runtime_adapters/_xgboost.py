@@ -27,7 +27,8 @@ says up to how many rows a model's calls take that path (0: never, and ``treelit
 A ``gblinear`` booster has no inplace predict: it predicts through a ``DMatrix``.
 
 Size: floor = the booster's serialized UBJSON bytes (``save_raw("ubj")``, close to the
-trees' in-memory form); the measured RSS delta over it (see ``_memory``); models are
+trees' in-memory form), plus treelite's serialized copy of the trees when the model has the
+small-batch path; the measured RSS delta over it (see ``_memory``); models are
 small, so page granularity makes deltas coarse and the floor usually decides.
 ``predict_size`` = file bytes x 1.5.
 
@@ -177,7 +178,8 @@ class XGBoostAdapter(FrameworkAdapter):
             handle=booster,
             metadata=metadata,
             inputs={in_name: InputSpec(meta=in_meta, accepted=frozenset({"FP32", "FP64"}))},
-            framework_bytes=len(booster.save_raw("ubj")),
+            # the trees treelite holds besides xgboost's (about half the booster's size)
+            framework_bytes=len(booster.save_raw("ubj")) + (fast.nbytes if fast is not None else 0),
             extra={
                 "kind": kind,
                 "objective": objective,

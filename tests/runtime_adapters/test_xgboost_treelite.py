@@ -189,3 +189,21 @@ async def test_many_threads_answer_the_same(registry: AdapterRegistry, tmp_path:
     got = await asyncio.gather(*(answer(model, b) for b in batches))
     for b, g in zip(batches, got, strict=True):
         np.testing.assert_allclose(g, reference(path, b), rtol=1e-6, atol=2e-7)
+
+
+async def test_the_treelite_copy_counts_in_the_size(tmp_path: Path) -> None:
+    """The converted trees are memory too: the size floor holds them (measured deltas off)."""
+    path = train(tmp_path, "binary:logistic", rounds=60)
+    sizes = {}
+    for work in (0, 100_000):
+        registry = build_registry(
+            AdapterSettings(infer_workers=1, load_workers=1, measure_load_rss=False, xgboost_treelite_max_work=work)
+        )
+        try:
+            model = await load(registry, path)
+            sizes[work] = (model.size_bytes, model.treelite_rows)
+        finally:
+            await registry.close()
+    booster_bytes = len(xgb.Booster(model_file=str(path)).save_raw("ubj"))
+    assert sizes[0] == (booster_bytes, 0)
+    assert sizes[100_000][1] > 0 and booster_bytes * 1.2 < sizes[100_000][0] < booster_bytes * 2
