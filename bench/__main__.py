@@ -255,7 +255,9 @@ def main() -> None:
                       "max_batch_time 0.002, parallel_workers 0); ports picked at run time and read back from its "
                       "settings.json. Same XGBoost booster (multi:softprob, 8 features, 10 rounds; tests/model_factory.py), "
                       f"same request bytes (one FP32 [1, 8] row), load from {peer_out['load']} at 1 and 16 requests in "
-                      "flight; OMP_NUM_THREADS=1 for all (modelmux's default xgboost_threads=1). modelmux: one instance, "
+                      "flight; OMP_NUM_THREADS=1 for all (modelmux's default xgboost_threads=1). MLServer predicts with "
+                      "xgboost; modelmux and the bare servicer (the same adapter) with Treelite's GTIL for small batches "
+                      "(runtime_adapters/_treelite.py; answers checked against xgboost's). modelmux: one instance, "
                       "local hit. Each ratio is against the fastest MLServer setting at that concurrency and protocol "
                       f"(target at 16 in flight: >= 1.5x). {rounds} interleaved rounds of {dur:g} s, median.\n")
             md.append(_fmt_rows(rows, PEER_HEADER) + "\n")
