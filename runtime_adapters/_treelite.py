@@ -193,13 +193,16 @@ def build(
 
 
 def probe_rows(num_feature: int, rows: int = PROBE_ROWS) -> np.ndarray:
-    """Rows that reach many leaves: features at scales 0.01-1000, some NaN, some zero."""
+    """Rows that reach many leaves: features at scales 0.01-1000, small whole numbers (category
+    codes, for categorical splits), some NaN, some zero."""
     rng = np.random.default_rng(20261204)
     scales = np.array([0.01, 1.0, 10.0, 1000.0], dtype=np.float64)
     x = (
         rng.standard_normal((rows, num_feature))
         * scales[rng.integers(0, len(scales), (rows, num_feature))]
     )
+    codes = rng.random((rows, num_feature)) < 0.25
+    x[codes] = rng.integers(0, 10, int(codes.sum()))
     x[rng.random((rows, num_feature)) < 0.1] = np.nan
     x[rng.random((rows, num_feature)) < 0.05] = 0.0
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -207,3 +207,23 @@ async def test_the_treelite_copy_counts_in_the_size(tmp_path: Path) -> None:
     booster_bytes = len(xgb.Booster(model_file=str(path)).save_raw("ubj"))
     assert sizes[0] == (booster_bytes, 0)
     assert sizes[100_000][1] > 0 and booster_bytes * 1.2 < sizes[100_000][0] < booster_bytes * 2
+
+
+async def test_a_categorical_split_answers_as_xgboost_does(registry: AdapterRegistry, tmp_path: Path) -> None:
+    rs = np.random.RandomState(5)
+    x = rs.standard_normal((400, N_FEATURES)).astype(np.float32)
+    x[:, 0] = rs.randint(0, 8, 400)
+    y = np.isin(x[:, 0], (1, 4, 6)).astype(np.float32)
+    types = ["c"] + ["q"] * (N_FEATURES - 1)
+    dm = xgb.DMatrix(x, label=y, feature_types=types, enable_categorical=True)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "tree_method": "hist", "nthread": 1}, dm, 10)
+    path = tmp_path / "categorical.json"
+    booster.save_model(str(path))
+    model = await load(registry, path)
+    assert model.treelite_rows > 0, model.treelite_note
+    probe = rows(40)
+    probe[:, 0] = rs.randint(0, 10, 40)  # codes seen in training and unseen ones
+    probe[::7, 0] = np.nan
+    refuse_xgboost(model)
+    got = await answer(model, probe)
+    np.testing.assert_allclose(got, reference(path, probe), rtol=1e-6, atol=2e-7)
