@@ -46,6 +46,7 @@ MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
 _RETRY_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
 LINK_RETRY_S = 30.0
+PEER_FORGET_S = 60.0  # see Router.forget_gone_peers
 """a peer whose link could not be opened is reached over gRPC this long before the link is tried again"""
 
 
@@ -146,6 +147,12 @@ class Router:
         self.peer_ssl_context: ssl.SSLContext | None = None
         self._links: dict[str, PeerLinkClient] = {}
         self._link_down: dict[str, float] = {}
+        # channels and links to addresses no instance advertises any more are closed after this
+        # long (pods come back with new addresses; each cached channel keeps reconnecting)
+        self.peer_forget_s = PEER_FORGET_S
+        self._gone_since: dict[str, float] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._unsub_instances = mirror.instances.subscribe(lambda _changes: self.forget_gone_peers())
 
     # ------------------------------------------------------------ names
 
@@ -549,7 +556,45 @@ class Router:
             return raw
         return None
 
+    def forget_gone_peers(self) -> None:
+        """Drop the channels and links of addresses that no instance record has named for
+        ``peer_forget_s`` (run on every change of the instance records), closing them in the
+        background. Without it every address ever forwarded to kept its channel, and the
+        channel's reconnect attempts, for the life of the process."""
+        cached = self._channels.keys() | self._links.keys()
+        if not cached and not self._gone_since:
+            return
+        live: set[str] = set()
+        for rec in self.mirror.instances.items.values():
+            live.add(rec.address)
+            if rec.link_address:
+                live.add(rec.link_address)
+        now = self.clock()
+        for address in cached:
+            if address in live:
+                self._gone_since.pop(address, None)
+                continue
+            since = self._gone_since.setdefault(address, now)
+            if now - since < self.peer_forget_s:
+                continue
+            del self._gone_since[address]
+            self._stubs.pop(address, None)
+            self._link_down.pop(address, None)
+            channel = self._channels.pop(address, None)
+            link = self._links.pop(address, None)
+            log.info("closing the channel to %s: no instance has advertised it for %.0fs", address, now - since)
+            for closer in (channel.close() if channel else None, link.close() if link else None):
+                if closer is not None:
+                    task = asyncio.ensure_future(closer)
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+        for address in [a for a in self._gone_since if a not in cached]:
+            del self._gone_since[address]
+
     async def close(self) -> None:
+        self._unsub_instances()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self.splits.close()
         for link in self._links.values():
             await link.close()

@@ -201,3 +201,42 @@ async def test_unknown_name_is_not_found_without_touching_the_store_twice(w: Wor
     assert reads == 2  # model key and vModel key, once: then the negative cache answers
     await router.close()
 
+
+
+async def test_channels_to_addresses_no_instance_names_are_closed_after_a_grace(w: World, peers: list[FakePeer]) -> None:
+    """Pods come back with new addresses: the channel to an address gone for ``peer_forget_s`` is
+    closed and dropped; a live peer's channel stays, and an address that comes back gets a new one."""
+    await w.model("m")
+    for i, p in enumerate(peers):
+        await w.instance(f"p{i}", p.address)
+    await w.copy("m", "p0")
+    await w.settle(lambda: w.mirror.holders("m") == ("p0",))
+    router = make_router(w)
+    router.peer_link = False
+    assert await router.infer_bytes("m", b"x", timeout_s=5) == b"from-0"
+    old = router.channel(peers[0].address)
+    router.channel(peers[1].address)  # a live peer's channel (the metadata look-up opens these too)
+
+    # p0's pod goes away; its copy moves to p1
+    await w.store.delete(w.keys.instance("p0"))
+    await w.store.delete(w.keys.copy("m", "p0"))
+    await w.copy("m", "p1")
+    await w.settle(lambda: "p0" not in w.mirror.instances.items and w.mirror.holders("m") == ("p1",))
+    assert peers[0].address in router._channels  # within the grace: kept
+    w.clock.advance(router.peer_forget_s + 1)
+    await w.instance("p1", peers[1].address)  # any instance record change runs the check
+    await w.settle(lambda: peers[0].address not in router._channels, "the gone peer's channel dropped")
+    assert peers[1].address in router._channels
+    await asyncio.gather(*router._closing)
+    with pytest.raises(grpc.aio.UsageError):  # closed, not merely forgotten
+        await old.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"x", timeout=1)
+    assert await router.infer_bytes("m", b"y", timeout_s=5) == b"from-1"
+
+    # the address comes back (a new pod that got it): a new channel
+    await w.instance("p0", peers[0].address)
+    await w.copy("m", "p0")
+    await w.store.delete(w.keys.copy("m", "p1"))
+    await w.settle(lambda: w.mirror.holders("m") == ("p0",))
+    assert await router.infer_bytes("m", b"z", timeout_s=5) == b"from-0"
+    assert router.channel(peers[0].address) is not old
+    await router.close()
