@@ -112,6 +112,9 @@ class Scaling(Placing):
 
     # ------------------------------------------------------------------ tick parts
 
+    # instance -> the excess last warned about (a log line, not decision state)
+    _overcommit_warned: dict[str, int] | None = None
+
     def _relieve_overcommit(self, view: ClusterView, plan: Plan, idx: PlacementIndex) -> None:
         """Evict from an instance whose assigned copies hold more bytes than its capacity.
 
@@ -126,13 +129,19 @@ class Scaling(Placing):
             held = inst.used_bytes if inst.assigned_bytes is None else inst.assigned_bytes
             over = held + plan._used.get(iid, 0) - inst.capacity_bytes
             if over <= 0:
+                if self._overcommit_warned:
+                    self._overcommit_warned.pop(iid, None)
                 continue
             needs = {iid: over}
             found = self._scan_victims(view, plan, idx, needs, None, [iid], _INF, True) or self._scan_victims(
                 view, plan, idx, needs, None, [iid], _INF, True, allow_awaited=True
             )
             if found is None:
-                log.warning("instance %s holds %d bytes over its capacity and no copy on it may go", iid, over)
+                # said once per excess, not at every tick while it lasts
+                warned = self._overcommit_warned = self._overcommit_warned or {}
+                if warned.get(iid) != over:
+                    warned[iid] = over
+                    log.warning("instance %s holds %d bytes over its capacity and no copy on it may go", iid, over)
                 continue
             for vm in found[1]:
                 plan.unload(

@@ -434,3 +434,23 @@ def test_bytes_reported_while_an_unload_finishes_evict_nothing(make: type[Policy
     assert unloads(policy.on_tick(reporting)) == []
     over = replace(v, instances={"a": replace(v.instances["a"], used_bytes=3 * GB, assigned_bytes=3 * GB)})
     assert unloads(policy.on_tick(over)) == [("x", "a")]
+
+
+def test_an_overcommit_nothing_can_relieve_is_warned_once_per_excess(caplog: pytest.LogCaptureFixture) -> None:
+    """Copies still loading never go: the tick says so once, not at every tick while it lasts."""
+    policy = Policy(PolicySettings(min_residency_s=60))
+    now = 10_000.0
+    ms = [model("p", 3 * GB, ["a"], state="loading", since=now - 1), model("q", 2 * GB, ["a"], state="loading", since=now - 1)]
+    v = view(now, {"a": 4 * GB}, ms)
+    said = lambda: [r for r in caplog.records if "no copy on it may go" in r.getMessage()]  # noqa: E731
+    with caplog.at_level("WARNING", logger="placement"):
+        for _ in range(3):
+            assert unloads(policy.on_tick(v)) == []
+        assert len(said()) == 1
+        grown = replace(v, instances={"a": replace(v.instances["a"], assigned_bytes=6 * GB)})
+        policy.on_tick(grown)
+        assert len(said()) == 2  # the excess changed
+        fine = replace(v, instances={"a": replace(v.instances["a"], capacity_bytes=8 * GB)})
+        policy.on_tick(fine)
+        policy.on_tick(v)
+        assert len(said()) == 3  # over again after it was relieved: said again
