@@ -46,8 +46,9 @@ MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
 _RETRY_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
 LINK_RETRY_S = 30.0
-PEER_FORGET_S = 60.0  # see Router.forget_gone_peers
 """a peer whose link could not be opened is reached over gRPC this long before the link is tried again"""
+PEER_FORGET_S = 60.0
+"""the channel and link to an address no instance record names are closed after this long"""
 
 
 @dataclass
