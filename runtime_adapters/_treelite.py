@@ -147,15 +147,14 @@ class TreeliteForward:
 
 
 def build(
-    booster: Any, objective: str, nthread: int, max_work: int, model_id: str
+    booster: Any, objective: str, kind: str, nthread: int, max_work: int, model_id: str
 ) -> tuple[TreeliteForward | None, str]:
-    """The small-batch forward for ``booster``, or None and why the model stays on xgboost."""
+    """The small-batch forward for ``booster`` (``kind``: its ``gradient_booster`` name), or None
+    and why the model stays on xgboost."""
     if max_work <= 0:
         return None, "off (xgboost_treelite_max_work is 0)"
     if objective in DISCRETE_OBJECTIVES:
         return None, f"objective {objective} answers a discrete value"
-    config = json.loads(booster.save_config())
-    kind = config.get("learner", {}).get("gradient_booster", {}).get("name", "")
     if kind not in TREE_BOOSTERS:
         return None, f"booster {kind or 'unknown'} is not a tree ensemble"
     try:

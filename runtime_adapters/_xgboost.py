@@ -162,10 +162,16 @@ class XGBoostAdapter(FrameworkAdapter):
             if schema.outputs:
                 out_name = schema.outputs[0].name
         in_meta = TensorMetadata(in_name, "FP32", (-1, n_features))
+        booster_kind = str(learner.get("gradient_booster", {}).get("name", ""))
         fast, note = None, "the model runs on a GPU"
         if device == "cpu":
             fast, note = build_treelite(
-                booster, objective, self.settings.xgboost_threads, self.settings.xgboost_treelite_max_work, spec.model_id
+                booster,
+                objective,
+                booster_kind,
+                self.settings.xgboost_threads,
+                self.settings.xgboost_treelite_max_work,
+                spec.model_id,
             )
         metadata = ModelMetadata(
             name=spec.model_id,
@@ -185,6 +191,6 @@ class XGBoostAdapter(FrameworkAdapter):
                 "objective": objective,
                 "treelite": fast,
                 "treelite_note": note,
-                "linear": learner.get("gradient_booster", {}).get("name") == "gblinear",
+                "linear": booster_kind == "gblinear",
             },
         )
