@@ -68,7 +68,12 @@ class ServerTLS:
         self._ca: bytes | None = None
         self._stamp = _stamp(files)
         self._read_files()
+        # the context the servers hold hands each handshake to the newest complete one (its SNI
+        # callback runs for every ClientHello): a reload builds and checks a fresh context and
+        # swaps it in whole, never edits the one handshakes are using
+        self._current = self._new_context()
         self._context = self._new_context()
+        self._context.sni_callback = self._hand_over
         self._grpc_stamp = self._stamp
         self.reloads = 0
 
@@ -93,6 +98,7 @@ class ServerTLS:
         if stamp == self._grpc_stamp:
             return None
         try:
+            self._new_context()  # the pair must match: a certificate written before its key is not served
             self._read_files()
             config = self._grpc_config()
         except Exception as exc:  # a half-written rotation: keep serving the previous material
@@ -123,12 +129,22 @@ class ServerTLS:
         """One context for the REST and metrics servers; new handshakes see reloaded files."""
         return self._context
 
+    def _hand_over(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not ctx:
+            conn.context = current
+
     def _reload_context_if_changed(self) -> bool:
+        """Load changed files into a new context and serve it from the next handshake on. A pair
+        that does not load (a rotation half written: the new certificate beside the old key) is
+        not applied, and the previous material keeps being served. (Loading into the context in
+        use, as before, left it holding the new certificate without a key: every handshake failed
+        until the next reload.)"""
         stamp = _stamp(self.files)
         if stamp == self._stamp:
             return False
         try:
-            self._load_into(self._context)
+            self._current = self._new_context()
         except InvalidRequest as exc:
             log.warning("TLS files changed but were not applied yet: %s", exc)
             return False

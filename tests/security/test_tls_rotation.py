@@ -57,3 +57,45 @@ async def test_rotated_certificates_are_served_without_a_restart(tmp_path: Path)
             assert st.status == mm.ModelStatusInfo.NOT_FOUND
     finally:
         await cluster.close()
+
+
+async def test_a_half_written_rotation_keeps_the_previous_pair_served(tmp_path: Path) -> None:
+    """cert-manager swaps both files at once, but a hand-run rotation writes the certificate, then
+    the key. A reload between the two must not apply the mismatched pair: handshakes keep getting
+    the old certificate (the old code loaded into the context in use and left it without a key,
+    so every handshake failed), and gRPC is not handed the pair either; once the key follows, the
+    new pair is served."""
+    from mesh._tls import ServerTLS, TLSFiles
+
+    ca = make_ca(tmp_path / "pki")
+    old = ca.issue("old", cn="served-old", sans=("IP:127.0.0.1",))
+    new = ca.issue("new", cn="served-new", sans=("IP:127.0.0.1",))
+    live_cert, live_key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(old.cert, live_cert)
+    shutil.copy(old.key, live_key)
+    tls = ServerTLS(TLSFiles(live_cert, live_key))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls.ssl_context)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-old"
+        tmp = live_cert.with_suffix(".next")
+        shutil.copy(new.cert, tmp)
+        tmp.replace(live_cert)  # the certificate only
+        assert await asyncio.to_thread(tls._reload_context_if_changed) is False
+        assert tls.grpc_fetch() is None
+        for _ in range(3):
+            assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-old"
+        tmp = live_key.with_suffix(".next")
+        shutil.copy(new.key, tmp)
+        tmp.replace(live_key)  # then its key
+        assert await asyncio.to_thread(tls._reload_context_if_changed) is True
+        assert tls.grpc_fetch() is not None
+        assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-new"
+        assert tls.reloads == 1
+    finally:
+        server.close()
+        await server.wait_closed()
