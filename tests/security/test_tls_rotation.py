@@ -13,6 +13,7 @@ import grpc
 
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from tests import tls_certs
 from tests.mesh.cluster import MemoryCluster, wait_until
 from tests.tls_certs import make_ca
 
@@ -25,13 +26,26 @@ def _served_cn(address: str, ca: Path) -> str:
     return next(v for rdn in cert["subject"] for k, v in rdn if k == "commonName")  # type: ignore[index,union-attr]
 
 
-async def test_rotated_certificates_are_served_without_a_restart(tmp_path: Path) -> None:
+def _pki(tmp_path: Path) -> tuple[tls_certs.TestCA, tls_certs.Pair, Path, Path]:
+    """A CA, the new server pair (CN served-new), and the live files, holding the old pair (served-old)."""
     ca = make_ca(tmp_path / "pki")
     old = ca.issue("old", cn="served-old", sans=("IP:127.0.0.1",))
     new = ca.issue("new", cn="served-new", sans=("IP:127.0.0.1",))
     live_cert, live_key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(old.cert, live_cert)
     shutil.copy(old.key, live_key)
+    return ca, new, live_cert, live_key
+
+
+def _rotate(src: Path, dst: Path) -> None:
+    """Write ``dst`` as a Secret volume's update does: a new file (new inode) renamed over it."""
+    tmp = dst.with_suffix(".next")
+    shutil.copy(src, tmp)
+    tmp.replace(dst)
+
+
+async def test_rotated_certificates_are_served_without_a_restart(tmp_path: Path) -> None:
+    ca, new, live_cert, live_key = _pki(tmp_path)
     cluster = MemoryCluster(1, tmp_path, capacity_bytes=64 << 20,
                             overrides={"tls_cert": live_cert, "tls_key": live_key, "metrics_port": 0})  # fmt: skip
     await cluster.start()
@@ -43,9 +57,7 @@ async def test_rotated_certificates_are_served_without_a_restart(tmp_path: Path)
             assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-old"
         # rotate: write the new pair in place (new inode, like a Secret volume's symlink swap)
         for src, dst in ((new.cert, live_cert), (new.key, live_key)):
-            tmp = dst.with_suffix(".next")
-            shutil.copy(src, tmp)
-            tmp.replace(dst)
+            _rotate(src, dst)
         for address in (ep.rest, ep.metrics):
 
             async def rotated(a: str = address) -> bool:
@@ -67,12 +79,7 @@ async def test_a_half_written_rotation_keeps_the_previous_pair_served(tmp_path: 
     new pair is served."""
     from mesh._tls import ServerTLS, TLSFiles
 
-    ca = make_ca(tmp_path / "pki")
-    old = ca.issue("old", cn="served-old", sans=("IP:127.0.0.1",))
-    new = ca.issue("new", cn="served-new", sans=("IP:127.0.0.1",))
-    live_cert, live_key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    shutil.copy(old.cert, live_cert)
-    shutil.copy(old.key, live_key)
+    ca, new, live_cert, live_key = _pki(tmp_path)
     tls = ServerTLS(TLSFiles(live_cert, live_key))
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -82,16 +89,12 @@ async def test_a_half_written_rotation_keeps_the_previous_pair_served(tmp_path: 
     address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-old"
-        tmp = live_cert.with_suffix(".next")
-        shutil.copy(new.cert, tmp)
-        tmp.replace(live_cert)  # the certificate only
+        _rotate(new.cert, live_cert)  # the certificate only
         assert await asyncio.to_thread(tls._reload_context_if_changed) is False
         assert tls.grpc_fetch() is None
         for _ in range(3):
             assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-old"
-        tmp = live_key.with_suffix(".next")
-        shutil.copy(new.key, tmp)
-        tmp.replace(live_key)  # then its key
+        _rotate(new.key, live_key)  # then its key
         assert await asyncio.to_thread(tls._reload_context_if_changed) is True
         assert tls.grpc_fetch() is not None
         assert await asyncio.to_thread(_served_cn, address, ca.cert) == "served-new"
