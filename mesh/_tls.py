@@ -71,8 +71,8 @@ class ServerTLS:
         # the context the servers hold hands each handshake to the newest complete one (its SNI
         # callback runs for every ClientHello): a reload builds and checks a fresh context and
         # swaps it in whole, never edits the one handshakes are using
-        self._current = self._new_context()
         self._context = self._new_context()
+        self._current = self._context
         self._context.sni_callback = self._hand_over
         self._grpc_stamp = self._stamp
         self.reloads = 0
