@@ -66,17 +66,30 @@ class DataPlane:
         """May ``ctx.principal`` run model ``name``? A forwarded call needs an instance's right to
         forward (a stolen ``mm-forwarded`` header from anyone else is refused); a tenant-bound
         caller sees only its tenant's models (others: the NOT_FOUND a missing model gets)."""
+        if not self._authorized_now(name, ctx):
+            router = self.router
+            mid = await router.resolve_fresh(name)
+            rec = router.mirror.models.items.get(mid)
+            require_model(ctx.principal, name, rec.tenant if rec is not None else None, Action.INFER)
+
+    def _authorized_now(self, name: str, ctx: RequestContext) -> bool:
+        """:meth:`authorize` where the mirror can answer (raises if refused); False: ``name`` must be
+        resolved from the store first. Per request, so no coroutine where none is needed."""
         p = ctx.principal
         if ctx.forwarded:
             p.require(Action.FORWARD, "send forwarded requests (mm-forwarded)")
-            return
+            return True
         if p.tenant is None:
-            p.require(Action.INFER, f"model '{name}'")
-            return
+            if not p.allows(Action.INFER):  # (the message is built only for a refusal)
+                p.require(Action.INFER, f"model '{name}'")
+            return True
         router = self.router
-        mid = router.mirror.resolve(name) or await router.resolve_fresh(name)
+        mid = router.mirror.resolve(name)
+        if mid is None:
+            return False
         rec = router.mirror.models.items.get(mid)
         require_model(p, name, rec.tenant if rec is not None else None, Action.INFER)
+        return True
 
     # ------------------------------------------------------------ server
 
@@ -126,7 +139,8 @@ class DataPlane:
 
         A peer's forwarded request is not timed again: it was counted where it entered the mesh.
         """
-        await self.authorize(name, ctx)
+        if not self._authorized_now(name, ctx):
+            await self.authorize(name, ctx)
         admission = self.admission
         if ctx.forwarded:
             held = admission.try_admit(name, ctx)  # a free slot at once: no context managers

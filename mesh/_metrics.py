@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._errors import status_for
+from ._histograms import HotChild, HotHistogram
 
 _MIN, _H, _D = 60_000, 3_600_000, 86_400_000
 # ModelMesh's bounds (milliseconds / bytes)
@@ -103,11 +104,15 @@ class Metrics:
         def ms(name: str, doc: str, labels: tuple[str, ...] = model, buckets: tuple[float, ...] = MS_BUCKETS) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=r)
 
+        def hot(name: str, doc: str, labels: tuple[str, ...] = model, buckets: tuple[float, ...] = MS_BUCKETS) -> HotHistogram:
+            # observed per request, on the event loop (mesh._histograms)
+            return HotHistogram(name, doc, labels, buckets=buckets, registry=r)
+
         # ---- ModelMesh's
-        self.api_ms = ms("modelmesh_api_request_milliseconds", "External inference request time", req)
-        self.invoke_ms = ms("modelmesh_invoke_model_milliseconds", "Internal model server inference request time", req)
-        self.request_bytes = ms("modelmesh_request_size_bytes", "Inference request payload size", req, MESSAGE_SIZE_BUCKETS)
-        self.response_bytes = ms("modelmesh_response_size_bytes", "Inference response payload size", req, MESSAGE_SIZE_BUCKETS)
+        self.api_ms = hot("modelmesh_api_request_milliseconds", "External inference request time", req)
+        self.invoke_ms = hot("modelmesh_invoke_model_milliseconds", "Internal model server inference request time", req)
+        self.request_bytes = hot("modelmesh_request_size_bytes", "Inference request payload size", req, MESSAGE_SIZE_BUCKETS)
+        self.response_bytes = hot("modelmesh_response_size_bytes", "Inference response payload size", req, MESSAGE_SIZE_BUCKETS)
         self.cache_miss_ms = ms("modelmesh_cache_miss_milliseconds", "Cache miss delay")
         self.load_ms = ms("modelmesh_loadmodel_milliseconds", "Time taken to load model")
         self.load_failures = Counter("modelmesh_loadmodel_failure", "Model load failures", registry=r)
@@ -128,7 +133,8 @@ class Metrics:
         self.lru_time = Gauge(
             "modelmesh_instance_lru_seconds", "Last used time of least recently used model in pod (in secs since epoch)", registry=r
         )
-        self._request_children: dict[tuple[object, ...], tuple[Histogram, Histogram, Histogram]] = {}
+        self._request_children: dict[tuple[object, ...], tuple[HotChild, HotChild, HotChild]] = {}
+        self._batch_children: dict[str, tuple[HotChild, HotChild]] = {}
         self._cluster = _ClusterGauges()
         r.register(self._cluster)
         # ---- modelmux's
@@ -157,10 +163,10 @@ class Metrics:
         self.admission_refusals = Counter(
             "modelmux_admission_refusals", "Requests refused by admission, by reason", ("reason",), registry=r
         )
-        self.batch_size = ms(
+        self.batch_size = hot(
             "modelmux_batch_size", "Requests merged into one framework call (1: ran alone)", buckets=BATCH_SIZE_BUCKETS
         )
-        self.batch_queue_ms = ms(
+        self.batch_queue_ms = hot(
             "modelmux_batch_queue_milliseconds", "Time a request waited for its batch to start", buckets=QUEUE_MS_BUCKETS
         )
 
@@ -183,10 +189,24 @@ class Metrics:
         vmodel_id: str = "",
     ) -> None:
         """One inference request: from a client (``external``) or into a local runtime; sizes < 0: not recorded."""
-        labels = (method, code, model_id, vmodel_id) if self.per_model_labels else (method, code)
-        key = (external, *labels)
+        self.record(external, code, (model_id, vmodel_id), elapsed_ms, request_bytes, response_bytes, method)
+
+    def record(
+        self,
+        external: bool,
+        code: str,
+        model: tuple[str, str],
+        elapsed_ms: float,
+        request_bytes: int = -1,
+        response_bytes: int = -1,
+        method: str = INFER_METHOD,
+    ) -> None:
+        """:meth:`request`, positional (the per-request path: :class:`mesh._request_metrics.RequestTimer`);
+        ``model`` is (model id, vModel id), used only with per-model labels."""
+        key = (external, method, code, model) if self.per_model_labels else (external, method, code)
         children = self._request_children.get(key)
-        if children is None:  # labels() takes a lock and checks its values: once per label set, not per request
+        if children is None:  # once per label set, not per request
+            labels = (method, code, *model) if self.per_model_labels else (method, code)
             children = self._request_children[key] = (
                 (self.api_ms if external else self.invoke_ms).labels(*labels),
                 self.request_bytes.labels(*labels),
@@ -200,12 +220,13 @@ class Metrics:
 
     def batch_ran(self, model_id: str, size: int, queue_times_s: Sequence[float]) -> None:
         """:class:`runtime_adapters.BatchObserver`: one framework call of ``size`` requests."""
-        if self.per_model_labels:
-            self.batch_size.labels(model_id, "").observe(size)
-            queue = self.batch_queue_ms.labels(model_id, "")
-        else:
-            self.batch_size.observe(size)
-            queue = self.batch_queue_ms
+        key = model_id if self.per_model_labels else ""  # one entry without per-model labels
+        children = self._batch_children.get(key)
+        if children is None:
+            labels = (model_id, "") if self.per_model_labels else ()
+            children = self._batch_children[key] = (self.batch_size.labels(*labels), self.batch_queue_ms.labels(*labels))
+        children[0].observe(size)
+        queue = children[1]
         for q in queue_times_s:
             queue.observe(q * 1000)
 

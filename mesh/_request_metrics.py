@@ -9,17 +9,19 @@ from types import TracebackType
 from ._cluster_mirror import ClusterMirror
 from ._metrics import Metrics, code_name
 
+_NO_MODEL = ("", "")
+
 
 class RequestTimer:
     """Times a block and records it on exit with the status it ended with. The caller may fill in
     ``request_bytes`` / ``response_bytes`` (left < 0: not recorded)."""
 
-    __slots__ = ("_external", "_labels", "_metrics", "_t0", "request_bytes", "response_bytes")
+    __slots__ = ("_external", "_metrics", "_model", "_t0", "request_bytes", "response_bytes")
 
-    def __init__(self, metrics: Metrics, external: bool, labels: dict[str, str]) -> None:
+    def __init__(self, metrics: Metrics, external: bool, model: tuple[str, str]) -> None:
         self._metrics = metrics
         self._external = external
-        self._labels = labels
+        self._model = model  # (model id, vModel id): labels only with per-model labels on
         self._t0 = 0.0
         self.request_bytes = -1
         self.response_bytes = -1
@@ -29,13 +31,13 @@ class RequestTimer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._metrics.request(
-            external=self._external,
-            code=code_name(exc),
-            elapsed_ms=(time.perf_counter() - self._t0) * 1000,
-            request_bytes=self.request_bytes,
-            response_bytes=self.response_bytes if exc is None else -1,
-            **self._labels,
+        self._metrics.record(
+            self._external,
+            "OK" if exc is None else code_name(exc),
+            self._model,
+            (time.perf_counter() - self._t0) * 1000,
+            self.request_bytes,
+            self.response_bytes if exc is None else -1,
         )
 
 
@@ -44,12 +46,12 @@ class RequestMetrics:
         self.metrics = metrics
         self.mirror = mirror
 
-    def label_ids(self, name: str) -> dict[str, str]:
-        """``model_id`` / ``vmodel_id`` labels of a requested name (empty unless per-model labels are on)."""
+    def label_ids(self, name: str) -> tuple[str, str]:
+        """(model id, vModel id) of a requested name: per-model labels' values (unused, and not looked up, unless they are on)."""
         if not self.metrics.per_model_labels:
-            return {}
+            return _NO_MODEL
         vm = self.mirror.vmodels.items.get(name)
-        return {"model_id": vm.active, "vmodel_id": name} if vm is not None else {"model_id": name, "vmodel_id": ""}
+        return (vm.active, name) if vm is not None else (name, "")
 
     def api(self, name: str) -> RequestTimer:
         """A client's inference request (not one forwarded by a peer)."""
@@ -57,4 +59,4 @@ class RequestMetrics:
 
     def invoke(self, model_id: str, name: str) -> RequestTimer:
         """One inference call into a copy loaded on this instance."""
-        return RequestTimer(self.metrics, False, {"model_id": model_id, "vmodel_id": name if name != model_id else ""})
+        return RequestTimer(self.metrics, False, (model_id, name if name != model_id else ""))

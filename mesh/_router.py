@@ -283,8 +283,14 @@ class Router:
                 return await model.infer_bytes(payload)
         msg = _codec.parse_infer_request(payload)
         request = _codec.infer_request_from_pb(msg)
-        resp = await self._local(mid, model, name, request)
+        # _local's steps, inline: this is the gRPC local hit, once per request
+        self.counters.local += 1
+        self.metrics.local_hits.inc()
+        self.touch(mid)
+        with self.request_metrics.invoke(mid, name):
+            resp = await model.infer(request)
         out = _codec.infer_response_to_pb(resp)
+        out.model_name = name  # the name asked for (a vModel's, a split's)
         out.id = msg.id
         return out.SerializeToString()
 

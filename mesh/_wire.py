@@ -38,7 +38,11 @@ def read_string_field(buf: bytes, field_number: int) -> str | None:
     n = len(buf)
     found: str | None = None
     while pos < n:
-        key, pos = _varint(buf, pos)
+        key = buf[pos]
+        if key < 0x80:  # one-byte varints (fields 1-15, lengths < 128) inline: this runs per request
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos)
         fnum, wtype = key >> 3, key & 7
         if fnum == 0:
             raise WireError("field number 0")
@@ -47,7 +51,11 @@ def read_string_field(buf: bytes, field_number: int) -> str | None:
         elif wtype == 1:
             pos += 8
         elif wtype == 2:
-            length, pos = _varint(buf, pos)
+            if pos < n and buf[pos] < 0x80:
+                length = buf[pos]
+                pos += 1
+            else:
+                length, pos = _varint(buf, pos)
             end = pos + length
             if end > n:
                 raise WireError("truncated length-delimited field")
