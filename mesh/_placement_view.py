@@ -12,7 +12,10 @@ Sizes: a model's size is the largest measured size among its copies; before any 
 loaded it is the registration's predicted size times the measured/predicted ratio learned for
 its model type (the median over loaded models of that type, at least 1.0: ONNX Runtime, for one,
 holds several times the file size), else a default. When a type's ratio moves by more than
-:data:`RATIO_STEP`, every unmeasured model of that type is recomputed.
+:data:`RATIO_STEP`, every unmeasured model of that type is recomputed, at most
+:data:`RESIZE_PER_VIEW` per view: at 10k models of one type a ratio change took 100 ms of the
+event loop in one piece (a second at 100k), while the copies' sizes it refines are estimates
+that may lag a view or two.
 
 Traffic: a model's ``last_used`` and ``rate_rpm`` are the merge (:class:`placement.Usage`, the
 simulator's estimator) of what its copies report and of its history: the traffic of copies
@@ -29,6 +32,7 @@ decision made synchronously on it, not across an ``await`` (the next view reflec
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
@@ -69,6 +73,7 @@ MISS_CLOCK_SLACK_S = 1.0
 """a copy's report this much before the miss (another instance's clock) still covers the missed request"""
 
 RATIO_STEP = 0.05
+RESIZE_PER_VIEW = 1000  # unmeasured models re-sized for a ratio change per view (the rest: in later views)
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
 
 
@@ -104,6 +109,7 @@ class PlacementViewBuilder:
         self._samples_changed: set[str] = set()
         self._ratios: dict[str, float] = {}
         self._unmeasured: dict[str, set[str]] = {}  # type -> models sized by prediction
+        self._resize: dict[str, None] = {}  # unmeasured models whose type's ratio moved, not yet re-sized (in order)
         self._type_of: dict[str, str] = {}
         # traffic of copies that are gone, their last load time and size (see the module doc)
         self._history = UsageHistory(history_max_models)
@@ -141,6 +147,7 @@ class PlacementViewBuilder:
         self._evictions.clear()
         self._missed.clear()
         self._samples_changed.clear()
+        self._resize.clear()
         self._dirty.clear()
         self._all_dirty = True
 
@@ -246,11 +253,14 @@ class PlacementViewBuilder:
             old = self._ratios.get(mtype, 1.0)
             if abs(ratio - old) > RATIO_STEP * old:
                 self._ratios[mtype] = ratio
-                for mid in list(self._unmeasured.get(mtype, ())):
-                    self._recompute(mid)
+                self._resize.update(dict.fromkeys(self._unmeasured.get(mtype, ())))
+        if self._resize:
+            for resized in list(itertools.islice(self._resize, RESIZE_PER_VIEW)):
+                self._recompute(resized)  # (drops it from the pending ones)
 
     def _recompute(self, mid: str) -> None:
         self.recomputed += 1
+        self._resize.pop(mid, None)
         st = self.state
         rec = st.models.items.get(mid)
         copies = st.copies_of(mid)

@@ -395,3 +395,44 @@ async def test_eviction_values_use_the_policy_horizon_and_copies_the_recent_rate
         assert policy.on_tick(replace(v, recent_window_s=0.0)) == []
         # nor five minutes later, once the minute's burst has decayed
         assert policy.on_tick(replace(v, now=now + 300)) == []
+
+
+async def test_a_size_ratio_change_resizes_unmeasured_models_a_bounded_number_per_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A type's measured/predicted ratio moves: its unmeasured models get the new size over several
+    views, at most RESIZE_PER_VIEW each (one view re-sizing all of them held the event loop for
+    ~100 ms at 10k models), each assigned one's bytes counted at its size as it goes, and the views
+    end where a view built from scratch is."""
+    monkeypatch.setattr("mesh._placement_view.RESIZE_PER_VIEW", 40)
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    now = 1_000_000.0
+    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
+    for k in range(100):
+        await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
+    await store.put(keys.assignment("m99"), encode(AssignmentRecord(model_id="m99", instances=("i0",))))
+    await store.put(keys.model("x"), encode(ModelRecord(model_id="x", model_type="xgboost", predicted_size_bytes=MiB)))
+    policy = Policy(PolicySettings())
+    async with _leader_view(store, keys, policy, lambda: now) as (state, b):
+        rev = await store.put(keys.model("probe"), encode(ModelRecord(model_id="probe", model_type="onnx", predicted_size_bytes=MiB)))
+        assert await state.wait_for(lambda: state.models.revision >= rev, 2.0)
+        assert {mv.size_bytes for mv in b.view().models.values()} == {MiB}
+        # one copy measured at 3x its prediction: the onnx ratio moves from 1 to 3
+        rev = await store.put(keys.copy("probe", "i0"), encode(CopyRecord(
+            model_id="probe", instance_id="i0", state="loaded", since=now, size_bytes=3 * MiB, size_measured=True)))
+        assert await state.wait_for(lambda: state.copies.revision >= rev, 2.0)
+        resized = []
+        for _ in range(4):
+            before = b.recomputed
+            v = b.view()
+            assert b.recomputed - before <= 40 + 1  # the changed model, then at most 40 re-sized
+            onnx = [mv for mid, mv in v.models.items() if mid.startswith("m")]
+            resized.append(sum(mv.size_bytes == 3 * MiB for mv in onnx))
+            assert all(mv.size_bytes in (MiB, 3 * MiB) for mv in onnx)
+            assert v.instances["i0"].used_bytes == v.models["m99"].size_bytes  # counted at its size as it goes
+        assert resized == [40, 80, 100, 100]
+        assert v.models["x"].size_bytes == MiB  # another type keeps its ratio
+        scratch = _fresh(state, policy, now)  # (it learns the ratio as it goes too)
+        for _ in range(3):
+            fresh = scratch.view()
+        assert {m: mv.size_bytes for m, mv in v.models.items()} == {m: mv.size_bytes for m, mv in fresh.models.items()}
+        assert v.instances["i0"].used_bytes == fresh.instances["i0"].used_bytes == 3 * MiB
