@@ -1,8 +1,8 @@
 """Histograms for the per-request path: one bisect and two list increments per observation.
 
 prometheus-client's ``Histogram.observe`` takes two locks and walks its buckets in a loop,
-~1.5 us an observation; a local hit records five of them (request time, both payload sizes,
-the runtime call's time, the batch it ran in), a sizable share of what the mesh adds to a
+~1.5 us an observation; a local hit records six of them (request time, both payload sizes,
+the runtime call's time, its batch's size and queue time), a sizable share of what the mesh adds to a
 sub-millisecond inference. A :class:`HotHistogram` keeps, per label set, a plain list of
 bucket counts with the sum at its end, written by one thread (the event loop, where every
 request is timed) without a lock, and read by the scrape from any thread as a snapshot

@@ -73,8 +73,10 @@ MISS_CLOCK_SLACK_S = 1.0
 """a copy's report this much before the miss (another instance's clock) still covers the missed request"""
 
 RATIO_STEP = 0.05
-RESIZE_PER_VIEW = 1000  # unmeasured models re-sized for a ratio change per view (the rest: in later views)
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
+
+RESIZE_PER_VIEW = 1000
+"""unmeasured models re-sized for a ratio change per view (the rest in the views after it)"""
 
 
 class PlacementViewBuilder:

@@ -263,10 +263,14 @@ class Router:
 
     # ------------------------------------------------------------ local
 
-    async def _local(self, mid: str, model: LoadedModel, name: str, request: InferRequest) -> InferResponse:
+    def _served_here(self, mid: str) -> None:
+        """Count a request served by a copy on this instance (and the model's use)."""
         self.counters.local += 1
         self.metrics.local_hits.inc()
         self.touch(mid)
+
+    async def _local(self, mid: str, model: LoadedModel, name: str, request: InferRequest) -> InferResponse:
+        self._served_here(mid)
         with self.request_metrics.invoke(mid, name):
             resp = await model.infer(request)
         if resp.model_name != name:
@@ -276,17 +280,13 @@ class Router:
     async def _local_bytes(self, mid: str, model: LoadedModel, name: str, payload: bytes) -> bytes:
         served_by.set(self.mirror.address(self.instance_id) or "")
         if isinstance(model, RuntimeCopy):  # the copy lives in a runtime process: forward the bytes unparsed
-            self.counters.local += 1
-            self.metrics.local_hits.inc()
-            self.touch(mid)
+            self._served_here(mid)
             with self.request_metrics.invoke(mid, name):
                 return await model.infer_bytes(payload)
         msg = _codec.parse_infer_request(payload)
         request = _codec.infer_request_from_pb(msg)
         # _local's steps, inline: this is the gRPC local hit, once per request
-        self.counters.local += 1
-        self.metrics.local_hits.inc()
-        self.touch(mid)
+        self._served_here(mid)
         with self.request_metrics.invoke(mid, name):
             resp = await model.infer(request)
         out = _codec.infer_response_to_pb(resp)

@@ -105,14 +105,15 @@ async def test_a_tenant_flood_is_refused_with_429_and_resource_exhausted_while_a
     assert cluster.mesh is not None
     inst = cluster.mesh.instances[0]
     gate = asyncio.Event()
-    real_local = inst.router._local
+    copy = inst.router.loaded.get("a1")  # alpha's model, loaded here: its calls wait for the gate
+    assert copy is not None
+    real_infer = copy.infer
 
-    async def gated(mid: str, model: Any, name: str, request: Any) -> Any:
-        if mid == "a1":
-            await gate.wait()
-        return await real_local(mid, model, name, request)
+    async def gated(request: Any) -> Any:
+        await gate.wait()
+        return await real_infer(request)
 
-    inst.router._local = gated  # type: ignore[method-assign]
+    copy.infer = gated  # type: ignore[method-assign]
     before = _registrations(cluster)
     with _Canary(cluster, client) as canary:
         # alpha: 2 running + 2 queued fill its share; then every further request is refused at once
