@@ -67,10 +67,14 @@ class DataPlane:
         forward (a stolen ``mm-forwarded`` header from anyone else is refused); a tenant-bound
         caller sees only its tenant's models (others: the NOT_FOUND a missing model gets)."""
         if not self._authorized_now(name, ctx):
-            router = self.router
-            mid = await router.resolve_fresh(name)
-            rec = router.mirror.models.items.get(mid)
-            require_model(ctx.principal, name, rec.tenant if rec is not None else None, Action.INFER)
+            await self._authorize_resolved(name, ctx)
+
+    async def _authorize_resolved(self, name: str, ctx: RequestContext) -> None:
+        """A tenant-bound caller's check once ``name`` is resolved from the store (not in the mirror yet)."""
+        router = self.router
+        mid = await router.resolve_fresh(name)
+        rec = router.mirror.models.items.get(mid)
+        require_model(ctx.principal, name, rec.tenant if rec is not None else None, Action.INFER)
 
     def _authorized_now(self, name: str, ctx: RequestContext) -> bool:
         """:meth:`authorize` where the mirror can answer (raises if refused); False: ``name`` must be
@@ -140,7 +144,7 @@ class DataPlane:
         A peer's forwarded request is not timed again: it was counted where it entered the mesh.
         """
         if not self._authorized_now(name, ctx):
-            await self.authorize(name, ctx)
+            await self._authorize_resolved(name, ctx)
         admission = self.admission
         if ctx.forwarded:
             held = admission.try_admit(name, ctx)  # a free slot at once: no context managers
