@@ -169,6 +169,7 @@ class Leader:
                 await self._campaign()
                 self._next_seq = 0  # continue the decision log where the last leader left it
                 self._views.start()  # followed only while leading: a follower keeps no view
+                await self._views.warm()  # the first view's models, built without holding the loop
                 if isinstance(self.policy, AdaptivePolicy):  # do not start blind: ghosts from what instances report
                     self.policy.seed_ghosts(self.view())
                 next_tick = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import random
@@ -436,3 +437,58 @@ async def test_a_size_ratio_change_resizes_unmeasured_models_a_bounded_number_pe
             fresh = scratch.view()
         assert {m: mv.size_bytes for m, mv in v.models.items()} == {m: mv.size_bytes for m, mv in fresh.models.items()}
         assert v.instances["i0"].used_bytes == fresh.instances["i0"].used_bytes == 3 * MiB
+
+
+async def test_a_new_leaders_first_view_is_built_in_chunks_that_let_the_loop_run() -> None:
+    """warm() builds every model once, ``chunk`` at a time, and other tasks run between the chunks;
+    a change made meanwhile is in the next view, which then equals one built from scratch. A
+    stop() meanwhile (leadership lost) ends it."""
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    now = 1_000_000.0
+    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
+    for k in range(250):
+        await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
+    policy = Policy(PolicySettings())
+    async with _leader_view(store, keys, policy, lambda: now) as (state, b):
+        ticks = 0
+        done = False
+
+        async def other_work() -> None:  # stands for the requests the instance serves meanwhile
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        seen: list[int] = []
+        real = b._recompute
+
+        def counting(mid: str) -> None:
+            seen.append(ticks)
+            real(mid)
+
+        b._recompute = counting  # type: ignore[method-assign]
+        await store.put(keys.assignment("m3"), encode(AssignmentRecord(model_id="m3", instances=("i0",))))  # arrives during warm
+        await b.warm(chunk=100)
+        assert len(seen) == 250 and len(set(seen)) == 3  # three chunks, the other task ran between them
+        done = True
+        await other
+        rev = store.revision
+        assert await state.wait_for(lambda: state.assignments.revision >= rev, 2.0)
+        seen.clear()
+        v = b.view()
+        assert len(seen) <= 1  # only what changed since (the assignment, if it landed after its chunk)
+        fresh = _fresh(state, policy, now).view()
+        assert dict(v.models) == dict(fresh.models)
+        assert v.instances["i0"].used_bytes == fresh.instances["i0"].used_bytes == MiB
+
+        b.stop()
+        b.start()
+        seen.clear()
+        task = asyncio.create_task(b.warm(chunk=100))
+        await asyncio.sleep(0)
+        b.stop()  # leadership lost after the first chunk
+        await task
+        assert len(seen) == 100
