@@ -57,6 +57,16 @@ def _fresh(state: ClusterMirror, policy: Policy, now: float, like: PlacementView
     return b
 
 
+async def _onnx_models(n: int) -> tuple[MemoryStore, Keys]:
+    """A store with one roomy instance ``i0`` and ``n`` unmeasured ONNX models ``m0``.. predicted at 1 MiB."""
+    store = MemoryStore()
+    keys = Keys(prefix="/t")
+    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
+    for k in range(n):
+        await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
+    return store, keys
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
     rnd = random.Random(seed)
@@ -145,11 +155,7 @@ async def test_incremental_view_matches_full_rebuild(seed: int) -> None:
 
 
 async def test_only_changed_models_are_recomputed() -> None:
-    store = MemoryStore()
-    keys = Keys(prefix="/t")
-    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
-    for k in range(500):
-        await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
+    store, keys = await _onnx_models(500)
     async with _leader_view(store, keys, Policy(PolicySettings()), time.time) as (state, b):
         b.view()
         before = b.recomputed
@@ -404,12 +410,8 @@ async def test_a_size_ratio_change_resizes_unmeasured_models_a_bounded_number_pe
     ~100 ms at 10k models), each assigned one's bytes counted at its size as it goes, and the views
     end where a view built from scratch is."""
     monkeypatch.setattr("mesh._placement_view.RESIZE_PER_VIEW", 40)
-    store = MemoryStore()
-    keys = Keys(prefix="/t")
+    store, keys = await _onnx_models(100)
     now = 1_000_000.0
-    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
-    for k in range(100):
-        await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
     await store.put(keys.assignment("m99"), encode(AssignmentRecord(model_id="m99", instances=("i0",))))
     await store.put(keys.model("x"), encode(ModelRecord(model_id="x", model_type="xgboost", predicted_size_bytes=MiB)))
     policy = Policy(PolicySettings())
@@ -443,12 +445,8 @@ async def test_a_new_leaders_first_view_is_built_in_chunks_that_let_the_loop_run
     """warm() builds every model once, ``chunk`` at a time, and other tasks run between the chunks;
     a change made meanwhile is in the next view, which then equals one built from scratch. A
     stop() meanwhile (leadership lost) ends it."""
-    store = MemoryStore()
-    keys = Keys(prefix="/t")
+    store, keys = await _onnx_models(250)
     now = 1_000_000.0
-    await store.put(keys.instance("i0"), encode(InstanceRecord(instance_id="i0", address="x", capacity_bytes=1 << 40)))
-    for k in range(250):
-        await store.put(keys.model(f"m{k}"), encode(ModelRecord(model_id=f"m{k}", model_type="onnx", predicted_size_bytes=MiB)))
     policy = Policy(PolicySettings())
     async with _leader_view(store, keys, policy, lambda: now) as (state, b):
         ticks = 0
