@@ -103,14 +103,20 @@ async def mesh(model_type: str, model: Path, ready: Path, instances: int, name: 
         await local.stop()
 
 
-async def density(artifacts: Path, ready: Path, instances: int, models: int, capacity_bytes: int) -> None:
-    """A local mesh with ``models`` registered models over the ONNX files in ``artifacts`` (round robin)."""
+async def density(artifacts: Path, ready: Path, instances: int, models: int, capacity_bytes: int, *,
+                  etcd: str = "", prefix: str = "/modelmux", id_prefix: str = "local", register: bool = True) -> None:
+    """A local mesh with ``models`` registered models over the ONNX files in ``artifacts`` (round robin).
+
+    ``etcd``: the store is that etcd (several of these processes form one mesh, each with its own
+    ``id_prefix``; the one with ``register`` registers the models, the others serve them)."""
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
+    from mesh._store import StoreSettings
 
     files = sorted(artifacts.glob("*/model.onnx"))
+    store = StoreSettings(kind="etcd", endpoints=[etcd], prefix=prefix) if etcd else StoreSettings(kind="memory")
     with tempfile.TemporaryDirectory() as tmp:
         config = LocalMeshConfig(instances=instances, capacity_bytes=capacity_bytes, data_dir=Path(tmp), allowed_roots=[artifacts],
-                                 instance_overrides={"publish_interval_s": 0.5})
+                                 instance_overrides={"publish_interval_s": 0.5}, store=store, id_prefix=id_prefix)
         local = LocalMesh(config)
         await local.start()
         m = local.instances[0].management
@@ -120,8 +126,11 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
             async with sem:
                 await m.register_model(f"m{i}", ModelInfoSpec(type="onnx", path=str(files[i % len(files)])))
 
-        for start in range(0, models, 1000):
+        for start in range(0, models if register else 0, 1000):
             await asyncio.gather(*(reg(i) for i in range(start, min(start + 1000, models))))
+        # every instance serves once its mirror holds every model (the registering one at once)
+        while len(local.instances[0].state.models.items) < models:  # noqa: ASYNC110 (the mirror offers no event per count)
+            await asyncio.sleep(0.05)
         probe = ready.with_suffix(".memory")
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _memory_reading, probe)
         _write_ready(ready, ({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],
@@ -167,9 +176,14 @@ def main() -> None:
     ap.add_argument("--batching", action="store_true", help="bare: adaptive batching on")
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--capacity-bytes", type=int, default=32 << 20)
+    ap.add_argument("--etcd", default="", help="density: the store is this etcd endpoint (default: memory)")
+    ap.add_argument("--prefix", default="/modelmux", help="density: the etcd key prefix")
+    ap.add_argument("--id-prefix", default="local", help="density: instance ids are <id-prefix>-<i>")
+    ap.add_argument("--no-register", action="store_true", help="density: serve the models another process registers")
     a = ap.parse_args()
     if a.kind == "density":
-        run_event_loop(density(a.model, a.ready, a.instances, a.models, a.capacity_bytes))
+        run_event_loop(density(a.model, a.ready, a.instances, a.models, a.capacity_bytes, etcd=a.etcd, prefix=a.prefix,
+                               id_prefix=a.id_prefix, register=not a.no_register))
     elif a.kind == "bare":
         run_event_loop(bare(a.type, a.model, a.ready, a.name, a.batching))
     else:

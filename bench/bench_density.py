@@ -1,12 +1,14 @@
 """Density: 10,000 registered models on 3 instances under skewed (Zipf) traffic.
 
-Run: ``python -m bench.bench_density [--models 10000] [--duration 40]``. One process holds a local
-mesh of 3 instances over the memory store (``bench._servers density``: the in-process embedded
-mode, not a process mesh), each with ``--capacity-mib`` of model capacity; ``--models`` models
-are registered over 200 distinct ONNX files (16 -> 3072 -> 4 MLP, ~200 KB of weights each;
-model i uses file i mod 200, each model is its own copy when loaded). Three wrk processes,
-one per instance, send V2 REST requests whose model is drawn per request from a Zipf(s)
-distribution over all models (a Lua script), for ``--duration`` seconds.
+Run: ``python -m bench.bench_density [--models 10000] [--duration 40] [--capacity-mib 80] [--processes]``.
+``--processes``: each instance is its own process (``bench._servers density --instances 1``)
+over a local etcd, as pods are; the first registers the models. Without it one process holds a
+local mesh of 3 instances over the memory store (the in-process embedded mode): their three
+control planes share one event loop and one GIL. Each instance has ``--capacity-mib`` of model
+capacity; ``--models`` models are registered over 200 distinct ONNX files (16 -> 3072 -> 4 MLP,
+~200 KB of weights each; model i uses file i mod 200, each model is its own copy when loaded).
+Three wrk processes, one per instance, send V2 REST requests whose model is drawn per request from
+a Zipf(s) distribution over all models (a Lua script), for ``--duration`` seconds.
 
 Reported: requests, hit ratio (requests that needed no load: 1 - misses / requests), loads/s,
 latency p50/p99 (wrk, all requests, misses included), and per loaded copy the RSS growth of
@@ -14,7 +16,7 @@ the mesh process (after registration -> end, divided by the copies loaded at the
 copy's measured size (the adapter's ``size_bytes``). Baseline for the latency: a hit-only run
 (the 20 hottest models, loaded) in the same process.
 
-Memory: the server settles (gc, malloc_trim) and reads its RSS and C heap (bytes in use, free
+Memory: each server process settles (gc, malloc_trim) and reads its RSS and C heap (bytes in use, free
 bytes kept) after registration, after the hits-only phase and at the end. The target (RSS <=
 1.3x used capacity + a fixed base) is read from the hits-only phase on: (RSS end - RSS then) /
 (used end - used then), so the base holds the frameworks' one-time start-up and the serving
@@ -23,7 +25,8 @@ The C heap's in-use growth against the used growth says how far the measured siz
 the copies really hold; the rest of the RSS growth is outside the heap or free heap kept resident.
 
 Hits under misses: a fourth wrk (the probe, 2 connections) asks only for the 5 hottest models
-(loaded before it starts and requested often enough to stay) during both phases; its p99
+(loaded before it starts and requested often enough to stay) during both phases, on the placement
+leader's instance (it makes every placement decision besides serving its share); its p99
 while the Zipf traffic loads and evicts all the time vs its p99 in the hits-only phase is the
 "hits unharmed by misses" ratio (target <= 2). Requested bytes: the expected number of distinct
 models the Zipf traffic asked for (from the distribution and the request count) times the mean
@@ -119,6 +122,19 @@ def memory_reading(server: psutil.Process, path: Path, timeout_s: float = 60.0) 
         time.sleep(0.05)
 
 
+def leader_index(rest: list[str], timeout_s: float = 60.0) -> int:
+    """Which of the instances at ``rest`` is the placement leader (the probe's instance: it carries
+    every placement decision besides its share of the traffic, the worst place for a hit)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for k, r in enumerate(rest):
+            if httpx.get(f"http://{r}/api/v1/cluster", timeout=30).json().get("leader", {}).get("leader"):
+                return k
+        if time.monotonic() > deadline:
+            raise RuntimeError("no instance became the placement leader")
+        time.sleep(0.1)
+
+
 def _counters(rest: list[str]) -> list[dict[str, Any]]:
     return [httpx.get(f"http://{r}/api/v1/cluster", timeout=30).json()["self"] for r in rest]
 
@@ -133,7 +149,7 @@ def pair_detail(decisions: list[dict[str, Any]], a: str, b: str) -> str:
 
 
 def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 40,
-        connections: int = 4, dump: Path | None = None) -> dict[str, Any]:
+        connections: int = 4, dump: Path | None = None, processes: bool = False) -> dict[str, Any]:
     from mesh._demo import make_onnx
 
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
@@ -141,30 +157,47 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
         arts = Path(tmp) / "arts"
         for i in range(200):
             make_onnx(arts / f"a{i}" / "model.onnx", 3072, seed=i)
-        ready = Path(tmp) / "ready.json"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen([sys.executable, "-m", "bench._servers", "density", "--model", str(arts), "--ready", str(ready),
-                                 "--instances", "3", "--models", str(models), "--capacity-bytes", str(capacity_mib << 20)],
-                                env=env, cwd=ROOT)
+        base = [sys.executable, "-m", "bench._servers", "density", "--model", str(arts), "--models", str(models),
+                "--capacity-bytes", str(capacity_mib << 20)]
+        procs: list[subprocess.Popen[bytes]] = []
+        etcd = None
         try:
-            _tools.wait_file(ready, proc, 300, "density mesh")
-            info = json.loads(ready.read_text())
-            rest = info["rest"]
-            server = psutil.Process(info["pid"])
-            memfile = Path(info["memory"])
-            mem0 = memory_reading(server, memfile)
+            if processes:  # one process an instance over a real etcd, as pods are
+                from mesh._launcher import LocalEtcd
+
+                etcd = LocalEtcd(Path(tmp) / "etcd").start()
+                cmds = [[*base, "--ready", str(Path(tmp) / f"ready-{k}.json"), "--instances", "1", "--etcd", etcd.endpoint,
+                         "--id-prefix", f"density{k}", *([] if k == 0 else ["--no-register"])] for k in range(3)]
+            else:
+                cmds = [[*base, "--ready", str(Path(tmp) / "ready-0.json"), "--instances", "3"]]
+            procs = [subprocess.Popen(cmd, env=env, cwd=ROOT) for cmd in cmds]
+            infos = []
+            for k, p in enumerate(procs):
+                ready = Path(tmp) / f"ready-{k}.json"
+                _tools.wait_file(ready, p, 600, "density mesh")
+                infos.append(json.loads(ready.read_text()))
+            rest = [r for info in infos for r in info["rest"]]
+            servers = [(psutil.Process(info["pid"]), Path(info["memory"])) for info in infos]
+
+            def memory() -> dict[str, int]:  # summed over the processes
+                readings = [memory_reading(srv, f) for srv, f in servers]
+                return {k: sum(r[k] for r in readings) for k in readings[0]}
+
+            mem0 = memory()
             rss0 = mem0["rss"]
+            lead = leader_index(rest)
 
             def lua(seed: int, n: int) -> str:
                 return _ZIPF_LUA.format(n=n, s=zipf_s, seed=seed, body=json.dumps(body))
 
             def wrk_all(script: Any, secs: float, probe: bool = False) -> list[dict[str, float]]:
-                """One wrk per instance (and the probe on instance 0, last in the list)."""
+                """One wrk per instance (and the probe on the leader's instance, last in the list)."""
                 with ThreadPoolExecutor(len(rest) + 1) as pool:
                     futs = [pool.submit(_tools.wrk, f"http://{r}/v2/models/m0/infer", None, connections=connections,
                                         duration_s=secs, script=script(k), warmup_s=0) for k, r in enumerate(rest)]
                     if probe:
-                        futs.append(pool.submit(_tools.wrk, f"http://{rest[0]}/v2/models/m0/infer", None, connections=2,
+                        futs.append(pool.submit(_tools.wrk, f"http://{rest[lead]}/v2/models/m0/infer", None, connections=2,
                                                 duration_s=secs, script=lua(999, 5), warmup_s=0))
                     return [f.result() for f in futs]
 
@@ -190,7 +223,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             wrk_all(lambda k: lua(100 + k, 20), 3)
             *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), 5, probe=True)
             before = _counters(rest)
-            mem_hot = memory_reading(server, memfile)  # frameworks warmed, the 20 hottest copies loaded
+            mem_hot = memory()  # frameworks warmed, the 20 hottest copies loaded
             rss_hot = mem_hot["rss"]
             poller = threading.Thread(target=poll_decisions, daemon=True)
             poller.start()
@@ -200,10 +233,13 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             polling.set()
             poller.join(15)
             after = _counters(rest)
-            mem1 = memory_reading(server, memfile)
+            mem1 = memory()
             rss1 = mem1["rss"]
         finally:
-            stop_server(proc)
+            for p in procs:
+                stop_server(p)
+            if etcd is not None:
+                etcd.stop()
     requests = sum(r["n"] for r in runs)
     misses = sum(a["misses"] - b["misses"] for a, b in zip(after, before, strict=True))
     loads = sum(a["loads"] - b["loads"] for a, b in zip(after, before, strict=True))
@@ -216,7 +252,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
     if dump is not None:
         dump.write_text(json.dumps(sorted(decisions.values(), key=lambda d: float(d.get("at", 0))), indent=1))
     return {
-        "models": float(models), "zipf_s": zipf_s, "capacity_mib": float(capacity_mib), "duration_s": elapsed,
+        "processes": float(len(servers)), "probe_instance": float(lead), "models": float(models), "zipf_s": zipf_s, "capacity_mib": float(capacity_mib), "duration_s": elapsed,
         "requests": requests, "rps": requests / elapsed,
         "errors": sum(r["errors"] for r in runs),
         "hit_ratio": 1.0 - misses / requests if requests else 0.0,
@@ -251,9 +287,11 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--duration", type=float, default=40.0)
     ap.add_argument("--zipf", type=float, default=1.0)
+    ap.add_argument("--capacity-mib", type=int, default=40, help="model capacity of each instance")
+    ap.add_argument("--processes", action="store_true", help="each instance in its own process over a local etcd")
     ap.add_argument("--decisions", type=Path, default=None, help="write every decision the leader logged (JSON) here")
     a = ap.parse_args()
-    r = run(a.models, a.duration, a.zipf, dump=a.decisions)
+    r = run(a.models, a.duration, a.zipf, a.capacity_mib, dump=a.decisions, processes=a.processes)
     for k, v in r.items():
         print(f"{k:<20}{v:,.3f}" if isinstance(v, float) else f"{k:<20}{v}")
 

@@ -34,6 +34,9 @@ class LocalMeshConfig:
     allowed_roots: Sequence[Path] = ()
     instance_overrides: dict[str, object] = field(default_factory=dict)
     runtimes: RuntimeSettings | None = None  # None: MODELMUX_RUNTIMES_* (model code in worker processes)
+    # instance ids are "<id_prefix>-<i>": local meshes in several processes sharing one store
+    # (etcd) need different prefixes
+    id_prefix: str = "local"
 
 
 def _roots(c: LocalMeshConfig) -> list[Path]:
@@ -53,7 +56,7 @@ class LocalMesh:
         for i in range(c.instances):
             data_dir = c.data_dir / f"instance-{i}"
             settings = InstanceSettings(
-                instance_id=f"local-{i}",
+                instance_id=f"{c.id_prefix}-{i}",
                 host=c.host,
                 grpc_port=c.grpc_ports[i] if i < len(c.grpc_ports) else 0,
                 rest_port=c.rest_ports[i] if i < len(c.rest_ports) else 0,
