@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,27 @@ class LocalCopy:
     meter: Usage = field(default_factory=Usage)
     recent: Usage = field(default_factory=Usage)  # the same requests over the short rate window (copies by rate)
     counted: int = 0  # the router's request count for the model already in ``meter``
+
+
+RPM_STEP = 0.25
+"""a copy record is not rewritten for its dashboard rate (``rpm``) alone unless that moved by this
+share of the published value (and by at least ``RPM_MIN_STEP``) or reached 0"""
+RPM_MIN_STEP = 1.0
+
+
+def _only_rpm_drifted(old: CopyRecord, new: CopyRecord) -> bool:
+    """Whether ``new`` differs from the published ``old`` only by a small move of ``rpm``.
+
+    ``rpm`` is the sliding-window rate the dashboards show; placement reads ``usage_rpm`` and
+    ``recent_rpm``, which change only with new requests. The sliding window makes an idle copy's
+    ``rpm`` fall a little at every publish for up to two windows: publishing each step would
+    rewrite every recently used copy every second, a store write each watcher decodes and the
+    leader's view recomputes, for a number no decision reads."""
+    if replace(new, rpm=old.rpm) != old:
+        return False
+    if (new.rpm == 0.0) != (old.rpm == 0.0):
+        return False
+    return abs(new.rpm - old.rpm) < max(RPM_STEP * old.rpm, RPM_MIN_STEP)
 
 
 @dataclass
@@ -306,7 +327,7 @@ class Agent:
             error=copy.error,
             failed_until=copy.failed_until,
         )
-        if rec == copy.published:
+        if rec == copy.published or (copy.published is not None and _only_rpm_drifted(copy.published, rec)):
             return
         await self.store.put(self.keys.copy(copy.model_id, self.instance_id), encode(rec), lease=self.lease)
         copy.published = rec

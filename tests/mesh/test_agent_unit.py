@@ -4,6 +4,7 @@ the only writer of the loaded-copies registry the router reads, and publishes ea
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -268,3 +269,41 @@ async def test_a_copy_just_loaded_reports_its_first_requests_at_once(rig: Rig) -
     assert "m" not in rig.agent._fresh
     rec = await rig.copy_record("m")
     assert rec is not None and rec.last_used == served_at
+
+
+async def test_a_copy_is_not_rewritten_for_a_small_drift_of_its_dashboard_rate(rig: Rig) -> None:
+    """``rpm`` (the dashboards' sliding-window rate) falls a little at every publish while a copy is
+    idle; the copy record is rewritten for it only when it moved by a quarter (and 1/min) or reached
+    0, and at once for anything placement reads (new requests)."""
+    w = rig.w
+    await w.model("m")
+    await w.settle(lambda: "m" in w.mirror.models.items)
+    await w.assign("m", ME)
+    await w.settle(lambda: w.mirror.holders("m") == (ME,), "the copy published as loaded")
+    assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
+    copy, st = rig.agent.copies["m"], rig.router.usage["m"]
+
+    async def publish_with(elapsed_s: float, prev: int = 40) -> tuple[float, int]:
+        """Publish with the rate window ``elapsed_s`` old and ``prev`` requests in the previous one;
+        returns the stored rpm and how many times the record was written."""
+        st.prev_count, st.window_count, st.window_start = prev, 0, time.monotonic() - elapsed_s
+        await rig.agent._publish_copy(copy)
+        kv = await w.store.get(w.keys.copy("m", ME))
+        assert kv is not None
+        return decode(CopyRecord, kv.value).rpm, kv.version
+
+    rpm, version = await publish_with(1.0)
+    assert 39 <= rpm <= 40  # 40 * (1 - 1/60), up from the first window's 1/min: written
+    assert await publish_with(5.0) == (rpm, version)  # 36.7: within a quarter, not written
+    assert await publish_with(10.0) == (rpm, version)  # 33.3
+    moved, v2 = await publish_with(20.0)  # 26.7: a third below what was published
+    assert v2 == version + 1 and 26 <= moved <= 27
+    assert (await publish_with(25.0))[1] == v2  # 23.3
+    zero, v3 = await publish_with(130.0)  # two windows idle: 0, always written
+    assert (zero, v3) == (0.0, v2 + 1)
+    # a request changes what placement reads (last use, usage_rpm): written whatever rpm does
+    assert (await rig.router.infer("m", request("m"), timeout_s=5)).model_name == "m"
+    await rig.agent._publish_copy(copy)
+    kv = await w.store.get(w.keys.copy("m", ME))
+    assert kv is not None and kv.version == v3 + 1
+    assert decode(CopyRecord, kv.value).last_used == st.last_used > 0
