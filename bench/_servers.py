@@ -116,7 +116,7 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
     store = StoreSettings(kind="etcd", endpoints=[etcd], prefix=prefix) if etcd else StoreSettings(kind="memory")
     with tempfile.TemporaryDirectory() as tmp:
         config = LocalMeshConfig(instances=instances, capacity_bytes=capacity_bytes, data_dir=Path(tmp), allowed_roots=[artifacts],
-                                 instance_overrides={"publish_interval_s": 0.5}, store=store, id_prefix=id_prefix)
+                                 store=store, id_prefix=id_prefix)
         local = LocalMesh(config)
         await local.start()
         m = local.instances[0].management

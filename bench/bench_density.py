@@ -135,6 +135,14 @@ def leader_index(rest: list[str], timeout_s: float = 60.0) -> int:
         time.sleep(0.1)
 
 
+def store_writes(etcd: Any) -> float:
+    """Keys etcd has written and deleted so far (its own counters; 0 without an etcd)."""
+    if etcd is None:
+        return 0.0
+    text = httpx.get(f"http://{etcd.endpoint}/metrics", timeout=30).text
+    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(("etcd_mvcc_put_total ", "etcd_mvcc_delete_total ")))
+
+
 def _counters(rest: list[str]) -> list[dict[str, Any]]:
     return [httpx.get(f"http://{r}/api/v1/cluster", timeout=30).json()["self"] for r in rest]
 
@@ -227,9 +235,11 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
             rss_hot = mem_hot["rss"]
             poller = threading.Thread(target=poll_decisions, daemon=True)
             poller.start()
+            writes0 = store_writes(etcd)
             t0 = time.monotonic()
             *runs, probe = wrk_all(lambda k: lua(k + 1, models), duration, probe=True)
             elapsed = time.monotonic() - t0
+            writes = store_writes(etcd) - writes0
             polling.set()
             poller.join(15)
             after = _counters(rest)
@@ -257,6 +267,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
         "errors": sum(r["errors"] for r in runs),
         "hit_ratio": 1.0 - misses / requests if requests else 0.0,
         "loads_per_s": loads / elapsed,
+        "store_writes_per_s": writes / elapsed,  # etcd keys put and deleted (process mesh only)
         "p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
         "hot_p50_ms": max(r["p50_ms"] for r in hot), "hot_p99_ms": max(r["p99_ms"] for r in hot),
         "hot_rps": sum(r["rps"] for r in hot),
