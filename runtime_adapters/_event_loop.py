@@ -16,13 +16,17 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from ._heap import LongLivedHeap
+from ._heap import from_environment as heap_policy
+
 T = TypeVar("T")
 
 CHOICES = ("auto", "uvloop", "asyncio")
 
 
 class EventLoopChoiceError(ValueError):
-    """``MODELMUX_EVENT_LOOP`` names no loop, or names uvloop where it is not installed."""
+    """``MODELMUX_EVENT_LOOP`` names no loop, or names uvloop where it is not installed; or the
+    loop's garbage-collection policy (``MODELMUX_GC_REFRESH_S``) is not a period."""
 
 
 def loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -41,12 +45,27 @@ def loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEven
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
+async def _with_heap_policy(main: Coroutine[Any, Any, T], heap: LongLivedHeap | None) -> T:
+    if heap is None:
+        return await main
+    heap.start()
+    try:
+        return await main
+    finally:
+        await heap.stop()
+
+
 def run(main: Coroutine[Any, Any, T], *, loop: str | None = None) -> T:
-    """``asyncio.run(main)`` on the chosen loop (see the module docstring)."""
+    """``asyncio.run(main)`` on the chosen loop (see the module docstring), with the process's
+    garbage-collection policy (:mod:`runtime_adapters._heap`, ``MODELMUX_GC_REFRESH_S``)."""
     try:
         factory = loop_factory(loop)
+        try:
+            heap = heap_policy()
+        except ValueError as exc:
+            raise EventLoopChoiceError(str(exc)) from None
     except EventLoopChoiceError:
         main.close()  # never awaited: say so quietly instead of a RuntimeWarning
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+        return runner.run(_with_heap_policy(main, heap))

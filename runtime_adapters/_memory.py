@@ -115,7 +115,11 @@ class LoadMeter:
         is imported. ``full`` is for dropped objects that hold reference cycles (a
         torch.export graph module), which only a full collection frees.
         """
-        gc.collect() if full else gc.collect(1)
+        if full:
+            gc.unfreeze()  # cycles among frozen objects too (runtime_adapters._heap freezes the long-lived heap)
+            gc.collect()
+        else:
+            gc.collect(1)
         if self._malloc_trim is not None:
             self._malloc_trim(0)
         return int(self._process.memory_info().rss)
