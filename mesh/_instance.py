@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -310,6 +311,10 @@ class Instance:
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
             await self.leader.start()
+        # one full collection before serving: the process's long-lived heap policy
+        # (runtime_adapters._heap) freezes what start-up built (modules, the mirror's records),
+        # so the first full collection's pause falls here and not on the first requests
+        gc.collect()
         await self.health.set_serving()
         log.info("instance %s serving gRPC on %s, REST on %s", self.instance_id, grpc_addr, rest_addr or "-")
         return self.endpoints
