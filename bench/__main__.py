@@ -173,7 +173,7 @@ def main() -> None:
     print(f"  load average at start: {load_start}")
 
     md: list[str] = []
-    routing = density = cold = control = memory = None
+    routing = density = density_inproc = cold = control = memory = None
     peer: dict[int, Any] | None = None
     peer_out: dict[str, Any] = {}
     if "routing" in a.only:
@@ -206,7 +206,9 @@ def main() -> None:
     if "density" in a.only:
         from bench import bench_density
 
-        density = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40)
+        # the process mesh (an instance a process over etcd, as pods) first: the plots show it
+        density = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40, processes=True)
+        density_inproc = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40, processes=False)
     if "memory" in a.only:
         from bench import bench_memory
 
@@ -303,46 +305,55 @@ def main() -> None:
                   f"learnt that address: {remote['holder_check']}). gRPC via h2load, {rounds} interleaved rounds of "
                   f"{dur:g} s, median. Targets at 16 in flight: remote >= 0.75x bare, direct >= 0.9x.\n")
         md.append(_fmt_rows(rows, REMOTE_HEADER) + "\n")
-    if density:
-        d = density
-        rows = [[f"{int(d['models']):,}", f"{d['zipf_s']:g}", f"{d['requests']:.0f}", f"{d['rps']:.0f}", f"{d['hit_ratio']:.3f}",
-                 f"{d['loads_per_s']:.1f}", f"{d['p50_ms']:.1f}", f"{d['p99_ms']:.1f}", f"{d['hot_p99_ms']:.1f}",
+    if density and density_inproc:
+        runs = [("process mesh", density), ("in-process", density_inproc)]
+        header = ["mesh", "models", "zipf s", "requests", "req/s", "hit ratio", "loads/s", "store writes/s", "p50 ms", "p99 ms",
+                  "p99 ms hits only", "copies at end", "measured size / copy", "RSS growth / copy", "RSS / size", "errors"]
+        rows = [[name, f"{int(d['models']):,}", f"{d['zipf_s']:g}", f"{d['requests']:.0f}", f"{d['rps']:.0f}", f"{d['hit_ratio']:.3f}",
+                 f"{d['loads_per_s']:.1f}", f"{d['store_writes_per_s']:.0f}" if d["store_writes_per_s"] else "-",
+                 f"{d['p50_ms']:.1f}", f"{d['p99_ms']:.1f}", f"{d['hot_p99_ms']:.1f}",
                  f"{int(d['copies'])}", f"{d['size_per_copy'] / 1024:.0f} KiB", f"{d['rss_per_copy'] / 1024:.0f} KiB",
-                 f"{d['rss_per_copy'] / d['size_per_copy']:.2f}" if d["size_per_copy"] else "-", str(int(d["errors"]))]]
-        header = ["models", "zipf s", "requests", "req/s", "hit ratio", "loads/s", "p50 ms", "p99 ms", "p99 ms hits only",
-                  "copies at end", "measured size / copy", "RSS growth / copy", "RSS / size", "errors"]
+                 f"{d['rss_per_copy'] / d['size_per_copy']:.2f}" if d["size_per_copy"] else "-", str(int(d["errors"]))]
+                for name, d in runs]
         _print_table("density", header, rows)
-        probe = d["probe_p99_ms"] / d["probe_hot_p99_ms"] if d["probe_hot_p99_ms"] else 0.0
-        rss = (d["rss_end"] - d["rss_base"]) / d["used_bytes"] if d["used_bytes"] else 0.0
-        used_growth = d["used_bytes"] - d["used_hot"]
-        marginal = (d["rss_end"] - d["rss_hot"]) / used_growth if used_growth > 0 else 0.0
-        heap_growth = d.get("heap_in_use_end", 0.0) - d.get("heap_in_use_hot", 0.0)
-        heap = heap_growth / used_growth if used_growth > 0 else 0.0
-        t_rows = [["hits' p99 under misses / hits-only p99 (probe on the 5 hottest models)",
-                   f"{d['probe_p99_ms']:.1f} / {d['probe_hot_p99_ms']:.1f} ms = {probe:.2f}", "<= 2", "met" if probe <= 2 else "missed"],
-                  ["load/evict ping-pong pairs within 60 s (leader's decision log)",
-                   f"{int(d['ping_pongs'])} of {int(d['decisions_seen'])} actions" + (f" (e.g. {d['ping_pong_examples']})" if d["ping_pongs"] else ""),
-                   "0", "met" if not d["ping_pongs"] else "missed"],
-                  ["RSS growth / used capacity growth, from the hits-only phase on (base: RSS then)",
-                   f"{marginal:.2f} ({(d['rss_end'] - d['rss_hot']) / 2**20:.0f} MiB / {used_growth / 2**20:.0f} MiB)", "<= 1.3",
-                   "met" if marginal <= 1.3 else "missed"],
-                  ["the same over the whole run (base: RSS after registration, before any framework ran)",
-                   f"{rss:.2f} ({(d['rss_end'] - d['rss_base']) / 2**20:.0f} MiB / {d['used_bytes'] / 2**20:.0f} MiB)", "", ""],
-                  ["C heap in use: growth / used capacity growth, from the hits-only phase on",
-                   f"{heap:.2f} ({heap_growth / 2**20:.0f} MiB; heap free kept at the end {d.get('heap_free_end', 0) / 2**20:.0f} MiB)",
-                   "", ""],
-                  ["capacity / requested bytes (expected distinct models x mean size)", f"{d['capacity_share']:.2f}", "about 0.25", ""]]
+        t_rows = []
+        for name, d in runs:
+            probe = d["probe_p99_ms"] / d["probe_hot_p99_ms"] if d["probe_hot_p99_ms"] else 0.0
+            rss = (d["rss_end"] - d["rss_base"]) / d["used_bytes"] if d["used_bytes"] else 0.0
+            used_growth = d["used_bytes"] - d["used_hot"]
+            marginal = (d["rss_end"] - d["rss_hot"]) / used_growth if used_growth > 0 else 0.0
+            heap_growth = d.get("heap_in_use_end", 0.0) - d.get("heap_in_use_hot", 0.0)
+            heap = heap_growth / used_growth if used_growth > 0 else 0.0
+            t_rows += [[f"{name}: hits' p99 under misses / hits-only p99 (probe on the 5 hottest models, leader's instance)",
+                        f"{d['probe_p99_ms']:.1f} / {d['probe_hot_p99_ms']:.1f} ms = {probe:.2f}", "<= 2", "met" if probe <= 2 else "missed"],
+                       [f"{name}: load/evict ping-pong pairs within 60 s (leader's decision log)",
+                        f"{int(d['ping_pongs'])} of {int(d['decisions_seen'])} actions" + (f" (e.g. {d['ping_pong_examples']})" if d["ping_pongs"] else ""),
+                        "0", "met" if not d["ping_pongs"] else "missed"],
+                       [f"{name}: RSS growth / used capacity growth, from the hits-only phase on (base: RSS then)",
+                        f"{marginal:.2f} ({(d['rss_end'] - d['rss_hot']) / 2**20:.0f} MiB / {used_growth / 2**20:.0f} MiB)", "<= 1.3",
+                        "met" if marginal <= 1.3 else "missed"],
+                       [f"{name}: the same over the whole run (base: RSS after registration, before any framework ran)",
+                        f"{rss:.2f} ({(d['rss_end'] - d['rss_base']) / 2**20:.0f} MiB / {d['used_bytes'] / 2**20:.0f} MiB)", "", ""],
+                       [f"{name}: C heap in use: growth / used capacity growth, from the hits-only phase on",
+                        f"{heap:.2f} ({heap_growth / 2**20:.0f} MiB; heap free kept at the end {d.get('heap_free_end', 0) / 2**20:.0f} MiB)",
+                        "", ""],
+                       [f"{name}: capacity / requested bytes (expected distinct models x mean size)", f"{d['capacity_share']:.2f}",
+                        "about 0.25", ""]]
         _print_table("density targets", ["", "measured", "target", ""], t_rows)
+        d = density
         md.append("### Density\n")
-        md.append(f"In-process local mesh (one process, 3 instances over the memory store, {int(d['capacity_mib'])} MiB of "
-                  "capacity each; bench._servers density), 10,000 registered models over 200 distinct ONNX files "
+        md.append(f"Two meshes of 3 instances, {int(d['capacity_mib'])} MiB of model capacity each (bench/bench_density.py): "
+                  "the **process mesh**, an instance a process over a local etcd, as pods are (`--processes`; memory "
+                  "and RSS summed over the three), and the **in-process** embedded mode, one process over the memory "
+                  "store (three control planes on one event loop). 10,000 registered models over 200 distinct ONNX files "
                   "(16 -> 3072 -> 4 MLP), Zipf traffic over all models from 3 wrk processes (one per instance, 4 "
                   f"connections each, model drawn per request by a Lua script) for {d['duration_s']:.0f} s, plus a probe "
-                  "(wrk, 2 connections) on the 5 hottest models in both phases. Hit ratio = "
-                  "1 - misses / requests (a miss: no copy anywhere when the request arrived). Latency includes misses; "
-                  "baseline in the same run: the 20 hottest models only, loaded (\"hits only\"). RSS growth: the mesh "
-                  "process's RSS after the run minus after registration, per copy loaded at the end (it also holds "
-                  "what evicted copies left behind).\n")
+                  "(wrk, 2 connections) on the 5 hottest models in both phases, sent to the placement leader's instance. "
+                  "Hit ratio = 1 - misses / requests (a miss: no copy anywhere when the request arrived). Latency "
+                  "includes misses; baseline in the same run: the 20 hottest models only, loaded (\"hits only\"). "
+                  "Store writes: etcd's put and delete counters over the Zipf phase (process mesh). RSS growth: after "
+                  "the run minus after registration, per copy loaded at the end (it also holds what evicted copies "
+                  "left behind).\n")
         md.append(_fmt_rows(rows, header) + "\n")
         md.append(_fmt_rows(t_rows, ["", "measured", "target", ""]) + "\n")
     if memory:

@@ -156,7 +156,7 @@ def pair_detail(decisions: list[dict[str, Any]], a: str, b: str) -> str:
     return "; ".join(f"+{float(d['at']) - t0:.1f}s {d['model_id']}: {d.get('reason', '')}" for d in rows)
 
 
-def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 40,
+def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 80,
         connections: int = 4, dump: Path | None = None, processes: bool = False) -> dict[str, Any]:
     from mesh._demo import make_onnx
 
@@ -298,7 +298,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--duration", type=float, default=40.0)
     ap.add_argument("--zipf", type=float, default=1.0)
-    ap.add_argument("--capacity-mib", type=int, default=40, help="model capacity of each instance")
+    ap.add_argument("--capacity-mib", type=int, default=80, help="model capacity of each instance")
     ap.add_argument("--processes", action="store_true", help="each instance in its own process over a local etcd")
     ap.add_argument("--decisions", type=Path, default=None, help="write every decision the leader logged (JSON) here")
     a = ap.parse_args()
