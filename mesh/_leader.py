@@ -32,7 +32,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -105,6 +105,11 @@ class Leader:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unsubs: list[Callable[[], None]] = []
+        # what the cleanup before each batch of misses checks: models whose copy failed or whose
+        # assignment changed since the last cleanup, or everything once an instance is gone (the
+        # tick's cleanup always checks everything)
+        self._cleanup_due: set[str] = set()
+        self._cleanup_all = True
         self._views = PlacementViewBuilder(
             state, policy, default_model_size_bytes=default_model_size_bytes, clock=clock, rate_window_s=rate_window_s,
             usage_window_s=usage_window_s,
@@ -115,6 +120,11 @@ class Leader:
         self._pending_vmodels = {n for n, vm in self.state.vmodels.items.items() if vm.active != vm.target}
         for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances, self.state.tenants):
             self._unsubs.append(mirror.subscribe(lambda _c: self._wake.set()))
+        self._unsubs += [
+            self.state.copies.subscribe(self._note_copies),
+            self.state.assignments.subscribe(self._note_assignments),
+            self.state.instances.subscribe(self._note_instances),
+        ]
         self._task = asyncio.create_task(self._run(), name=f"leader-{self.instance_id}")
 
     async def stop(self) -> None:
@@ -168,6 +178,7 @@ class Leader:
             try:
                 await self._campaign()
                 self._next_seq = 0  # continue the decision log where the last leader left it
+                self._cleanup_all = True  # what changed while following was not noted
                 self._views.start()  # followed only while leading: a follower keeps no view
                 await self._views.warm()  # the first view's models, built without holding the loop
                 if isinstance(self.policy, AdaptivePolicy):  # do not start blind: ghosts from what instances report
@@ -309,7 +320,7 @@ class Leader:
 
     async def _process_misses(self) -> None:
         if any(not m.error for m in self.state.misses.items.values()):
-            await self._cleanup()
+            await self._cleanup(full=False)
         for mid, miss in list(self.state.misses.items.items()):
             key = self.keys.miss(mid)
             if miss.error:
@@ -341,10 +352,38 @@ class Leader:
 
     # ------------------------------------------------------------ tick
 
-    async def _cleanup(self) -> None:
-        """Unassign failed copies (the instance is free; a later miss may retry) and vanished instances."""
+    def _note_copies(self, changes: list[Any]) -> None:
+        if self.is_leader:
+            for ch in changes:
+                if ch.new is not None and ch.new.state == CopyState.FAILED:
+                    self._cleanup_due.add(ch.key.rpartition("/")[0])
+
+    def _note_assignments(self, changes: list[Any]) -> None:
+        if self.is_leader:
+            self._cleanup_due.update(ch.key for ch in changes if ch.new is not None)
+
+    def _note_instances(self, changes: list[Any]) -> None:
+        if any(ch.new is None for ch in changes):
+            self._cleanup_all = True
+
+    async def _cleanup(self, *, full: bool = True) -> None:
+        """Unassign failed copies (the instance is free; a later miss may retry) and vanished instances.
+
+        ``full``: check every assignment (the tick). Otherwise (before each batch of misses) only
+        the models noted since the last cleanup: a walk of every assignment before each miss cost
+        the leader's loop ~4% at 60 misses/s over 10,000 models."""
+        assignments = self.state.assignments.items
+        if full or self._cleanup_all:
+            self._cleanup_all = False
+            self._cleanup_due.clear()
+            mids: Iterable[str] = list(assignments)
+        else:
+            mids, self._cleanup_due = self._cleanup_due, set()
         failed: list[Action] = []
-        for mid, arec in self.state.assignments.items.items():
+        for mid in mids:
+            arec = assignments.get(mid)
+            if arec is None:
+                continue
             copies = self.state.copies_of(mid)
             for iid in arec.instances:
                 c = copies.get(iid)

@@ -117,3 +117,43 @@ async def test_an_assignment_carries_the_size_placement_planned_with(rig: Rig) -
     await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
     await w.settle(lambda: bool(w.mirror.assigned("m")), "the assignment")
     assert w.mirror.assignments.items["m"].planned_bytes == 25_000
+
+
+async def test_the_cleanup_before_a_miss_checks_only_what_changed_and_still_finds_failures(rig: Rig) -> None:
+    """Before each batch of misses the leader checks only the models whose copy failed or whose
+    assignment changed since its last cleanup (the tick checks every one); an instance that goes
+    makes the next cleanup check every assignment."""
+    w = rig.w
+    for i in range(50):
+        await w.model(f"idle{i}")
+        await w.assign(f"idle{i}", "other")
+    await w.settle(lambda: len(w.mirror.assignments.items) == 50)
+    await rig.leader._cleanup()  # the tick's: everything, and nothing is noted any more
+    rig.leader.view()  # the placement view has recomputed them too (it reads copies_of as well)
+    checked: list[str] = []
+    real = w.mirror.copies_of
+
+    def counting(mid: str) -> object:
+        checked.append(mid)
+        return real(mid)
+
+    w.mirror.copies_of = counting  # type: ignore[method-assign]
+    await w.model("bad")
+    await w.assign("bad", "other")
+    await w.copy("bad", "other", CopyState.FAILED, error="boom", failed_until=w.clock() + 60)
+    await w.settle(lambda: w.mirror.failure("bad") == "boom")
+    await w.model("m", predicted_size_bytes=1000)
+    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+    await w.settle(lambda: not w.mirror.assigned("bad") and bool(w.mirror.assigned("m")), "the failed copy unassigned, m placed")
+    assert "bad" in checked and not any(mid.startswith("idle") for mid in checked)
+
+    # an instance that goes: the next cleanup checks every assignment, and unassigns its copies
+    checked.clear()
+    await w.store.delete(w.keys.instance("other"))
+    await w.settle(lambda: "other" not in w.mirror.instances.items)
+    await w.model("n", predicted_size_bytes=1000)
+    await w.store.put(w.keys.miss("n"), encode(MissRecord(model_id="n", instance_id=ME, at=w.clock())))
+    await w.settle(lambda: not any(w.mirror.assigned(f"idle{i}") for i in range(50)), "the gone instance's copies unassigned")
+    assert {f"idle{i}" for i in range(50)} <= set(checked)
+    reasons = {a["reason"] for r in w.mirror.decisions.records() for a in r.actions if a["model_id"].startswith("idle")}
+    assert reasons == {"instance_gone"}
