@@ -9,11 +9,12 @@ on the density bench's leader (10,000 models, ~60 loads/s over three instances) 
 ran every 3-5 s and stopped the event loop for 65-133 ms each time: the hits' p99 under misses
 was those pauses.
 
-:class:`LongLivedHeap` freezes what survives each full collection (``gc.freeze``: the objects move
-to the permanent generation, which no collection walks), so the next full collection walks only
-what was created since. Frozen objects are still freed by reference counting as usual; only
-reference cycles among them wait, for the next refresh: every ``refresh_s`` everything is
-unfrozen and collected once (one full pause per period), and what survives is frozen again.
+:class:`LongLivedHeap` freezes the heap within a poll (1 s) of each full collection (``gc.freeze``:
+every tracked object moves to the permanent generation, which no collection walks): what survived
+the collection, and what the poll's second created. The next full collection walks only what was
+created since. Frozen objects are still freed by reference counting as usual; only reference
+cycles among them wait, for the next refresh: every ``refresh_s`` everything is unfrozen and
+collected once (one full pause per period), and what survives is frozen again.
 
 ``MODELMUX_GC_REFRESH_S`` (default 600): the period; 0 turns the policy off (CPython's own
 collection schedule).

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 from runtime_adapters import EventLoopChoiceError, run_event_loop
 from runtime_adapters._heap import LongLivedHeap, from_environment
 from runtime_adapters._memory import process_meter
+from tests.mesh.cluster import wait_until
 
 
 class Node:
@@ -36,13 +36,6 @@ def _thawed() -> Iterator[None]:
     gc.unfreeze()
 
 
-async def _until(predicate: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_what_survives_a_full_collection_is_frozen_and_a_later_object_is_not() -> None:
     async def main() -> None:
         heap = LongLivedHeap(refresh_s=3600, poll_s=0.01)
@@ -56,7 +49,7 @@ def test_what_survives_a_full_collection_is_frozen_and_a_later_object_is_not() -
             await asyncio.sleep(0.05)
             assert heap.freezes == 0 and gc.get_freeze_count() == 0
             gc.collect()
-            await _until(lambda: heap.freezes == 1)
+            await wait_until(lambda: heap.freezes == 1)
             assert gc.get_freeze_count() > 0 and not _tracked(old)  # the next full collection skips it
             young = Node()
             assert _tracked(young)
@@ -78,14 +71,14 @@ def test_a_frozen_cycle_is_freed_at_the_refresh_and_a_plain_object_at_once() -> 
             a.other, b.other = b, a
             gone_cycle, gone_plain = weakref.ref(a), weakref.ref(plain)
             gc.collect()
-            await _until(lambda: heap.freezes == 1)
+            await wait_until(lambda: heap.freezes == 1)
             del a, b, plain
             assert gone_plain() is None  # reference counting frees frozen objects as usual
             gc.collect()
             assert gone_cycle() is not None  # a cycle among frozen objects waits for the refresh
             heap.refresh()
             assert gone_cycle() is None and heap.refreshes == 1
-            await _until(lambda: heap.freezes == 2)  # the refresh's survivors are frozen again
+            await wait_until(lambda: heap.freezes == 2)  # the refresh's survivors are frozen again
         finally:
             await heap.stop()
 
@@ -101,9 +94,9 @@ def test_the_periodic_refresh_runs_on_its_own() -> None:
             a.other, b.other = b, a
             gone = weakref.ref(a)
             gc.collect()
-            await _until(lambda: heap.freezes >= 1)
+            await wait_until(lambda: heap.freezes >= 1)
             del a, b
-            await _until(lambda: gone() is None)
+            await wait_until(lambda: gone() is None)
             assert heap.refreshes >= 1
         finally:
             await heap.stop()
@@ -128,7 +121,7 @@ def test_the_load_meters_full_settle_frees_frozen_cycles() -> None:
 def test_run_event_loop_installs_the_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     async def frozen_after_a_full_collection() -> bool:
         gc.collect()
-        await _until(lambda: gc.get_freeze_count() > 0)
+        await wait_until(lambda: gc.get_freeze_count() > 0)
         return True
 
     monkeypatch.delenv("MODELMUX_GC_REFRESH_S", raising=False)
