@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import signal
@@ -112,6 +111,7 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
     ``id_prefix``; the one with ``register`` registers the models, the others serve them)."""
     from mesh import LocalMesh, LocalMeshConfig, ModelInfoSpec
     from mesh._store import StoreSettings
+    from runtime_adapters import collect_for_freezing
 
     files = sorted(artifacts.glob("*/model.onnx"))
     store = StoreSettings(kind="etcd", endpoints=[etcd], prefix=prefix) if etcd else StoreSettings(kind="memory")
@@ -134,7 +134,7 @@ async def density(artifacts: Path, ready: Path, instances: int, models: int, cap
             await asyncio.sleep(0.05)
         # the models were registered after start: one full collection, as an instance makes at start,
         # so the heap policy freezes their records before the measured phases (not during the first)
-        gc.collect()
+        collect_for_freezing()
         probe = ready.with_suffix(".memory")
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _memory_reading, probe)
         _write_ready(ready, ({"grpc": [i.endpoints.grpc for i in local.instances if i.endpoints],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import secrets
@@ -23,7 +22,13 @@ from fastapi import FastAPI
 
 from placement import Policy, PolicySettings
 from puller import Puller, PullerSettings, StorageConfig
-from runtime_adapters import AdapterRegistry, AdapterSettings, BatchingSettings, build_registry
+from runtime_adapters import (
+    AdapterRegistry,
+    AdapterSettings,
+    BatchingSettings,
+    build_registry,
+    collect_for_freezing,
+)
 
 from ._agent import Agent
 from ._caps import RegistrationCaps
@@ -311,10 +316,10 @@ class Instance:
         await self.state.wait_for(lambda: self.instance_id in self.state.instances.items, 10.0)
         if s.enable_scheduler:
             await self.leader.start()
-        # one full collection before serving: the process's long-lived heap policy
-        # (runtime_adapters._heap) freezes what start-up built (modules, the mirror's records),
-        # so the first full collection's pause falls here and not on the first requests
-        gc.collect()
+        # one full collection before serving, where the process's long-lived heap policy runs: it
+        # freezes what start-up built (modules, the mirror's records), so the first full
+        # collection's pause falls here and not on the first requests
+        collect_for_freezing()
         await self.health.set_serving()
         log.info("instance %s serving gRPC on %s, REST on %s", self.instance_id, grpc_addr, rest_addr or "-")
         return self.endpoints

@@ -39,6 +39,7 @@ from ._frame_reader import FrameReader
 from ._frame_server import ANSWER_HEAD as FRAME_ANSWER_HEAD
 from ._frame_server import REQUEST_HEAD as FRAME_REQUEST_HEAD
 from ._frame_server import start_frame_server
+from ._heap import collect_for_freezing
 from ._onnx import OnnxAdapter
 from ._registry import AdapterRegistry, build_registry
 from ._runtime_server import RuntimeService, default_status_for, start_runtime_server
@@ -112,6 +113,7 @@ __all__ = [
     "XGBoostAdapter",
     "batch_policy",
     "build_registry",
+    "collect_for_freezing",
     "decode_bytes",
     "default_status_for",
     "dtype_size",

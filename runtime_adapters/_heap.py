@@ -34,6 +34,20 @@ POLL_S = 1.0
 flag: the freeze itself runs on the event loop, outside the collector)"""
 
 
+_running: LongLivedHeap | None = None  # the policy installed in this process, if any
+
+
+def collect_for_freezing() -> bool:
+    """A full collection now, if a :class:`LongLivedHeap` runs in this process: what survives it is
+    frozen at the policy's next poll. For a server that has just built its long-lived state (an
+    instance before it reports SERVING), so the first full collection's pause falls there and not on
+    the first requests. Without a policy it does nothing (a collection would leave nothing behind)."""
+    if _running is None:
+        return False
+    gc.collect()
+    return True
+
+
 class LongLivedHeap:
     """Freeze the survivors of each full collection; unfreeze and collect everything every ``refresh_s``."""
 
@@ -79,15 +93,20 @@ class LongLivedHeap:
 
     def start(self) -> None:
         """Install on the running loop: a full collection is the signal, the loop does the freezing."""
+        global _running
         if self._task is not None:
             return
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="long-lived-heap")
+        _running = self
 
     async def stop(self) -> None:
         """Uninstall and give every frozen object back to the collector."""
+        global _running
         if self._task is None:
             return
+        if _running is self:
+            _running = None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -1,5 +1,6 @@
-"""An instance makes one full collection before it reports SERVING, so that the long-lived heap
-policy (runtime_adapters._heap) freezes what start-up built before the first requests."""
+"""Where the long-lived heap policy (runtime_adapters._heap) runs, an instance makes one full
+collection before it reports SERVING, so that what start-up built is frozen before the first
+requests; without the policy it makes none (it would leave nothing behind, and cost every start)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 
 from mesh import LocalMesh, LocalMeshConfig, StoreSettings
+from runtime_adapters._heap import LongLivedHeap
+from tests.mesh.cluster import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,11 +26,15 @@ async def test_start_makes_a_full_collection_before_serving(tmp_path: Path) -> N
             full.append(bool(health and health.serving))
 
     mesh = LocalMesh(LocalMeshConfig(instances=1, data_dir=tmp_path, store=StoreSettings(kind="memory"), allowed_roots=[tmp_path]))
+    heap = LongLivedHeap(refresh_s=3600, poll_s=0.01)
+    heap.start()
     gc.callbacks.append(seen)
     try:
         await mesh.start()
         assert False in full  # a full collection ran before the instance reported SERVING
         assert mesh.instances[0].health.serving
+        await wait_until(lambda: heap.freezes >= 1, 10, "what start-up built frozen")
     finally:
         gc.callbacks.remove(seen)
+        await heap.stop()
         await mesh.stop()

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runtime_adapters import EventLoopChoiceError, run_event_loop
-from runtime_adapters._heap import LongLivedHeap, from_environment
+from runtime_adapters._heap import LongLivedHeap, collect_for_freezing, from_environment
 from runtime_adapters._memory import process_meter
 from tests.mesh.cluster import wait_until
 
@@ -102,6 +102,34 @@ def test_the_periodic_refresh_runs_on_its_own() -> None:
             await heap.stop()
 
     asyncio.run(main())
+
+
+def test_collect_for_freezing_collects_only_where_the_policy_runs() -> None:
+    full: list[int] = []
+
+    def seen(phase: str, info: dict[str, object]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(1)
+
+    async def main() -> None:
+        heap = LongLivedHeap(refresh_s=3600, poll_s=0.01)
+        heap.start()
+        try:
+            before = len(full)
+            assert collect_for_freezing() is True and len(full) == before + 1
+            await wait_until(lambda: heap.freezes == 1)
+        finally:
+            await heap.stop()
+
+    gc.callbacks.append(seen)
+    try:
+        before = len(full)
+        assert collect_for_freezing() is False and len(full) == before  # no policy: no collection
+        asyncio.run(main())
+        before = len(full)
+        assert collect_for_freezing() is False and len(full) == before  # stopped: gone again
+    finally:
+        gc.callbacks.remove(seen)
 
 
 def test_the_load_meters_full_settle_frees_frozen_cycles() -> None:
