@@ -40,6 +40,16 @@ async def rig() -> AsyncIterator[Rig]:
             await leader.stop()
 
 
+async def _failed_copy_then_a_miss(w: World) -> None:
+    """Model "bad" assigned to "other", whose copy failed (mirrored), then a miss of a new model "m"."""
+    await w.model("bad")
+    await w.assign("bad", "other")
+    await w.copy("bad", "other", CopyState.FAILED, error="boom", failed_until=w.clock() + 60)
+    await w.settle(lambda: w.mirror.failure("bad") == "boom")
+    await w.model("m", predicted_size_bytes=1000)
+    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+
+
 async def test_a_miss_becomes_one_assignment_and_one_logged_decision(rig: Rig) -> None:
     w = rig.w
     await w.model("m", predicted_size_bytes=1000)
@@ -59,13 +69,7 @@ async def test_a_miss_becomes_one_assignment_and_one_logged_decision(rig: Rig) -
 
 async def test_a_failed_copy_is_unassigned(rig: Rig) -> None:
     w = rig.w
-    await w.model("bad")
-    await w.assign("bad", "other")
-    await w.copy("bad", "other", CopyState.FAILED, error="boom", failed_until=w.clock() + 60)
-    await w.settle(lambda: w.mirror.failure("bad") == "boom")
-    # any unanswered miss makes the leader clean up first
-    await w.model("m", predicted_size_bytes=1000)
-    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+    await _failed_copy_then_a_miss(w)  # any unanswered miss makes the leader clean up first
 
     await w.settle(lambda: not w.mirror.assigned("bad"), "the failed copy unassigned")
     reasons = [a["reason"] for r in w.mirror.decisions.records() for a in r.actions if a["model_id"] == "bad"]
@@ -138,12 +142,7 @@ async def test_the_cleanup_before_a_miss_checks_only_what_changed_and_still_find
         return real(mid)
 
     w.mirror.copies_of = counting  # type: ignore[method-assign]
-    await w.model("bad")
-    await w.assign("bad", "other")
-    await w.copy("bad", "other", CopyState.FAILED, error="boom", failed_until=w.clock() + 60)
-    await w.settle(lambda: w.mirror.failure("bad") == "boom")
-    await w.model("m", predicted_size_bytes=1000)
-    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id="other", at=w.clock())))
+    await _failed_copy_then_a_miss(w)
     await w.settle(lambda: not w.mirror.assigned("bad") and bool(w.mirror.assigned("m")), "the failed copy unassigned, m placed")
     assert "bad" in checked and not any(mid.startswith("idle") for mid in checked)
 

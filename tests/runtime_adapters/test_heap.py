@@ -5,9 +5,10 @@ the next full collection does not walk it; frozen reference cycles are freed at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,17 @@ def _tracked(obj: object) -> bool:
     return any(o is obj for gen in range(3) for o in gc.get_objects(generation=gen))
 
 
+@contextlib.asynccontextmanager
+async def running(refresh_s: float) -> AsyncIterator[LongLivedHeap]:
+    """The policy installed on the running loop (polling every 10 ms), stopped on the way out."""
+    heap = LongLivedHeap(refresh_s=refresh_s, poll_s=0.01)
+    heap.start()
+    try:
+        yield heap
+    finally:
+        await heap.stop()
+
+
 @pytest.fixture(autouse=True)
 def _thawed() -> Iterator[None]:
     gc.unfreeze()
@@ -38,9 +50,7 @@ def _thawed() -> Iterator[None]:
 
 def test_what_survives_a_full_collection_is_frozen_and_a_later_object_is_not() -> None:
     async def main() -> None:
-        heap = LongLivedHeap(refresh_s=3600, poll_s=0.01)
-        heap.start()
-        try:
+        async with running(refresh_s=3600) as heap:
             old = Node()
             assert _tracked(old)
             await asyncio.sleep(0.05)
@@ -54,8 +64,6 @@ def test_what_survives_a_full_collection_is_frozen_and_a_later_object_is_not() -
             young = Node()
             assert _tracked(young)
             assert old.other is None  # frozen objects are ordinary objects
-        finally:
-            await heap.stop()
         assert gc.get_freeze_count() == 0 and _tracked(old)  # stop gives everything back
         assert heap._on_gc not in gc.callbacks
 
@@ -64,9 +72,7 @@ def test_what_survives_a_full_collection_is_frozen_and_a_later_object_is_not() -
 
 def test_a_frozen_cycle_is_freed_at_the_refresh_and_a_plain_object_at_once() -> None:
     async def main() -> None:
-        heap = LongLivedHeap(refresh_s=3600, poll_s=0.01)
-        heap.start()
-        try:
+        async with running(refresh_s=3600) as heap:
             a, b, plain = Node(), Node(), Node()
             a.other, b.other = b, a
             gone_cycle, gone_plain = weakref.ref(a), weakref.ref(plain)
@@ -79,17 +85,13 @@ def test_a_frozen_cycle_is_freed_at_the_refresh_and_a_plain_object_at_once() -> 
             heap.refresh()
             assert gone_cycle() is None and heap.refreshes == 1
             await wait_until(lambda: heap.freezes == 2)  # the refresh's survivors are frozen again
-        finally:
-            await heap.stop()
 
     asyncio.run(main())
 
 
 def test_the_periodic_refresh_runs_on_its_own() -> None:
     async def main() -> None:
-        heap = LongLivedHeap(refresh_s=0.05, poll_s=0.01)
-        heap.start()
-        try:
+        async with running(refresh_s=0.05) as heap:
             a, b = Node(), Node()
             a.other, b.other = b, a
             gone = weakref.ref(a)
@@ -98,8 +100,6 @@ def test_the_periodic_refresh_runs_on_its_own() -> None:
             del a, b
             await wait_until(lambda: gone() is None)
             assert heap.refreshes >= 1
-        finally:
-            await heap.stop()
 
     asyncio.run(main())
 
@@ -112,14 +112,10 @@ def test_collect_for_freezing_collects_only_where_the_policy_runs() -> None:
             full.append(1)
 
     async def main() -> None:
-        heap = LongLivedHeap(refresh_s=3600, poll_s=0.01)
-        heap.start()
-        try:
+        async with running(refresh_s=3600) as heap:
             before = len(full)
             assert collect_for_freezing() is True and len(full) == before + 1
             await wait_until(lambda: heap.freezes == 1)
-        finally:
-            await heap.stop()
 
     gc.callbacks.append(seen)
     try:
