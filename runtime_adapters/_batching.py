@@ -12,13 +12,16 @@ the model unchanged otherwise. Batching applies when
   model's ``batching`` option (``true``/``false``) for one model; the ``max_batch_size``
   and ``max_batch_delay_s`` options override the settings per model.
 
-How a batch forms: a request is queued; while fewer than ``max_concurrent_batches`` batches
-of this model run, the oldest queued request starts a batch at once, taking every queued
-request that can merge with it, up to ``max_batch_size`` rows in all. With
-``max_batch_delay_s`` > 0 a batch that is not full first waits up to that long (from its
-oldest request's arrival) for more. With the default delay of 0 a lone request never waits:
-batches form only from requests that queued while a batch ran, so batching costs nothing
-at one request in flight.
+How a batch forms: a request is queued; when no batch of this model runs, the oldest queued
+request starts a batch at once, taking every queued request that can merge with it, up to
+``max_batch_size`` rows in all. While one runs, a second (up to ``max_concurrent_batches``)
+starts only once the oldest queued request has waited ``parallel_batch_after_s``: a fast
+model's call ends sooner, and what queued behind it merges into the next call (one thread
+hand-off for many requests), while a slow model's waiting requests still get a worker of
+their own. With ``max_batch_delay_s`` > 0 a batch that is not full first waits up to that
+long (from its oldest request's arrival) for more. With the default delay of 0 a lone
+request never waits: batches form only from requests that queued while a batch ran, so
+batching costs nothing at one request in flight.
 
 Merging: requests merge when they name the same inputs with the same datatypes and the same
 non-leading dimensions, carry their data as raw bytes (typed contents are checked by their
@@ -86,11 +89,14 @@ class BatchingSettings(BaseSettings):
     max_batch_size: int = Field(default=16, ge=1)
     # how long a batch that is not full waits for more requests; 0 = never wait
     max_batch_delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
-    # merged calls of one model running at once (each holds one worker of the infer pool). One
-    # at a time serialises a model on a single worker: the next batch waits for the previous
-    # one's thread hand-off, which costs more than merging saves on a busy 2-core box (measured
-    # with bench/bench_remote.py, direct routing at 16 in flight: 1 -> 0.31x bare, 4 -> 0.8-1.2x)
+    # merged calls of one model running at once (each holds one worker of the infer pool)
     max_concurrent_batches: int = Field(default=4, ge=1)
+    # while one merged call of a model runs, another starts only once the oldest queued request
+    # has waited this long; 0 = at once. A tiny model's call ends well within it, so what queued
+    # meanwhile merges into one call: on this 2-core box, tiny ONNX model, 16 in flight, direct
+    # routing went 0.85x -> 0.99x the bare servicer, and a model ~9 ms a row keeps running two
+    # calls at once (one at a time: 0.61x at 2 in flight). See bench/RESULTS.md, session 15.
+    parallel_batch_after_s: float = Field(default=0.002, ge=0.0, le=10.0)
     # input bytes of one merged call: big requests gain nothing from merging and a merged call
     # must stay under the adapters' max_request_bytes
     max_batch_bytes: int = Field(default=64 << 20, ge=1)
@@ -102,6 +108,7 @@ class BatchPolicy:
     max_batch_delay_s: float
     max_concurrent_batches: int = 1
     max_batch_bytes: int = 64 << 20
+    parallel_batch_after_s: float = 0.0
 
 
 class BatchObserver(Protocol):
@@ -170,6 +177,7 @@ def batch_policy(spec: ModelSpec, metadata: ModelMetadata, settings: BatchingSet
         max_batch_delay_s=delay if delay is not None else settings.max_batch_delay_s,
         max_concurrent_batches=settings.max_concurrent_batches,
         max_batch_bytes=settings.max_batch_bytes,
+        parallel_batch_after_s=settings.parallel_batch_after_s,
     )
     return policy if policy.max_batch_size > 1 else None
 
@@ -346,7 +354,12 @@ class BatchingModel(LoadedModel):
         if key is None or rows_of(request) >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)
-        if not self._queue and self._running < self.policy.max_concurrent_batches and not self.policy.max_batch_delay_s:
+        pol = self.policy
+        if (
+            not self._queue
+            and not pol.max_batch_delay_s
+            and (not self._running or (not pol.parallel_batch_after_s and self._running < pol.max_concurrent_batches))
+        ):
             # idle: run it now, in this task (no queue, no future); requests arriving meanwhile queue
             self._running += 1
             self._observe(1, (0.0,))
@@ -370,9 +383,13 @@ class BatchingModel(LoadedModel):
                 self._queue.popleft()
             if not self._queue:
                 return
-            delay = self.policy.max_batch_delay_s
-            if delay > 0 and self._queued_rows_for_head() < self.policy.max_batch_size:
-                due = self._queue[0].queued_at + delay - time.monotonic()
+            wait = self.policy.max_batch_delay_s
+            if wait > 0 and self._queued_rows_for_head() >= self.policy.max_batch_size:
+                wait = 0.0  # full: no reason to wait for more
+            if self._running and self.policy.parallel_batch_after_s > wait:
+                wait = self.policy.parallel_batch_after_s  # one runs: its end may come first
+            if wait > 0:
+                due = self._queue[0].queued_at + wait - time.monotonic()
                 if due > 1e-4:  # asyncio may fire a timer up to its clock resolution early
                     if self._timer is None:
                         self._timer = asyncio.get_running_loop().call_later(due, self._on_timer)

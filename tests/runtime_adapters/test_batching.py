@@ -259,6 +259,55 @@ async def test_a_caller_that_leaves_the_queue_is_not_run(registry: AdapterRegist
     assert gated.calls == [1, 2]
 
 
+async def test_a_second_call_waits_for_the_first_then_merges(registry: AdapterRegistry, built: Built) -> None:
+    """Calls may run in parallel, but a queued request first waits ``parallel_batch_after_s``
+    for the running call: when that call ends sooner, everything queued merges into one call."""
+    inner = await registry.for_type("xgboost").load(ModelSpec("m", "xgboost"), built("make_xgboost_model", kind="binary"))
+    gated = Gated(inner)
+    seen = Recorder()
+    policy = BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_concurrent_batches=4, parallel_batch_after_s=60.0)
+    model = BatchingModel(gated, policy, seen)
+    reqs = [request("input", rows(i, 1, 8)) for i in range(4)]
+    # the three wait behind the first (no second call starts); then they run as one call
+    got = await held_behind_first(model, gated, reqs[0], reqs[1:])
+    assert gated.calls == [1, 3]
+    assert seen.sizes == [1, 3]
+    for req, resp in zip(reqs, got, strict=True):
+        assert isinstance(resp, InferResponse), resp
+        assert resp.outputs[0].raw == (await inner.infer(req)).outputs[0].raw
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.05])
+async def test_a_waiting_request_gets_a_parallel_call_after_its_wait(
+    registry: AdapterRegistry, built: Built, after_s: float
+) -> None:
+    """A call that runs longer than ``parallel_batch_after_s`` does not hold the queue: the
+    oldest waiting request starts a call of its own then (at once with 0), up to
+    ``max_concurrent_batches``."""
+    inner = await registry.for_type("xgboost").load(ModelSpec("m", "xgboost"), built("make_xgboost_model", kind="binary"))
+    gated = Gated(inner)
+    seen = Recorder()
+    policy = BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_concurrent_batches=2, parallel_batch_after_s=after_s)
+    model = BatchingModel(gated, policy, seen)
+    reqs = [request("input", rows(i, 1, 8)) for i in range(3)]
+    first = asyncio.create_task(model.infer(reqs[0]))
+    await gated.entered.wait()
+    t0 = asyncio.get_running_loop().time()
+    second = asyncio.create_task(model.infer(reqs[1]))
+    await wait_until(lambda: len(gated.calls) == 2, what="a second call while the first is held")
+    assert asyncio.get_running_loop().time() - t0 >= after_s * 0.9  # it waited (asyncio's timers may fire a bit early)
+    third = asyncio.create_task(model.infer(reqs[2]))  # two calls run: the limit, it queues
+    await wait_until(lambda: model.queued == 1, what="the third queued")
+    assert gated.calls == [1, 1]
+    gated.gate.set()
+    got = await asyncio.gather(first, second, third)
+    assert gated.calls == [1, 1, 1]
+    if after_s:
+        assert seen.waits[1] >= after_s * 0.9
+    for req, resp in zip(reqs, got, strict=True):
+        assert resp.outputs[0].raw == (await inner.infer(req)).outputs[0].raw
+
+
 async def test_policy_from_settings_and_model_options(registry: AdapterRegistry, built: Built) -> None:
     onnx = registry.for_type("onnx")
     linear = await onnx.load(ModelSpec("m", "onnx"), built("make_onnx_model"))
@@ -266,12 +315,13 @@ async def test_policy_from_settings_and_model_options(registry: AdapterRegistry,
     on = BatchingSettings(enabled=True, max_batch_size=8, max_batch_delay_s=0.001)
     off = BatchingSettings(enabled=False)
     assert BatchingSettings().enabled  # on by default for batchable models
-    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 4, 64 << 20)
+    assert BatchingSettings().parallel_batch_after_s > 0  # a second call waits a little for the first
+    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 4, 64 << 20, 0.002)
     assert batch_policy(linear.spec, linear.metadata, off) is None
     # an output without a batch dimension ("length" [1]): never batched
     assert batch_policy(strings.spec, strings.metadata, on) is None
     forced = ModelSpec("m", "onnx", options={"batching": "true", "max_batch_size": "32", "max_batch_delay_s": "0"})
-    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 4, 64 << 20)
+    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 4, 64 << 20, 0.002)
     assert batch_policy(ModelSpec("m", "onnx", options={"batching": "off"}), linear.metadata, on) is None
     assert batch_policy(ModelSpec("m", "onnx", options={"max_batch_size": "1"}), linear.metadata, on) is None
     for bad in ({"batching": "maybe"}, {"max_batch_size": "0"}, {"max_batch_size": "x"}, {"max_batch_delay_s": "nan"}):
