@@ -12,13 +12,14 @@ the model unchanged otherwise. Batching applies when
   model's ``batching`` option (``true``/``false``) for one model; the ``max_batch_size``
   and ``max_batch_delay_s`` options override the settings per model.
 
-How a batch forms: a request is queued; when no batch of this model runs, the oldest queued
-request starts a batch at once, taking every queued request that can merge with it, up to
-``max_batch_size`` rows in all. While one runs, a second (up to ``max_concurrent_batches``)
-starts only once the oldest queued request has waited ``parallel_batch_after_s``: a fast
-model's call ends sooner, and what queued behind it merges into the next call (one thread
-hand-off for many requests), while a slow model's waiting requests still get a worker of
-their own. With ``max_batch_delay_s`` > 0 a batch that is not full first waits up to that
+How a batch forms: a request is queued; while fewer batches of this model run than it may
+run at once, the oldest queued request starts a batch at once, taking every queued request
+that can merge with it, up to ``max_batch_size`` rows in all. How many may run at once
+follows the model's speed: a model whose framework calls take at least
+``parallel_above_row_s`` a row (a moving average of its measured calls) runs up to
+``max_concurrent_batches``; a faster one runs one call at a time, and what queues behind that
+call merges into the next (one thread hand-off for many requests, where parallel calls of a
+sub-millisecond model cost more in hand-offs than they gain). With ``max_batch_delay_s`` > 0 a batch that is not full first waits up to that
 long (from its oldest request's arrival) for more. With the default delay of 0 a lone
 request never waits: batches form only from requests that queued while a batch ran, so
 batching costs nothing at one request in flight.
@@ -91,12 +92,13 @@ class BatchingSettings(BaseSettings):
     max_batch_delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
     # merged calls of one model running at once (each holds one worker of the infer pool)
     max_concurrent_batches: int = Field(default=4, ge=1)
-    # while one merged call of a model runs, another starts only once the oldest queued request
-    # has waited this long; 0 = at once. A tiny model's call ends well within it, so what queued
-    # meanwhile merges into one call: on this 2-core box, tiny ONNX model, 16 in flight, direct
-    # routing went 0.85x -> 0.99x the bare servicer, and a model ~9 ms a row keeps running two
-    # calls at once (one at a time: 0.61x at 2 in flight). See bench/RESULTS.md, session 15.
-    parallel_batch_after_s: float = Field(default=0.002, ge=0.0, le=10.0)
+    # a model whose calls take at least this long a row (moving average of the framework's own
+    # call time) runs up to max_concurrent_batches calls at once; a faster one runs one call at a
+    # time and merges what queues behind it; 0 = always up to max_concurrent_batches. On this
+    # 2-core box (bench/RESULTS.md, session 15), tiny ONNX model at 16 in flight: 4 at once
+    # 0.84x the bare servicer, one at a time 0.96x; a model of ~9 ms a row at 2 in flight: one
+    # at a time 0.62x of 4 at once
+    parallel_above_row_s: float = Field(default=0.001, ge=0.0, le=10.0)
     # input bytes of one merged call: big requests gain nothing from merging and a merged call
     # must stay under the adapters' max_request_bytes
     max_batch_bytes: int = Field(default=64 << 20, ge=1)
@@ -108,7 +110,7 @@ class BatchPolicy:
     max_batch_delay_s: float
     max_concurrent_batches: int = 1
     max_batch_bytes: int = 64 << 20
-    parallel_batch_after_s: float = 0.0
+    parallel_above_row_s: float = 0.0
 
 
 class BatchObserver(Protocol):
@@ -177,7 +179,7 @@ def batch_policy(spec: ModelSpec, metadata: ModelMetadata, settings: BatchingSet
         max_batch_delay_s=delay if delay is not None else settings.max_batch_delay_s,
         max_concurrent_batches=settings.max_concurrent_batches,
         max_batch_bytes=settings.max_batch_bytes,
-        parallel_batch_after_s=settings.parallel_batch_after_s,
+        parallel_above_row_s=settings.parallel_above_row_s,
     )
     return policy if policy.max_batch_size > 1 else None
 
@@ -328,6 +330,30 @@ class BatchingModel(LoadedModel):
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._row_s = 0.0  # moving average of the framework's time per row (0: none measured yet)
+        # calls that may run at once: one until the model is measured slow (see BatchingSettings)
+        self._limit = 1 if policy.parallel_above_row_s > 0 else policy.max_concurrent_batches
+
+    @property
+    def concurrent_limit(self) -> int:
+        """Merged calls of this model that may run at once now (1 for a fast model)."""
+        return self._limit
+
+    async def _call(self, request: InferRequest, rows: int) -> InferResponse:
+        """The wrapped model's call; its time a row decides how many calls may run at once."""
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.infer(request)
+        finally:
+            # the framework's own time where the model reports it (no wait for a worker, no
+            # event-loop delay: those grow with load, not with the model's cost), else the call's
+            took = getattr(self.inner, "last_infer_s", None)
+            if not isinstance(took, float) or took <= 0.0:
+                took = time.perf_counter() - t0
+            row_s = took / max(rows, 1)
+            self._row_s = row_s if self._row_s == 0.0 else 0.8 * self._row_s + 0.2 * row_s
+            pol = self.policy
+            self._limit = pol.max_concurrent_batches if self._row_s >= pol.parallel_above_row_s else 1
 
     @property
     def status(self) -> ModelState:
@@ -354,17 +380,12 @@ class BatchingModel(LoadedModel):
         if key is None or rows_of(request) >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)
-        pol = self.policy
-        if (
-            not self._queue
-            and not pol.max_batch_delay_s
-            and (not self._running or (not pol.parallel_batch_after_s and self._running < pol.max_concurrent_batches))
-        ):
+        if not self._queue and self._running < self._limit and not self.policy.max_batch_delay_s:
             # idle: run it now, in this task (no queue, no future); requests arriving meanwhile queue
             self._running += 1
             self._observe(1, (0.0,))
             try:
-                return await self.inner.infer(request)
+                return await self._call(request, rows_of(request))
             finally:
                 self._running -= 1
                 self._dispatch()
@@ -377,19 +398,15 @@ class BatchingModel(LoadedModel):
     # -- scheduling (event loop only)
 
     def _dispatch(self) -> None:
-        while self._queue and self._running < self.policy.max_concurrent_batches:
+        while self._queue and self._running < self._limit:
             # drop requests whose callers went away while queued
             while self._queue and self._queue[0].future.done():
                 self._queue.popleft()
             if not self._queue:
                 return
-            wait = self.policy.max_batch_delay_s
-            if wait > 0 and self._queued_rows_for_head() >= self.policy.max_batch_size:
-                wait = 0.0  # full: no reason to wait for more
-            if self._running and self.policy.parallel_batch_after_s > wait:
-                wait = self.policy.parallel_batch_after_s  # one runs: its end may come first
-            if wait > 0:
-                due = self._queue[0].queued_at + wait - time.monotonic()
+            delay = self.policy.max_batch_delay_s
+            if delay > 0 and self._queued_rows_for_head() < self.policy.max_batch_size:
+                due = self._queue[0].queued_at + delay - time.monotonic()
                 if due > 1e-4:  # asyncio may fire a timer up to its clock resolution early
                     if self._timer is None:
                         self._timer = asyncio.get_running_loop().call_later(due, self._on_timer)
@@ -448,7 +465,7 @@ class BatchingModel(LoadedModel):
 
     async def _run_alone(self, item: _Pending) -> None:
         try:
-            resp = await self.inner.infer(item.request)
+            resp = await self._call(item.request, item.rows)
         except asyncio.CancelledError:
             if not item.future.done():
                 item.future.cancel()
@@ -464,7 +481,7 @@ class BatchingModel(LoadedModel):
         requests = [p.request for p in batch]
         answers: list[InferResponse] | None = None
         try:
-            merged = await self.inner.infer(merge(requests))
+            merged = await self._call(merge(requests), sum(p.rows for p in batch))
             answers = split(merged, requests)
             if answers is None:
                 log.warning("model %s: a merged answer is not per row; its requests run alone", self.spec.model_id)

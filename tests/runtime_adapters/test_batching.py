@@ -259,52 +259,64 @@ async def test_a_caller_that_leaves_the_queue_is_not_run(registry: AdapterRegist
     assert gated.calls == [1, 2]
 
 
-async def test_a_second_call_waits_for_the_first_then_merges(registry: AdapterRegistry, built: Built) -> None:
-    """Calls may run in parallel, but a queued request first waits ``parallel_batch_after_s``
-    for the running call: when that call ends sooner, everything queued merges into one call."""
+class Timed(Gated):
+    """A gated model that reports ``took_s`` as its framework's time per call (as FrameworkModel does)."""
+
+    def __init__(self, inner: LoadedModel, took_s: float) -> None:
+        super().__init__(inner)
+        self.last_infer_s = took_s
+
+
+@pytest.mark.parametrize(("took_s", "parallel"), [(0.0002, False), (0.02, True)], ids=["fast", "slow"])
+async def test_a_fast_model_runs_one_call_at_a_time_and_a_slow_one_several(
+    registry: AdapterRegistry, built: Built, took_s: float, parallel: bool
+) -> None:
+    """Up to ``max_concurrent_batches`` calls run at once only for a model measured at least
+    ``parallel_above_row_s`` a row; a faster model's requests queue behind its one call and merge."""
     inner = await registry.for_type("xgboost").load(ModelSpec("m", "xgboost"), built("make_xgboost_model", kind="binary"))
-    gated = Gated(inner)
+    gated = Timed(inner, took_s)
     seen = Recorder()
-    policy = BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_concurrent_batches=4, parallel_batch_after_s=60.0)
+    policy = BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_concurrent_batches=2, parallel_above_row_s=0.001)
     model = BatchingModel(gated, policy, seen)
-    reqs = [request("input", rows(i, 1, 8)) for i in range(4)]
-    # the three wait behind the first (no second call starts); then they run as one call
-    got = await held_behind_first(model, gated, reqs[0], reqs[1:])
-    assert gated.calls == [1, 3]
-    assert seen.sizes == [1, 3]
+    assert model.concurrent_limit == 1  # not measured yet
+    gated.gate.set()
+    warm = request("input", rows(0, 2, 8))
+    assert (await model.infer(warm)).outputs[0].raw == (await inner.infer(warm)).outputs[0].raw
+    assert model.concurrent_limit == (2 if parallel else 1)  # 0.1 ms or 10 ms a row, against 1 ms
+    gated.gate.clear()
+    gated.entered.clear()
+    gated.calls.clear()
+    reqs = [request("input", rows(i, 1, 8)) for i in range(1, 5)]
+    if parallel:
+        # the second runs beside the first at once; the last two wait for a free call and merge
+        first = asyncio.create_task(model.infer(reqs[0]))
+        await gated.entered.wait()
+        second = asyncio.create_task(model.infer(reqs[1]))
+        await wait_until(lambda: gated.calls == [1, 1], what="a second call beside the first")
+        rest = [asyncio.create_task(model.infer(r)) for r in reqs[2:]]
+        await wait_until(lambda: model.queued == 2, what="two queued")
+        gated.gate.set()
+        got = await asyncio.gather(first, second, *rest)
+        assert gated.calls == [1, 1, 2]
+    else:
+        got = await held_behind_first(model, gated, reqs[0], reqs[1:])
+        assert gated.calls == [1, 3]  # no second call while the first ran
     for req, resp in zip(reqs, got, strict=True):
         assert isinstance(resp, InferResponse), resp
         assert resp.outputs[0].raw == (await inner.infer(req)).outputs[0].raw
 
 
-@pytest.mark.parametrize("after_s", [0.0, 0.05])
-async def test_a_waiting_request_gets_a_parallel_call_after_its_wait(
-    registry: AdapterRegistry, built: Built, after_s: float
-) -> None:
-    """A call that runs longer than ``parallel_batch_after_s`` does not hold the queue: the
-    oldest waiting request starts a call of its own then (at once with 0), up to
-    ``max_concurrent_batches``."""
+async def test_without_a_speed_threshold_calls_run_side_by_side_at_once(registry: AdapterRegistry, built: Built) -> None:
     inner = await registry.for_type("xgboost").load(ModelSpec("m", "xgboost"), built("make_xgboost_model", kind="binary"))
     gated = Gated(inner)
-    seen = Recorder()
-    policy = BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_concurrent_batches=2, parallel_batch_after_s=after_s)
-    model = BatchingModel(gated, policy, seen)
+    policy = BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0, max_concurrent_batches=3, parallel_above_row_s=0.0)
+    model = BatchingModel(gated, policy)
+    assert model.concurrent_limit == 3
     reqs = [request("input", rows(i, 1, 8)) for i in range(3)]
-    first = asyncio.create_task(model.infer(reqs[0]))
-    await gated.entered.wait()
-    t0 = asyncio.get_running_loop().time()
-    second = asyncio.create_task(model.infer(reqs[1]))
-    await wait_until(lambda: len(gated.calls) == 2, what="a second call while the first is held")
-    assert asyncio.get_running_loop().time() - t0 >= after_s * 0.9  # it waited (asyncio's timers may fire a bit early)
-    third = asyncio.create_task(model.infer(reqs[2]))  # two calls run: the limit, it queues
-    await wait_until(lambda: model.queued == 1, what="the third queued")
-    assert gated.calls == [1, 1]
+    tasks = [asyncio.create_task(model.infer(r)) for r in reqs]
+    await wait_until(lambda: gated.calls == [1, 1, 1], what="three calls at once")
     gated.gate.set()
-    got = await asyncio.gather(first, second, third)
-    assert gated.calls == [1, 1, 1]
-    if after_s:
-        assert seen.waits[1] >= after_s * 0.9
-    for req, resp in zip(reqs, got, strict=True):
+    for req, resp in zip(reqs, await asyncio.gather(*tasks), strict=True):
         assert resp.outputs[0].raw == (await inner.infer(req)).outputs[0].raw
 
 
@@ -315,13 +327,13 @@ async def test_policy_from_settings_and_model_options(registry: AdapterRegistry,
     on = BatchingSettings(enabled=True, max_batch_size=8, max_batch_delay_s=0.001)
     off = BatchingSettings(enabled=False)
     assert BatchingSettings().enabled  # on by default for batchable models
-    assert BatchingSettings().parallel_batch_after_s > 0  # a second call waits a little for the first
-    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 4, 64 << 20, 0.002)
+    assert BatchingSettings().parallel_above_row_s > 0  # calls side by side only for slow models
+    assert batch_policy(linear.spec, linear.metadata, on) == BatchPolicy(8, 0.001, 4, 64 << 20, 0.001)
     assert batch_policy(linear.spec, linear.metadata, off) is None
     # an output without a batch dimension ("length" [1]): never batched
     assert batch_policy(strings.spec, strings.metadata, on) is None
     forced = ModelSpec("m", "onnx", options={"batching": "true", "max_batch_size": "32", "max_batch_delay_s": "0"})
-    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 4, 64 << 20, 0.002)
+    assert batch_policy(forced, linear.metadata, off) == BatchPolicy(32, 0.0, 4, 64 << 20, 0.001)
     assert batch_policy(ModelSpec("m", "onnx", options={"batching": "off"}), linear.metadata, on) is None
     assert batch_policy(ModelSpec("m", "onnx", options={"max_batch_size": "1"}), linear.metadata, on) is None
     for bad in ({"batching": "maybe"}, {"max_batch_size": "0"}, {"max_batch_size": "x"}, {"max_batch_delay_s": "nan"}):
