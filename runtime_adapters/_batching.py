@@ -16,7 +16,7 @@ How a batch forms: a request is queued; while fewer batches of this model run th
 run at once, the oldest queued request starts a batch at once, taking every queued request
 that can merge with it, up to ``max_batch_size`` rows in all. How many may run at once
 follows the model's speed: a model whose framework calls take at least
-``parallel_above_row_s`` a row (a moving average of its measured calls) runs up to
+``parallel_above_row_s`` a row (its measured calls' usual low) runs up to
 ``max_concurrent_batches``; a faster one runs one call at a time, and what queues behind that
 call merges into the next (one thread hand-off for many requests, where parallel calls of a
 sub-millisecond model cost more in hand-offs than they gain). With ``max_batch_delay_s`` > 0 a batch that is not full first waits up to that
@@ -92,8 +92,8 @@ class BatchingSettings(BaseSettings):
     max_batch_delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
     # merged calls of one model running at once (each holds one worker of the infer pool)
     max_concurrent_batches: int = Field(default=4, ge=1)
-    # a model whose calls take at least this long a row (moving average of the framework's own
-    # call time) runs up to max_concurrent_batches calls at once; a faster one runs one call at a
+    # a model whose calls take at least this long a row (the framework's own call time, its
+    # usual low) runs up to max_concurrent_batches calls at once; a faster one runs one call at a
     # time and merges what queues behind it; 0 = always up to max_concurrent_batches. On this
     # 2-core box (bench/RESULTS.md, session 15), tiny ONNX model at 16 in flight: 4 at once
     # 0.84x the bare servicer, one at a time 0.96x; a model of ~9 ms a row at 2 in flight: one
@@ -330,7 +330,7 @@ class BatchingModel(LoadedModel):
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._row_s = 0.0  # moving average of the framework's time per row (0: none measured yet)
+        self._row_s = 0.0  # the framework's time per row, a low estimate (0: none measured yet)
         # calls that may run at once: one until the model is measured slow (see BatchingSettings)
         self._limit = 1 if policy.parallel_above_row_s > 0 else policy.max_concurrent_batches
 
@@ -351,7 +351,9 @@ class BatchingModel(LoadedModel):
             if not isinstance(took, float) or took <= 0.0:
                 took = time.perf_counter() - t0
             row_s = took / max(rows, 1)
-            self._row_s = row_s if self._row_s == 0.0 else 0.8 * self._row_s + 0.2 * row_s
+            # the model's cost, not its worst calls: a lower time is taken at once, a higher one
+            # moves the estimate 2% a call (a call that waited for the GIL says nothing of the model)
+            self._row_s = row_s if self._row_s == 0.0 or row_s < self._row_s else min(row_s, self._row_s * 1.02)
             pol = self.policy
             self._limit = pol.max_concurrent_batches if self._row_s >= pol.parallel_above_row_s else 1
 
