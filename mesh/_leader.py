@@ -224,7 +224,36 @@ class Leader:
     # ------------------------------------------------------------ apply
 
     async def apply(self, actions: Sequence[Action], *, extra: Sequence[Put | Delete] = ()) -> bool:
-        """Apply actions atomically, guarded by the revisions of every record they rewrite."""
+        """Apply actions, guarded by the revisions of every record they rewrite: atomically when
+        they fit in one transaction of the store (``max_txn_ops``, etcd's ``--max-txn-ops``).
+
+        More (the copies of an instance that went, a tick that trims many): in parts of whole
+        models, each part atomic and logged as its own decision; the models that only lose
+        copies go first, so no part plans a load before the room made for it (between parts a
+        model may be out, never an instance over its capacity). ``extra`` goes with the last
+        part. Stops at the first part whose guard fails (the view was stale: the caller decides
+        again from a newer one); True when every part was applied."""
+        if not actions and not extra:
+            return True
+        parts = self._parts(actions, len(extra))
+        for i, part in enumerate(parts):
+            if not await self._apply_part(part, extra if i == len(parts) - 1 else ()):
+                return False
+        return True
+
+    def _parts(self, actions: Sequence[Action], n_extra: int) -> list[Sequence[Action]]:
+        # per model: one compare and one put or delete; the log: its sequence compare, one put
+        # and at most 2 x _TRIM_BATCH trimmed records; the leader key's compare
+        per = max(1, self.store.max_txn_ops - n_extra - 2 * _TRIM_BATCH - 4)
+        by_model: dict[str, list[Action]] = {}
+        for a in actions:
+            by_model.setdefault(a.model_id, []).append(a)
+        if len(by_model) <= per:
+            return [actions]
+        groups = sorted(by_model.values(), key=lambda acts: any(a.kind != "unload" for a in acts))  # stable
+        return [[a for acts in groups[i : i + per] for a in acts] for i in range(0, len(groups), per)]
+
+    async def _apply_part(self, actions: Sequence[Action], extra: Sequence[Put | Delete]) -> bool:
         if not actions and not extra:
             return True
         by_model: dict[str, list[Action]] = {}

@@ -7,6 +7,10 @@ Semantics (identical for both implementations, proved by the parametrised tests)
   nothing (deleting an absent key, a transaction whose branch only deletes absent keys)
   leaves it unchanged.
 - Compare-and-swap on the mod revision only; ``0`` means "the key must be absent".
+- Transaction size: at most ``max_txn_ops`` compares, and as many operations a branch
+  (etcd's ``--max-txn-ops``, 128 unless its operator raised it). Every implementation
+  refuses more with :class:`StoreInvalidArgument`, so a write that etcd would refuse fails
+  on the embedded stores (and in their tests) too.
 - Leases: a key put with ``lease=id`` is deleted when the lease expires or is revoked
   (all its keys in one revision, delete events emitted). Putting a key with ``lease=0``
   detaches it. Writing with an unknown or expired lease raises :class:`LeaseExpired`.
@@ -35,6 +39,23 @@ from collections.abc import AsyncGenerator, Sequence
 from ._errors import StoreInvalidArgument
 from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
+DEFAULT_MAX_TXN_OPS = 128
+"""etcd's default ``--max-txn-ops``: compares, or operations of one branch, in one transaction."""
+
+
+def validate_txn(
+    compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete], max_ops: int
+) -> None:
+    """A transaction etcd would take: at most ``max_ops`` compares and operations a branch, then
+    :func:`validate_ops` on each branch."""
+    for what, n in (("comparisons", len(compares)), ("operations", len(success)), ("failure operations", len(failure))):
+        if n > max_ops:
+            raise StoreInvalidArgument(
+                f"a transaction of {n} {what}: at most {max_ops} (etcd's --max-txn-ops; MODELMUX_STORE_MAX_TXN_OPS)"
+            )
+    validate_ops(success)
+    validate_ops(failure)
+
 
 def validate_ops(ops: Sequence[Put | Delete]) -> None:
     """One branch of a transaction: only puts and deletes, each key at most once."""
@@ -48,6 +69,9 @@ def validate_ops(ops: Sequence[Put | Delete]) -> None:
 
 
 class Store(ABC):
+    max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    """compares, or operations of one branch, one transaction may hold (see the module doc)"""
+
     @abstractmethod
     async def get(self, key: str) -> KeyValue | None:
         """The key's current value, or None when absent."""

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from ._base import Store, validate_ops
+from ._base import Store, validate_txn
 from ._errors import (
     Compacted,
     LeaseExpired,
@@ -300,8 +300,7 @@ class EtcdStore(Store):
         success: Sequence[Put | Delete],
         failure: Sequence[Put | Delete] = (),
     ) -> tuple[bool, int]:
-        validate_ops(success)
-        validate_ops(failure)
+        validate_txn(compares, success, failure, self.max_txn_ops)
         req = rpc.TxnRequest(
             compare=[
                 rpc.Compare(

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from ._base import Store, validate_ops
+from ._base import Store, validate_txn
 from ._errors import Compacted, LeaseExpired, StoreInvalidArgument, StoreUnavailable
 from ._types import Compare, Delete, KeyValue, Put, StoreUsage, WatchEvent
 
@@ -237,8 +237,7 @@ class MemoryStore(Store):
         failure: Sequence[Put | Delete] = (),
     ) -> tuple[bool, int]:
         await self._enter()
-        validate_ops(success)
-        validate_ops(failure)
+        validate_txn(compares, success, failure, self.max_txn_ops)
         ok = True
         for c in compares:
             kv = self._data.get(c.key)

@@ -55,6 +55,10 @@ class StoreSettings(BaseSettings):
     quota_bytes: int = Field(default=2 << 30, gt=0)
     # writes that grow the store (registrations, new vModels, tenants) are refused from here on
     quota_high_water: float = Field(default=0.9, gt=0, le=1)
+    # compares, or operations of one branch, one transaction may hold: etcd's --max-txn-ops (a
+    # client cannot read it either; etcd's default is 128). Every kind keeps to it, so what
+    # the embedded stores take, etcd takes too; writers split what is bigger
+    max_txn_ops: int = Field(default=128, ge=64)
 
     @field_validator("endpoints", mode="before")
     @classmethod
@@ -86,6 +90,12 @@ class StoreSettings(BaseSettings):
 
 def build_store(settings: StoreSettings, *, clock: Callable[[], float] = time.monotonic) -> Store:
     """The store the settings describe. Connects lazily (sqlite: locks its directory now)."""
+    store = _build(settings, clock)
+    store.max_txn_ops = settings.max_txn_ops
+    return store
+
+
+def _build(settings: StoreSettings, clock: Callable[[], float]) -> Store:
     if settings.kind == "memory":
         from ._memory import MemoryStore
 

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._base import validate_txn
 from ._errors import (
     LeaseExpired,
     StoreError,
-    StoreInvalidArgument,
     StoreResourceExhausted,
     StoreUnavailable,
 )
@@ -435,14 +435,7 @@ class SqliteStore(MemoryStore):
         success: Sequence[Put | Delete],
         failure: Sequence[Put | Delete] = (),
     ) -> tuple[bool, int]:
-        for ops in (success, failure):
-            seen: set[str] = set()
-            for op in ops:
-                if not isinstance(op, Put | Delete):
-                    raise StoreInvalidArgument(f"unknown transaction operation {op!r}")
-                if op.key in seen:
-                    raise StoreInvalidArgument(f"key {op.key!r} appears twice in one transaction")
-                seen.add(op.key)
+        validate_txn(compares, success, failure, self.max_txn_ops)
         ok, rev, _ = await self._submit(compares, success, failure)
         return ok, rev
 

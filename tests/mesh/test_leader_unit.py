@@ -156,3 +156,50 @@ async def test_the_cleanup_before_a_miss_checks_only_what_changed_and_still_find
     assert {f"idle{i}" for i in range(50)} <= set(checked)
     reasons = {a["reason"] for r in w.mirror.decisions.records() for a in r.actions if a["model_id"].startswith("idle")}
     assert reasons == {"instance_gone"}
+
+
+async def test_the_copies_of_an_instance_that_goes_are_unassigned_past_one_transaction(rig: Rig) -> None:
+    """An instance with more copies than one store transaction holds (etcd's --max-txn-ops) goes:
+    the leader unassigns them in parts, each part its own logged decision, and keeps deciding;
+    the other instance's copies stay assigned."""
+    w = rig.w
+    w.store.max_txn_ops = 64  # etcd's --max-txn-ops lowered: ten models a part (see Leader._parts)
+    n = 45
+    for i in range(n):
+        await w.model(f"gone{i}")
+        await w.assign(f"gone{i}", "other")
+    await w.model("kept")
+    await w.assign("kept", ME)
+    await w.settle(lambda: len(w.mirror.assignments.items) == n + 1)
+    await w.store.delete(w.keys.instance("other"))
+    await w.settle(lambda: "other" not in w.mirror.instances.items)
+    await w.model("m", predicted_size_bytes=1000)
+    await w.store.put(w.keys.miss("m"), encode(MissRecord(model_id="m", instance_id=ME, at=w.clock())))
+    await w.settle(
+        lambda: not any(w.mirror.assigned(f"gone{i}") for i in range(n)) and bool(w.mirror.assigned("m")),
+        "every copy of the gone instance unassigned, then the miss placed",
+    )
+    assert tuple(w.mirror.assigned("kept")) == (ME,)
+    parts = [r.actions for r in w.mirror.decisions.records() if any(a["model_id"].startswith("gone") for a in r.actions)]
+    assert len(parts) == 5 and all(len(p) <= 10 for p in parts)
+    assert sorted(a["model_id"] for p in parts for a in p) == sorted(f"gone{i}" for i in range(n))
+    assert {a["reason"] for p in parts for a in p} == {"instance_gone"}
+    assert rig.leader.is_leader
+
+
+def test_a_decision_too_big_for_one_transaction_is_split_by_model_shrinking_first(rig: Rig) -> None:
+    """Whole models a part; models that only lose copies go first, so a load never lands in a
+    part before the evictions that make its room; ``extra`` room is kept for the miss record."""
+    from placement import Action
+
+    rig.w.store.max_txn_ops = 64  # ten models a part, nine with one extra op
+    evict = [Action(kind="unload", model_id=f"v{i}", instance_id=ME, reason="evict") for i in range(15)]
+    move = [Action(kind="load", model_id="mv", instance_id=ME, reason="move"),
+            Action(kind="unload", model_id="mv", instance_id="other", reason="move")]
+    load = [Action(kind="load", model_id="big", instance_id=ME, reason="miss")]
+    parts = rig.leader._parts([*load, *move, *evict], n_extra=1)
+    assert [len({a.model_id for a in p}) for p in parts] == [9, 8]
+    assert {a.model_id for a in parts[0]} == {f"v{i}" for i in range(9)}
+    assert [a.model_id for a in parts[1]][-3:] == ["big", "mv", "mv"]  # loads last, a model's actions together
+    small = [*load, *evict[:3]]
+    assert rig.leader._parts(small, n_extra=1) == [small]  # fits: one atomic transaction, order kept

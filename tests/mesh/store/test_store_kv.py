@@ -134,6 +134,29 @@ async def test_txn_rejects_a_key_twice(store: Store, key_prefix: str) -> None:
     assert await store.get(k) is None
 
 
+async def test_a_transaction_holds_at_most_etcds_max_txn_ops(store: Store, key_prefix: str) -> None:
+    """Every store takes etcd's default 128 operations a transaction and refuses one more, with
+    nothing written; so what the embedded stores take, a cluster on etcd takes too."""
+    from mesh._store import StoreError
+    from mesh._store._etcd import EtcdStore
+
+    limit = store.max_txn_ops
+    assert limit == 128
+    keys = [f"{key_prefix}t{i:03d}" for i in range(limit + 1)]
+    with pytest.raises(StoreInvalidArgument, match="at most 128"):
+        await store.txn([], [Put(k, b"x") for k in keys])
+    with pytest.raises(StoreInvalidArgument, match="at most 128"):
+        await store.txn([Compare(k, 0) for k in keys], [Put(keys[0], b"x")])
+    assert (await store.get_prefix(key_prefix + "t"))[0] == []
+    ok, _ = await store.txn([Compare(k, 0) for k in keys[:limit]], [Put(k, b"x") for k in keys[:limit]])
+    assert ok and len((await store.get_prefix(key_prefix + "t"))[0]) == limit
+    if isinstance(store, EtcdStore):  # the limit is etcd's own: past our check, etcd refuses the same
+        store.max_txn_ops = 1000
+        with pytest.raises(StoreError, match="too many operations"):
+            await store.txn([], [Delete(k) for k in keys])
+        assert len((await store.get_prefix(key_prefix + "t"))[0]) == limit
+
+
 async def test_concurrent_cas_increments_lose_nothing(store: Store, key_prefix: str) -> None:
     k = key_prefix + "counter"
     n_tasks, n_incs = 5, 20
