@@ -19,10 +19,10 @@ follows the model's speed: a model whose framework calls take at least
 ``parallel_above_row_s`` a row (its measured calls' usual low) runs up to
 ``max_concurrent_batches``; a faster one runs one call at a time, and what queues behind that
 call merges into the next (one thread hand-off for many requests, where parallel calls of a
-sub-millisecond model cost more in hand-offs than they gain). With ``max_batch_delay_s`` > 0 a batch that is not full first waits up to that
-long (from its oldest request's arrival) for more. With the default delay of 0 a lone
-request never waits: batches form only from requests that queued while a batch ran, so
-batching costs nothing at one request in flight.
+sub-millisecond model cost more in hand-offs than they gain). With ``max_batch_delay_s`` > 0
+a batch that is not full first waits up to that long (from its oldest request's arrival) for
+more. With the default delay of 0 a lone request never waits: batches form only from
+requests that queued while a batch ran, so batching costs nothing at one request in flight.
 
 Merging: requests merge when they name the same inputs with the same datatypes and the same
 non-leading dimensions, carry their data as raw bytes (typed contents are checked by their
@@ -340,22 +340,22 @@ class BatchingModel(LoadedModel):
         return self._limit
 
     async def _call(self, request: InferRequest, rows: int) -> InferResponse:
-        """The wrapped model's call; its time a row decides how many calls may run at once."""
+        """The wrapped model's call; the time a row of a call that answered decides how many
+        calls may run at once (a failed call says nothing of the model's speed)."""
         t0 = time.perf_counter()
-        try:
-            return await self.inner.infer(request)
-        finally:
-            # the framework's own time where the model reports it (no wait for a worker, no
-            # event-loop delay: those grow with load, not with the model's cost), else the call's
-            took = getattr(self.inner, "last_infer_s", None)
-            if not isinstance(took, float) or took <= 0.0:
-                took = time.perf_counter() - t0
-            row_s = took / max(rows, 1)
-            # the model's cost, not its worst calls: a lower time is taken at once, a higher one
-            # moves the estimate 2% a call (a call that waited for the GIL says nothing of the model)
-            self._row_s = row_s if self._row_s == 0.0 or row_s < self._row_s else min(row_s, self._row_s * 1.02)
-            pol = self.policy
-            self._limit = pol.max_concurrent_batches if self._row_s >= pol.parallel_above_row_s else 1
+        resp = await self.inner.infer(request)
+        # the framework's own time where the model reports it (no wait for a worker, no
+        # event-loop delay: those grow with load, not with the model's cost), else the call's
+        took = getattr(self.inner, "last_infer_s", None)
+        if not isinstance(took, float) or took <= 0.0:
+            took = time.perf_counter() - t0
+        row_s = took / max(rows, 1)
+        # the model's cost, not its worst calls: a lower time is taken at once, a higher one
+        # moves the estimate 2% a call (a call that waited for the GIL says nothing of the model)
+        self._row_s = row_s if self._row_s == 0.0 or row_s < self._row_s else min(row_s, self._row_s * 1.02)
+        pol = self.policy
+        self._limit = pol.max_concurrent_batches if self._row_s >= pol.parallel_above_row_s else 1
+        return resp
 
     @property
     def status(self) -> ModelState:
@@ -379,7 +379,8 @@ class BatchingModel(LoadedModel):
     async def infer(self, request: InferRequest) -> InferResponse:
         key = merge_key(request)
         nbytes = sum(len(i.raw or b"") for i in request.inputs)
-        if key is None or rows_of(request) >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
+        rows = rows_of(request)
+        if key is None or rows >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)
         if not self._queue and self._running < self._limit and not self.policy.max_batch_delay_s:
@@ -387,12 +388,12 @@ class BatchingModel(LoadedModel):
             self._running += 1
             self._observe(1, (0.0,))
             try:
-                return await self._call(request, rows_of(request))
+                return await self._call(request, rows)
             finally:
                 self._running -= 1
                 self._dispatch()
         loop = asyncio.get_running_loop()
-        item = _Pending(request, key, rows_of(request), nbytes, loop.create_future(), time.monotonic())
+        item = _Pending(request, key, rows, nbytes, loop.create_future(), time.monotonic())
         self._queue.append(item)
         self._dispatch()
         return await item.future
