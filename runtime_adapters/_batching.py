@@ -379,7 +379,7 @@ class BatchingModel(LoadedModel):
     async def infer(self, request: InferRequest) -> InferResponse:
         key = merge_key(request)
         nbytes = sum(len(i.raw or b"") for i in request.inputs)
-        rows = rows_of(request)
+        rows = rows_of(request) if key is not None else 0  # a request with no key may have no rows to read
         if key is None or rows >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)

@@ -298,6 +298,11 @@ async def test_a_fast_model_runs_one_call_at_a_time_and_a_slow_one_several(
         gated.gate.set()
         got = await asyncio.gather(first, second, *rest)
         assert gated.calls == [1, 1, 2]
+        # a call that fails says nothing of the model's speed, however fast it failed
+        gated.last_infer_s = 1e-6
+        with pytest.raises(InvalidInput, match="shape"):
+            await model.infer(request("input", rows(9, 1, 5)))
+        assert model.concurrent_limit == 2
     else:
         got = await held_behind_first(model, gated, reqs[0], reqs[1:])
         assert gated.calls == [1, 3]  # no second call while the first ran
