@@ -254,8 +254,6 @@ class Leader:
         return [[a for acts in groups[i : i + per] for a in acts] for i in range(0, len(groups), per)]
 
     async def _apply_part(self, actions: Sequence[Action], extra: Sequence[Put | Delete]) -> bool:
-        if not actions and not extra:
-            return True
         by_model: dict[str, list[Action]] = {}
         for a in actions:
             by_model.setdefault(a.model_id, []).append(a)

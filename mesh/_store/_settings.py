@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ._base import Store
+from ._base import DEFAULT_MAX_TXN_OPS, Store
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -58,7 +58,7 @@ class StoreSettings(BaseSettings):
     # compares, or operations of one branch, one transaction may hold: etcd's --max-txn-ops (a
     # client cannot read it either; etcd's default is 128). Every kind keeps to it, so what
     # the embedded stores take, etcd takes too; writers split what is bigger
-    max_txn_ops: int = Field(default=128, ge=64)
+    max_txn_ops: int = Field(default=DEFAULT_MAX_TXN_OPS, ge=64)
 
     @field_validator("endpoints", mode="before")
     @classmethod
