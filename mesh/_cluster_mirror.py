@@ -52,6 +52,9 @@ class ClusterMirror:
         self.copies: PrefixMirror[CopyRecord] = PrefixMirror(store, keys.copies, lambda k, v: decode(CopyRecord, v))
         self.misses: PrefixMirror[MissRecord] = PrefixMirror(store, keys.misses, lambda k, v: decode(MissRecord, v))
         self.tenants: PrefixMirror[TenantRecord] = PrefixMirror(store, keys.tenants, lambda k, v: decode(TenantRecord, v))
+        # the leader key alone (its prefix is the key; kept as bytes, read by relative key ""):
+        # a follower campaigns again when it changes, not on every other change (mesh._leader)
+        self.leader: PrefixMirror[bytes] = PrefixMirror(store, keys.leader, lambda k, v: v)
         # the decision log stays bytes until read (mesh._decision_log: decoded it was ~3.7x its size)
         self.decisions = DecisionLog(PrefixMirror(store, keys.decisions, lambda k, v: v))
         self._mirrors: list[PrefixMirror[Any]] = [
@@ -63,6 +66,7 @@ class ClusterMirror:
             self.misses,
             self.tenants,
             self.decisions.mirror,
+            self.leader,
         ]
         # derived indexes
         self._copies_by_model: dict[str, dict[str, CopyRecord]] = {}

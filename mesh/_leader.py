@@ -104,6 +104,8 @@ class Leader:
         self.is_leader = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._leader_changed = asyncio.Event()  # the leader key changed (a follower campaigns again)
+        self.campaign_retry_s = 1.0  # a follower's attempt without a change seen (a lost watch event)
         self._unsubs: list[Callable[[], None]] = []
         # what the cleanup before each batch of misses checks: models whose copy failed or whose
         # assignment changed since the last cleanup, or everything once an instance is gone (the
@@ -121,6 +123,7 @@ class Leader:
         for mirror in (self.state.misses, self.state.copies, self.state.vmodels, self.state.instances, self.state.tenants):
             self._unsubs.append(mirror.subscribe(lambda _c: self._wake.set()))
         self._unsubs += [
+            self.state.leader.subscribe(lambda _c: self._leader_changed.set()),
             self.state.copies.subscribe(self._note_copies),
             self.state.assignments.subscribe(self._note_assignments),
             self.state.instances.subscribe(self._note_instances),
@@ -144,6 +147,7 @@ class Leader:
 
     async def _campaign(self) -> None:
         while True:
+            self._leader_changed.clear()  # before the attempt: a change while it runs is not missed
             try:
                 rev = await self.store.cas(
                     self.keys.leader,
@@ -163,10 +167,11 @@ class Leader:
                     return
             except StoreError as exc:
                 log.debug("campaign: %s", exc)
-            # wait until the key is gone (watch via the instances mirror is not enough: poll the key on changes)
-            self._wake.clear()
+            # try again when the leader key changes (its holder's lease ran out, it stepped down),
+            # and every campaign_retry_s. Not on every change of the cluster: under churn that was
+            # a compare-and-swap and a read per copy record written, from every follower.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._leader_changed.wait(), timeout=self.campaign_retry_s)
 
     async def _still_leader(self) -> bool:
         kv = await self.store.get(self.keys.leader)

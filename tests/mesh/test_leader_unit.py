@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from mesh._leader import Leader
-from mesh._store_schema import CopyState, MissRecord, VModelRecord, decode, encode
+from mesh._store_schema import CopyState, LeaderRecord, MissRecord, VModelRecord, decode, encode
 from placement import Policy, PolicySettings
 from tests.mesh.cluster import wait_until
 from tests.mesh.fakes import World, world
@@ -203,3 +203,49 @@ def test_a_decision_too_big_for_one_transaction_is_split_by_model_shrinking_firs
     assert [a.model_id for a in parts[1]][-3:] == ["big", "mv", "mv"]  # loads last, a model's actions together
     small = [*load, *evict[:3]]
     assert rig.leader._parts(small, n_extra=1) == [small]  # fits: one atomic transaction, order kept
+
+
+class _CountingStore:
+    """The store, with the calls a campaign makes counted."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.campaign_calls = 0
+
+    async def cas(self, *a: object, **kw: object) -> object:
+        self.campaign_calls += 1
+        return await self._inner.cas(*a, **kw)  # type: ignore[attr-defined]
+
+    async def get(self, *a: object, **kw: object) -> object:
+        self.campaign_calls += 1
+        return await self._inner.get(*a, **kw)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+async def test_a_follower_campaigns_when_the_leader_key_changes_not_on_every_change(rig: Rig) -> None:
+    """Under churn a follower tried the leader key (a compare-and-swap and a read) on every change
+    of copies, misses or instances; it tries when the key changes. With the periodic retry pushed
+    out of the test's reach, only the key's change can make it leader."""
+    w = rig.w
+    store = _CountingStore(w.store)
+    lease = await w.store.grant_lease(30)
+    follower = Leader("other", store, w.mirror, Policy(PolicySettings()), lambda: lease,  # type: ignore[arg-type]
+                      tick_s=3600, failure_ttl_s=60, clock=w.clock)
+    follower.campaign_retry_s = 3600.0
+    await follower.start()
+    try:
+        await wait_until(lambda: store.campaign_calls >= 2, 5, "the follower's first attempt")  # a cas, a read
+        first = store.campaign_calls
+        for i in range(40):  # the cluster churns: copies come and go
+            await w.copy(f"c{i}", ME)
+        await w.settle(lambda: len(w.mirror.copies.items) == 40, "the copies")
+        assert store.campaign_calls == first, "the follower went to the store on changes that were not the leader key's"
+        assert not follower.is_leader
+
+        await rig.leader.stop()  # steps down: deletes the leader key
+        await wait_until(lambda: follower.is_leader, 5, "the follower taking over")
+        assert decode(LeaderRecord, (await w.store.get(w.keys.leader)).value).instance_id == "other"  # type: ignore[union-attr]
+    finally:
+        await follower.stop()
