@@ -412,9 +412,8 @@ class Agent:
             except Exception:  # never let one bad record stop reconciliation
                 log.exception("reconcile failed")
 
-    def desired(self) -> set[str]:
-        me = self.instance_id
-        return {mid for mid, rec in self.state.assignments.items.items() if me in rec.instances}
+    def desired(self) -> frozenset[str]:
+        return self.state.assigned_to(self.instance_id)
 
     async def reconcile(self) -> None:
         desired = self.desired()

@@ -43,3 +43,33 @@ async def test_holders_follow_instances_and_ignore_usage_updates() -> None:
         assert w.mirror.holders("n") == ()
         await w.instance("c", "c:1")
         await w.settle(lambda: w.mirror.holders("n") == ("c",), "c appearing")
+
+
+async def test_models_assigned_to_an_instance_follow_the_assignments() -> None:
+    """The index an agent reconciles from: every assignment's change moves it, and a mirror started
+    on an existing cluster builds it from the listing."""
+    async with world() as w:
+        def scanned(iid: str) -> frozenset[str]:  # what the index replaces: a scan of every assignment
+            return frozenset(mid for mid, rec in w.mirror.assignments.items.items() if iid in rec.instances)
+
+        await w.assign("m", "a", "b")
+        await w.assign("n", "a")
+        await w.settle(lambda: w.mirror.assigned_to("a") == {"m", "n"}, "two assignments")
+        assert w.mirror.assigned_to("b") == {"m"} and w.mirror.assigned_to("c") == frozenset()
+        await w.assign("m", "c")  # moved: off a and b, onto c
+        await w.settle(lambda: w.mirror.assigned_to("c") == {"m"}, "m moved")
+        assert w.mirror.assigned_to("a") == {"n"} and w.mirror.assigned_to("b") == frozenset()
+        await w.store.delete(w.keys.assignment("n"))
+        await w.settle(lambda: w.mirror.assigned_to("a") == frozenset(), "n unassigned")
+        for iid in ("a", "b", "c"):
+            assert w.mirror.assigned_to(iid) == scanned(iid)
+
+        # a second mirror started on this store lists what is there
+        from mesh._cluster_mirror import ClusterMirror
+
+        late = ClusterMirror(w.store, w.keys)
+        await late.start()
+        try:
+            assert late.assigned_to("c") == {"m"} and late.assigned_to("a") == frozenset()
+        finally:
+            await late.stop()
