@@ -240,6 +240,7 @@ class Leader:
         again from a newer one); True when every part was applied."""
         if not actions and not extra:
             return True
+        await self._views.catch_up()  # what changed while deciding: not all at the first size look-up
         parts = self._parts(actions, len(extra))
         for i, part in enumerate(parts):
             if not await self._apply_part(part, extra if i == len(parts) - 1 else ()):
@@ -364,6 +365,7 @@ class Leader:
                 continue
             self._views.note_miss(mid, miss.at)  # the request that missed is a use, as in the simulator
             for _attempt in range(5):
+                await self._views.catch_up()  # the view's backlog of changes, a chunk at a time
                 view = self.view()
                 try:
                     actions = self.policy.on_miss(view, mid)
@@ -428,6 +430,7 @@ class Leader:
 
     async def _tick(self) -> None:
         await self._cleanup()
+        await self._views.catch_up()
         view = self.view()
         try:
             actions = self.policy.on_tick(view)

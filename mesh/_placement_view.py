@@ -77,6 +77,8 @@ RATIO_STEP = 0.05
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
 
 RESIZE_PER_VIEW = 1000
+CATCH_UP_CHUNK = 128
+"""models recomputed between two yields of :meth:`PlacementViewBuilder.catch_up`"""
 """unmeasured models re-sized for a ratio change per view (the rest in the views after it)"""
 
 
@@ -154,6 +156,21 @@ class PlacementViewBuilder:
                 self._recompute(mid)
             await asyncio.sleep(0)
             if self._generation != generation:  # stopped (leadership lost) meanwhile: what was built is gone
+                return
+
+    async def catch_up(self, chunk: int = CATCH_UP_CHUNK) -> None:
+        """Recompute the models that changed ``chunk`` at a time, yielding to the event loop
+        between chunks, until at most one chunk is left for the next :meth:`view`. Under churn
+        hundreds of models change between two decisions, and one view recomputing them all held
+        the leader's loop (which also serves) for 15 ms and more. A no-op when little changed."""
+        if self._all_dirty:
+            await self.warm()
+        generation = self._generation
+        while len(self._dirty) > chunk:
+            for _ in range(chunk):
+                self._recompute(self._dirty.pop())
+            await asyncio.sleep(0)
+            if self._generation != generation:  # stopped (leadership lost) meanwhile
                 return
 
     def _all_ids(self) -> set[str]:

@@ -490,3 +490,56 @@ async def test_a_new_leaders_first_view_is_built_in_chunks_that_let_the_loop_run
         b.stop()  # leadership lost after the first chunk
         await task
         assert len(seen) == 100
+
+
+async def test_a_backlog_of_changes_is_caught_up_in_chunks_and_the_view_equals_a_fresh_one() -> None:
+    """Under churn many models change between two decisions: catch_up() recomputes them ``chunk`` at
+    a time with other tasks running between chunks, leaves at most one chunk for the view, and the
+    view then equals one built from scratch. Little changed: it recomputes nothing."""
+    store, keys = await _onnx_models(300)
+    now = 1_000_000.0
+    policy = Policy(PolicySettings())
+    async with _leader_view(store, keys, policy, lambda: now) as (state, b):
+        await b.warm()
+        b.view()
+        for k in range(260):  # a backlog: 260 models assigned since the last view
+            await store.put(keys.assignment(f"m{k}"), encode(AssignmentRecord(model_id=f"m{k}", instances=("i0",))))
+        rev = store.revision
+        assert await state.wait_for(lambda: state.assignments.revision >= rev, 2.0)
+
+        ticks = 0
+        done = False
+
+        async def other_work() -> None:  # the requests the leader's instance serves meanwhile
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        seen: list[int] = []
+        real = b._recompute
+
+        def counting(mid: str) -> None:
+            seen.append(ticks)
+            real(mid)
+
+        b._recompute = counting  # type: ignore[method-assign]
+        await b.catch_up(chunk=100)
+        assert len(seen) == 200 and len(set(seen)) == 2  # two chunks, the other task ran between them
+        done = True
+        await other
+        seen.clear()
+        v = b.view()
+        assert len(seen) == 60  # the rest, at most a chunk, with the view
+        fresh = _fresh(state, policy, now).view()
+        assert dict(v.models) == dict(fresh.models)
+        assert v.instances["i0"].used_bytes == fresh.instances["i0"].used_bytes == 260 * MiB
+
+        seen.clear()
+        await store.put(keys.assignment("m299"), encode(AssignmentRecord(model_id="m299", instances=("i0",))))
+        rev = store.revision
+        assert await state.wait_for(lambda: state.assignments.revision >= rev, 2.0)
+        await b.catch_up(chunk=100)
+        assert seen == []  # one change: left to the view
