@@ -13,9 +13,10 @@ loaded it is the registration's predicted size times the measured/predicted rati
 its model type (the median over loaded models of that type, at least 1.0: ONNX Runtime, for one,
 holds several times the file size), else a default. When a type's ratio moves by more than
 :data:`RATIO_STEP`, every unmeasured model of that type is recomputed, at most
-:data:`RESIZE_PER_VIEW` per view: at 10k models of one type a ratio change took 100 ms of the
-event loop in one piece (a second at 100k), while the copies' sizes it refines are estimates
-that may lag a view or two.
+:data:`RESIZE_PER_VIEW` (128) per view: at 10k models of one type a ratio change took 100 ms of
+the event loop in one piece (a second at 100k), and 1,000 per view still did on the density
+bench's leader, where a recompute under churn costs more (a stall watchdog caught it in the
+hits-only phase). The copies' sizes it refines are estimates that may lag some views.
 
 Traffic: a model's ``last_used`` and ``rate_rpm`` are the merge (:class:`placement.Usage`, the
 simulator's estimator) of what its copies report and of its history: the traffic of copies
@@ -76,10 +77,10 @@ MISS_CLOCK_SLACK_S = 1.0
 RATIO_STEP = 0.05
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
 
-RESIZE_PER_VIEW = 1000
-CATCH_UP_CHUNK = 128
-"""models recomputed between two yields of :meth:`PlacementViewBuilder.catch_up`"""
+RESIZE_PER_VIEW = 128
 """unmeasured models re-sized for a ratio change per view (the rest in the views after it)"""
+CATCH_UP_CHUNK = 128
+"""models recomputed between two yields of :meth:`PlacementViewBuilder.catch_up` and :meth:`~PlacementViewBuilder.warm`"""
 
 
 class PlacementViewBuilder:
@@ -140,7 +141,7 @@ class PlacementViewBuilder:
         self._all_dirty = True
         self._rebuild_history()
 
-    async def warm(self, chunk: int = RESIZE_PER_VIEW) -> None:
+    async def warm(self, chunk: int = CATCH_UP_CHUNK) -> None:
         """Build the first view's models ``chunk`` at a time, yielding to the event loop between
         chunks: a new leader's first view walks every model (~100 ms at 10k, a second at 100k) on
         an instance that also serves. Changes that arrive meanwhile are marked dirty as usual, and
