@@ -33,7 +33,7 @@ CHOICES = ("auto", "uvloop", "asyncio")
 class EventLoopChoiceError(ValueError):
     """``MODELMUX_EVENT_LOOP`` names no loop, or names uvloop where it is not installed; or the
     loop's garbage-collection policy (``MODELMUX_GC_REFRESH_S``) is not a period, or its GIL
-    switch interval (``MODELMUX_GIL_SWITCH_INTERVAL_S``) not a positive number of seconds."""
+    switch interval (``MODELMUX_GIL_SWITCH_INTERVAL_S``) not a number of seconds in (0, 1]."""
 
 
 def loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
