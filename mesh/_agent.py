@@ -40,7 +40,7 @@ from ._metrics import Metrics
 from ._router import Router
 from ._runtimes import RuntimeSupervisor
 from ._settings import InstanceSettings
-from ._store import LeaseExpired, Store, StoreError
+from ._store import LeaseExpired, Put, Store, StoreError
 from ._store_schema import CopyRecord, CopyState, InstanceRecord, Keys, ModelRecord, encode
 from ._tasks import cancel_and_wait
 
@@ -309,7 +309,8 @@ class Agent:
             copy.counted = st.count
         return copy.meter
 
-    async def _publish_copy(self, copy: LocalCopy) -> None:
+    def _copy_record(self, copy: LocalCopy) -> CopyRecord | None:
+        """The copy's record as it stands, or None when what was published last still holds."""
         st = self.router.usage.get(copy.model_id)
         meter = self._meter(copy)
         rec = CopyRecord(
@@ -328,9 +329,37 @@ class Agent:
             failed_until=copy.failed_until,
         )
         if rec == copy.published or (copy.published is not None and _only_rpm_drifted(copy.published, rec)):
+            return None
+        return rec
+
+    async def _publish_copy(self, copy: LocalCopy) -> None:
+        rec = self._copy_record(copy)
+        if rec is None:
             return
         await self.store.put(self.keys.copy(copy.model_id, self.instance_id), encode(rec), lease=self.lease)
         copy.published = rec
+
+    async def _publish_copies(self) -> None:
+        """The publish loop's copy records: those that changed, written a transaction of up to the
+        store's limit at a time. Under churn most copies change every second; one put each was an
+        RPC each here and a watch message each in every instance's mirror, where a transaction is
+        one of each. A copy that left the loaded or failed state while a transaction was on its way
+        is not written (its own transition publishes it)."""
+        pending: list[tuple[LocalCopy, CopyRecord]] = []
+        for c in list(self.copies.values()):
+            if c.state in (CopyState.LOADED, CopyState.FAILED) and (rec := self._copy_record(c)) is not None:
+                pending.append((c, rec))
+        per = self.store.max_txn_ops
+        for start in range(0, len(pending), per):
+            part = [(c, rec) for c, rec in pending[start : start + per]
+                    if self.copies.get(c.model_id) is c and c.state == rec.state]
+            if not part:
+                continue
+            await self.store.txn(
+                [], [Put(self.keys.copy(c.model_id, self.instance_id), encode(rec), lease=self.lease) for c, rec in part]
+            )
+            for c, rec in part:
+                c.published = rec
 
     # ------------------------------------------------------------ loops
 
@@ -381,9 +410,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.publish_interval_s)
             try:
-                for c in list(self.copies.values()):
-                    if c.state in (CopyState.LOADED, CopyState.FAILED):
-                        await self._publish_copy(c)
+                await self._publish_copies()
                 await self._publish_instance()
                 self._expire_failures()
                 self.update_gauges()

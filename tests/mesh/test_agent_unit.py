@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -307,3 +307,43 @@ async def test_a_copy_is_not_rewritten_for_a_small_drift_of_its_dashboard_rate(r
     kv = await w.store.get(w.keys.copy("m", ME))
     assert kv is not None and kv.version == v3 + 1
     assert decode(CopyRecord, kv.value).last_used == st.last_used > 0
+
+
+async def test_the_publish_loop_writes_changed_copies_a_transaction_at_a_time(rig: Rig) -> None:
+    """Copies whose records changed go out together, up to the store's transaction limit each (one
+    RPC and one watch message per transaction, not per copy); unchanged ones are not written, and
+    the records are the ones a copy-by-copy publish writes."""
+    w = rig.w
+    mids = [f"m{k}" for k in range(5)]
+    for mid in mids:
+        await w.model(mid)
+    await w.settle(lambda: all(m in w.mirror.models.items for m in mids))
+    for mid in mids:
+        await w.assign(mid, ME)
+    await w.settle(lambda: all(w.mirror.holders(m) == (ME,) for m in mids), "five loaded copies")
+    w.clock.advance(1.0)
+    for mid in mids:
+        assert (await rig.router.infer(mid, request(mid), timeout_s=5)).model_name == mid
+    rig.agent._fresh.clear()  # (the first-use loop would publish them one by one meanwhile)
+
+    txns: list[int] = []
+    real_txn = w.store.txn
+
+    async def counting(compares: object, success: list[object], failure: object = ()) -> object:
+        txns.append(len(success))
+        return await real_txn(compares, success, failure)  # type: ignore[arg-type]
+
+    w.store.txn = counting  # type: ignore[method-assign]
+    w.store.max_txn_ops = 2
+    expected = {mid: rig.agent._copy_record(rig.agent.copies[mid]) for mid in mids}  # what would be written
+    for mid in mids:
+        rig.agent.copies[mid].published = None  # (building the expected records fed the meters: write again)
+    await rig.agent._publish_copies()
+    assert txns == [2, 2, 1]
+    for mid in mids:
+        rec = await rig.copy_record(mid)
+        assert rec is not None and expected[mid] is not None and rec.last_used == w.clock()
+        assert replace(rec, rpm=0.0) == replace(expected[mid], rpm=0.0)  # (rpm: a sliding window of the real clock)
+    txns.clear()
+    await rig.agent._publish_copies()  # nothing changed since
+    assert txns == []
