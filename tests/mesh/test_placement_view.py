@@ -57,6 +57,37 @@ def _fresh(state: ClusterMirror, policy: Policy, now: float, like: PlacementView
     return b
 
 
+@contextlib.asynccontextmanager
+async def _recomputes_beside_other_work(b: PlacementViewBuilder) -> AsyncIterator[list[int]]:
+    """While the block runs, another task takes turns on the loop (it stands for the requests the
+    leader's instance serves meanwhile); yields a list that gets, for each model ``b`` recomputes,
+    how many turns that task had had by then (``b`` stays patched after the block)."""
+    ticks = 0
+    done = False
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    seen: list[int] = []
+    real = b._recompute
+
+    def counting(mid: str) -> None:
+        seen.append(ticks)
+        real(mid)
+
+    b._recompute = counting  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        done = True
+        await other
+
+
 async def _onnx_models(n: int) -> tuple[MemoryStore, Keys]:
     """A store with one roomy instance ``i0`` and ``n`` unmeasured ONNX models ``m0``.. predicted at 1 MiB."""
     store = MemoryStore()
@@ -449,30 +480,10 @@ async def test_a_new_leaders_first_view_is_built_in_chunks_that_let_the_loop_run
     now = 1_000_000.0
     policy = Policy(PolicySettings())
     async with _leader_view(store, keys, policy, lambda: now) as (state, b):
-        ticks = 0
-        done = False
-
-        async def other_work() -> None:  # stands for the requests the instance serves meanwhile
-            nonlocal ticks
-            while not done:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        other = asyncio.create_task(other_work())
-        await asyncio.sleep(0)
-        seen: list[int] = []
-        real = b._recompute
-
-        def counting(mid: str) -> None:
-            seen.append(ticks)
-            real(mid)
-
-        b._recompute = counting  # type: ignore[method-assign]
-        await store.put(keys.assignment("m3"), encode(AssignmentRecord(model_id="m3", instances=("i0",))))  # arrives during warm
-        await b.warm(chunk=100)
-        assert len(seen) == 250 and len(set(seen)) == 3  # three chunks, the other task ran between them
-        done = True
-        await other
+        async with _recomputes_beside_other_work(b) as seen:
+            await store.put(keys.assignment("m3"), encode(AssignmentRecord(model_id="m3", instances=("i0",))))  # arrives during warm
+            await b.warm(chunk=100)
+            assert len(seen) == 250 and len(set(seen)) == 3  # three chunks, the other task ran between them
         rev = store.revision
         assert await state.wait_for(lambda: state.assignments.revision >= rev, 2.0)
         seen.clear()
@@ -507,29 +518,9 @@ async def test_a_backlog_of_changes_is_caught_up_in_chunks_and_the_view_equals_a
         rev = store.revision
         assert await state.wait_for(lambda: state.assignments.revision >= rev, 2.0)
 
-        ticks = 0
-        done = False
-
-        async def other_work() -> None:  # the requests the leader's instance serves meanwhile
-            nonlocal ticks
-            while not done:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        other = asyncio.create_task(other_work())
-        await asyncio.sleep(0)
-        seen: list[int] = []
-        real = b._recompute
-
-        def counting(mid: str) -> None:
-            seen.append(ticks)
-            real(mid)
-
-        b._recompute = counting  # type: ignore[method-assign]
-        await b.catch_up(chunk=100)
-        assert len(seen) == 200 and len(set(seen)) == 2  # two chunks, the other task ran between them
-        done = True
-        await other
+        async with _recomputes_beside_other_work(b) as seen:
+            await b.catch_up(chunk=100)
+            assert len(seen) == 200 and len(set(seen)) == 2  # two chunks, the other task ran between them
         seen.clear()
         v = b.view()
         assert len(seen) == 60  # the rest, at most a chunk, with the view
