@@ -84,7 +84,8 @@ class Admission:
             self._tenant_inflight[tenant] = left
         else:
             del self._tenant_inflight[tenant]
-        self._wake()
+        if self._waiting:
+            self._wake()
 
     def _wake(self) -> None:
         """Hand free slots to waiting requests: each to the waiting tenant with the fewest requests

@@ -309,6 +309,7 @@ class Instance:
         self._room_task = asyncio.create_task(self.management.room.watch(STORE_USAGE_INTERVAL_S), name="store-usage")
         self.endpoints = Endpoints(grpc=grpc_addr, rest=rest_addr, metrics=metrics_addr, health=health_addr, link=link_addr)
         self.agent.address, self.agent.rest_address, self.agent.link_address = grpc_addr, rest_addr, link_addr
+        self.router.address = grpc_addr  # what its local hits name as their holder (mesh._holder)
         if self.runtimes is not None:
             self.runtimes.on_lost = self.agent.copies_lost
             await self.runtimes.start()

@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._errors import status_for
-from ._histograms import HotChild, HotHistogram
+from ._histograms import HotChild, HotCounter, HotHistogram
 
 _MIN, _H, _D = 60_000, 3_600_000, 86_400_000
 # ModelMesh's bounds (milliseconds / bytes)
@@ -139,7 +139,7 @@ class Metrics:
         r.register(self._cluster)
         # ---- modelmux's
         self.forwards = Counter("modelmux_forwards", "Requests forwarded to another instance, by outcome", ("result",), registry=r)
-        self.local_hits = Counter("modelmux_local_hits", "Requests served by a copy on this instance", registry=r)
+        self.local_hits = HotCounter("modelmux_local_hits", "Requests served by a copy on this instance", registry=r)
         self.misses = Counter("modelmux_misses", "Model loads requested by this instance's router (no loaded copy anywhere)", registry=r)
         # the store's own size against its quota (registrations are refused past its high-water mark)
         self.store_used = Gauge("modelmux_store_used_bytes", "Bytes the store holds against its quota", registry=r)

@@ -58,6 +58,9 @@ class LoadedModel(ABC):
     spec: ModelSpec
     size_bytes: int
     metadata: ModelMetadata
+    forwards_raw: ClassVar[bool] = False
+    """True for a copy that takes the serialized ModelInferRequest as it came (``infer_bytes``):
+    one in a runtime process, which parses it there"""
 
     @abstractmethod
     async def infer(self, request: InferRequest) -> InferResponse:

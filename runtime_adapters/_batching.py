@@ -22,7 +22,9 @@ call merges into the next (one thread hand-off for many requests, where parallel
 sub-millisecond model cost more in hand-offs than they gain). With ``max_batch_delay_s`` > 0
 a batch that is not full first waits up to that long (from its oldest request's arrival) for
 more. With the default delay of 0 a lone request never waits: batches form only from
-requests that queued while a batch ran, so batching costs nothing at one request in flight.
+requests that queued while a batch ran, so batching costs nothing at one request in flight:
+a request that finds no call running and none queued runs at once, without being asked whether
+it could merge (it counts among the calls running, and its time among the model's measured calls).
 
 Merging: requests merge when they name the same inputs with the same datatypes and the same
 non-leading dimensions, carry their data as raw bytes (typed contents are checked by their
@@ -246,6 +248,17 @@ def rows_of(request: InferRequest) -> int:
     return request.inputs[0].shape[0]
 
 
+def _rows_hint(request: InferRequest) -> int:
+    """The rows of a request that may not be mergeable, for the per-row cost estimate: its first
+    input's leading dimension, 1 where it has none."""
+    inputs = request.inputs
+    if inputs and inputs[0].shape:
+        lead = inputs[0].shape[0]
+        if isinstance(lead, int) and lead > 0:
+            return lead
+    return 1
+
+
 def merge(requests: Sequence[InferRequest]) -> InferRequest:
     """One request whose inputs are the given requests' inputs concatenated along dimension 0."""
     first = requests[0]
@@ -344,6 +357,11 @@ class BatchingModel(LoadedModel):
         calls may run at once (a failed call says nothing of the model's speed)."""
         t0 = time.perf_counter()
         resp = await self.inner.infer(request)
+        self._measured(t0, rows)
+        return resp
+
+    def _measured(self, t0: float, rows: int) -> None:
+        """A call of ``rows`` rows that started at ``t0`` (``perf_counter()``) answered now."""
         # the framework's own time where the model reports it (no wait for a worker, no
         # event-loop delay: those grow with load, not with the model's cost), else the call's
         took = getattr(self.inner, "last_infer_s", None)
@@ -355,7 +373,6 @@ class BatchingModel(LoadedModel):
         self._row_s = row_s if self._row_s == 0.0 or row_s < self._row_s else min(row_s, self._row_s * 1.02)
         pol = self.policy
         self._limit = pol.max_concurrent_batches if self._row_s >= pol.parallel_above_row_s else 1
-        return resp
 
     @property
     def status(self) -> ModelState:
@@ -377,21 +394,26 @@ class BatchingModel(LoadedModel):
                 log.exception("batch observer failed")
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        if not self._queue and self._running < self._limit and not self.policy.max_batch_delay_s:
+            # idle: there is nothing to merge it with, so whether it could merge is not asked. It
+            # runs now, in this task (no queue, no future); requests arriving meanwhile queue
+            self._running += 1
+            self._observe(1, (0.0,))
+            try:  # _call's steps, inline: one coroutine less per request
+                t0 = time.perf_counter()
+                resp = await self.inner.infer(request)
+                self._measured(t0, _rows_hint(request))
+                return resp
+            finally:
+                self._running -= 1
+                if self._queue:
+                    self._dispatch()
         key = merge_key(request)
         nbytes = sum(len(i.raw or b"") for i in request.inputs)
         rows = rows_of(request) if key is not None else 0  # a request with no key may have no rows to read
         if key is None or rows >= self.policy.max_batch_size or 2 * nbytes > self.policy.max_batch_bytes:
             self._observe(1, (0.0,))
             return await self.inner.infer(request)
-        if not self._queue and self._running < self._limit and not self.policy.max_batch_delay_s:
-            # idle: run it now, in this task (no queue, no future); requests arriving meanwhile queue
-            self._running += 1
-            self._observe(1, (0.0,))
-            try:
-                return await self._call(request, rows)
-            finally:
-                self._running -= 1
-                self._dispatch()
         loop = asyncio.get_running_loop()
         item = _Pending(request, key, rows, nbytes, loop.create_future(), time.monotonic())
         self._queue.append(item)

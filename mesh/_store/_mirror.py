@@ -62,7 +62,9 @@ class PrefixMirror(Generic[T]):
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._items: dict[str, T] = {}
-        self._view: Mapping[str, T] = MappingProxyType(self._items)
+        # read-only live view: relative key -> decoded value. An attribute, not a property: the
+        # router reads it several times per request, and a property call costs more than the look-up
+        self.items: Mapping[str, T] = MappingProxyType(self._items)
         self._revs: dict[str, int] = {}
         self._revision = 0
         self._connected = False
@@ -76,11 +78,6 @@ class PrefixMirror(Generic[T]):
     @property
     def prefix(self) -> str:
         return self._prefix
-
-    @property
-    def items(self) -> Mapping[str, T]:
-        """Read-only live view: relative key -> decoded value."""
-        return self._view
 
     @property
     def revision(self) -> int:

@@ -16,6 +16,7 @@ from mesh._loaded_copies import LoadedCopies
 from mesh._metrics import Metrics
 from mesh._router import Router
 from protos import grpc_predict_v2_pb2 as pb
+from runtime_adapters import InferRequest, InferResponse, InvalidInput
 from tests.mesh.fakes import FakeModel, FakePeer, World, request, request_bytes, world
 
 ME = "me"
@@ -63,6 +64,34 @@ async def test_client_requests_are_timed_once_and_forwarded_ones_not_again(w: Wo
         await dp.infer("nope", request("nope"), RequestContext(timeout_s=1))
     assert count(metrics, API, code="NOT_FOUND") == 1
     assert dp.server_info(RequestContext()).version == "9" and dp.server_ready(RequestContext())
+    await router.close()
+
+
+async def test_a_local_call_that_fails_is_timed_with_its_status_in_both_histograms(w: World) -> None:
+    """The local hit records its two timings from clock readings, not timer blocks: a failing
+    call must still land in both histograms under its own code, with no response size."""
+
+    class Refuses(FakeModel):
+        async def infer(self, request: InferRequest) -> InferResponse:
+            self.calls += 1
+            raise InvalidInput("input 'x' has the wrong shape")
+
+    await w.model("m")
+    await w.settle(lambda: "m" in w.mirror.models.items)
+    metrics = Metrics()
+    loaded = LoadedCopies()
+    loaded.add("m", Refuses("m"))
+    router = Router(ME, w.mirror, w.store, loaded, metrics=metrics)
+    dp = DataPlane(router)
+    payload = request_bytes("m")
+
+    with pytest.raises(InvalidInput):
+        await dp.infer_bytes("m", payload, RequestContext(timeout_s=5))
+    assert count(metrics, API, code="INVALID_ARGUMENT") == 1 and count(metrics, API, code="OK") == 0
+    assert count(metrics, INVOKE, code="INVALID_ARGUMENT") == 1 and count(metrics, INVOKE, code="OK") == 0
+    assert count(metrics, "modelmesh_request_size_bytes_sum", code="INVALID_ARGUMENT") == len(payload)
+    assert count(metrics, "modelmesh_response_size_bytes_count") == 0
+    assert count(metrics, "modelmux_local_hits_total") == 1  # it was served here, and failed here
     await router.close()
 
 

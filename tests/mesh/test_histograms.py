@@ -1,14 +1,14 @@
-"""The per-request histograms (mesh._histograms) are scraped exactly as prometheus-client's own."""
+"""The per-request histograms and counter (mesh._histograms) are scraped exactly as prometheus-client's own."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh._histograms import HotHistogram
+from mesh._histograms import HotCounter, HotHistogram
 from mesh._metrics import MESSAGE_SIZE_BUCKETS, MS_BUCKETS
 
 
@@ -52,6 +52,23 @@ def test_byte_buckets_and_describe() -> None:
     assert _samples(ours) == _samples(theirs)
     with pytest.raises(ValueError, match="Duplicated timeseries"):  # its name is claimed at registration
         Histogram("b", "again", registry=ours)
+
+
+def test_counter_exposition_equals_prometheus_clients_counter() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hot = HotCounter("hits", "Requests served here", registry=ours)
+    ref = Counter("hits", "Requests served here", registry=theirs)
+    assert _samples(ours) == _samples(theirs)  # there, at 0, before the first increment
+    for amount in (1, 1, 2.5, 0):
+        hot.inc(amount)
+        ref.inc(amount)
+    assert _samples(ours) == _samples(theirs) == [("hits_total", (), 4.5)]
+    assert "# TYPE hits_total counter" in generate_latest(ours).decode()
+    with pytest.raises(ValueError, match="only goes up"):
+        hot.inc(-1)
+    assert _samples(ours) == [("hits_total", (), 4.5)]  # the refused decrement changed nothing
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("hits", "again", registry=ours)
 
 
 def test_misuse_is_refused() -> None:

@@ -159,6 +159,26 @@ async def test_requests_that_cannot_merge_run_alone(registry: AdapterRegistry, b
         assert [(o.shape, o.raw) for o in resp.outputs] == [(o.shape, o.raw) for o in alone.outputs]
 
 
+async def test_a_request_that_finds_the_model_idle_runs_at_once_and_holds_its_call(registry: AdapterRegistry, built: Built) -> None:
+    """An idle model runs a request at once without asking whether it could merge (the 1-in-flight
+    path). Even one that could not merge counts as the call running: what arrives meanwhile queues
+    and merges after it, as behind any other call of a fast model."""
+    inner = await registry.for_type("xgboost").load(ModelSpec("m", "xgboost"), built("make_xgboost_model", kind="classifier"))
+    gated = Gated(inner)
+    seen = Recorder()
+    model = BatchingModel(gated, BatchPolicy(max_batch_size=16, max_batch_delay_s=0.0), seen)
+    b1, b2 = request("input", rows(1, 1, 8)), request("input", rows(2, 2, 8))
+    with_params = InferRequest(model_name="m", inputs=request("input", rows(3, 1, 8)).inputs, parameters={"priority": 1})
+    got = await held_behind_first(model, gated, with_params, [b1, b2], queued=2)
+    assert gated.calls == [1, 3]  # alone, then the two that queued behind it as one call
+    assert seen.sizes == [1, 2]
+    for req, resp in zip([with_params, b1, b2], got, strict=True):
+        assert isinstance(resp, InferResponse), resp
+        alone = await inner.infer(req)
+        assert [(o.shape, o.raw) for o in resp.outputs] == [(o.shape, o.raw) for o in alone.outputs]
+    assert model.queued == 0 and model.concurrent_limit == 1
+
+
 def gather_model(path: Path) -> Path:
     """idx INT64 [batch] -> y = T[idx] FP32 [batch], T = 0, 10, .., 40: an index out of range fails that call."""
     import onnx
