@@ -13,10 +13,11 @@ loaded it is the registration's predicted size times the measured/predicted rati
 its model type (the median over loaded models of that type, at least 1.0: ONNX Runtime, for one,
 holds several times the file size), else a default. When a type's ratio moves by more than
 :data:`RATIO_STEP`, every unmeasured model of that type is recomputed, at most
-:data:`RESIZE_PER_VIEW` (128) per view: at 10k models of one type a ratio change took 100 ms of
+:data:`RESIZE_PER_VIEW` (32) per view: at 10k models of one type a ratio change took 100 ms of
 the event loop in one piece (a second at 100k), and 1,000 per view still did on the density
 bench's leader, where a recompute under churn costs more (a stall watchdog caught it in the
-hits-only phase). The copies' sizes it refines are estimates that may lag some views.
+hits-only phase); 128 per view still held it 7-12 ms at each size look-up of a decision. The
+copies' sizes it refines are estimates that may lag some views.
 
 Traffic: a model's ``last_used`` and ``rate_rpm`` are the merge (:class:`placement.Usage`, the
 simulator's estimator) of what its copies report and of its history: the traffic of copies
@@ -77,10 +78,12 @@ MISS_CLOCK_SLACK_S = 1.0
 RATIO_STEP = 0.05
 """relative change of a type's learned size ratio that re-sizes its unmeasured models"""
 
-RESIZE_PER_VIEW = 128
+RESIZE_PER_VIEW = 32
 """unmeasured models re-sized for a ratio change per view (the rest in the views after it)"""
-CATCH_UP_CHUNK = 128
-"""models recomputed between two yields of :meth:`PlacementViewBuilder.catch_up` and :meth:`~PlacementViewBuilder.warm`"""
+CATCH_UP_CHUNK = 32
+"""models recomputed between two yields of :meth:`PlacementViewBuilder.catch_up` and :meth:`~PlacementViewBuilder.warm`
+(a recompute costs ~50-100 us on a busy leader: 128 a chunk held its loop 7-14 ms, which a request
+arriving meanwhile waited out; a yield costs one loop iteration)"""
 
 
 class PlacementViewBuilder:

@@ -23,8 +23,8 @@ meter over all its requests would say, up to float rounding.
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -93,8 +93,14 @@ class UsageHistory:
     """Bounded memory of models' past traffic, reload cost and size, for models whose copies went.
 
     At most ``max_models`` entries; past that, the entries whose last use is oldest go first
-    (they are the ones the policy values least: their recency term is the smallest). Reading
-    an entry does not refresh it; writing one does.
+    (they are the ones the policy values least: their recency term is the smallest; among equal
+    last uses, the one written first). Reading an entry does not refresh it; writing one does.
+
+    The order by last use is a heap with stale entries skipped when they surface, so a write
+    costs O(log n) whatever its last use. (It was a list kept sorted by walking back from the
+    newest entry: a copy evicted for being cold folds in with a last use older than most of the
+    history, and on the density bench's leader one such fold walked thousands of entries and
+    held the event loop 30 ms.)
     """
 
     def __init__(self, max_models: int = 50_000) -> None:
@@ -102,7 +108,9 @@ class UsageHistory:
             raise ValueError("max_models must be at least 1")
         self.max_models = max_models
         self._entries: dict[str, Remembered] = {}
-        self._by_use: OrderedDict[str, None] = OrderedDict()  # models in order of last use, oldest first
+        self._written: dict[str, int] = {}  # model -> sequence number of its entry's last write
+        self._by_use: list[tuple[float, int, str]] = []  # heap of (last_used, write, model); stale ones skipped
+        self._writes = 0
         self.dropped = 0
         """entries dropped for the bound so far"""
 
@@ -116,29 +124,24 @@ class UsageHistory:
         return self._entries.get(model_id)
 
     def items(self) -> Iterator[tuple[str, Remembered]]:
-        """Entries, oldest last use first."""
-        for mid in self._by_use:
+        """Entries, oldest last use first (among equal last uses, the first written first)."""
+        for _, _, mid in sorted(e for e in self._by_use if self._written.get(e[2]) == e[1]):
             yield mid, self._entries[mid]
 
     def put(self, model_id: str, entry: Remembered) -> None:
         """Remember ``entry`` for the model (replacing what was there)."""
+        self._writes += 1
         self._entries[model_id] = entry
-        order = self._by_use
-        order.pop(model_id, None)
-        # keep the order by last use: an entry is almost always the newest; walk back from the end otherwise
-        if order and self._entries[next(reversed(order))].last_used > entry.last_used:
-            tail: list[str] = []
-            while order and self._entries[next(reversed(order))].last_used > entry.last_used:
-                tail.append(order.popitem(last=True)[0])
-            order[model_id] = None
-            for mid in reversed(tail):
-                order[mid] = None
-        else:
-            order[model_id] = None
+        self._written[model_id] = self._writes
+        heapq.heappush(self._by_use, (entry.last_used, self._writes, model_id))
         while len(self._entries) > self.max_models:
-            old, _ = order.popitem(last=False)
-            del self._entries[old]
-            self.dropped += 1
+            _, write, old = heapq.heappop(self._by_use)
+            if self._written.get(old) == write:
+                del self._entries[old], self._written[old]
+                self.dropped += 1
+        if len(self._by_use) > 2 * len(self._entries) + 64:  # mostly stale: rebuild from the live entries
+            self._by_use = [e for e in self._by_use if self._written.get(e[2]) == e[1]]
+            heapq.heapify(self._by_use)
 
     def fold(
         self, model_id: str, part: Usage, window_s: float, *, load_time_s: float = 0.0, size_bytes: int = 0
@@ -151,8 +154,9 @@ class UsageHistory:
 
     def forget(self, model_id: str) -> None:
         if self._entries.pop(model_id, None) is not None:
-            self._by_use.pop(model_id, None)
+            del self._written[model_id]  # its heap entries are stale now
 
     def clear(self) -> None:
         self._entries.clear()
+        self._written.clear()
         self._by_use.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from placement import (
     ClusterView,
@@ -73,6 +75,40 @@ def test_history_is_bounded_and_drops_the_least_recently_used_first() -> None:
     assert [mid for mid, _ in h.items()] == ["m4", "m2", "m3"]
     with pytest.raises(ValueError):
         UsageHistory(max_models=0)
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["put", "put", "put", "forget"]), st.integers(0, 11), st.integers(0, 6)), max_size=80
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, bound=st.integers(1, 6))
+def test_history_keeps_the_most_recently_used_models_whatever_order_they_are_written_in(
+    ops: list[tuple[str, int, int]], bound: int
+) -> None:
+    """Against a plain reference: after any sequence of writes (last uses out of order, ties,
+    rewrites) and forgets, the history holds what the reference holds, in its order, and dropped
+    as many: the oldest last use goes first, among equal last uses the entry written first."""
+    h = UsageHistory(max_models=bound)
+    ref: dict[str, tuple[float, int]] = {}  # model -> (last_used, write number)
+    dropped = 0
+    for n, (op, k, t) in enumerate(ops):
+        mid = f"m{k}"
+        if op == "forget":
+            h.forget(mid)
+            ref.pop(mid, None)
+            continue
+        h.put(mid, Remembered(float(t), float(n)))
+        ref[mid] = (float(t), n)
+        while len(ref) > bound:
+            del ref[min(ref, key=lambda m: ref[m])]
+            dropped += 1
+    expected = sorted(ref, key=lambda m: ref[m])
+    assert [mid for mid, _ in h.items()] == expected
+    assert {mid: e.rate_rpm for mid, e in h.items()} == {mid: float(ref[mid][1]) for mid in expected}
+    assert len(h) == len(ref) and h.dropped == dropped
+    assert all((f"m{k}" in h) == (f"m{k}" in ref) for k in range(12))
 
 
 def test_a_tick_decays_rates_to_now_with_the_view_window() -> None:
