@@ -135,6 +135,41 @@ async def test_failed_load_is_published_with_its_error_and_never_registered(rig:
     assert rig.agent.counters.load_failures == 1 and rig.puller.released == ["/m/bad"]
 
 
+async def test_a_burst_of_loads_and_unloads_writes_the_instance_record_once_with_all_of_them(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loads and unloads that finish together are one write of the instance record, not one each
+    (under churn: an etcd write and a watch message in every mirror each), and the record that
+    lands counts all of them."""
+    w = rig.w
+    written: list[InstanceRecord] = []
+    real_put = rig.agent.store.put
+
+    async def counting_put(key: str, value: bytes, **kw: object) -> object:
+        if key == w.keys.instance(ME):
+            written.append(decode(InstanceRecord, value))
+        return await real_put(key, value, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rig.agent.store, "put", counting_put)
+    mids = ["a", "b", "c", "d"]
+    for mid in mids:
+        await w.model(mid)
+    await w.settle(lambda: all(m in w.mirror.models.items for m in mids))
+    for mid in mids:
+        await w.assign(mid, ME)
+    await w.settle(lambda: all(w.mirror.holders(m) == (ME,) for m in mids), "the copies loaded")
+    await w.settle(lambda: w.mirror.instances.items[ME].model_count == 4, "the instance record after the loads")
+    assert w.mirror.instances.items[ME].used_bytes == 4 * 2000
+    assert 1 <= len(written) < len(mids), [r.model_count for r in written]
+
+    written.clear()
+    for mid in mids[:3]:
+        await w.store.delete(w.keys.assignment(mid))
+    await w.settle(lambda: w.mirror.instances.items[ME].model_count == 1, "the instance record after the unloads")
+    assert w.mirror.instances.items[ME].used_bytes == 2000
+    assert 1 <= len(written) < 3, [r.model_count for r in written]
+
+
 async def test_a_load_that_does_not_fit_fails_instead_of_overcommitting(rig: Rig) -> None:
     w = rig.w
     await w.model("huge", predicted_size_bytes=2 << 20)  # twice the capacity

@@ -61,6 +61,11 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
                 return any(r["model_id"] == MODELS[0] and r["state"] == "LOADED" for r in rows)
 
             await wait_until(loaded, 30, "the first model loaded")
+
+            async def counted() -> bool:  # the instance record follows its loads within INSTANCE_COALESCE_S
+                return [r["models"] for r in (await rest.get("/api/v1/instances")).json()["instances"]] == [1]
+
+            await wait_until(counted, 30, "the instance record counting the loaded model")
         yield c
     finally:
         await c.close()
