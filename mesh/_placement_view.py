@@ -16,7 +16,8 @@ holds several times the file size), else a default. When a type's ratio moves by
 :data:`RESIZE_PER_VIEW` (32) per view: at 10k models of one type a ratio change took 100 ms of
 the event loop in one piece (a second at 100k), and 1,000 per view still did on the density
 bench's leader, where a recompute under churn costs more (a stall watchdog caught it in the
-hits-only phase); 128 per view still held it 7-12 ms at each size look-up of a decision. The
+hits-only phase); 128 per view still held it 12-25 ms (under a stall logger on asyncio's own loop)
+at each size look-up of a decision. The
 copies' sizes it refines are estimates that may lag some views.
 
 Traffic: a model's ``last_used`` and ``rate_rpm`` are the merge (:class:`placement.Usage`, the
@@ -82,8 +83,8 @@ RESIZE_PER_VIEW = 32
 """unmeasured models re-sized for a ratio change per view (the rest in the views after it)"""
 CATCH_UP_CHUNK = 32
 """models recomputed between two yields of :meth:`PlacementViewBuilder.catch_up` and :meth:`~PlacementViewBuilder.warm`
-(a recompute costs ~50-100 us on a busy leader: 128 a chunk held its loop 7-14 ms, which a request
-arriving meanwhile waited out; a yield costs one loop iteration)"""
+(128 a chunk held a busy leader's loop 12-25 ms under a stall logger on asyncio's own loop, which a
+request arriving meanwhile waited out; a yield costs one loop iteration)"""
 
 
 class PlacementViewBuilder:

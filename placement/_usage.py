@@ -125,8 +125,12 @@ class UsageHistory:
 
     def items(self) -> Iterator[tuple[str, Remembered]]:
         """Entries, oldest last use first (among equal last uses, the first written first)."""
-        for _, _, mid in sorted(e for e in self._by_use if self._written.get(e[2]) == e[1]):
+        for _, _, mid in sorted(e for e in self._by_use if self._current(e)):
             yield mid, self._entries[mid]
+
+    def _current(self, e: tuple[float, int, str]) -> bool:
+        """Whether a heap entry is its model's last write (not replaced, forgotten or dropped since)."""
+        return self._written.get(e[2]) == e[1]
 
     def put(self, model_id: str, entry: Remembered) -> None:
         """Remember ``entry`` for the model (replacing what was there)."""
@@ -135,12 +139,12 @@ class UsageHistory:
         self._written[model_id] = self._writes
         heapq.heappush(self._by_use, (entry.last_used, self._writes, model_id))
         while len(self._entries) > self.max_models:
-            _, write, old = heapq.heappop(self._by_use)
-            if self._written.get(old) == write:
-                del self._entries[old], self._written[old]
+            oldest = heapq.heappop(self._by_use)
+            if self._current(oldest):
+                del self._entries[oldest[2]], self._written[oldest[2]]
                 self.dropped += 1
         if len(self._by_use) > 2 * len(self._entries) + 64:  # mostly stale: rebuild from the live entries
-            self._by_use = [e for e in self._by_use if self._written.get(e[2]) == e[1]]
+            self._by_use = [e for e in self._by_use if self._current(e)]
             heapq.heapify(self._by_use)
 
     def fold(
