@@ -38,6 +38,16 @@ class Rig:
     adapter: FakeAdapter
     puller: FakePuller
 
+    async def load_all(self, mids: list[str]) -> None:
+        """Register ``mids``, assign each to this instance, and wait until every copy is loaded."""
+        w = self.w
+        for mid in mids:
+            await w.model(mid)
+        await w.settle(lambda: all(m in w.mirror.models.items for m in mids))
+        for mid in mids:
+            await w.assign(mid, ME)
+        await w.settle(lambda: all(w.mirror.holders(m) == (ME,) for m in mids), f"{len(mids)} loaded copies")
+
     async def copy_record(self, mid: str) -> CopyRecord | None:
         kv = await self.w.store.get(self.w.keys.copy(mid, ME))
         return decode(CopyRecord, kv.value) if kv is not None else None
@@ -152,12 +162,7 @@ async def test_a_burst_of_loads_and_unloads_writes_the_instance_record_once_with
 
     monkeypatch.setattr(rig.agent.store, "put", counting_put)
     mids = ["a", "b", "c", "d"]
-    for mid in mids:
-        await w.model(mid)
-    await w.settle(lambda: all(m in w.mirror.models.items for m in mids))
-    for mid in mids:
-        await w.assign(mid, ME)
-    await w.settle(lambda: all(w.mirror.holders(m) == (ME,) for m in mids), "the copies loaded")
+    await rig.load_all(mids)
     await w.settle(lambda: w.mirror.instances.items[ME].model_count == 4, "the instance record after the loads")
     assert w.mirror.instances.items[ME].used_bytes == 4 * 2000
     assert 1 <= len(written) < len(mids), [r.model_count for r in written]
@@ -350,12 +355,7 @@ async def test_the_publish_loop_writes_changed_copies_a_transaction_at_a_time(ri
     the records are the ones a copy-by-copy publish writes."""
     w = rig.w
     mids = [f"m{k}" for k in range(5)]
-    for mid in mids:
-        await w.model(mid)
-    await w.settle(lambda: all(m in w.mirror.models.items for m in mids))
-    for mid in mids:
-        await w.assign(mid, ME)
-    await w.settle(lambda: all(w.mirror.holders(m) == (ME,) for m in mids), "five loaded copies")
+    await rig.load_all(mids)
     w.clock.advance(1.0)
     for mid in mids:
         assert (await rig.router.infer(mid, request(mid), timeout_s=5)).model_name == mid

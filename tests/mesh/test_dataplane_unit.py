@@ -36,6 +36,16 @@ API = "modelmesh_api_request_milliseconds_count"
 INVOKE = "modelmesh_invoke_model_milliseconds_count"
 
 
+async def serving(w: World, model: FakeModel) -> tuple[Router, Metrics]:
+    """A router on this instance holding ``model`` (registered first), with its own metrics."""
+    await w.model(model.spec.model_id)
+    await w.settle(lambda: model.spec.model_id in w.mirror.models.items)
+    metrics = Metrics()
+    loaded = LoadedCopies()
+    loaded.add(model.spec.model_id, model)
+    return Router(ME, w.mirror, w.store, loaded, metrics=metrics), metrics
+
+
 @pytest.fixture
 async def w() -> AsyncIterator[World]:
     async with world() as w:
@@ -44,12 +54,7 @@ async def w() -> AsyncIterator[World]:
 
 
 async def test_client_requests_are_timed_once_and_forwarded_ones_not_again(w: World) -> None:
-    await w.model("m")
-    await w.settle(lambda: "m" in w.mirror.models.items)
-    metrics = Metrics()
-    loaded = LoadedCopies()
-    loaded.add("m", FakeModel("m"))
-    router = Router(ME, w.mirror, w.store, loaded, metrics=metrics)
+    router, metrics = await serving(w, FakeModel("m"))
     dp = DataPlane(router, version="9")
 
     out = await dp.infer_bytes("m", request_bytes("m"), RequestContext(timeout_s=5))
@@ -76,12 +81,7 @@ async def test_a_local_call_that_fails_is_timed_with_its_status_in_both_histogra
             self.calls += 1
             raise InvalidInput("input 'x' has the wrong shape")
 
-    await w.model("m")
-    await w.settle(lambda: "m" in w.mirror.models.items)
-    metrics = Metrics()
-    loaded = LoadedCopies()
-    loaded.add("m", Refuses("m"))
-    router = Router(ME, w.mirror, w.store, loaded, metrics=metrics)
+    router, metrics = await serving(w, Refuses("m"))
     dp = DataPlane(router)
     payload = request_bytes("m")
 
