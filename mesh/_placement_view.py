@@ -36,6 +36,7 @@ decision made synchronously on it, not across an ``await`` (the next view reflec
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -87,6 +88,47 @@ CATCH_UP_CHUNK = 32
 request arriving meanwhile waited out; a yield costs one loop iteration)"""
 
 
+class RatioSamples:
+    """One model type's measured/predicted size ratios, one per measured model, also kept sorted
+    so the median is read, not sorted for: a sample changes at each copy report of a measured
+    model, and sorting thousands of them at every view was a quarter of the density bench
+    leader's view time (py-spy)."""
+
+    __slots__ = ("_by_model", "_sorted")
+
+    def __init__(self) -> None:
+        self._by_model: dict[str, float] = {}
+        self._sorted: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._by_model)
+
+    def put(self, mid: str, value: float) -> None:
+        old = self._by_model.get(mid)
+        if old == value:
+            return
+        if old is not None:
+            self._drop(old)
+        self._by_model[mid] = value
+        bisect.insort(self._sorted, value)
+
+    def pop(self, mid: str) -> bool:
+        """Forget ``mid``'s sample; False if it had none."""
+        old = self._by_model.pop(mid, None)
+        if old is None:
+            return False
+        self._drop(old)
+        return True
+
+    def _drop(self, value: float) -> None:
+        del self._sorted[bisect.bisect_left(self._sorted, value)]
+
+    def median(self) -> float | None:
+        """The upper median (the middle one of an odd count), None without samples."""
+        s = self._sorted
+        return s[len(s) // 2] if s else None
+
+
 class PlacementViewBuilder:
     def __init__(
         self,
@@ -115,7 +157,7 @@ class PlacementViewBuilder:
         self._used: dict[str, int] = {}
         self._loading: dict[str, int] = {}
         # size learning: type -> model -> measured/predicted; the ratio in use per type
-        self._samples: dict[str, dict[str, float]] = {}
+        self._samples: dict[str, RatioSamples] = {}
         self._samples_changed: set[str] = set()
         self._ratios: dict[str, float] = {}
         self._unmeasured: dict[str, set[str]] = {}  # type -> models sized by prediction
@@ -296,8 +338,9 @@ class PlacementViewBuilder:
                 self._recompute(mid)
         changed, self._samples_changed = self._samples_changed, set()
         for mtype in changed:
-            values = sorted(self._samples.get(mtype, {}).values())
-            ratio = max(values[len(values) // 2], 1.0) if values else 1.0
+            samples = self._samples.get(mtype)
+            median = samples.median() if samples is not None else None
+            ratio = max(median, 1.0) if median is not None else 1.0
             old = self._ratios.get(mtype, 1.0)
             if abs(ratio - old) > RATIO_STEP * old:
                 self._ratios[mtype] = ratio
@@ -318,7 +361,8 @@ class PlacementViewBuilder:
         old_type = self._type_of.pop(mid, None)
         if old_type is not None:
             self._unmeasured.get(old_type, set()).discard(mid)
-            if self._samples.get(old_type, {}).pop(mid, None) is not None:
+            samples = self._samples.get(old_type)
+            if samples is not None and samples.pop(mid):
                 self._samples_changed.add(old_type)
 
         size = 0
@@ -331,7 +375,7 @@ class PlacementViewBuilder:
             if measured or seen_size:
                 size, is_measured = measured or seen_size, True
                 if measured and rec.predicted_size_bytes > 0:
-                    self._samples.setdefault(mtype, {})[mid] = size / rec.predicted_size_bytes
+                    self._samples.setdefault(mtype, RatioSamples()).put(mid, size / rec.predicted_size_bytes)
                     self._samples_changed.add(mtype)
             else:
                 is_measured = False

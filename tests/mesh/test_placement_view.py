@@ -12,9 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh._cluster_mirror import ClusterMirror
-from mesh._placement_view import PlacementViewBuilder
+from mesh._placement_view import PlacementViewBuilder, RatioSamples
 from mesh._store import MemoryStore
 from mesh._store_schema import (
     AssignmentRecord,
@@ -534,3 +536,20 @@ async def test_a_backlog_of_changes_is_caught_up_in_chunks_and_the_view_equals_a
         assert await state.wait_for(lambda: state.assignments.revision >= rev, 2.0)
         await b.catch_up(chunk=100)
         assert seen == []  # one change: left to the view
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.one_of(st.none(), st.floats(0.5, 8.0))), max_size=60))
+def test_ratio_samples_median_equals_the_median_of_the_current_samples(ops: list[tuple[str, float | None]]) -> None:
+    """The sorted copy of the samples follows every put, replacement and pop: its median is the
+    median of what the dict holds, as the sort at each view computed it."""
+    samples, reference = RatioSamples(), {}
+    for mid, value in ops:
+        if value is None:
+            assert samples.pop(mid) == (reference.pop(mid, None) is not None)
+        else:
+            samples.put(mid, value)
+            reference[mid] = value
+        values = sorted(reference.values())
+        assert samples.median() == (values[len(values) // 2] if values else None)
+        assert len(samples) == len(reference)
