@@ -215,8 +215,8 @@ def main() -> None:
         from bench import bench_density
 
         # the process mesh (an instance a process over etcd, as pods) first: the plots show it
-        density = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40, processes=True)
-        density_inproc = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40, processes=False)
+        density = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40, processes=True, hot_duration=5 if q else 15)
+        density_inproc = bench_density.run(models=2000 if q else 10_000, duration=8 if q else 40, processes=False, hot_duration=5 if q else 15)
     if "memory" in a.only:
         from bench import bench_memory
 

@@ -27,8 +27,9 @@ the copies really hold; the rest of the RSS growth is outside the heap or free h
 Hits under misses: a fourth wrk (the probe, 2 connections) asks only for the 5 hottest models
 (loaded before it starts and requested often enough to stay) during both phases, on the placement
 leader's instance (it makes every placement decision besides serving its share); its p99
-while the Zipf traffic loads and evicts all the time vs its p99 in the hits-only phase is the
-"hits unharmed by misses" ratio (target <= 2). Requested bytes: the expected number of distinct
+while the Zipf traffic loads and evicts all the time vs its p99 in the hits-only phase
+(``--hot-duration`` seconds, 15 by default, after a warm-up pass) is the "hits unharmed by misses"
+ratio (target <= 2). Requested bytes: the expected number of distinct
 models the Zipf traffic asked for (from the distribution and the request count) times the mean
 measured size; capacity / requested bytes is reported. Ping-pong: the leader's decision log
 (``/api/v1/decisions``, polled during the run) is searched for a model evicted to make room for
@@ -157,7 +158,7 @@ def pair_detail(decisions: list[dict[str, Any]], a: str, b: str) -> str:
 
 
 def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capacity_mib: int = 80,
-        connections: int = 4, dump: Path | None = None, processes: bool = False) -> dict[str, Any]:
+        connections: int = 4, dump: Path | None = None, processes: bool = False, hot_duration: float = 15.0) -> dict[str, Any]:
     from mesh._demo import make_onnx
 
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
@@ -227,9 +228,11 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
                     if polling.wait(1.0):
                         return
 
-            # baseline: hits only (the 20 hottest models), after one warm-up pass loads them
-            wrk_all(lambda k: lua(100 + k, 20), 3)
-            *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), 5, probe=True)
+            # baseline: hits only (the 20 hottest models), after one warm-up pass (the probe's too)
+            # loads them. 15 s, so that its p99 rests on thousands of probe requests: 5 s, with the
+            # probe's first requests in it, gave 8.9-12.4 ms over one session's runs, 15 s 7.5-8.3 ms
+            wrk_all(lambda k: lua(100 + k, 20), 3, probe=True)
+            *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), hot_duration, probe=True)
             before = _counters(rest)
             mem_hot = memory()  # frameworks warmed, the 20 hottest copies loaded
             rss_hot = mem_hot["rss"]
@@ -300,9 +303,10 @@ def main() -> None:
     ap.add_argument("--zipf", type=float, default=1.0)
     ap.add_argument("--capacity-mib", type=int, default=80, help="model capacity of each instance")
     ap.add_argument("--processes", action="store_true", help="each instance in its own process over a local etcd")
+    ap.add_argument("--hot-duration", type=float, default=15.0, help="seconds of the hits-only phase (the probe's baseline)")
     ap.add_argument("--decisions", type=Path, default=None, help="write every decision the leader logged (JSON) here")
     a = ap.parse_args()
-    r = run(a.models, a.duration, a.zipf, a.capacity_mib, dump=a.decisions, processes=a.processes)
+    r = run(a.models, a.duration, a.zipf, a.capacity_mib, dump=a.decisions, processes=a.processes, hot_duration=a.hot_duration)
     for k, v in r.items():
         print(f"{k:<20}{v:,.3f}" if isinstance(v, float) else f"{k:<20}{v}")
 
