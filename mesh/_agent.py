@@ -53,6 +53,13 @@ FIRST_USE_POLL_S = 0.05
 """how often copies just loaded are checked for their first served requests"""
 FIRST_USE_WAIT_S = 10.0
 """a copy loaded longer ago than this reports its traffic with the regular publish only"""
+LOADING_REPORT_S = 0.5
+"""a load still running this long after it took its load slot is reported with a LOADING copy record;
+a quicker load's first record is its outcome (LOADED or FAILED). Placement counts an assigned copy
+without a record as loading and the model's status says Loading either way, so the record only
+tells that a slow load is under way and since when; written for every load it was one of the three
+copy writes of a load (and a watch event in every instance's mirror), ~80 a second on the density
+bench"""
 INSTANCE_COALESCE_S = 0.2
 """after a load or unload, how long the instance record waits for more changes before it is written:
 under churn an instance loads and unloads tens of models a second, and a write after each was an
@@ -75,6 +82,7 @@ class LocalCopy:
     loaded: LoadedModel | None = None
     artifact_key: str | None = None
     published: CopyRecord | None = None
+    report: asyncio.Task[None] | None = None  # the LOADING record's write, once a load runs long enough for one
     reserved: bool = False  # a loading copy's bytes count against capacity once it has room
     # the copy's traffic as placement meters it (placement.Usage, the simulator's estimator), fed at
     # each publish with the requests the router counted since the last one
@@ -507,6 +515,7 @@ class Agent:
     async def _load(self, rec: ModelRecord, copy: LocalCopy) -> None:
         mid = rec.model_id
         start = self.monotonic()
+        report: asyncio.TimerHandle | None = None
         try:
             async with self._slots:
                 self.metrics.model(self.metrics.loading_queue_ms, mid).observe((self.monotonic() - start) * 1000)
@@ -514,7 +523,7 @@ class Agent:
                 assignment = self.state.assignments.items.get(mid)
                 planned = (assignment.planned_bytes if assignment is not None else 0) or rec.predicted_size_bytes
                 copy.size_bytes = planned
-                await self._publish_copy_quiet(copy)
+                report = asyncio.get_running_loop().call_later(LOADING_REPORT_S, self._report_loading, copy)
                 staged = await self._stage(rec)
                 copy.artifact_key = staged.key
                 local_path = Path(staged.local_path)
@@ -570,8 +579,23 @@ class Agent:
             copy.since = self.clock()
             copy.failed_until = self.clock() + self.settings.failure_ttl_s
             self._freed.set()
+        finally:
+            if report is not None:
+                report.cancel()
+        await self._reported(copy)  # a LOADING record on its way lands before the outcome's
         await self._publish_copy_quiet(copy)
         self._instance_changed.set()
+
+    def _report_loading(self, copy: LocalCopy) -> None:
+        """The load of ``copy`` has run :data:`LOADING_REPORT_S`: write its LOADING record."""
+        if self.copies.get(copy.model_id) is copy and copy.state == CopyState.LOADING:
+            copy.report = asyncio.create_task(self._publish_copy_quiet(copy), name=f"loading-{copy.model_id}")
+
+    @staticmethod
+    async def _reported(copy: LocalCopy) -> None:
+        """Wait for the copy's LOADING record write, if one was started (its own errors are logged)."""
+        if copy.report is not None:
+            await asyncio.wait([copy.report])
 
     async def _stage(self, rec: ModelRecord) -> StagedArtifact:
         """Stage the artifact, counting pulls (and their bytes) and cache hits; local paths are served in place."""
@@ -622,6 +646,7 @@ class Agent:
             return
         if copy.task is not None and not copy.task.done():
             await cancel_and_wait(copy.task)
+        await self._reported(copy)  # its LOADING record is not written after the delete below
         copy.state = CopyState.UNLOADING
         self.loaded.remove(mid)
         if copy.loaded is not None:

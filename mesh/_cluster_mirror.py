@@ -165,6 +165,17 @@ class ClusterMirror:
         rec = self.instances.items.get(instance_id)
         return rec.link_address if rec else ""
 
+    def loading_on(self, model_id: str) -> tuple[str, ...]:
+        """The instances where a copy of the model is loading: its record says so, or the model is
+        assigned to a live instance that has not written one yet (a load writes its first record
+        only after ``mesh._agent.LOADING_REPORT_S``, a quick one only its outcome)."""
+        copies = self.copies_of(model_id)
+        live = self.instances.items
+        return tuple(
+            [iid for iid, c in copies.items() if c.state == CopyState.LOADING]
+            + [iid for iid in self.assigned(model_id) if iid not in copies and iid in live]
+        )
+
     def failure(self, model_id: str) -> str | None:
         """The load error when the model has failed recently and nothing is loading or loaded."""
         copies = self.copies_of(model_id)
@@ -177,6 +188,8 @@ class ClusterMirror:
                 return None
             if c.state == CopyState.FAILED and c.failed_until > now:
                 error = c.error or "load failed"
+        if error is not None and self.loading_on(model_id):
+            return None  # another copy is loading: its outcome decides
         return error
 
     def miss_error(self, model_id: str) -> str | None:

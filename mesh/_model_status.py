@@ -73,16 +73,23 @@ def model_status(mirror: ClusterMirror, model_id: str, now: float, *, with_copie
         return ModelStatus(ModelState.NOT_FOUND)
     copies = mirror.copies_of(model_id)
     infos: tuple[CopyStatus, ...] = ()
+    loading = mirror.loading_on(model_id)
     if with_copies:
+        # a copy assigned to a live instance that has not written its record yet is loading too
+        arec = mirror.assignments.items.get(model_id)
+        pending = [(iid, ModelState.LOADING, arec.updated_at if arec is not None else 0.0) for iid in loading if iid not in copies]
         infos = tuple(
-            CopyStatus(iid, _COPY_STATUS.get(c.state, ModelState.UNKNOWN), int(c.since * 1000))
-            for iid, c in sorted(copies.items(), key=lambda kv: -kv[1].since)
+            CopyStatus(iid, state, int(since * 1000))
+            for iid, state, since in sorted(
+                [(iid, _COPY_STATUS.get(c.state, ModelState.UNKNOWN), c.since) for iid, c in copies.items()] + pending,
+                key=lambda t: -t[2],
+            )
         )
     states = {c.state for c in copies.values()}
     errors: tuple[str, ...] = ()
     if CopyState.LOADED in states:
         status = ModelState.LOADED
-    elif CopyState.LOADING in states or (mirror.assigned(model_id) and CopyState.FAILED not in states):
+    elif loading or (mirror.assigned(model_id) and CopyState.FAILED not in states):
         status = ModelState.LOADING
     elif any(c.state == CopyState.FAILED and c.failed_until > now for c in copies.values()):
         status = ModelState.LOADING_FAILED

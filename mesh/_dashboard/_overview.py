@@ -83,6 +83,7 @@ class ClusterOverview:
                 errors.append(f"{iid}: {c.error}")
             size = max(size, c.size_bytes)
             last = max(last, c.last_used)
+        counts["loading"] = len(self.state.loading_on(mid))  # with assigned copies that have no record yet
         if rec is not None and not size:
             size = rec.predicted_size_bytes
         return {

@@ -248,6 +248,53 @@ async def test_a_restarted_instance_forgets_its_previous_incarnations_copies_bef
             await router.close()
 
 
+async def _copy_history(w: World, mid: str, start_rev: int, until: str) -> list[str]:
+    """The copy record's writes since ``start_rev`` as the store's watch replays them (a state for
+    each put, "deleted" for a delete), read until one is ``until``."""
+    out: list[str] = []
+    watch = w.store.watch_prefix(w.keys.copy(mid, ME), start_rev)
+    try:
+        async with asyncio.timeout(10):
+            while until not in out:
+                out += [decode(CopyRecord, e.value).state.value if e.kind == "put" else "deleted" for e in await anext(watch)]
+    finally:
+        await watch.aclose()
+    return out
+
+
+async def test_a_quick_load_writes_only_its_outcome_and_a_slow_one_reports_loading_first(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that ends within LOADING_REPORT_S writes one copy record, its outcome; one that runs
+    longer is reported LOADING first, then LOADED; and a slow load unassigned after its report
+    leaves no record behind (the report is never written after the delete)."""
+    w = rig.w
+    for mid in ("quick", "slow", "dropped"):
+        await w.model(mid)
+    await w.settle(lambda: {"quick", "slow", "dropped"} <= set(w.mirror.models.items))
+
+    monkeypatch.setattr("mesh._agent.LOADING_REPORT_S", 30.0)
+    rev = w.store.revision + 1
+    await w.assign("quick", ME)
+    assert await _copy_history(w, "quick", rev, until="loaded") == ["loaded"]
+
+    monkeypatch.setattr("mesh._agent.LOADING_REPORT_S", 0.05)
+    gate = rig.adapter.gate = asyncio.Event()
+    rev = w.store.revision + 1
+    await w.assign("slow", ME)
+    assert await _copy_history(w, "slow", rev, until="loading") == ["loading"]
+    gate.set()
+    assert await _copy_history(w, "slow", rev, until="loaded") == ["loading", "loaded"]
+
+    rig.adapter.gate = asyncio.Event()
+    rev = w.store.revision + 1
+    await w.assign("dropped", ME)
+    assert await _copy_history(w, "dropped", rev, until="loading") == ["loading"]
+    await w.store.delete(w.keys.assignment("dropped"))
+    assert await _copy_history(w, "dropped", rev, until="deleted") == ["loading", "deleted"]
+    await w.settle(lambda: "dropped" not in rig.agent.copies, "the load given up")
+    assert await rig.copy_record("dropped") is None
+    assert rig.adapter.loaded.keys() >= {"quick", "slow"} and "dropped" not in rig.loaded
+
+
 async def test_a_load_reserves_the_size_placement_planned_with(rig: Rig) -> None:
     """The leader packs by its own estimate (the prediction scaled by the measured/predicted ratio it
     learned); the agent reserves that estimate, not the raw prediction, so it never waits for room

@@ -3,7 +3,9 @@ shutting down, and an instance's routine usage updates do not make the mirror re
 
 from __future__ import annotations
 
-from mesh._store_schema import InstanceRecord, encode
+from mesh._dashboard import ClusterOverview
+from mesh._model_status import ModelState, model_status
+from mesh._store_schema import CopyState, InstanceRecord, encode
 from tests.mesh.fakes import world
 
 
@@ -73,3 +75,34 @@ async def test_models_assigned_to_an_instance_follow_the_assignments() -> None:
             assert late.assigned_to("c") == {"m"} and late.assigned_to("a") == frozenset()
         finally:
             await late.stop()
+
+
+async def test_a_copy_assigned_to_a_live_instance_without_a_record_is_loading() -> None:
+    """A load writes its first copy record only once it has run a while (a quick one only its
+    outcome), so an assignment to a live instance with no record yet is a load under way: another
+    instance's remembered failure is not the model's answer meanwhile, and the status lists that
+    copy as loading. Once that instance is gone, the failure is the answer again."""
+    async with world() as w:
+        await w.model("m")
+        for iid in ("a", "b"):
+            await w.instance(iid, f"{iid}:1")
+        await w.copy("m", "a", CopyState.FAILED, error="corrupt", failed_until=w.clock() + 60)
+        await w.assign("m", "a")
+        await w.settle(lambda: w.mirror.failure("m") == "corrupt", "the failure")
+        assert model_status(w.mirror, "m", w.clock()).status == ModelState.LOADING_FAILED
+
+        await w.assign("m", "a", "b")  # placed again, on b: b's load has written nothing yet
+        await w.settle(lambda: w.mirror.assigned("m") == ("a", "b"), "the new assignment")
+        assert w.mirror.loading_on("m") == ("b",)
+        assert w.mirror.failure("m") is None
+        status = model_status(w.mirror, "m", w.clock())
+        assert status.status == ModelState.LOADING
+        assert {(c.location, c.status) for c in status.copies} == {("a", ModelState.LOADING_FAILED), ("b", ModelState.LOADING)}
+        row = ClusterOverview(w.mirror, "a", clock=w.clock).model_row("m")  # the dashboard's and the CLI's row
+        assert (row["state"], row["copies"]) == (ModelState.LOADING, {"loaded": 0, "loading": 1, "failed": 1})
+
+        await w.store.delete(w.keys.instance("b"))  # b died before it reported anything
+        await w.settle(lambda: "b" not in w.mirror.instances.items, "b gone")
+        assert w.mirror.loading_on("m") == ()
+        assert w.mirror.failure("m") == "corrupt"
+        assert model_status(w.mirror, "m", w.clock()).status == ModelState.LOADING_FAILED
