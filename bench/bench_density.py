@@ -230,7 +230,7 @@ def run(models: int = 10_000, duration: float = 40.0, zipf_s: float = 1.0, capac
 
             # baseline: hits only (the 20 hottest models), after one warm-up pass (the probe's too)
             # loads them. 15 s, so that its p99 rests on thousands of probe requests: 5 s, with the
-            # probe's first requests in it, gave 8.9-12.4 ms over one session's runs, 15 s 7.5-8.3 ms
+            # probe's first requests in it, gave 8.9-12.4 ms over session 18's runs, 15 s 7.1-8.7 ms over 19's
             wrk_all(lambda k: lua(100 + k, 20), 3, probe=True)
             *hot, hot_probe = wrk_all(lambda k: lua(200 + k, 20), hot_duration, probe=True)
             before = _counters(rest)

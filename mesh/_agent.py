@@ -57,9 +57,9 @@ LOADING_REPORT_S = 0.5
 """a load still running this long after it took its load slot is reported with a LOADING copy record;
 a quicker load's first record is its outcome (LOADED or FAILED). Placement counts an assigned copy
 without a record as loading and the model's status says Loading either way, so the record only
-tells that a slow load is under way and since when; written for every load it was one of the three
-copy writes of a load (and a watch event in every instance's mirror), ~80 a second on the density
-bench"""
+tells that a slow load is under way and since when. Written at the start of every load, it was one of
+the copy writes each load made (LOADING, LOADED, its first served request), each a watch event in every
+instance's mirror: ~80 a second on the density bench"""
 INSTANCE_COALESCE_S = 0.2
 """after a load or unload, how long the instance record waits for more changes before it is written:
 under churn an instance loads and unloads tens of models a second, and a write after each was an
